@@ -1,0 +1,385 @@
+"""One SSH session to one device: host-key policy, ~/.ssh/config, agent and key files,
+ProxyJump, sudo, quoting, file upload, timeouts and retries of transient connect failures.
+
+Every failure a user can cause ends in one `azure.cli.core.azclierror` error with a
+recommendation. Secrets (the sudo password) travel only on the channel's stdin, never on a
+command line, in a log line or in an error message.
+"""
+import base64
+import errno
+import io
+import os
+import shlex
+import socket
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import paramiko
+from azure.cli.core.azclierror import (
+    AzureConnectionError, ClientRequestError, FileOperationError, ForbiddenError,
+    UnauthorizedError, ValidationError)
+from knack.log import get_logger
+
+from .target import DEFAULT_KNOWN_HOSTS, SshTarget, resolve_target, split_host
+
+logger = get_logger(__name__)
+
+SUDO_PASSWORD_ENV = "AZ_EDGETPM_SUDO_PASSWORD"
+_TRANSIENT_CONNECT_ATTEMPTS = 4
+
+
+@dataclass
+class Result:
+    """What a remote command gave back."""
+    rc: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+
+def fingerprint(key) -> str:
+    """OpenSSH-style SHA256 fingerprint of a paramiko public key."""
+    import hashlib
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
+    """Refuses unknown host keys unless the user opted in (trust on first use), in which case
+    the key is appended to the known_hosts file. Changed keys never reach this policy: paramiko
+    raises BadHostKeyException for them, and we always refuse those."""
+
+    def __init__(self, accept_new: bool, known_hosts: str, target: SshTarget):
+        self.accept_new = accept_new
+        self.known_hosts = known_hosts
+        self.target = target
+
+    def missing_host_key(self, client, hostname, key):
+        fp = fingerprint(key)
+        if not self.accept_new:
+            raise ValidationError(
+                f"The host key of {self.target.display} is not known ({key.get_name()} {fp}); "
+                f"refusing to connect.",
+                f"Check the fingerprint with the device's owner (ssh-keygen -lf "
+                f"/etc/ssh/ssh_host_{_short_type(key)}_key.pub on the device), then add it to "
+                f"{self.known_hosts} (e.g. ssh-keyscan -p {self.target.port} {self.target.hostname} >> "
+                f"{self.known_hosts}), or re-run with --accept-new-host-key to trust it on first use.")
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        _append_known_host(self.known_hosts, hostname, key)
+        logger.warning("Trusting new host key of %s (%s %s); recorded in %s.",
+                       self.target.display, key.get_name(), fp, self.known_hosts)
+
+
+def _short_type(key) -> str:
+    name = key.get_name()
+    if "ed25519" in name:
+        return "ed25519"
+    if "ecdsa" in name:
+        return "ecdsa"
+    return "rsa"
+
+
+def _append_known_host(path: str, hostname: str, key) -> None:
+    directory = os.path.dirname(path)
+    if directory and not os.path.isdir(directory):
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    line = f"{hostname} {key.get_name()} {key.get_base64()}\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "a", encoding="ascii") as handle:
+        handle.write(line)
+
+
+class RemoteSession:
+    """A connection to one device, used as a context manager.
+
+    `run()` executes a shell command (a string the caller built with `shlex.quote` around
+    every value), as root through sudo when `sudo=True` and the login user is not root.
+    """
+
+    def __init__(self, target: SshTarget, known_hosts: Optional[str] = None,
+                 accept_new_host_key: bool = False,
+                 sudo_password: Optional[Callable[[], str]] = None,
+                 command_timeout: float = 300.0):
+        self.target = target
+        self.known_hosts = os.path.expanduser(known_hosts or DEFAULT_KNOWN_HOSTS)
+        self.accept_new_host_key = accept_new_host_key
+        self._sudo_password_cb = sudo_password or default_sudo_password
+        self._sudo_password: Optional[str] = None
+        self._sudo_needs_password = False
+        self.command_timeout = command_timeout
+        self._clients = []
+        self.client: Optional[paramiko.SSHClient] = None
+
+    # -- connection ---------------------------------------------------------------------
+    def __enter__(self):
+        self.connect()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def connect(self) -> "RemoteSession":
+        sock = None
+        if self.target.proxy_jump:
+            sock = self._open_jump_channel()
+        self.client = self._connect_client(self.target, sock)
+        return self
+
+    def close(self) -> None:
+        for client in reversed(self._clients):
+            client.close()
+        self._clients = []
+        self.client = None
+
+    @property
+    def is_root(self) -> bool:
+        return self.target.user == "root"
+
+    def _new_client(self, target: SshTarget) -> paramiko.SSHClient:
+        client = paramiko.SSHClient()
+        if os.path.isfile(self.known_hosts):
+            try:
+                client.load_host_keys(self.known_hosts)
+            except (OSError, paramiko.SSHException) as exc:
+                raise FileOperationError(f"Cannot read known hosts file {self.known_hosts}: {exc}",
+                                         "Fix or replace the file given with --known-hosts.") from exc
+        elif not self.accept_new_host_key:
+            logger.info("Known hosts file %s does not exist.", self.known_hosts)
+        client.set_missing_host_key_policy(_HostKeyPolicy(self.accept_new_host_key, self.known_hosts, target))
+        return client
+
+    def _connect_client(self, target: SshTarget, sock) -> paramiko.SSHClient:
+        delay = 0.5
+        for attempt in range(1, _TRANSIENT_CONNECT_ATTEMPTS + 1):
+            client = self._new_client(target)
+            try:
+                client.connect(
+                    target.hostname, port=target.port, username=target.user,
+                    key_filename=target.key_filenames or None,
+                    allow_agent=True, look_for_keys=not target.key_filenames,
+                    timeout=target.connect_timeout, banner_timeout=target.connect_timeout,
+                    auth_timeout=target.connect_timeout, sock=sock)
+                self._clients.append(client)
+                return client
+            except (paramiko.BadHostKeyException) as exc:
+                client.close()
+                raise ValidationError(
+                    f"The host key of {target.display} has CHANGED: it offered {exc.key.get_name()} "
+                    f"{fingerprint(exc.key)}, but {self.known_hosts} records {fingerprint(exc.expected_key)}. "
+                    "Someone may be intercepting the connection, or the device was reinstalled; "
+                    "refusing to connect.",
+                    f"If the change is expected, remove the old key with `ssh-keygen -R "
+                    f"{target.known_hosts_name} -f {self.known_hosts}` and connect again "
+                    "(with --accept-new-host-key to record the new one).") from exc
+            except paramiko.PasswordRequiredException as exc:
+                client.close()
+                raise UnauthorizedError(
+                    f"The SSH key for {target.display} is encrypted and no passphrase can be asked for.",
+                    "Load the key into ssh-agent (ssh-add KEY) and run the command again.") from exc
+            except paramiko.AuthenticationException as exc:
+                client.close()
+                raise UnauthorizedError(
+                    f"SSH authentication failed for {target.display}: {exc}",
+                    "Check --ssh-user and --ssh-key (or the User/IdentityFile of ~/.ssh/config, or the "
+                    "keys in ssh-agent), and that the public key is in the user's ~/.ssh/authorized_keys "
+                    "on the device.") from exc
+            except (paramiko.SSHException, EOFError, ConnectionResetError) as exc:
+                client.close()
+                if attempt == _TRANSIENT_CONNECT_ATTEMPTS or sock is not None:
+                    raise AzureConnectionError(
+                        f"The SSH handshake with {target.display} failed: {exc}",
+                        "Check that the port belongs to an SSH server; a device that drops many parallel "
+                        "connections may need a higher MaxStartups in its sshd_config.") from exc
+                logger.info("SSH handshake with %s failed (%s); retrying in %.1fs", target.display, exc, delay)
+                time.sleep(delay)
+                delay *= 2
+            except (socket.timeout, TimeoutError) as exc:
+                client.close()
+                raise ClientRequestError(
+                    f"Timed out after {target.connect_timeout:.0f}s connecting to {target.display}.",
+                    "Check that the device is powered on and reachable from here (routing, firewall, VPN), "
+                    "or raise --ssh-timeout for slow links.") from exc
+            except socket.gaierror as exc:
+                client.close()
+                raise ClientRequestError(
+                    f"Cannot resolve host name {target.hostname!r}: {exc.strerror}.",
+                    "Check the spelling of --host, your DNS, or add a Host entry with HostName to "
+                    "~/.ssh/config.") from exc
+            except (paramiko.ssh_exception.NoValidConnectionsError, OSError) as exc:
+                client.close()
+                raise ClientRequestError(_describe_socket_error(target, exc),
+                                         "Check that the device is up, that sshd runs on that port, and "
+                                         "that it is reachable from this machine.") from exc
+        raise AssertionError("unreachable")
+
+    def _open_jump_channel(self):
+        """Connect through the ProxyJump chain and return a channel to the final target."""
+        sock = None
+        hops = [h.strip() for h in self.target.proxy_jump.split(",") if h.strip()]
+        for index, hop in enumerate(hops):
+            user, name, port = split_host(hop)
+            hop_target = resolve_target(name, ssh_user=user, ssh_port=port,
+                                        connect_timeout=self.target.connect_timeout)
+            client = self._connect_client(hop_target, sock)
+            if index + 1 < len(hops):
+                _, next_name, next_port = split_host(hops[index + 1])
+                nxt = resolve_target(next_name, ssh_port=next_port)
+                dest = (nxt.hostname, nxt.port)
+            else:
+                dest = (self.target.hostname, self.target.port)
+            try:
+                sock = client.get_transport().open_channel("direct-tcpip", dest, ("127.0.0.1", 0),
+                                                           timeout=self.target.connect_timeout)
+            except (paramiko.SSHException, OSError) as exc:
+                raise ClientRequestError(
+                    f"The jump host {hop_target.display} could not reach {dest[0]}:{dest[1]}: {exc}",
+                    "Check ProxyJump in ~/.ssh/config and that the jump host allows TCP forwarding.") from exc
+        return sock
+
+    # -- commands -----------------------------------------------------------------------
+    def run(self, command: str, sudo: bool = False, stdin: Optional[bytes] = None,
+            timeout: Optional[float] = None) -> Result:
+        """Run `command` with /bin/sh on the device; as root through sudo if asked.
+
+        Sudo is tried without a password first (NOPASSWD); when the device asks for one, the
+        password (environment variable or prompt) is written to sudo's stdin, never argv.
+        """
+        if not sudo or self.is_root:
+            return self._exec(command, stdin, timeout)
+        if not self._sudo_needs_password:
+            result = self._exec("sudo -n -- sh -c " + shlex.quote(command), stdin, timeout)
+            if "a password is required" not in result.stderr:
+                return self._check_sudo(result)
+            self._sudo_needs_password = True
+        if stdin is not None:
+            raise ValidationError("Internal: stdin cannot be combined with a sudo password.",
+                                  "Report this as a bug of az edge-tpm.")
+        if self._sudo_password is None:
+            self._sudo_password = self._sudo_password_cb(self.target)
+        secret = (self._sudo_password + "\n").encode()
+        result = self._exec("sudo -S -p '' -- sh -c " + shlex.quote(command), secret, timeout)
+        return self._check_sudo(result)
+
+    def _check_sudo(self, result: Result) -> Result:
+        err = result.stderr
+        if result.rc != 0 and ("is not in the sudoers file" in err or "is not allowed to run sudo" in err
+                               or "may not run sudo" in err):
+            raise ForbiddenError(
+                f"{self.target.user} may not use sudo on {self.target.display}.",
+                "Log in as root, or grant the user sudo rights on the device (e.g. add it to the "
+                "sudo group), then run the command again.")
+        if result.rc != 0 and ("incorrect password" in err or "Sorry, try again" in err
+                               or "no password was provided" in err):
+            self._sudo_password = None
+            raise UnauthorizedError(
+                f"sudo on {self.target.display} refused the password for {self.target.user}.",
+                f"Set the right password in the environment variable {SUDO_PASSWORD_ENV}, or configure "
+                "NOPASSWD sudo for this user.")
+        if result.rc == 127 and ("sudo: not found" in err or "sudo: command not found" in err):
+            raise ValidationError(f"sudo is not installed on {self.target.display}.",
+                                  "Install sudo on the device or log in as root.")
+        return result
+
+    def _exec(self, command: str, stdin: Optional[bytes], timeout: Optional[float]) -> Result:
+        timeout = timeout or self.command_timeout
+        transport = self.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise AzureConnectionError(f"The SSH connection to {self.target.display} was lost.",
+                                       "Check the device's network and run the command again.")
+        chan = transport.open_session(timeout=self.target.connect_timeout)
+        chan.settimeout(1.0)
+        chan.exec_command(command)
+        if stdin:
+            chan.sendall(stdin)
+        chan.shutdown_write()
+        out, err = io.BytesIO(), io.BytesIO()
+        deadline = time.monotonic() + timeout
+        while True:
+            progressed = False
+            while chan.recv_ready():
+                out.write(chan.recv(65536))
+                progressed = True
+            while chan.recv_stderr_ready():
+                err.write(chan.recv_stderr(65536))
+                progressed = True
+            if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                break
+            if time.monotonic() > deadline:
+                chan.close()
+                raise ClientRequestError(
+                    f"A command on {self.target.display} did not finish within {timeout:.0f}s.",
+                    "Check the device's load and network; the step can be re-run safely.")
+            if not progressed:
+                time.sleep(0.01)
+        rc = chan.recv_exit_status()
+        chan.close()
+        return Result(rc, out.getvalue().decode("utf-8", "replace"), err.getvalue().decode("utf-8", "replace"))
+
+    # -- files --------------------------------------------------------------------------
+    def upload(self, data: bytes, remote_path: str, mode: int = 0o600) -> None:
+        """Write bytes to a path the login user may write, through SFTP."""
+        sftp = self.client.open_sftp()
+        try:
+            with sftp.open(remote_path, "wb") as handle:
+                handle.chmod(mode)
+                handle.write(data)
+        except OSError as exc:
+            raise FileOperationError(f"Cannot write {remote_path} on {self.target.display}: {exc}",
+                                     "Check the free space and permissions on the device.") from exc
+        finally:
+            sftp.close()
+
+    def install_file(self, data: bytes, dest: str, mode: int = 0o600, owner: str = "root",
+                     group: str = "root") -> None:
+        """Atomically replace `dest` (as root) with `data`: the bytes go to a private temporary
+        directory over SFTP, then `install` writes `dest.tmp-edgetpm` with the final mode and
+        owner next to `dest`, and `mv -f` renames it into place. A failure leaves `dest` as it was.
+        """
+        tmpdir = self.run("umask 077; mktemp -d").stdout.strip()
+        if not tmpdir.startswith("/"):
+            raise FileOperationError(f"Cannot create a temporary directory on {self.target.display}.",
+                                     "Check that /tmp is writable on the device.")
+        staged = tmpdir + "/payload"
+        try:
+            self.upload(data, staged, 0o600)
+            part = dest + ".tmp-edgetpm"
+            script = (f"install -m {mode:o} -o {shlex.quote(owner)} -g {shlex.quote(group)} "
+                      f"{shlex.quote(staged)} {shlex.quote(part)} && mv -f {shlex.quote(part)} {shlex.quote(dest)}")
+            result = self.run(script, sudo=True)
+            if not result.ok:
+                self.run(f"rm -f {shlex.quote(part)}", sudo=True)
+                raise FileOperationError(f"Cannot write {dest} on {self.target.display}: {result.stderr.strip()}",
+                                         "Check the free space and permissions on the device.")
+        finally:
+            self.run(f"rm -rf {shlex.quote(tmpdir)}")
+
+
+def _describe_socket_error(target: SshTarget, exc: Exception) -> str:
+    errors = getattr(exc, "errors", None)
+    if errors:
+        exc = next(iter(errors.values()))
+    code = getattr(exc, "errno", None)
+    if code == errno.ECONNREFUSED:
+        return f"{target.display} refused the connection (nothing listens on port {target.port})."
+    if code in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return f"{target.display} is unreachable from this machine ({os.strerror(code)})."
+    return f"Cannot connect to {target.display}: {exc}"
+
+
+def default_sudo_password(target: SshTarget) -> str:
+    """The sudo password: from the environment variable, else a prompt on a terminal."""
+    secret = os.environ.get(SUDO_PASSWORD_ENV)
+    if secret:
+        return secret
+    from knack.prompting import NoTTYException, prompt_pass
+    try:
+        return prompt_pass(f"sudo password for {target.user} on {target.hostname}: ")
+    except NoTTYException as exc:
+        raise UnauthorizedError(
+            f"sudo on {target.display} needs a password for {target.user}, and there is no terminal to ask on.",
+            f"Put the password in the environment variable {SUDO_PASSWORD_ENV} (in a pipeline, from a "
+            "secret variable), configure NOPASSWD sudo, or log in as root.") from exc

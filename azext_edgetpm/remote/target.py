@@ -1,0 +1,109 @@
+"""Turns `--host user@host[:port]` and the SSH options into one connection target.
+
+Pure parsing, no network and no paramiko import (paramiko's SSHConfig is imported lazily),
+so it can be used when validating arguments.
+"""
+import os
+import re
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from azure.cli.core.azclierror import InvalidArgumentValueError
+
+DEFAULT_SSH_CONFIG = os.path.join("~", ".ssh", "config")
+DEFAULT_KNOWN_HOSTS = os.path.join("~", ".ssh", "known_hosts")
+
+_HOST_RE = re.compile(
+    r"^(?:(?P<user>[^@\s]+)@)?"
+    r"(?:\[(?P<v6>[0-9A-Fa-f:.%]+)\]|(?P<name>[A-Za-z0-9_.\-]+))"
+    r"(?::(?P<port>\d{1,5}))?$"
+)
+
+
+@dataclass
+class SshTarget:
+    """Where and as whom to connect. `alias` is what the user typed; `hostname` is where
+    ~/.ssh/config sends it (they differ for a Host alias)."""
+    alias: str
+    hostname: str
+    port: int = 22
+    user: Optional[str] = None
+    key_filenames: List[str] = field(default_factory=list)
+    proxy_jump: Optional[str] = None
+    connect_timeout: float = 15.0
+
+    @property
+    def display(self) -> str:
+        """user@host:port, as shown in messages (never carries secrets)."""
+        user = f"{self.user}@" if self.user else ""
+        host = f"[{self.hostname}]" if ":" in self.hostname else self.hostname
+        return f"{user}{host}:{self.port}"
+
+    @property
+    def known_hosts_name(self) -> str:
+        """The name under which OpenSSH records this host's key in known_hosts."""
+        if self.port == 22:
+            return self.hostname
+        return f"[{self.hostname}]:{self.port}"
+
+
+def split_host(value: str):
+    """Split `user@host[:port]` (IPv6 as `[addr]:port`) into (user, host, port)."""
+    match = _HOST_RE.match((value or "").strip())
+    if not match:
+        raise InvalidArgumentValueError(
+            f"--host {value!r} is not of the form [user@]host[:port].",
+            "Give a host name, an IP address (IPv6 in brackets: [fd00::1]:22) or a Host alias "
+            "from ~/.ssh/config, optionally preceded by user@ and followed by :port.")
+    port = match.group("port")
+    if port is not None and not 0 < int(port) < 65536:
+        raise InvalidArgumentValueError(f"Port {port} in --host is out of range.",
+                                        "Use a TCP port between 1 and 65535.")
+    return match.group("user"), match.group("v6") or match.group("name"), int(port) if port else None
+
+
+def resolve_target(host: str, ssh_user: Optional[str] = None, ssh_port: Optional[int] = None,
+                   ssh_key: Optional[str] = None, ssh_config: Optional[str] = None,
+                   connect_timeout: float = 15.0) -> SshTarget:
+    """Combine --host, the explicit SSH options and ~/.ssh/config into a target.
+
+    Precedence, as with OpenSSH: explicit options, then what --host spells out, then the
+    matching ~/.ssh/config entry (HostName, User, Port, IdentityFile, ProxyJump), then
+    defaults (port 22, the local user name).
+    """
+    user, name, port = split_host(host)
+    cfg = _lookup_ssh_config(name, ssh_config)
+    hostname = cfg.get("hostname", name)
+    final_user = ssh_user or user or cfg.get("user") or _local_user()
+    final_port = ssh_port or port or int(cfg.get("port", 22))
+    keys = [os.path.expanduser(ssh_key)] if ssh_key else [
+        os.path.expanduser(k) for k in cfg.get("identityfile", []) if os.path.exists(os.path.expanduser(k))]
+    if ssh_key and not os.path.isfile(keys[0]):
+        raise InvalidArgumentValueError(f"SSH key file {ssh_key!r} does not exist.",
+                                        "Check the path given with --ssh-key.")
+    proxy = cfg.get("proxyjump")
+    if proxy and proxy.lower() == "none":
+        proxy = None
+    return SshTarget(alias=name, hostname=hostname, port=final_port, user=final_user,
+                     key_filenames=keys, proxy_jump=proxy, connect_timeout=connect_timeout)
+
+
+def _lookup_ssh_config(name: str, path: Optional[str]) -> dict:
+    path = os.path.expanduser(path or DEFAULT_SSH_CONFIG)
+    if not os.path.isfile(path):
+        return {}
+    import paramiko  # deferred: only when a config file exists and a command runs
+    try:
+        config = paramiko.SSHConfig.from_path(path)
+    except (OSError, paramiko.ssh_exception.ConfigParseError) as exc:
+        raise InvalidArgumentValueError(f"Cannot read SSH config {path}: {exc}",
+                                        "Fix the file, or point --ssh-config at another one.") from exc
+    return dict(config.lookup(name))
+
+
+def _local_user() -> str:
+    import getpass
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "root"

@@ -1,0 +1,94 @@
+"""Reads (and, when absent, creates) this machine's own EK and SRK through tpm2-pytss, for
+running az on the device itself (`az edge-tpm ek show --local`)."""
+import os
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from azure.cli.core.azclierror import ResourceNotFoundError, UnclassifiedUserFault, ValidationError
+
+from .properties import describe_tpm, from_capability
+
+EK_HANDLE = 0x81010001
+SRK_HANDLE = 0x81000001
+
+
+@dataclass
+class LocalEk:
+    blob: bytes
+    created: List[str] = field(default_factory=list)
+    cert_index: Optional[str] = None
+    cert_der: Optional[bytes] = None
+    tpm_info: dict = field(default_factory=dict)
+
+
+def _import_tss():
+    # The TSS libraries log TPM error responses (including the expected "no such handle" ones)
+    # to stderr unless told otherwise; errors reach the user as az errors instead.
+    os.environ.setdefault("TSS2_LOG", "all+NONE")
+    try:
+        from tpm2_pytss import ESAPI, TSS2_Exception  # noqa: F401
+    except (ImportError, OSError) as exc:
+        raise ValidationError(
+            "--local needs tpm2-pytss and the tpm2-tss libraries, which are not installed here "
+            f"({exc}).",
+            "On Linux, install libtss2-dev (Debian/Ubuntu) and `az extension add` again; on Windows and "
+            "macOS use --host to read the TPM of a Linux device over SSH.") from exc
+
+
+def read_ek(tcti: Optional[str] = None, create: bool = True) -> LocalEk:
+    _import_tss()
+    from tpm2_pytss import ESAPI, TSS2_Exception
+    try:
+        ectx = ESAPI(tcti)
+    except TSS2_Exception as exc:
+        raise ResourceNotFoundError(
+            f"No TPM answered on this machine{' through ' + repr(tcti) if tcti else ''}: {exc}",
+            "Check /dev/tpmrm0 and its permissions (run as root or a member of the tss group), or "
+            "pass the TPM's TCTI with --tcti.") from exc
+    try:
+        with ectx:
+            return _read(ectx, create)
+    except TSS2_Exception as exc:
+        raise UnclassifiedUserFault(f"The TPM refused a command: {exc}",
+                                    "Check that the TPM is not in lockout and has no hierarchy password set.") from exc
+
+
+def _read(ectx, create: bool) -> LocalEk:
+    from tpm2_pytss.constants import ESYS_TR, TPM2_CAP, TPM2_PT
+    from tpm2_pytss.types import TPM2B_PUBLIC, TPM2B_SENSITIVE_CREATE
+    from tpm2_pytss.utils import NVReadEK, create_ek_template
+
+    created = []
+    nv_read = NVReadEK(ectx)
+    cert, template = create_ek_template("EK-RSA2048", nv_read)
+    ek_public = _read_persistent(ectx, EK_HANDLE)
+    if ek_public is None:
+        if not create:
+            raise ResourceNotFoundError("This machine's TPM has no endorsement key at 0x81010001.",
+                                        "Run without --no-create to create the EK and SRK.")
+        handle, ek_public, _, _, _ = ectx.create_primary(TPM2B_SENSITIVE_CREATE(), template, ESYS_TR.ENDORSEMENT)
+        ectx.evict_control(ESYS_TR.OWNER, handle, EK_HANDLE)
+        ectx.flush_context(handle)
+        created.append("ek")
+    if _read_persistent(ectx, SRK_HANDLE) is None and create:
+        srk_template = TPM2B_PUBLIC.parse(
+            "rsa2048:aes128cfb",
+            objectAttributes="fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda|restricted|decrypt")
+        handle, _, _, _, _ = ectx.create_primary(TPM2B_SENSITIVE_CREATE(), srk_template, ESYS_TR.OWNER)
+        ectx.evict_control(ESYS_TR.OWNER, handle, SRK_HANDLE)
+        ectx.flush_context(handle)
+        created.append("srk")
+    _, data = ectx.get_capability(TPM2_CAP.TPM_PROPERTIES, TPM2_PT.FIXED, 64)
+    info = describe_tpm(from_capability({int(p.property): int(p.value) for p in data.data.tpmProperties}))
+    return LocalEk(blob=ek_public.marshal(), created=created, cert_index="0x01C00002" if cert else None,
+                   cert_der=cert, tpm_info=info)
+
+
+def _read_persistent(ectx, handle: int):
+    from tpm2_pytss import TSS2_Exception
+    try:
+        tr = ectx.tr_from_tpmpublic(handle)
+    except TSS2_Exception:
+        return None
+    public, _, _ = ectx.read_public(tr)
+    return public

@@ -1,0 +1,145 @@
+"""Reads (and, when absent, creates) the EK and SRK of a remote device with tpm2-tools, in one
+shell script over one SSH session, the way the seed document's script does by hand: EK at
+0x81010001, SRK persisted at 0x81000001, transient handles flushed. The script works in a
+private temporary directory that it always removes, so nothing stays behind on the device.
+"""
+import base64
+import shlex
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from azure.cli.core.azclierror import (
+    ResourceNotFoundError, UnclassifiedUserFault, ValidationError)
+
+from .properties import describe_tpm, parse_fixed_properties  # noqa: F401  (describe_tpm re-exported)
+
+EK_HANDLE = "0x81010001"
+SRK_HANDLE = "0x81000001"
+EK_CERT_INDICES = ("0x01C00002", "0x01C0000A")  # RSA, ECC (TCG EK credential profile)
+
+# Exit codes of the script, one per failure a user can meet.
+_RC_NO_TOOLS, _RC_NO_TPM, _RC_NO_EK, _RC_TPM_ERROR = 10, 11, 12, 13
+
+_SCRIPT = r"""
+set -u
+{tcti_line}
+if ! command -v tpm2_readpublic >/dev/null 2>&1; then echo "@@ERR notools"; exit 10; fi
+D=$(mktemp -d) || exit 13
+trap 'rm -rf "$D"' EXIT
+if ! tpm2_getcap properties-fixed >"$D/caps" 2>"$D/err"; then
+  echo "@@ERR notpm"; sed 's/^/@@STDERR /' "$D/err"; exit 11
+fi
+sed 's/^/@@CAP /' "$D/caps"
+fail() {{ echo "@@ERR tpm $1"; sed 's/^/@@STDERR /' "$D/err"; exit 13; }}
+CREATED=""
+if ! tpm2_readpublic -Q -c {ek} -o "$D/ek.pub" 2>"$D/err"; then
+  [ {create} = 1 ] || {{ echo "@@ERR noek"; exit 12; }}
+  tpm2_createek -c {ek} -G rsa -u "$D/ek.pub" >/dev/null 2>"$D/err" || fail tpm2_createek
+  CREATED="$CREATED ek"
+fi
+if ! tpm2_readpublic -Q -c {srk} >/dev/null 2>&1; then
+  if [ {create} = 1 ]; then
+    tpm2_createprimary -Q -C o -c "$D/srk.ctx" >/dev/null 2>"$D/err" || fail tpm2_createprimary
+    tpm2_evictcontrol -Q -C o -c "$D/srk.ctx" {srk} >/dev/null 2>"$D/err" || fail tpm2_evictcontrol
+    CREATED="$CREATED srk"
+  else
+    echo "@@NOSRK"
+  fi
+fi
+[ -n "$CREATED" ] && tpm2_flushcontext -t >/dev/null 2>&1
+echo "@@CREATED$CREATED"
+echo "@@EK $(base64 -w0 "$D/ek.pub")"
+for idx in {cert_indices}; do
+  if tpm2_nvread -Q -C "$idx" -o "$D/cert" "$idx" 2>/dev/null; then
+    echo "@@CERT $idx $(base64 -w0 "$D/cert")"; break
+  fi
+done
+exit 0
+"""
+
+
+@dataclass
+class RemoteEk:
+    """What the device's TPM said."""
+    blob: bytes
+    created: List[str] = field(default_factory=list)
+    srk_present: bool = True
+    cert_index: Optional[str] = None
+    cert_der: Optional[bytes] = None
+    properties: Dict[str, dict] = field(default_factory=dict)
+
+
+def build_script(tcti: Optional[str], create: bool) -> str:
+    """The shell script run on the device; every value in it is quoted."""
+    tcti_line = f"export TPM2TOOLS_TCTI={shlex.quote(tcti)}" if tcti else ":"
+    return _SCRIPT.format(tcti_line=tcti_line, ek=EK_HANDLE, srk=SRK_HANDLE, create=1 if create else 0,
+                          cert_indices=" ".join(EK_CERT_INDICES))
+
+
+def read_ek(session, tcti: Optional[str] = None, create: bool = True, install_tools: bool = False) -> RemoteEk:
+    """Run the script on the device (as root through sudo where needed) and parse its answer."""
+    result = session.run(build_script(tcti, create), sudo=True, timeout=120)
+    if result.rc == _RC_NO_TOOLS and install_tools:
+        install_tpm2_tools(session)
+        result = session.run(build_script(tcti, create), sudo=True, timeout=120)
+    return parse_output(result, session.target.display, tcti)
+
+
+def install_tpm2_tools(session) -> None:
+    """Install Debian/Ubuntu's tpm2-tools package on the device (opt-in: --install-tools)."""
+    result = session.run("DEBIAN_FRONTEND=noninteractive apt-get install -y -q tpm2-tools", sudo=True, timeout=600)
+    if not result.ok:
+        tail = "\n".join(result.stderr.strip().splitlines()[-3:])
+        raise UnclassifiedUserFault(
+            f"Installing tpm2-tools on {session.target.display} failed: {tail}",
+            "Check the device's package sources (apt-get update) or install tpm2-tools by hand.")
+
+
+def parse_output(result, display: str, tcti: Optional[str]) -> RemoteEk:
+    lines = result.stdout.splitlines()
+    stderr = "\n".join(line[len("@@STDERR "):] for line in lines if line.startswith("@@STDERR "))
+    if result.rc == _RC_NO_TOOLS:
+        raise ResourceNotFoundError(
+            f"tpm2-tools is not installed on {display}.",
+            "Install it on the device (sudo apt-get install tpm2-tools), or re-run with --install-tools.")
+    if result.rc == _RC_NO_TPM:
+        where = f"through TCTI {tcti!r}" if tcti else "(no /dev/tpmrm0, /dev/tpm0 or TPM simulator answered)"
+        raise ResourceNotFoundError(
+            f"No TPM answered on {display} {where}: {_last_line(stderr)}",
+            "Check that the device has a TPM 2.0 enabled in its firmware and that the kernel exposes "
+            "/dev/tpmrm0; for a TPM simulator or a resource manager, pass its TCTI with --tcti.")
+    if result.rc == _RC_NO_EK:
+        raise ResourceNotFoundError(
+            f"The TPM of {display} has no endorsement key at {EK_HANDLE}.",
+            "Run without --no-create to create the EK and SRK as the IoT Edge documentation does.")
+    if result.rc == _RC_TPM_ERROR:
+        step = next((line.split()[2] for line in lines if line.startswith("@@ERR tpm")), "tpm2-tools")
+        raise UnclassifiedUserFault(
+            f"{step} failed on {display}: {_last_line(stderr) or 'no error text'}",
+            "A TPM in lockout or with an owner/endorsement password set refuses key creation: clear the "
+            "lockout (tpm2_dictionarylockout) or provide the hierarchy authorization, then run again.")
+    if result.rc != 0:
+        raise UnclassifiedUserFault(
+            f"Reading the EK on {display} failed (exit {result.rc}): {_last_line(result.stderr)}",
+            "Run the command again with --debug for details.")
+    ek = RemoteEk(blob=b"")
+    for line in lines:
+        if line.startswith("@@EK "):
+            ek.blob = base64.b64decode(line[5:].strip() or "")
+        elif line.startswith("@@CREATED"):
+            ek.created = line[len("@@CREATED"):].split()
+        elif line.startswith("@@NOSRK"):
+            ek.srk_present = False
+        elif line.startswith("@@CERT "):
+            _, index, data = (line.split(" ", 2) + [""])[:3]
+            ek.cert_index, ek.cert_der = index, base64.b64decode(data.strip() or "")
+    ek.properties = parse_fixed_properties([line[6:] for line in lines if line.startswith("@@CAP ")])
+    if not ek.blob:
+        raise ValidationError(f"The device {display} returned no endorsement key.",
+                              "Run the command again with --debug and check tpm2_readpublic on the device.")
+    return ek
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in (text or "").strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""
