@@ -108,16 +108,18 @@ def parse_endorsement_key(blob: bytes) -> EndorsementKey:
 
 
 def _parse_with_tss(blob: bytes) -> EndorsementKey:
+    from tpm2_pytss import TSS2_Exception
     from tpm2_pytss.constants import TPM2_ALG, TPM2_ECC
     from tpm2_pytss.types import TPM2B_PUBLIC
     try:
         public, used = TPM2B_PUBLIC.unmarshal(blob)
-    except Exception as exc:  # tpm2-pytss raises TSS2_Exception or ValueError for bad input
+    except (TSS2_Exception, ValueError) as exc:
         raise InvalidArgumentValueError(f"The endorsement key does not unmarshal as TPM2B_PUBLIC: {exc}",
                                         _HOW_TO_READ) from exc
     if used != len(blob):
         raise InvalidArgumentValueError(
-            f"The endorsement key has {len(blob) - used} bytes after the TPM2B_PUBLIC structure.", _HOW_TO_READ)
+            f"The endorsement key does not unmarshal as a TPM2B_PUBLIC (the TSS could read {used} of its "
+            f"{len(blob)} bytes).", _HOW_TO_READ)
     area = public.publicArea
     _check_attributes(int(area.objectAttributes))
     if area.type == TPM2_ALG.RSA:
