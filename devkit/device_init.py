@@ -1,0 +1,235 @@
+"""PID 1 of a simulated device (standard library only, run as a script).
+
+The host starts it as::
+
+    ip netns exec NETNS unshare --mount --pid --uts --fork --kill-child \\
+        PYTHON -I device_init.py SPEC.json
+
+so it is PID 1 of a fresh PID namespace, in a private mount namespace, inside the
+device's network namespace. From the spec (written by ``devkit.devices``) it:
+
+1. sets the hostname;
+2. mounts a tmpfs holding the upper layer of an overlay whose lower layer is the host's
+   ``/``, then proc, sysfs, ``/dev`` (rbind), a private devpts, and tmpfs on ``/dev/shm``,
+   ``/run`` and ``/tmp`` inside it, and ``chroot``s into it;
+3. removes files (host keys, stale apt lists), writes files (users, sshd_config, ...) and
+   runs the variant's commands;
+4. generates fresh SSH host keys, starts swtpm (unless the device has no TPM) and waits
+   until it listens, then starts ``sshd -D -e``;
+5. stays PID 1: reaps every process that ends up as its child, and exits when sshd exits
+   or on SIGTERM/SIGINT/SIGHUP. Leaving takes the whole PID namespace (swtpm included)
+   down, and the private mounts go with the last process of the mount namespace.
+
+Everything happens in the device's private namespaces: nothing is mounted on the host.
+Progress and errors go to stdout, which the host points at the device's log file.
+"""
+import base64
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+SSHD = "/usr/sbin/sshd"
+
+
+def log(msg):
+    """Write one line to the device log."""
+    sys.stdout.write("[init %.3f] %s\n" % (time.monotonic(), msg))
+    sys.stdout.flush()
+
+
+def run(argv, **kwargs):
+    """Run a command, failing loudly with its output."""
+    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, check=False, **kwargs)
+    if proc.returncode != 0:
+        raise RuntimeError("%s failed (rc=%d): %s" % (argv, proc.returncode, proc.stdout.strip()))
+    return proc.stdout
+
+
+def mount(*args):
+    """Call mount(8) with an argument list."""
+    run(["mount", *args])
+
+
+def build_root(mnt):
+    """Mount the private root under ``mnt`` (already private to us) and return its path."""
+    mount("-t", "tmpfs", "-o", "mode=0755", "devkit-root", mnt)
+    upper, work, root = (os.path.join(mnt, d) for d in ("upper", "work", "root"))
+    for d in (upper, work, root):
+        os.mkdir(d, 0o755)
+    mount("-t", "overlay", "devkit-overlay", "-o",
+          "lowerdir=/,upperdir=%s,workdir=%s" % (upper, work), root)
+    mount("-t", "proc", "proc", os.path.join(root, "proc"))
+    mount("-t", "sysfs", "sysfs", os.path.join(root, "sys"))
+    mount("--rbind", "/dev", os.path.join(root, "dev"))
+    mount("-t", "devpts", "-o", "newinstance,ptmxmode=0666,mode=0620,gid=5", "devpts",
+          os.path.join(root, "dev/pts"))
+    mount("--bind", os.path.join(root, "dev/pts/ptmx"), os.path.join(root, "dev/ptmx"))
+    mount("-t", "tmpfs", "-o", "mode=1777", "shm", os.path.join(root, "dev/shm"))
+    mount("-t", "tmpfs", "-o", "mode=0755", "run", os.path.join(root, "run"))
+    mount("-t", "tmpfs", "-o", "mode=1777", "tmp", os.path.join(root, "tmp"))
+    return root
+
+
+def remove_paths(patterns):
+    """Remove files or trees matching the glob patterns (inside the chroot)."""
+    for pattern in patterns:
+        for path in glob.glob(pattern):
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+
+
+def make_dirs(entries):
+    """Create directories with mode and owner."""
+    for d in entries:
+        os.makedirs(d["path"], exist_ok=True)
+        os.chmod(d["path"], d.get("mode", 0o755))
+        os.chown(d["path"], d.get("uid", 0), d.get("gid", 0))
+
+
+def write_files(entries):
+    """Write files (base64 content); a symlink in the way is replaced, never followed."""
+    for f in entries:
+        path = f["path"]
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if os.path.lexists(path):
+            os.unlink(path)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(base64.b64decode(f["content"]))
+        os.chmod(path, f.get("mode", 0o644))
+        os.chown(path, f.get("uid", 0), f.get("gid", 0))
+
+
+def wait_listening(port, proc, timeout):
+    """Wait until 127.0.0.1:port accepts a connection (or proc died)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("swtpm exited with %s" % proc.returncode)
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.01)
+    raise RuntimeError("swtpm did not listen on port %d within %ss" % (port, timeout))
+
+
+class Init:
+    """The supervisor loop: children by pid, exit when sshd ends or a stop signal comes."""
+
+    STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
+    def __init__(self):
+        self.children = {}
+
+    def spawn(self, role, argv):
+        """Start a child process and remember its role."""
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sys.stdout,
+                                stderr=sys.stdout)
+        self.children[proc.pid] = role
+        log("started %s (pid %d): %s" % (role, proc.pid, " ".join(argv)))
+        return proc
+
+    def reap(self):
+        """Reap every finished child (ours and orphans); return the roles that ended."""
+        ended = []
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return ended
+            if pid == 0:
+                return ended
+            role = self.children.pop(pid, None)
+            if role is not None:
+                log("%s (pid %d) exited with status %d" % (role, pid, status))
+                ended.append(role)
+
+    def stop(self):
+        """SIGTERM our children and give them a moment before the namespace is torn down."""
+        for pid in self.children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 2.0
+        while self.children and time.monotonic() < deadline:
+            self.reap()
+            time.sleep(0.02)
+
+    def loop(self):
+        """Wait for signals: reap on SIGCHLD, stop on SIGTERM/SIGINT/SIGHUP or when sshd ends.
+
+        The signals are blocked only now, after every child started, so children keep a
+        normal signal mask.
+        """
+        watched = self.STOP_SIGNALS | {signal.SIGCHLD}
+        signal.pthread_sigmask(signal.SIG_BLOCK, watched)
+        while True:
+            if "sshd" in self.reap():
+                log("sshd ended: stopping the device")
+                self.stop()
+                return 1
+            info = signal.sigtimedwait(watched, 5.0)
+            if info is not None and info.si_signo in self.STOP_SIGNALS:
+                log("signal %d: stopping" % info.si_signo)
+                self.stop()
+                return 0
+
+
+def main(spec_path):
+    """Build the device described by ``spec_path`` and supervise it."""
+    with open(spec_path, "r", encoding="utf-8") as f:
+        spec = json.load(f)
+    socket.sethostname(spec["hostname"])
+    root = build_root(spec["mnt"])
+    os.chroot(root)
+    os.chdir("/")
+    os.environ.clear()
+    os.environ.update({"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                       "HOME": "/root", "LANG": "C.UTF-8"})
+    remove_paths(spec.get("remove", []))
+    make_dirs(spec.get("dirs", []))
+    write_files(spec.get("files", []))
+    for argv in spec.get("commands", []):
+        log("run: %s" % " ".join(argv))
+        run(argv)
+    for key_type in spec.get("host_key_types", ["ed25519"]):
+        path = "/etc/ssh/ssh_host_%s_key" % key_type
+        run(["ssh-keygen", "-q", "-t", key_type, "-N", "", "-C", "root@" + spec["hostname"],
+             "-f", path])
+    init = Init()
+    tpm = spec.get("swtpm")
+    if tpm:
+        os.makedirs(tpm["state_dir"], exist_ok=True)
+        port = tpm["port"]
+        swtpm = init.spawn("swtpm", [
+            "swtpm", "socket", "--tpm2",
+            "--server", "type=tcp,port=%d,bindaddr=127.0.0.1" % port,
+            "--ctrl", "type=tcp,port=%d,bindaddr=127.0.0.1" % (port + 1),
+            "--tpmstate", "dir=%s" % tpm["state_dir"],
+            "--flags", "not-need-init,startup-clear"])
+        wait_listening(port, swtpm, 10.0)
+    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+    init.spawn("sshd", [SSHD, "-D", "-e", "-f", spec.get("sshd_config", "/etc/ssh/sshd_config")])
+    log("ready")
+    return init.loop()
+
+
+if __name__ == "__main__":
+    if os.getpid() != 1:
+        sys.exit("device_init.py must run as PID 1 of a new PID namespace")
+    try:
+        sys.exit(main(sys.argv[1]))
+    except Exception as exc:  # noqa: BLE001 - PID 1 must report any failure before dying
+        log("FAILED: %s: %s" % (type(exc).__name__, exc))
+        sys.exit(2)

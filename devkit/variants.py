@@ -1,0 +1,140 @@
+"""Device variants: named changes applied to a device's boot spec.
+
+A device starts from the base spec (users, sshd, a fresh swtpm) built by
+``devkit.devices``; each variant is a function that edits that :class:`DeviceSpec` before the
+device boots. Variants compose with ``+``: ``"mfg+notools"`` is a manufacturer-provisioned
+TPM without tpm2-tools, ``"oldos+notpm"`` an old OS without TPM.
+
+Adding a variant (later issues)::
+
+    from devkit.variants import variant
+
+    @variant("busybox", "no bash on the device")
+    def _busybox(spec):
+        spec.run("dpkg", "--remove", "--force-depends", "--force-remove-essential", "bash")
+
+A spec offers ``write_file``, ``remove``, ``run`` (a command run inside the device, in its
+chroot, before sshd starts), ``os_release`` and the ``tpm`` mode (``"fresh"``, ``"mfg"`` or
+``None``).
+"""
+import base64
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+TPM_FRESH = "fresh"
+TPM_MFG = "mfg"
+
+
+@dataclass
+class DeviceSpec:
+    """What a device's init does at boot; variants and services edit it."""
+
+    name: str
+    hostname: str
+    address: str
+    tpm: Optional[str] = TPM_FRESH
+    files: Dict[str, dict] = field(default_factory=dict)
+    dirs: List[dict] = field(default_factory=list)
+    remove_globs: List[str] = field(default_factory=list)
+    commands: List[List[str]] = field(default_factory=list)
+    host_key_types: List[str] = field(default_factory=lambda: ["ed25519", "ecdsa"])
+    notes: Dict[str, object] = field(default_factory=dict)
+
+    def write_file(self, path, content, mode=0o644, uid=0, gid=0):
+        """Write ``content`` (str or bytes) at ``path`` inside the device (replaces links)."""
+        data = content.encode("utf-8") if isinstance(content, str) else bytes(content)
+        self.files[path] = {"path": path, "content": base64.b64encode(data).decode("ascii"),
+                            "mode": mode, "uid": uid, "gid": gid}
+
+    def make_dir(self, path, mode=0o755, uid=0, gid=0):
+        """Create a directory inside the device."""
+        self.dirs.append({"path": path, "mode": mode, "uid": uid, "gid": gid})
+
+    def remove(self, pattern):
+        """Remove files matching a glob inside the device."""
+        self.remove_globs.append(pattern)
+
+    def run(self, *argv):
+        """Run a command inside the device at boot (argument list, no shell)."""
+        self.commands.append([str(a) for a in argv])
+
+    def os_release(self, text, debian_version=None):
+        """Make the device report another OS (/etc/os-release and /usr/lib/os-release)."""
+        self.write_file("/etc/os-release", text)
+        self.write_file("/usr/lib/os-release", text)
+        if debian_version is not None:
+            self.write_file("/etc/debian_version", debian_version + "\n")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A named edit of a device spec."""
+
+    name: str
+    description: str
+    apply: Callable[[DeviceSpec], None]
+
+
+VARIANTS: Dict[str, Variant] = {}
+
+
+def variant(name, description):
+    """Decorator registering ``func(spec)`` as variant ``name``."""
+    def register(func):
+        VARIANTS[name] = Variant(name, description, func)
+        return func
+    return register
+
+
+def resolve(name):
+    """Variants of a possibly composed name (``"mfg+notools"``), in order."""
+    parts = [p for p in name.split("+") if p]
+    unknown = [p for p in parts if p not in VARIANTS]
+    if not parts or unknown:
+        raise ValueError("unknown device variant %r (known: %s; combine with '+')"
+                         % (name, ", ".join(sorted(VARIANTS))))
+    return [VARIANTS[p] for p in parts]
+
+
+def apply(name, spec):
+    """Apply a (possibly composed) variant to a spec."""
+    for v in resolve(name):
+        v.apply(spec)
+
+
+@variant("fresh", "swtpm with no EK yet (like a TPM nobody provisioned)")
+def _fresh(spec):
+    spec.tpm = TPM_FRESH
+
+
+@variant("mfg", "swtpm provisioned by swtpm_setup: EK at 0x81010001, EK cert in NV 0x01C00002")
+def _mfg(spec):
+    spec.tpm = TPM_MFG
+
+
+@variant("notools", "tpm2-tools not installed (dpkg sees it as removed)")
+def _notools(spec):
+    spec.run("dpkg", "--remove", "--force-depends", "tpm2-tools")
+
+
+@variant("notpm", "no TPM at all (no swtpm, no /dev/tpm*)")
+def _notpm(spec):
+    spec.tpm = None
+
+
+RASPBIAN_STRETCH = """PRETTY_NAME="Raspbian GNU/Linux 9 (stretch)"
+NAME="Raspbian GNU/Linux"
+VERSION_ID="9"
+VERSION="9 (stretch)"
+VERSION_CODENAME=stretch
+ID=raspbian
+ID_LIKE=debian
+HOME_URL="http://www.raspbian.org/"
+SUPPORT_URL="http://www.raspbian.org/RaspbianForums"
+BUG_REPORT_URL="http://www.raspbian.org/RaspbianBugs"
+"""
+
+
+@variant("oldos", "reports Raspbian GNU/Linux 9 (stretch), an OS IoT Edge does not support")
+def _oldos(spec):
+    spec.os_release(RASPBIAN_STRETCH, debian_version="9.13")
