@@ -1,0 +1,386 @@
+"""Build the stand-in .deb packages and the flat apt repository that holds them.
+
+``build_repo(out_dir)`` lays out::
+
+    out_dir/pool/*.deb          every package (stand-ins, and Debian's tpm2-tools + libtss2-*)
+    out_dir/Packages(.gz)       flat index (dpkg-scanpackages --multiversion)
+    out_dir/debs/<edge_ver>/    hard links of one consistent set for offline installs
+    out_dir/manifest.json       cache key, versions, package files
+
+It is cached: a rebuild happens only when the stand-in sources, this builder, the
+interpreter or the devkit checkout path change (the packages embed the last two).
+packages-microsoft-prod is not built here: its apt line names the server's address, so
+``AptRepo`` builds it when it starts serving (``build_config_package``).
+"""
+import glob
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RUNTIME = os.path.join(HERE, "runtime")
+FILES = os.path.join(RUNTIME, "files")
+DEVKIT_ROOT = os.path.dirname(os.path.dirname(HERE))
+
+EDGE_VERSIONS = ("1.5.9-1", "1.5.10-1")
+MOBY_VERSION = "25.0.5-1"
+SHIM_VERSION = "1.0-1"
+CONFIG_PKG_VERSION = "1.1-debian12"
+IDENTITY_UNITS = ("aziot-keyd", "aziot-certd", "aziot-identityd", "aziot-tpmd")
+SERVICE_DIRS = {"aziot-keyd": ("keyd", "aziotks"), "aziot-certd": ("certd", "aziotcs"),
+                "aziot-identityd": ("identityd", "aziotid"), "aziot-tpmd": ("tpmd", "aziottpm")}
+# Debian's tpm2-tools and the libraries it pulls that a minimal device may lack. The
+# base libraries (libc6, libssl3, libcurl*, libjson-c5) are assumed present.
+TPM2_TOOLS_DEBS = ("tpm2-tools", "libtss2-esys-3.0.2-0", "libtss2-fapi1", "libtss2-mu0",
+                   "libtss2-rc0", "libtss2-sys1", "libtss2-tctildr0", "libtss2-tcti-cmd0",
+                   "libtss2-tcti-device0", "libtss2-tcti-mssim0", "libtss2-tcti-swtpm0",
+                   "tpm-udev")
+MAINTAINER = "az edge-tpm devkit <devkit@localhost>"
+
+
+class BuildError(RuntimeError):
+    """A package or the index could not be built."""
+
+
+def _run(argv, cwd=None):
+    """Run a build tool; raise BuildError with its output on failure."""
+    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise BuildError("%s failed (%d): %s%s" % (" ".join(argv), proc.returncode,
+                                                    proc.stdout, proc.stderr))
+    return proc.stdout
+
+
+def _read(name):
+    """A file of runtime/files."""
+    with open(os.path.join(FILES, name), "r", encoding="utf-8") as f:
+        return f.read()
+
+
+# --------------------------------------------------------------------------------------
+# One package
+
+
+class Package:
+    """A .deb under construction: control fields, files, maintainer scripts."""
+
+    def __init__(self, name, version, description, depends=(), section="misc"):
+        self.name, self.version = name, version
+        self.fields = {"Package": name, "Version": version, "Architecture": "all",
+                       "Maintainer": MAINTAINER, "Section": section, "Priority": "optional"}
+        if depends:
+            self.fields["Depends"] = ", ".join(depends)
+        self.description = description
+        self.files = {}     # path -> (bytes, mode)
+        self.dirs = []      # extra empty directories
+        self.scripts = {}   # postinst/prerm/postrm -> text
+
+    def add(self, path, content, mode=0o644):
+        """Ship ``content`` (str or bytes) at absolute ``path``."""
+        data = content.encode() if isinstance(content, str) else content
+        self.files[path] = (data, mode)
+
+    def build(self, out_dir):
+        """Write ``<name>_<version>_all.deb`` into ``out_dir``; return its path."""
+        with tempfile.TemporaryDirectory(prefix="devkit-deb-") as root:
+            for path, (data, mode) in self.files.items():
+                dest = os.path.join(root, path.lstrip("/"))
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                with open(dest, "wb") as f:
+                    f.write(data)
+                os.chmod(dest, mode)
+            for d in self.dirs:
+                os.makedirs(os.path.join(root, d.lstrip("/")), exist_ok=True)
+            debian = os.path.join(root, "DEBIAN")
+            os.makedirs(debian)
+            control = "".join("%s: %s\n" % kv for kv in self.fields.items())
+            summary, _, body = self.description.partition("\n")
+            control += "Description: %s\n" % summary
+            for line in body.strip().splitlines():
+                control += " %s\n" % (line if line.strip() else ".")
+            with open(os.path.join(debian, "control"), "w", encoding="utf-8") as f:
+                f.write(control)
+            for name, text in self.scripts.items():
+                script = os.path.join(debian, name)
+                with open(script, "w", encoding="utf-8") as f:
+                    f.write("#!/bin/sh\nset -e\n" + text)
+                os.chmod(script, 0o755)
+            for dirpath, dirnames, _files in os.walk(root):
+                for d in dirnames:
+                    os.chmod(os.path.join(dirpath, d), 0o755)
+            target = os.path.join(out_dir, "%s_%s_all.deb" % (self.name, self.version))
+            _run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", root, target])
+        return target
+
+
+# --------------------------------------------------------------------------------------
+# The stand-ins
+
+
+def shim_package():
+    """devkit-systemctl-shim: systemctl for devices without systemd."""
+    pkg = Package("devkit-systemctl-shim", SHIM_VERSION,
+                  "systemctl stand-in for devkit devices without systemd\n"
+                  "Links /usr/local/sbin/systemctl to a shell script that serves units\n"
+                  "from their /etc/init.d scripts, only when the system was not booted\n"
+                  "with systemd (no /run/systemd/system) and nothing is there yet.",
+                  section="admin")
+    pkg.add("/usr/lib/devkit-systemctl-shim/systemctl", _read("systemctl"), 0o755)
+    pkg.scripts["postinst"] = (
+        'if [ "$1" = configure ] && [ ! -d /run/systemd/system ] '
+        '&& [ ! -e /usr/local/sbin/systemctl ]; then\n'
+        "    mkdir -p /usr/local/sbin\n"
+        "    ln -s /usr/lib/devkit-systemctl-shim/systemctl /usr/local/sbin/systemctl\n"
+        "fi\n")
+    pkg.scripts["postrm"] = (
+        'if [ "$1" = remove ] || [ "$1" = purge ]; then\n'
+        '    if [ "$(readlink /usr/local/sbin/systemctl 2>/dev/null)" = '
+        '"/usr/lib/devkit-systemctl-shim/systemctl" ]; then\n'
+        "        rm -f /usr/local/sbin/systemctl\n"
+        "    fi\n"
+        "fi\n")
+    return pkg
+
+
+def moby_package():
+    """moby-engine: dockerd + docker stand-ins and the docker init script."""
+    pkg = Package("moby-engine", MOBY_VERSION,
+                  "Moby container engine (devkit stand-in)\n"
+                  "A dockerd that validates /etc/docker/daemon.json and answers a small\n"
+                  "part of the Engine API on /var/run/docker.sock; no containers run.",
+                  depends=("devkit-systemctl-shim", "python3"), section="admin")
+    pkg.add("/usr/bin/dockerd", _read("dockerd").replace("@MOBY_VERSION@", MOBY_VERSION),
+            0o755)
+    pkg.add("/usr/bin/docker", _read("docker"), 0o755)
+    pkg.add("/etc/init.d/docker", _read("docker.init"), 0o755)
+    pkg.dirs.append("/etc/docker")
+    pkg.scripts["postinst"] = (
+        'if [ "$1" = configure ]; then\n'
+        "    getent group docker >/dev/null || groupadd --system docker\n"
+        "    if [ ! -d /run/systemd/system ]; then /etc/init.d/docker restart || true; fi\n"
+        "fi\n")
+    pkg.scripts["prerm"] = "/etc/init.d/docker stop || true\n"
+    return pkg
+
+
+def _standin_tree(pkg):
+    """The aziot_standin Python package (shipped by aziot-identity-service)."""
+    for path in sorted(glob.glob(os.path.join(RUNTIME, "aziot_standin", "*.py"))):
+        with open(path, "r", encoding="utf-8") as f:
+            pkg.add("/usr/lib/aziot-standin/aziot_standin/" + os.path.basename(path), f.read())
+    with open(os.path.join(RUNTIME, "run.py"), "r", encoding="utf-8") as f:
+        pkg.add("/usr/lib/aziot-standin/run.py", f.read())
+
+
+def identity_package(version, python, devkit_root):
+    """aziot-identity-service: service users, /etc/aziot dirs, keyd/certd/identityd/tpmd."""
+    pkg = Package("aziot-identity-service", version,
+                  "Azure IoT Identity Service (devkit stand-in)\n"
+                  "Creates the aziotks, aziotcs, aziotid and aziottpm service users and\n"
+                  "provisions through the device TPM with the devkit DPS emulator.",
+                  depends=("devkit-systemctl-shim", "python3"), section="admin")
+    _standin_tree(pkg)
+    pkg.add("/usr/lib/aziot-standin/python", _read("python.in").replace("@PYTHON@", python),
+            0o755)
+    pkg.add("/usr/lib/aziot-standin/identity.json",
+            json.dumps({"identity_version": version.rsplit("-", 1)[0], "python": python,
+                        "devkit_root": devkit_root}, indent=1) + "\n")
+    for unit in IDENTITY_UNITS:
+        pkg.add("/etc/init.d/" + unit, _read("aziot.init.in").replace("@UNIT@", unit), 0o755)
+    for short, _user in SERVICE_DIRS.values():
+        pkg.dirs += ["/etc/aziot/%s/config.d" % short, "/var/lib/aziot/%s" % short]
+    pkg.dirs += ["/var/lib/aziot/standin", "/var/log/aziot"]
+    lines = ['if [ "$1" = configure ]; then\n']
+    for short, user in SERVICE_DIRS.values():
+        lines.append('    getent group %s >/dev/null || groupadd --system %s\n' % (user, user))
+        lines.append('    id -u %s >/dev/null 2>&1 || useradd --system -g %s -d /var/lib/aziot/%s '
+                     '-s /usr/sbin/nologin -c "Azure IoT %s" %s\n' % (user, user, short, short,
+                                                                        user))
+    lines += ["    usermod -aG aziotks aziotcs\n",
+              "    usermod -aG aziotcs,aziotks,aziottpm aziotid\n",
+              "    getent group tss >/dev/null && usermod -aG tss aziottpm || true\n"]
+    for short, user in SERVICE_DIRS.values():
+        lines.append("    chown -R %s:%s /etc/aziot/%s /var/lib/aziot/%s\n"
+                     % (user, user, short, short))
+        lines.append("    chmod 0700 /var/lib/aziot/%s\n" % short)
+    lines.append("fi\n")
+    pkg.scripts["postinst"] = "".join(lines)
+    return pkg
+
+
+def edge_package(version):
+    """aziot-edge: the iotedge stand-in, the config template, the iotedge user."""
+    upstream = version.rsplit("-", 1)[0]
+    major_minor = ".".join(upstream.split(".")[:2])
+    next_minor = "%s.%d" % (major_minor.split(".")[0], int(major_minor.split(".")[1]) + 1)
+    pkg = Package("aziot-edge", version,
+                  "Azure IoT Edge runtime (devkit stand-in)\n"
+                  "Ships /usr/bin/iotedge (config apply, system status/logs, list, check,\n"
+                  "version) and /etc/aziot/config.toml.edge.template.",
+                  depends=("aziot-identity-service (>= %s)" % version,
+                           "aziot-identity-service (<< %s~)" % next_minor,
+                           "moby-engine", "devkit-systemctl-shim"), section="admin")
+    pkg.add("/usr/bin/iotedge", _read("iotedge"), 0o755)
+    pkg.add("/usr/lib/aziot-standin/edge.json",
+            json.dumps({"edge_version": upstream}, indent=1) + "\n")
+    pkg.add("/etc/aziot/config.toml.edge.template",
+            _read("config.toml.edge.template").replace("@EDGE_VERSION@", upstream), 0o644)
+    pkg.add("/etc/init.d/aziot-edged", _read("aziot.init.in").replace("@UNIT@", "aziot-edged"),
+            0o755)
+    pkg.dirs += ["/etc/aziot/edged/config.d", "/var/lib/aziot/edged"]
+    pkg.scripts["postinst"] = (
+        'if [ "$1" = configure ]; then\n'
+        "    getent group iotedge >/dev/null || groupadd --system iotedge\n"
+        "    id -u iotedge >/dev/null 2>&1 || useradd --system -g iotedge "
+        '-d /var/lib/aziot/edged -s /usr/sbin/nologin -c "Azure IoT Edge" iotedge\n'
+        "    for g in aziotcs aziotks aziotid docker systemd-journal; do\n"
+        '        getent group "$g" >/dev/null && usermod -aG "$g" iotedge || true\n'
+        "    done\n"
+        "    chown -R iotedge:iotedge /etc/aziot/edged /var/lib/aziot/edged\n"
+        "fi\n")
+    return pkg
+
+
+def build_config_package(apt_line, out_dir):
+    """packages-microsoft-prod pointing apt at ``apt_line``; return the .deb path."""
+    pkg = Package("packages-microsoft-prod", CONFIG_PKG_VERSION,
+                  "Package repository configuration (devkit stand-in)\n"
+                  "Writes /etc/apt/sources.list.d/microsoft-prod.list for the devkit's\n"
+                  "local repository instead of packages.microsoft.com.")
+    pkg.add("/etc/apt/sources.list.d/microsoft-prod.list",
+            "# devkit stand-in of packages.microsoft.com\n%s\n" % apt_line)
+    return pkg.build(out_dir)
+
+
+# --------------------------------------------------------------------------------------
+# Debian's own tpm2-tools
+
+
+def _installed_version(name):
+    """The installed version of a Debian package on the host, or None."""
+    proc = subprocess.run(["dpkg-query", "-W", "-f=${Version}", name], capture_output=True,
+                          text=True, check=False)
+    return proc.stdout.strip() if proc.returncode == 0 and proc.stdout.strip() else None
+
+
+def fetch_debian_debs(dest, cache_dir):
+    """Put tpm2-tools and its libtss2 deps in ``dest``: from apt's cache, else apt-get download.
+
+    Returns the list of file names; raises BuildError when tpm2-tools cannot be had.
+    """
+    os.makedirs(cache_dir, exist_ok=True)
+    names = []
+    for name in TPM2_TOOLS_DEBS:
+        version = _installed_version(name)
+        epochless = version.split(":", 1)[-1] if version else "*"
+        pattern = "%s_%s_*.deb" % (name, epochless)
+        found = (glob.glob(os.path.join("/var/cache/apt/archives", pattern))
+                 + glob.glob(os.path.join(cache_dir, pattern)))
+        if not found:
+            spec = "%s=%s" % (name, version) if version else name
+            proc = subprocess.run(["apt-get", "download", "-q", spec], cwd=cache_dir,
+                                  capture_output=True, text=True, check=False)
+            found = glob.glob(os.path.join(cache_dir, pattern))
+            if not found:
+                if name == "tpm2-tools":
+                    raise BuildError("cannot get tpm2-tools .deb: %s" % proc.stderr.strip())
+                continue
+        src = sorted(found)[-1]
+        shutil.copy2(src, os.path.join(dest, os.path.basename(src)))
+        names.append(os.path.basename(src))
+    return names
+
+
+# --------------------------------------------------------------------------------------
+# The repository
+
+
+def _cache_key(python, devkit_root):
+    """Hash of everything the built packages depend on."""
+    h = hashlib.sha256()
+    for path in sorted(glob.glob(os.path.join(RUNTIME, "**", "*"), recursive=True)
+                       + [os.path.abspath(__file__)]):
+        if os.path.isfile(path) and "__pycache__" not in path:
+            h.update(path.encode())
+            with open(path, "rb") as f:
+                h.update(f.read())
+    h.update(("%s\n%s\n%s\n%s" % (python, devkit_root, EDGE_VERSIONS, MOBY_VERSION)).encode())
+    return h.hexdigest()
+
+
+def scan(repo_dir):
+    """(Re)write Packages and Packages.gz for ``repo_dir``/pool."""
+    index = _run(["dpkg-scanpackages", "--multiversion", "pool", "/dev/null"], cwd=repo_dir)
+    tmp = os.path.join(repo_dir, "Packages.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(index)
+    with open(tmp, "rb") as src, gzip.open(tmp + ".gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    os.replace(tmp + ".gz", os.path.join(repo_dir, "Packages.gz"))
+    os.replace(tmp, os.path.join(repo_dir, "Packages"))
+
+
+def _link(src, dest):
+    """Hard link (same file system) or copy."""
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copy2(src, dest)
+
+
+def build_repo(out_dir, python=None, devkit_root=None):
+    """Build (or reuse) the stand-in repository in ``out_dir``; return its path.
+
+    ``python`` is the interpreter the device-side runtime uses (default: this one, i.e. the
+    devkit venv, which devices see at the same path); ``devkit_root`` the checkout holding
+    ``devkit/tpmclient.py`` (default: this one).
+    """
+    python = python or sys.executable
+    devkit_root = devkit_root or DEVKIT_ROOT
+    out_dir = os.path.abspath(out_dir)
+    key = _cache_key(python, devkit_root)
+    manifest_path = os.path.join(out_dir, "manifest.json")
+    try:
+        with open(manifest_path, "r", encoding="utf-8") as f:
+            if json.load(f).get("key") == key:
+                return out_dir
+    except (OSError, ValueError):
+        pass
+    os.makedirs(os.path.dirname(out_dir) or ".", exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".repo-", dir=os.path.dirname(out_dir))
+    os.chmod(staging, 0o755)
+    try:
+        pool = os.path.join(staging, "pool")
+        os.makedirs(pool)
+        built = {"shim": shim_package().build(pool), "moby": moby_package().build(pool)}
+        for version in EDGE_VERSIONS:
+            built["identity-" + version] = identity_package(version, python,
+                                                            devkit_root).build(pool)
+            built["edge-" + version] = edge_package(version).build(pool)
+        debian = fetch_debian_debs(pool, os.path.join(os.path.dirname(out_dir),
+                                                      "debian-debs-cache"))
+        scan(staging)
+        for version in EDGE_VERSIONS:
+            offline = os.path.join(staging, "debs", version)
+            os.makedirs(offline)
+            for path in [built["shim"], built["moby"], built["identity-" + version],
+                         built["edge-" + version]] + [os.path.join(pool, n) for n in debian]:
+                _link(path, os.path.join(offline, os.path.basename(path)))
+        manifest = {"key": key, "edge_versions": list(EDGE_VERSIONS),
+                    "latest": EDGE_VERSIONS[-1], "moby_version": MOBY_VERSION,
+                    "python": python, "devkit_root": devkit_root,
+                    "pool": sorted(os.listdir(pool))}
+        with open(os.path.join(staging, "manifest.json"), "w", encoding="utf-8") as f:
+            json.dump(manifest, f, indent=1)
+        if os.path.exists(out_dir):
+            shutil.rmtree(out_dir)
+        os.replace(staging, out_dir)
+    finally:
+        if os.path.exists(staging):
+            shutil.rmtree(staging)
+    return out_dir

@@ -1,0 +1,79 @@
+"""Child process that touches the TPM for the stand-in aziot-tpmd / aziot-identityd.
+
+Run as ``PYTHON -I tpmchild.py`` with one JSON request on stdin; answers one JSON object on
+stdout. Its stderr is kept apart so the parent can log tpm2-tss's own diagnostics
+("WARNING:tcti:...") under aziot-tpmd, as the real service's journal shows them.
+
+Requests:
+- ``{"op": "probe", "tcti": T}`` opens and closes an ESAPI context on TCTI ``T``.
+- ``{"op": "register", "tcti", "endpoint", "id_scope", "registration_id", "payload",
+  "auth_key_index", "devkit_root"}`` calls ``devkit.tpmclient.register`` (the devkit's
+  device-side DPS TPM registration client) and returns its final registration state.
+
+Answer: ``{"ok": true, ...}`` or ``{"ok": false, "stage": "tcti"|"client"|"register",
+"error": text, "type": exception class name}``.
+"""
+import importlib.util
+import json
+import os
+import sys
+
+
+def _load_client(devkit_root):
+    """Import the TPM registration client.
+
+    ``AZIOT_STANDIN_TPM_CLIENT`` (a path to a .py file with a ``register`` function) is a
+    test-only hook for exercising the stand-in before/without the real client; the packaged
+    runtime uses ``devkit.tpmclient`` from the devkit checkout recorded at build time.
+    """
+    override = os.environ.get("AZIOT_STANDIN_TPM_CLIENT")
+    if override:
+        spec = importlib.util.spec_from_file_location("standin_tpm_client", override)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    if devkit_root and devkit_root not in sys.path:
+        sys.path.insert(0, devkit_root)
+    from devkit import tpmclient  # pylint: disable=import-outside-toplevel
+    return tpmclient
+
+
+def probe(tcti):
+    """Open the TCTI through ESAPI, as aziot-tpmd does when it starts serving."""
+    from tpm2_pytss import ESAPI  # pylint: disable=import-outside-toplevel
+    ctx = ESAPI(tcti)
+    ctx.close()
+
+
+def handle(req):
+    """Serve one request; never raises."""
+    if req["op"] == "probe":
+        try:
+            probe(req["tcti"])
+        except Exception as err:  # noqa: BLE001 - report any TSS/import failure to the parent
+            return {"ok": False, "stage": "tcti", "error": str(err), "type": type(err).__name__}
+        return {"ok": True}
+    try:
+        client = _load_client(req.get("devkit_root"))
+    except Exception as err:  # noqa: BLE001 - missing module or tpm2-pytss
+        return {"ok": False, "stage": "client", "error": str(err), "type": type(err).__name__}
+    try:
+        state = client.register(req["tcti"], req["endpoint"], req["id_scope"],
+                                req["registration_id"], ca_bundle=None,
+                                payload=req.get("payload"),
+                                auth_key_index=req.get("auth_key_index", 0x100))
+    except Exception as err:  # noqa: BLE001 - any client failure is a DPS client error
+        return {"ok": False, "stage": "register", "error": str(err), "type": type(err).__name__}
+    return {"ok": True, "state": state}
+
+
+def main():
+    """Read the request, answer on stdout."""
+    req = json.load(sys.stdin)
+    sys.stdout.write(json.dumps(handle(req), default=str) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Serve a stand-in repository over HTTP to the simulated devices (standard library only).
+
+``AptRepo(repo_dir, bind_ips).start()`` binds one port on every given address (port 0: a
+free port chosen on the first address, then reused on the others), builds the
+packages-microsoft-prod package for that address, and serves a private copy of the
+repository (hard links) so two servers of the same ``repo_dir`` never clash.
+"""
+import functools
+import json
+import os
+import shutil
+import tempfile
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+from . import builder
+
+CONFIG_PKG_PATH = "config/debian/12/packages-microsoft-prod.deb"
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    """Static files, no access log on stderr."""
+
+    def log_message(self, *_args):
+        """Requests are not logged."""
+
+
+class AptRepo:
+    """A running HTTP server for a repository built by ``build_repo``."""
+
+    def __init__(self, repo_dir, bind_ips, port=0):
+        self.repo_dir = os.path.abspath(repo_dir)
+        self.bind_ips = list(bind_ips)
+        if not self.bind_ips:
+            raise ValueError("AptRepo needs at least one address to bind")
+        self.port = port
+        self.serve_dir = None
+        self._servers = []
+        self._threads = []
+
+    @property
+    def base_url(self):
+        """URL of the repository on the first address."""
+        return "http://%s:%d/" % (self.bind_ips[0], self.port)
+
+    @property
+    def apt_line(self):
+        """The sources.list line a device uses."""
+        return "deb [trusted=yes] %s ./" % self.base_url
+
+    def _prepare(self):
+        """A private served tree: links to the pool, the config package, a fresh index."""
+        parent = os.path.dirname(self.repo_dir)
+        self.serve_dir = tempfile.mkdtemp(prefix="apt-served-%d-" % self.port, dir=parent)
+        pool = os.path.join(self.serve_dir, "pool")
+        os.makedirs(pool)
+        for name in os.listdir(os.path.join(self.repo_dir, "pool")):
+            builder._link(os.path.join(self.repo_dir, "pool", name), os.path.join(pool, name))
+        deb = builder.build_config_package(self.apt_line, pool)
+        config_copy = os.path.join(self.serve_dir, CONFIG_PKG_PATH)
+        os.makedirs(os.path.dirname(config_copy))
+        builder._link(deb, config_copy)
+        builder.scan(self.serve_dir)
+
+    def start(self):
+        """Bind, prepare the served tree, serve in background threads; return section()."""
+        try:
+            for ip in self.bind_ips:
+                server = ThreadingHTTPServer((ip, self.port), _QuietHandler)
+                server.daemon_threads = True
+                self.port = server.server_address[1]
+                self._servers.append(server)
+            self._prepare()
+            handler = functools.partial(_QuietHandler, directory=self.serve_dir)
+            for server in self._servers:
+                server.RequestHandlerClass = handler
+                thread = threading.Thread(target=server.serve_forever, daemon=True,
+                                          name="apt-repo-%s" % server.server_address[0])
+                thread.start()
+                self._threads.append(thread)
+        except BaseException:
+            self.stop()
+            raise
+        return self.section()
+
+    def stop(self):
+        """Shut the servers down and remove the served tree."""
+        for server in self._servers:
+            if self._threads:
+                server.shutdown()
+            server.server_close()
+        self._servers, self._threads = [], []
+        if self.serve_dir and os.path.isdir(self.serve_dir):
+            shutil.rmtree(self.serve_dir)
+        self.serve_dir = None
+
+    def section(self):
+        """The devkit.json section describing this repository."""
+        with open(os.path.join(self.repo_dir, "manifest.json"), "r", encoding="utf-8") as f:
+            manifest = json.load(f)
+        latest = manifest["latest"]
+        return {
+            "apt_line": self.apt_line,
+            "base_url": self.base_url,
+            "urls": ["http://%s:%d/" % (ip, self.port) for ip in self.bind_ips],
+            "config_package_url": self.base_url + CONFIG_PKG_PATH,
+            "repo_dir": self.serve_dir or self.repo_dir,
+            "debs_dir": os.path.join(self.repo_dir, "debs", latest),
+            "debs_dirs": {v: os.path.join(self.repo_dir, "debs", v)
+                          for v in manifest["edge_versions"]},
+            "edge_versions": manifest["edge_versions"],
+            "latest_edge_version": latest,
+        }
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()

@@ -1,0 +1,404 @@
+"""Tests of the stand-in IoT Edge packages, their apt repository and the stand-in runtime.
+
+Three layers:
+- pure tests of the super-config validation (what `iotedge config apply` refuses);
+- the repository: built, served over HTTP, indexed with both aziot-edge versions;
+- a throwaway root (an overlay of / with a private upper layer, entered through
+  ``unshare --mount --pid`` + chroot, no simulated-device rig needed) where the packages are
+  apt-installed from the served repository and `iotedge` runs for real, against a swtpm.
+
+Registration: until the devkit's TPM registration client exists, the throwaway root uses a
+fake client (``FAKE_CLIENT`` below, test-only, via the stand-in's AZIOT_STANDIN_TPM_CLIENT
+hook); the TCTI is still opened for real on a swtpm.
+"""
+import gzip
+import os
+import shutil
+import socket
+import subprocess
+import textwrap
+import time
+import urllib.request
+
+import pytest
+
+from devkit.packages import EDGE_VERSIONS, AptRepo, build_repo
+from devkit.packages.runtime.aziot_standin import superconfig
+
+GOOD = textwrap.dedent("""\
+    auto_reprovisioning_mode = "Dynamic"
+
+    [provisioning]
+    source = "dps"
+    global_endpoint = "https://127.0.0.1:1"
+    id_scope = "0ne00000001"
+
+    [provisioning.attestation]
+    method = "tpm"
+    registration_id = "dev-1"
+
+    [tpm]
+    tcti = "TCTI"
+    auth_key_index = 0x00_01_00
+    """)
+
+
+# --------------------------------------------------------------------------------------
+# What `iotedge config apply` refuses (pure)
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ('id_scope = "0ne00000001"', 'id_scope = "0ne00000001', "could not parse config file: "),
+    ('"Dynamic"', "Dynamic",
+     "could not parse config file: invalid TOML value, did you mean to use a quoted string?"
+     " at line 1 column"),
+    ('source = "dps"', 'source = "dpss"',
+     "unknown variant `dpss`, expected one of `manual`, `dps`, `none` at line 4 column 1"),
+    ('method = "tpm"', 'method = "TPM"',
+     "unknown variant `TPM`, expected one of `symmetric_key`, `x509`, `tpm` at line 9"),
+    ('"https://127.0.0.1:1"', '"global.azure-devices-provisioning.net"',
+     "relative URL without a base at line 5 column 1"),
+    ('"https://127.0.0.1:1"', '"https://"', "empty host"),
+    ("0x00_01_00", '"0x00_01_00"',
+     'invalid type: string "0x00_01_00", expected u32 at line 14 column 1'),
+    ("0x00_01_00", "0x80_00_00",
+     "invalid value: integer `8388608`, expected integer in range 0x00_00_00..=0x7F_FF_FF"),
+    ('auto_reprovisioning_mode = "Dynamic"', 'auto_reprovisioning_mode = "Sometimes"',
+     "unknown variant `Sometimes`, expected one of `Dynamic`, `AlwaysOnStartup`, `OnErrorOnly`"),
+    ('registration_id = "dev-1"', "", "missing field `registration_id`"),
+    ('auto_reprovisioning_mode = "Dynamic"', 'parent_hostname = "parent"',
+     "DPS provisioning is not supported in nested mode"),
+])
+def test_superconfig_refusals(old, new, message):
+    """Each broken config is refused with the runtime's wording."""
+    text = GOOD.replace(old, new, 1)
+    assert text != GOOD
+    with pytest.raises(superconfig.ConfigError) as err:
+        superconfig.parse(text)
+    assert message in str(err.value)
+
+
+def test_superconfig_reprovisioning_mode_in_table_is_ignored():
+    """The seed's trap: the mode under [provisioning.attestation] is silently not applied."""
+    text = GOOD.replace('auto_reprovisioning_mode = "Dynamic"\n', "").replace(
+        'registration_id = "dev-1"', 'registration_id = "dev-1"\n'
+        'auto_reprovisioning_mode = "AlwaysOnStartup"')
+    cfg = superconfig.parse(text)
+    assert cfg["auto_reprovisioning_mode"] == "Dynamic"
+
+
+def test_superconfig_renders_service_files():
+    """A good config becomes five service files; tpmd keeps the TCTI."""
+    cfg = superconfig.parse(GOOD.replace("TCTI", "swtpm:host=127.0.0.1,port=2321"))
+    files = superconfig.render(cfg, {"aziotid": 1, "aziotcs": 2, "iotedge": 3}, "host")
+    assert set(files) == {"keyd", "certd", "identityd", "tpmd", "edged"}
+    import tomllib
+    tpmd = tomllib.loads(files["tpmd"])
+    assert tpmd == {"tcti": "swtpm:host=127.0.0.1,port=2321"}
+    identityd = tomllib.loads(files["identityd"])
+    assert identityd["provisioning"]["attestation"]["registration_id"] == "dev-1"
+    assert tomllib.loads(files["edged"])["auto_reprovisioning_mode"] == "Dynamic"
+
+
+# --------------------------------------------------------------------------------------
+# The repository
+
+
+@pytest.fixture(scope="module")
+def repo_dir(tmp_path_factory):
+    """The stand-in repository (built once per module)."""
+    if shutil.which("dpkg-scanpackages") is None:
+        pytest.skip("dpkg-dev is not installed")
+    return build_repo(str(tmp_path_factory.mktemp("pkgs") / "repo"))
+
+
+@pytest.fixture(scope="module")
+def served(repo_dir):
+    """The repository served on 127.0.0.1; yields the devkit.json section."""
+    repo = AptRepo(repo_dir, ["127.0.0.1"])
+    section = repo.start()
+    yield section
+    repo.stop()
+
+
+def test_build_repo_is_cached(repo_dir):
+    """A second build with nothing changed reuses the first (fast, same files)."""
+    before = os.stat(os.path.join(repo_dir, "Packages")).st_mtime_ns
+    start = time.monotonic()
+    assert build_repo(repo_dir) == repo_dir
+    assert time.monotonic() - start < 1.0
+    assert os.stat(os.path.join(repo_dir, "Packages")).st_mtime_ns == before
+
+
+def test_served_index_lists_both_edge_versions(served):
+    """The flat index over HTTP carries both aziot-edge versions and tpm2-tools."""
+    with urllib.request.urlopen(served["base_url"] + "Packages.gz", timeout=5) as resp:
+        index = gzip.decompress(resp.read()).decode()
+    for version in EDGE_VERSIONS:
+        assert "Package: aziot-edge\nVersion: %s\n" % version in index
+        assert "Package: aziot-identity-service\nVersion: %s\n" % version in index
+    for name in ("moby-engine", "packages-microsoft-prod", "tpm2-tools", "devkit-systemctl-shim"):
+        assert "Package: %s\n" % name in index
+    assert served["apt_line"] == "deb [trusted=yes] %s ./" % served["base_url"]
+    with urllib.request.urlopen(served["config_package_url"], timeout=5) as resp:
+        assert resp.read(8) == b"!<arch>\n"
+    offline = sorted(os.listdir(served["debs_dir"]))
+    assert any(n.startswith("aziot-edge_%s" % EDGE_VERSIONS[-1]) for n in offline)
+    assert any(n.startswith("tpm2-tools_") for n in offline)
+
+
+# --------------------------------------------------------------------------------------
+# A throwaway root
+
+
+ENTER = r"""
+set -e
+mount -t overlay overlay -o "lowerdir=/,upperdir=$DK_UPPER,workdir=$DK_WORK" "$DK_ROOT"
+mount -t proc proc "$DK_ROOT/proc"
+mount --rbind /dev "$DK_ROOT/dev"
+mount -t tmpfs run "$DK_ROOT/run"
+exec chroot "$DK_ROOT" /bin/sh -c "$DK_CMD"
+"""
+
+
+class ThrowawayRoot:
+    """An overlay of the host's / whose changes persist in a private upper directory.
+
+    Every ``run`` enters fresh mount + PID namespaces, so processes a command starts
+    (dockerd) end with it and nothing is ever mounted on the host.
+    """
+
+    def __init__(self, base):
+        self.upper, self.work, self.root = (os.path.join(base, d) for d in ("u", "w", "m"))
+        for d in (self.upper, self.work, self.root):
+            os.makedirs(d)
+
+    def run(self, cmd, check=True, env=None):
+        """Run ``cmd`` (a shell string) as root inside; return the CompletedProcess."""
+        environ = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                   "HOME": "/root", "LANG": "C.UTF-8", "DEBIAN_FRONTEND": "noninteractive",
+                   "DK_UPPER": self.upper, "DK_WORK": self.work, "DK_ROOT": self.root,
+                   "DK_CMD": cmd}
+        environ.update(env or {})
+        proc = subprocess.run(["unshare", "--mount", "--pid", "--fork", "--kill-child",
+                               "/bin/sh", "-c", ENTER], env=environ, capture_output=True,
+                              text=True, timeout=300, check=False)
+        if check and proc.returncode != 0:
+            raise AssertionError("%r failed (%d):\n%s\n%s" % (cmd, proc.returncode,
+                                                              proc.stdout, proc.stderr))
+        return proc
+
+    def put(self, path, data, mode=0o644):
+        """Write a file into the root (through the upper layer)."""
+        dest = os.path.join(self.upper, path.lstrip("/"))
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        with open(dest, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(dest, mode)
+
+
+FAKE_CLIENT = '''
+# TEST-ONLY fake of devkit.tpmclient.register (the real client talks to the DPS emulator).
+import json
+def register(tcti, endpoint, id_scope, registration_id, ca_bundle=None, payload=None,
+             auth_key_index=0x100):
+    with open("/root/fake-register-calls.jsonl", "a") as f:
+        f.write(json.dumps({"tcti": tcti, "endpoint": endpoint, "id_scope": id_scope,
+                            "registration_id": registration_id, "payload": payload,
+                            "auth_key_index": auth_key_index}) + "\\n")
+    if registration_id == "unknown-device":
+        raise RuntimeError("DPS answered 401: {\\"errorCode\\": 401002}")
+    return {"registrationId": registration_id, "status": "assigned",
+            "assignedHub": "hub-1.azure-devices.net", "deviceId": registration_id}
+'''
+FAKE_ENV = {"AZIOT_STANDIN_TPM_CLIENT": "/root/fake_tpmclient.py"}
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def swtpm(tmp_path_factory):
+    """A software TPM on 127.0.0.1; yields its TCTI string."""
+    if shutil.which("swtpm") is None:
+        pytest.skip("swtpm is not installed")
+    state = tmp_path_factory.mktemp("swtpm")
+    port = _free_port()
+    proc = subprocess.Popen(["swtpm", "socket", "--tpm2", "--server",
+                             "type=tcp,port=%d,bindaddr=127.0.0.1" % port,
+                             "--ctrl", "type=tcp,port=%d,bindaddr=127.0.0.1" % (port + 1),
+                             "--tpmstate", "dir=%s" % state,
+                             "--flags", "not-need-init,startup-clear"])
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("swtpm did not start")
+            time.sleep(0.05)
+    yield "swtpm:host=127.0.0.1,port=%d" % port
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def device(served, tmp_path_factory):
+    """A throwaway root whose only apt source is the served devkit repository."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare")
+    root = ThrowawayRoot(str(tmp_path_factory.mktemp("root")))
+    with urllib.request.urlopen(served["config_package_url"], timeout=5) as resp:
+        root.put("/root/packages-microsoft-prod.deb", resp.read())
+    root.put("/root/fake_tpmclient.py", FAKE_CLIENT)
+    root.run("rm -rf /etc/apt/sources.list /etc/apt/sources.list.d/* /var/lib/apt/lists/*"
+             " && dpkg -i /root/packages-microsoft-prod.deb >/dev/null && apt-get update -q")
+    return root
+
+
+def test_config_package_points_apt_at_the_repo(device, served):
+    """packages-microsoft-prod writes the devkit apt line."""
+    out = device.run("cat /etc/apt/sources.list.d/microsoft-prod.list").stdout
+    assert served["apt_line"] in out
+
+
+def test_install_pinned_version_then_upgrade(device):
+    """Pinning both packages installs 1.5.9; a plain install upgrades to the latest."""
+    old, new = EDGE_VERSIONS[0], EDGE_VERSIONS[-1]
+    device.run("apt-get install -y -q aziot-edge=%s aziot-identity-service=%s" % (old, old))
+    assert device.run("iotedge version").stdout.strip() == "iotedge " + old.rsplit("-", 1)[0]
+    device.run("apt-get install -y -q aziot-edge")
+    assert device.run("iotedge version").stdout.strip() == "iotedge " + new.rsplit("-", 1)[0]
+    out = device.run("dpkg-query -W aziot-identity-service moby-engine").stdout
+    assert "aziot-identity-service\t%s" % new in out
+
+
+def test_install_creates_users_dirs_and_template(device):
+    """Service users exist; the template carries the real template's traps."""
+    out = device.run("id -u aziotks aziotcs aziotid aziottpm iotedge && id -nG aziotid"
+                     " && stat -c '%U %a' /etc/aziot/tpmd/config.d /var/lib/aziot/keyd").stdout
+    assert "aziotcs" in out and "aziottpm" in out
+    assert "aziottpm 755" in out and "aziotks 700" in out
+    template = device.run("cat /etc/aziot/config.toml.edge.template").stdout
+    assert '# auth_key_index = "0x00_01_00"' in template
+    assert "# auto_reprovisioning_mode = Dynamic" in template
+    tpm_block = template.split("## DPS provisioning with TPM", 1)[1].split("# ---", 1)[0]
+    assert tpm_block.index("[provisioning.attestation]") < tpm_block.index(
+        "auto_reprovisioning_mode = Dynamic")
+
+
+def test_systemctl_shim_restarts_docker_and_reads_daemon_json(device):
+    """`systemctl restart docker` works without systemd; dockerd applies daemon.json."""
+    device.run("test -L /usr/local/sbin/systemctl")
+    out = device.run(
+        "echo '{\"log-driver\": \"local\"}' > /etc/docker/daemon.json"
+        " && systemctl restart docker && systemctl is-active docker"
+        " && docker info --format '{{.LoggingDriver}}'").stdout.split()
+    assert out == ["active", "local"]
+    bad = device.run("echo '{oops' > /etc/docker/daemon.json && systemctl restart docker",
+                     check=False)
+    assert bad.returncode == 1 and "Job for docker.service failed" in bad.stderr
+    device.run("echo '{}' > /etc/docker/daemon.json")
+    assert device.run("systemctl is-active nosuch", check=False).returncode == 3
+
+
+def test_tpm2_tools_installs_from_the_repo(device):
+    """A root without tpm2-tools gets Debian's package from the devkit repository."""
+    device.run("dpkg -r tpm2-tools >/dev/null && ! command -v tpm2_createek")
+    device.run("apt-get install -y -q tpm2-tools && command -v tpm2_createek")
+
+
+def _apply(device, config, env=None):
+    device.put("/etc/aziot/config.toml", config, 0o600)
+    return device.run("iotedge config apply", check=False, env=env)
+
+
+def test_config_apply_refusals(device):
+    """Not root, broken TOML, string auth_key_index, nested DPS, missing users."""
+    device.put("/etc/aziot/config.toml", GOOD, 0o600)
+    out = device.run("setpriv --reuid=65534 --regid=65534 --clear-groups iotedge config apply",
+                     check=False)
+    assert (out.returncode, out.stderr) == (1, "Command failed: this command must be run as root"
+                                               "\n\n")
+    out = _apply(device, GOOD.replace("0x00_01_00", '"0x00_01_00"'))
+    assert out.returncode == 1
+    assert out.stderr.startswith('Command failed: could not parse config file: invalid type: '
+                                 'string "0x00_01_00", expected u32')
+    out = _apply(device, "parent_hostname = \"p\"\n" + GOOD)
+    assert out.stderr.strip() == "Command failed: DPS provisioning is not supported in nested mode"
+    out = _apply(device, GOOD.replace("[provisioning]", "[provisioning"))
+    assert "could not parse config file:" in out.stderr
+    device.run("userdel aziottpm")
+    try:
+        out = _apply(device, GOOD)
+        assert out.stderr.strip() == "Command failed: could not query aziottpm user information"
+    finally:
+        device.run("/var/lib/dpkg/info/aziot-identity-service.postinst configure")
+
+
+def test_config_apply_device_tcti_fails_like_the_real_runtime(device):
+    """tcti "device" without /dev/tpmrm0: tpmd Down, TSS diagnostics in the logs."""
+    out = _apply(device, GOOD.replace("TCTI", "device"), env=FAKE_ENV)
+    assert out.returncode == 0, out.stderr
+    status = device.run("iotedge system status").stdout
+    assert "    aziot-tpmd              Down - failed" in status
+    logs = device.run("iotedge system logs").stdout
+    assert "Could not initialize TCTI" in logs and "tcti:IO failure" in logs
+    assert "Failed to open default TCTI device file /dev/tpmrm0" in logs
+    check = device.run("iotedge check --output json", check=False)
+    assert check.returncode == 1
+    import json
+    checks = json.loads(check.stdout)["checks"]
+    assert checks["tpmd-running"]["result"]["result"] == "error"
+    assert checks["tpmd-config-well-formed"]["result"] == {"result": "ok"}
+
+
+def test_config_apply_registers_and_reports(device, swtpm):
+    """A good config: service files written 0600, registration recorded, status/list/check."""
+    config = GOOD.replace("TCTI", swtpm)
+    cmd = ("systemctl start docker && iotedge config apply && iotedge system status"
+           " && iotedge list && iotedge check --output json; echo rc=$?")
+    device.put("/etc/aziot/config.toml", config, 0o600)
+    out = device.run(cmd, env=FAKE_ENV).stdout
+    assert "Azure IoT Edge has been configured successfully!" in out
+    for unit in ("aziot-edged", "aziot-identityd", "aziot-keyd", "aziot-certd", "aziot-tpmd"):
+        assert "    %-24sRunning" % unit in out
+    assert "edgeAgent        running" in out
+    import json
+    check_line = [line for line in out.splitlines() if line.startswith('{"additional_info"')][0]
+    checks = json.loads(check_line)["checks"]
+    assert checks["container-engine-uri"]["result"] == {"result": "ok"}
+    assert checks["host-connect-dps-endpoint"]["result"]["result"] == "error"  # nothing on :1
+    assert out.rstrip().endswith("rc=1")
+    files = device.run("stat -c '%n %U %a' /etc/aziot/*/config.d/00-super.toml").stdout
+    assert "/etc/aziot/tpmd/config.d/00-super.toml aziottpm 600" in files
+    assert "/etc/aziot/edged/config.d/00-super.toml iotedge 600" in files
+    logs = device.run("iotedge system logs").stdout
+    assert "DPS registration complete." in logs
+    assert "Assigned to IoT hub: hub-1.azure-devices.net" in logs
+    calls = device.run("cat /root/fake-register-calls.jsonl").stdout.splitlines()
+    assert json.loads(calls[-1])["tcti"] == swtpm
+    # Dynamic: a second apply reuses the provisioning backup, AlwaysOnStartup registers again.
+    device.run("iotedge config apply", env=FAKE_ENV)
+    assert len(device.run("cat /root/fake-register-calls.jsonl").stdout.splitlines()) == len(calls)
+    device.put("/etc/aziot/config.toml", config.replace('"Dynamic"', '"AlwaysOnStartup"'), 0o600)
+    device.run("iotedge config apply", env=FAKE_ENV)
+    assert len(device.run("cat /root/fake-register-calls.jsonl").stdout.splitlines()) == \
+        len(calls) + 1
+
+
+def test_registration_failure_is_reported(device, swtpm):
+    """A refused registration: identityd logs DPS client error, edged is not up."""
+    config = GOOD.replace("TCTI", swtpm).replace("dev-1", "unknown-device")
+    out = _apply(device, config, env=FAKE_ENV)
+    assert out.returncode == 0
+    status = device.run("iotedge system status").stdout
+    assert "aziot-edged             Down - activating" in status
+    logs = device.run("iotedge system logs").stdout
+    assert "DPS client error" in logs and "401002" in logs
+    assert device.run("iotedge list", check=False).returncode == 1
