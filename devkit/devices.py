@@ -331,6 +331,10 @@ class Rig:
         """
         if services is not None:
             self.service_names = list(services)
+        bad = sorted({c for c in self.dir if c in ",:\\" or c.isspace()})
+        if bad:
+            # the path ends up in overlayfs mount options, which such characters break
+            raise DevkitError("rig directory %r must not contain %r" % (self.dir, "".join(bad)))
         os.makedirs(self.dir, exist_ok=True)
         self._refuse_if_running()
         try:

@@ -3,6 +3,7 @@ a crash), several rigs at once."""
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -134,7 +135,7 @@ def test_tpm_answers_inside_devices_with_a_tpm(rig):
         assert "TPM2_PT_MANUFACTURER" in proc.stdout
     dev = rig.by_variant("fresh")
     status, out, err = ssh_run(dev, "admin", "TPM2TOOLS_TCTI=%s tpm2_getcap properties-fixed"
-                               % dev.tcti)
+                               % shlex.quote(dev.tcti))
     assert status == 0 and "TPM2_PT_FIRMWARE_VERSION_1" in out, err
 
 
@@ -156,7 +157,8 @@ def test_exec_and_ssh_see_the_same_ek(rig):
     dev = rig.by_variant("mfg")
     script = "tpm2_readpublic -c 0x81010001 -o /tmp/ek.pub >/dev/null && sha256sum </tmp/ek.pub"
     by_exec = dev.exec(script, env=dev.tpm_env)
-    status, by_ssh, _ = ssh_run(dev, "root", "TPM2TOOLS_TCTI=%s sh -c '%s'" % (dev.tcti, script))
+    status, by_ssh, _ = ssh_run(dev, "root", "TPM2TOOLS_TCTI=%s sh -c %s"
+                                % (shlex.quote(dev.tcti), shlex.quote(script)))
     assert by_exec.returncode == 0 and status == 0
     assert by_exec.stdout == by_ssh and len(by_ssh.split()[0]) == 64
 
