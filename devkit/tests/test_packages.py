@@ -261,6 +261,13 @@ def device(served, tmp_path_factory):
     return root
 
 
+@pytest.fixture
+def installed(device):
+    """The throwaway root with aziot-edge installed (whatever version a test left)."""
+    device.run("dpkg -s aziot-edge >/dev/null 2>&1 || apt-get install -y -q aziot-edge")
+    return device
+
+
 def test_config_package_points_apt_at_the_repo(device, served):
     """packages-microsoft-prod writes the devkit apt line."""
     out = device.run("cat /etc/apt/sources.list.d/microsoft-prod.list").stdout
@@ -278,7 +285,7 @@ def test_install_pinned_version_then_upgrade(device):
     assert "aziot-identity-service\t%s" % new in out
 
 
-def test_install_creates_users_dirs_and_template(device):
+def test_install_creates_users_dirs_and_template(device, installed):
     """Service users exist; the template carries the real template's traps."""
     out = device.run("id -u aziotks aziotcs aziotid aziottpm iotedge && id -nG aziotid"
                      " && stat -c '%U %a' /etc/aziot/tpmd/config.d /var/lib/aziot/keyd").stdout
@@ -292,7 +299,7 @@ def test_install_creates_users_dirs_and_template(device):
         "auto_reprovisioning_mode = Dynamic")
 
 
-def test_systemctl_shim_restarts_docker_and_reads_daemon_json(device):
+def test_systemctl_shim_restarts_docker_and_reads_daemon_json(device, installed):
     """`systemctl restart docker` works without systemd; dockerd applies daemon.json."""
     device.run("test -L /usr/local/sbin/systemctl")
     out = device.run(
@@ -318,7 +325,7 @@ def _apply(device, config, env=None):
     return device.run("iotedge config apply", check=False, env=env)
 
 
-def test_config_apply_refusals(device):
+def test_config_apply_refusals(device, installed):
     """Not root, broken TOML, string auth_key_index, nested DPS, missing users."""
     device.put("/etc/aziot/config.toml", GOOD, 0o600)
     out = device.run("setpriv --reuid=65534 --regid=65534 --clear-groups iotedge config apply",
@@ -341,7 +348,7 @@ def test_config_apply_refusals(device):
         device.run("/var/lib/dpkg/info/aziot-identity-service.postinst configure")
 
 
-def test_config_apply_device_tcti_fails_like_the_real_runtime(device):
+def test_config_apply_device_tcti_fails_like_the_real_runtime(device, installed):
     """tcti "device" without /dev/tpmrm0: tpmd Down, TSS diagnostics in the logs."""
     out = _apply(device, GOOD.replace("TCTI", "device"), env=FAKE_ENV)
     assert out.returncode == 0, out.stderr
@@ -358,7 +365,7 @@ def test_config_apply_device_tcti_fails_like_the_real_runtime(device):
     assert checks["tpmd-config-well-formed"]["result"] == {"result": "ok"}
 
 
-def test_config_apply_registers_and_reports(device, swtpm):
+def test_config_apply_registers_and_reports(device, installed, swtpm):
     """A good config: service files written 0600, registration recorded, status/list/check."""
     config = GOOD.replace("TCTI", swtpm)
     cmd = ("systemctl start docker && iotedge config apply && iotedge system status"
@@ -392,7 +399,7 @@ def test_config_apply_registers_and_reports(device, swtpm):
         len(calls) + 1
 
 
-def test_registration_failure_is_reported(device, swtpm):
+def test_registration_failure_is_reported(device, installed, swtpm):
     """A refused registration: identityd logs DPS client error, edged is not up."""
     config = GOOD.replace("TCTI", swtpm).replace("dev-1", "unknown-device")
     out = _apply(device, config, env=FAKE_ENV)
@@ -402,3 +409,64 @@ def test_registration_failure_is_reported(device, swtpm):
     logs = device.run("iotedge system logs").stdout
     assert "DPS client error" in logs and "401002" in logs
     assert device.run("iotedge list", check=False).returncode == 1
+
+
+# --------------------------------------------------------------------------------------
+# End to end: the real TPM client against the DPS emulator, trusted via the system store
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    """The devkit DPS emulator on 127.0.0.1 (in this process)."""
+    dps = pytest.importorskip("devkit.dps")
+    emu = dps.Emulator(str(tmp_path_factory.mktemp("dps")), host_ips=["127.0.0.1"], port=0,
+                       assignment_delay_s=0.0, operation_retry_after_s=1, persist=False)
+    emu.start()
+    yield emu
+    emu.stop()
+
+
+def _provision_ek_srk(tcti, workdir):
+    """Persist an EK (0x81010001) and an SRK (0x81000001) in the swtpm; return ek.pub bytes."""
+    env = dict(os.environ, TPM2TOOLS_TCTI=tcti)
+    ek_pub = os.path.join(workdir, "ek.pub")
+    for argv in (["tpm2_createek", "-c", "0x81010001", "-G", "rsa", "-u", ek_pub],
+                 ["tpm2_createprimary", "-C", "o", "-G", "rsa", "-c",
+                  os.path.join(workdir, "srk.ctx")],
+                 ["tpm2_evictcontrol", "-C", "o", "-c", os.path.join(workdir, "srk.ctx"),
+                  "0x81000001"]):
+        subprocess.run(argv, env=env, cwd=workdir, check=True, capture_output=True)
+    with open(ek_pub, "rb") as f:
+        return f.read()
+
+
+def test_end_to_end_registration_with_emulator(device, installed, swtpm, emulator, tmp_path):
+    """Real client + emulator: the enrollment turns assigned; CA trusted via the trust store."""
+    import base64
+    import hashlib
+    import json
+    ek = _provision_ek_srk(swtpm, str(tmp_path))
+    rid = hashlib.sha256(ek).hexdigest()
+    emulator.store.put_enrollment(rid, {
+        "registrationId": rid, "capabilities": {"iotEdge": True},
+        "attestation": {"type": "tpm", "tpm": {"endorsementKey": base64.b64encode(ek).decode()}},
+    }, None)
+    with open(emulator.ca_bundle, "rb") as f:
+        device.put("/usr/local/share/ca-certificates/devkit-dps.crt", f.read())
+    device.run("update-ca-certificates >/dev/null 2>&1")
+    config = (GOOD.replace("https://127.0.0.1:1", emulator.device_endpoint)
+              .replace("0ne00000001", emulator.id_scope).replace("dev-1", rid)
+              .replace("TCTI", swtpm))
+    device.put("/etc/aziot/config.toml", config, 0o600)
+    out = device.run("systemctl start docker && iotedge config apply && iotedge system status"
+                     " && iotedge check --output json; echo rc=$?").stdout
+    assert "    aziot-edged             Running" in out, out
+    checks = json.loads([line for line in out.splitlines()
+                         if line.startswith('{"additional_info"')][0])["checks"]
+    assert checks["host-connect-dps-endpoint"]["result"] == {"result": "ok"}
+    assert out.rstrip().endswith("rc=0"), out
+    state = emulator.store.get_registration(rid)
+    assert state["status"] == "assigned"
+    logs = device.run("iotedge system logs").stdout
+    assert "DPS registration complete." in logs
+    assert "Assigned to IoT hub: %s" % state["assignedHub"] in logs
