@@ -470,3 +470,45 @@ def test_end_to_end_registration_with_emulator(device, installed, swtpm, emulato
     logs = device.run("iotedge system logs").stdout
     assert "DPS registration complete." in logs
     assert "Assigned to IoT hub: %s" % state["assignedHub"] in logs
+
+
+# --------------------------------------------------------------------------------------
+# On a simulated device of the rig, over SSH (what the product does)
+
+
+@pytest.mark.devkit
+def test_rig_device_installs_from_served_repo_over_ssh(rig, new_device, repo_dir):
+    """A notools device reaches the repo at the host IP; docker restarts over SSH; apply runs."""
+    from devkit.packages.service import AptService
+    service = AptService(repo_dir)
+    section = service.up(rig)
+    try:
+        assert section["base_url"] == "http://%s:%d/" % (rig.host_ip, int(
+            section["base_url"].rsplit(":", 1)[1].strip("/")))
+        dev = new_device("notools")
+
+        def ssh(cmd, timeout=120):
+            return subprocess.run(dev.ssh_argv() + [cmd], capture_output=True, text=True,
+                                  timeout=timeout, check=False, stdin=subprocess.DEVNULL)
+
+        url = section["config_package_url"]
+        fetch = "python3 -c 'import sys, urllib.request; urllib.request.urlretrieve(*sys.argv[1:])'"
+        out = ssh("set -e; cd /tmp; " + fetch + " '%s' pmp.deb; apt-get install -y -q ./pmp.deb"
+                  " >/dev/null; rm -f /etc/apt/sources.list.d/debian.sources;"
+                  " apt-get update -q >/dev/null; apt-get install -y -q aziot-edge tpm2-tools"
+                  " >/dev/null; command -v tpm2_createek; command -v systemctl" % url)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert out.stdout.split() == ["/usr/bin/tpm2_createek", "/usr/local/sbin/systemctl"]
+        start = time.monotonic()
+        out = ssh("systemctl restart docker && systemctl is-active docker", timeout=20)
+        assert (out.returncode, out.stdout.strip()) == (0, "active"), out.stderr
+        assert time.monotonic() - start < 10
+        config = GOOD.replace("TCTI", dev.tcti)
+        out = ssh("cat > /etc/aziot/config.toml <<'EOF_CONFIG'\n%sEOF_CONFIG\n"
+                  "iotedge config apply >/dev/null; iotedge system status; iotedge system logs"
+                  % config)
+        assert "aziot-tpmd              Running" in out.stdout, out.stdout + out.stderr
+        # A fresh TPM has no EK yet: the registration client refuses, identityd says so.
+        assert "DPS client error" in out.stdout
+    finally:
+        service.down(rig, section)
