@@ -14,3 +14,36 @@ def ek_table(result):
                           "present" if cert else "none"),
         "Manufacturer": tpm.get("manufacturer"),
     }
+
+
+def _enrollment_row(e):
+    return {
+        "EnrollmentId": e.get("registrationId"),
+        "DeviceId": e.get("deviceId"),
+        "Attestation": (e.get("attestation") or {}).get("type"),
+        "IotEdge": bool((e.get("capabilities") or {}).get("iotEdge")),
+        "Status": e.get("provisioningStatus"),
+        "Allocation": e.get("allocationPolicy"),
+        "IotHubs": ",".join(e.get("iotHubs") or []),
+        "Registration": ((e.get("registrationState") or {}).get("status")),
+        **({"Result": e["result"]} if "result" in e else {}),
+    }
+
+
+def enrollment_table(result):
+    """enrollment create | show (one enrollment) and list (many)."""
+    if isinstance(result, list):
+        return [_enrollment_row(e) for e in result]
+    return _enrollment_row(result or {})
+
+
+def registration_table(result):
+    r = result or {}
+    return {
+        "RegistrationId": r.get("registrationId"),
+        "Status": r.get("status"),
+        "DeviceId": r.get("deviceId"),
+        "AssignedHub": r.get("assignedHub"),
+        "ErrorCode": r.get("errorCode"),
+        "LastUpdated": r.get("lastUpdatedDateTimeUtc"),
+    }

@@ -39,3 +39,106 @@ examples:
   - name: Read this machine's own TPM (running az on the device itself).
     text: az edge-tpm ek show --local
 """
+
+helps["edge-tpm enrollment"] = """
+type: group
+short-summary: Manage TPM-attested, edge-enabled individual enrollments in a Device Provisioning Service.
+long-summary: |
+    The DPS is named with --dps-name/-n [-g] (found through Azure Resource Manager with the identity
+    of `az login`; a shared access policy with the right needed is read from it), or given by
+    --login <connection string> (no ARM call; @file reads it from a file). --auth-type login uses an
+    Entra ID token of the az login identity instead of a key, for a DPS with local authentication
+    disabled. Keys and tokens are never printed, logged (also with --debug) or put on a command line.
+"""
+
+helps["edge-tpm enrollment create"] = """
+type: command
+short-summary: Create a TPM individual enrollment for a device, idempotently.
+long-summary: |
+    The endorsement key (EK) is read from the device over SSH with --host (as `az edge-tpm ek show`
+    does, creating the EK and SRK if the TPM has none) or given with --endorsement-key. The
+    enrollment ID (= registration ID) defaults to the one derived from the EK. New enrollments are
+    edge-enabled and enabled unless told otherwise.
+    Running it again is safe: the output is the enrollment with two more top-level fields,
+    "result" ("created", "updated" or "unchanged") and "changes" (the fields it changed: e.g.
+    endorsementKey, deviceId, iotEdge, iotHubs, allocationPolicy, initialTwinTags,
+    initialTwinProperties, provisioningStatus, reprovisionPolicy). Options not given keep the
+    existing enrollment's values. An enrollment that holds another EK is a conflict error unless
+    --force, which replaces the key through an update guarded by the etag just read: if the
+    enrollment changes in between, the command fails instead of overwriting.
+examples:
+  - name: Enroll a device, reading its EK over SSH; the DPS is found through ARM.
+    text: az edge-tpm enrollment create --host root@192.168.1.20 --dps-name my-dps -g my-rg
+  - name: Enroll with a known EK and registration ID, with a connection string kept in a file.
+    text: az edge-tpm enrollment create --login @dps-connection-string.txt --endorsement-key "$(base64 -w0 ek.pub)" --registration-id edge-01
+  - name: Pin the device to one hub with initial twin tags from a file.
+    text: az edge-tpm enrollment create --host edge-01 -n my-dps --iot-hubs my-hub.azure-devices.net --allocation-policy static --initial-twin-tags @tags.json
+  - name: Use the az login identity (Entra ID) for a DPS with local authentication disabled.
+    text: az edge-tpm enrollment create --host edge-01 -n my-dps --auth-type login --device-id line-3-gateway
+  - name: Replace the EK of an existing enrollment after the device's TPM was cleared.
+    text: az edge-tpm enrollment create --host edge-01 -n my-dps --force
+  - name: Create it disabled, not as an IoT Edge device, never re-provisioned.
+    text: az edge-tpm enrollment create --host edge-01 -n my-dps --edge-enabled false --provisioning-status disabled --reprovision-policy never
+  - name: A non-root user, a key file, a TPM simulator and the legacy registration ID form.
+    text: az edge-tpm enrollment create --host admin@edge-01 --ssh-key ~/.ssh/fleet --tcti "swtpm:host=127.0.0.1,port=2321" --id-format legacy -n my-dps
+"""
+
+helps["edge-tpm enrollment show"] = """
+type: command
+short-summary: Show an individual enrollment.
+long-summary: Symmetric keys of enrollments made by other tools are not shown.
+examples:
+  - name: Show an enrollment found through ARM.
+    text: az edge-tpm enrollment show --enrollment-id edge-01 --dps-name my-dps -g my-rg
+  - name: Only the endorsement key, with a connection string from a file.
+    text: az edge-tpm enrollment show --enrollment-id edge-01 --login @dps.txt --query attestation.tpm.endorsementKey -o tsv
+"""
+
+helps["edge-tpm enrollment list"] = """
+type: command
+short-summary: List the individual enrollments of a DPS (all pages).
+examples:
+  - name: All enrollments as a table.
+    text: az edge-tpm enrollment list --dps-name my-dps -o table
+  - name: The first 20, with the az login identity (Entra ID).
+    text: az edge-tpm enrollment list -n my-dps --auth-type login --top 20
+"""
+
+helps["edge-tpm enrollment delete"] = """
+type: command
+short-summary: Delete an individual enrollment.
+long-summary: Asks for confirmation unless --yes. The device's IoT Hub identity is not touched.
+examples:
+  - name: Delete an enrollment without being asked.
+    text: az edge-tpm enrollment delete --enrollment-id edge-01 --dps-name my-dps --yes
+"""
+
+helps["edge-tpm registration"] = """
+type: group
+short-summary: Read a device's DPS registration state, and wait until DPS has assigned it to a hub.
+"""
+
+helps["edge-tpm registration show"] = """
+type: command
+short-summary: Show the registration state of a device (status, assigned hub, device ID, errors).
+long-summary: An error until the device has tried to register.
+examples:
+  - name: Show the registration state.
+    text: az edge-tpm registration show --registration-id edge-01 --dps-name my-dps -g my-rg
+  - name: Only the assigned hub, with a connection string from a file.
+    text: az edge-tpm registration show --registration-id edge-01 --login @dps.txt --query assignedHub -o tsv
+"""
+
+helps["edge-tpm registration wait"] = """
+type: command
+short-summary: Wait until DPS has assigned the device, and show its registration state.
+long-summary: |
+    Polls the registration state every --interval seconds (DPS throttling with Retry-After is
+    honoured) and shows progress. Exits 0 with the state once it is "assigned"; fails with DPS's
+    errorCode and errorMessage when it is "failed" or "disabled", or when --timeout passes.
+examples:
+  - name: Wait up to five minutes (the default).
+    text: az edge-tpm registration wait --registration-id edge-01 --dps-name my-dps
+  - name: Wait up to ten minutes, polling every 10 seconds, and print the hub.
+    text: az edge-tpm registration wait --registration-id edge-01 -n my-dps --timeout 600 --interval 10 --query assignedHub -o tsv
+"""

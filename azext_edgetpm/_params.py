@@ -30,6 +30,27 @@ def ssh_arguments(c):
                     "Default: the device's own default (tabrmd, then /dev/tpmrm0, /dev/tpm0).")
 
 
+def dps_arguments(c):
+    """How a command finds the Device Provisioning Service and authenticates to it."""
+    from azure.cli.core.commands.parameters import get_enum_type
+    c.argument("dps_name", options_list=["--dps-name", "-n"], arg_group="DPS",
+               help="Name of the Device Provisioning Service, found through Azure Resource Manager with the "
+                    "identity of `az login` (its ID scope and host names come from the resource).")
+    c.argument("resource_group_name", options_list=["--resource-group", "-g"], arg_group="DPS",
+               help="Resource group of the DPS. Default: the DPS of that name is searched for in the subscription.")
+    c.argument("login", options_list=["--login", "-l"], arg_group="DPS",
+               help="Connection string of a DPS shared access policy (HostName=...;SharedAccessKeyName=...;"
+                    "SharedAccessKey=...), used instead of --dps-name without any ARM call. Give it as @file to "
+                    "keep the key off the command line and shell history. With --auth-type login, the DPS host "
+                    "name alone is enough.")
+    c.argument("auth_type", options_list=["--auth-type"], arg_type=get_enum_type(["key", "login"]),
+               arg_group="DPS",
+               help="How to authenticate to the DPS service API: key (a shared access policy with the right "
+                    "needed, read through ARM or taken from --login) or login (an Entra ID token of the az login "
+                    "identity, for a DPS with local authentication disabled; needs the 'Device Provisioning "
+                    "Service Data Contributor' role). Default: key.")
+
+
 def load_arguments(self, _):
     from azure.cli.core.commands.parameters import get_enum_type
 
@@ -48,3 +69,62 @@ def load_arguments(self, _):
                    help="Install tpm2-tools on the device with apt-get when it is missing.")
         c.argument("local", options_list=["--local"], action="store_true",
                    help="Read this machine's own TPM through tpm2-pytss instead of a device over SSH.")
+
+    with self.argument_context("edge-tpm enrollment") as c:
+        dps_arguments(c)
+        c.argument("registration_id", options_list=["--enrollment-id", "--registration-id"],
+                   help="ID of the individual enrollment, which for TPM attestation is the device's registration "
+                        "ID (case-insensitive; shown in lower case).")
+
+    with self.argument_context("edge-tpm enrollment create") as c:
+        from azure.cli.core.commands.parameters import get_three_state_flag
+        ssh_arguments(c)
+        c.argument("id_format", id_format_type)
+        c.argument("registration_id", options_list=["--enrollment-id", "--registration-id"],
+                   help="ID of the enrollment (= the device's registration ID). Default: derived from the EK as "
+                        "--id-format says (what `az edge-tpm ek show` shows).")
+        c.argument("endorsement_key", options_list=["--endorsement-key"], arg_group="TPM",
+                   help="The device's EK as DPS takes it: base64 of the marshalled TPM2B_PUBLIC (`tpm2_readpublic "
+                        "-c 0x81010001 -o ek.pub; base64 -w0 ek.pub`). Instead of --host.")
+        c.argument("device_id", options_list=["--device-id"],
+                   help="IoT Hub device ID the device gets. Default: the registration ID.")
+        c.argument("edge_enabled", options_list=["--edge-enabled"], arg_type=get_three_state_flag(), default=True,
+                   help="Whether the device is an IoT Edge device. Default: true.")
+        c.argument("iot_hubs", options_list=["--iot-hubs"], nargs="+",
+                   help="Host names of the IoT hubs the device may be assigned to (space- or comma-separated). "
+                        "Default: all hubs linked to the DPS.")
+        c.argument("allocation_policy", options_list=["--allocation-policy"],
+                   arg_type=get_enum_type(["hashed", "geoLatency", "static"]),
+                   help="How DPS picks the hub: hashed (evenly), geoLatency (nearest) or static (the one hub of "
+                        "--iot-hubs). Default: the DPS's own policy.")
+        c.argument("initial_twin_tags", options_list=["--initial-twin-tags"],
+                   help="Initial device twin tags: a JSON object, or @file with one.")
+        c.argument("initial_twin_properties", options_list=["--initial-twin-properties"],
+                   help="Initial desired properties of the device twin: a JSON object, or @file with one.")
+        c.argument("provisioning_status", options_list=["--provisioning-status"],
+                   arg_type=get_enum_type(["enabled", "disabled"]),
+                   help="Whether the device may register. Default: enabled for a new enrollment, unchanged for an "
+                        "existing one.")
+        c.argument("reprovision_policy", options_list=["--reprovision-policy"],
+                   arg_type=get_enum_type(["reprovisionandmigratedata", "reprovisionandresetdata", "never"]),
+                   help="What happens when the device registers again: reprovisionandmigratedata (DPS default), "
+                        "reprovisionandresetdata or never.")
+        c.argument("force", options_list=["--force"], action="store_true",
+                   help="Replace the endorsement key of an existing enrollment that holds another key (an update "
+                        "guarded by the etag just read; it fails if the enrollment changes meanwhile).")
+
+    with self.argument_context("edge-tpm enrollment list") as c:
+        c.argument("top", options_list=["--top"], type=int,
+                   help="Return at most this many enrollments. Default: all (every page).")
+
+    with self.argument_context("edge-tpm registration") as c:
+        dps_arguments(c)
+        c.argument("registration_id", options_list=["--registration-id"],
+                   help="Registration ID of the device (what `az edge-tpm ek show` shows).")
+
+    with self.argument_context("edge-tpm registration wait") as c:
+        c.argument("timeout", options_list=["--timeout"], type=float,
+                   help="Seconds to wait for the device to be assigned. Default: 300.")
+        c.argument("interval", options_list=["--interval"], type=float,
+                   help="Seconds between two reads of the registration state (at least 1; DPS throttling is "
+                        "honoured on top). Default: 5.")

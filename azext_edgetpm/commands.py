@@ -1,8 +1,21 @@
 """Maps command names to the functions in custom.py, by name only (nothing heavy is imported)."""
 from azext_edgetpm._format import ek_table
+from azext_edgetpm._format import enrollment_table, registration_table
 from azext_edgetpm._validators import validate_device_source
+from azext_edgetpm._validators import validate_enrollment_create
 
 
 def load_command_table(self, _):
     with self.command_group("edge-tpm ek", is_preview=True) as g:
         g.custom_show_command("show", "ek_show", table_transformer=ek_table, validator=validate_device_source)
+
+    with self.command_group("edge-tpm enrollment", is_preview=True) as g:
+        g.custom_command("create", "enrollment_create", table_transformer=enrollment_table,
+                         validator=validate_enrollment_create)
+        g.custom_show_command("show", "enrollment_show", table_transformer=enrollment_table)
+        g.custom_command("list", "enrollment_list", table_transformer=enrollment_table)
+        g.custom_command("delete", "enrollment_delete", confirmation=True)
+
+    with self.command_group("edge-tpm registration", is_preview=True) as g:
+        g.custom_show_command("show", "registration_show", table_transformer=registration_table)
+        g.custom_command("wait", "registration_wait", table_transformer=registration_table)

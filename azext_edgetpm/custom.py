@@ -15,3 +15,92 @@ def ek_show(cmd, host=None, ssh_user=None, ssh_port=None, ssh_key=None, ssh_conf
                                 accept_new_host_key=accept_new_host_key, ssh_timeout=ssh_timeout)
     return device_identity(opts, tcti=tcti, create=not no_create, id_format=id_format,
                            install_tools=install_tools)
+
+
+# -- DPS: enrollments and registration state -------------------------------------------------
+
+def _dps_client(cmd, dps_name, resource_group_name, login, auth_type, rights):
+    from azext_edgetpm.dps.client import DpsClient
+    from azext_edgetpm.dps.discovery import resolve_target
+    target = resolve_target(cmd, dps_name=dps_name, resource_group=resource_group_name, login=login,
+                            auth_type=auth_type, rights=rights)
+    logger.info("DPS target: %s", target.describe())
+    return DpsClient(target, cli_ctx=cmd.cli_ctx)
+
+
+def enrollment_create(cmd, dps_name=None, resource_group_name=None, login=None, auth_type=None,
+                      host=None, ssh_user=None, ssh_port=None, ssh_key=None, ssh_config=None, known_hosts=None,
+                      accept_new_host_key=False, ssh_timeout=None, tcti=None, id_format="sha256",
+                      endorsement_key=None, registration_id=None, device_id=None, edge_enabled=True,
+                      iot_hubs=None, allocation_policy=None, initial_twin_tags=None, initial_twin_properties=None,
+                      provisioning_status=None, reprovision_policy=None, force=False):
+    from azext_edgetpm.dps.discovery import ENROLLMENT_WRITE
+    from azext_edgetpm.dps.enrollment import EnrollmentSpec, create_enrollment
+    client = _dps_client(cmd, dps_name, resource_group_name, login, auth_type, ENROLLMENT_WRITE)
+    if host:
+        from azext_edgetpm.operations import SshOptions, device_identity
+        opts = SshOptions.from_args(host, ssh_user=ssh_user, ssh_port=ssh_port, ssh_key=ssh_key,
+                                    ssh_config=ssh_config, known_hosts=known_hosts,
+                                    accept_new_host_key=accept_new_host_key, ssh_timeout=ssh_timeout)
+        identity = device_identity(opts, tcti=tcti, create=True, id_format=str(id_format))
+        key, derived_id = identity["endorsementKey"], identity["registrationId"]
+    else:
+        from azext_edgetpm.tpm.ek import decode_endorsement_key, parse_endorsement_key
+        ek = parse_endorsement_key(decode_endorsement_key(endorsement_key))
+        key, derived_id = ek.base64, ek.registration_id(str(id_format))
+    spec = EnrollmentSpec(registration_id=registration_id or derived_id, endorsement_key=key,
+                          device_id=device_id, edge_enabled=edge_enabled, iot_hubs=iot_hubs,
+                          allocation_policy=allocation_policy, initial_twin_tags=initial_twin_tags,
+                          initial_twin_properties=initial_twin_properties,
+                          provisioning_status=provisioning_status, reprovision_policy=reprovision_policy)
+    with client:
+        return create_enrollment(client, spec, force=force)
+
+
+def enrollment_show(cmd, registration_id, dps_name=None, resource_group_name=None, login=None, auth_type=None):
+    from azext_edgetpm.dps.discovery import ENROLLMENT_READ
+    from azext_edgetpm.dps.enrollment import for_output, normalize_registration_id
+    rid = normalize_registration_id(registration_id, "--enrollment-id")
+    with _dps_client(cmd, dps_name, resource_group_name, login, auth_type, ENROLLMENT_READ) as client:
+        return for_output(client.get_enrollment(rid))
+
+
+def enrollment_list(cmd, dps_name=None, resource_group_name=None, login=None, auth_type=None, top=None):
+    from azext_edgetpm.dps.discovery import ENROLLMENT_READ
+    from azext_edgetpm.dps.enrollment import list_enrollments
+    with _dps_client(cmd, dps_name, resource_group_name, login, auth_type, ENROLLMENT_READ) as client:
+        return list_enrollments(client, top=top)
+
+
+def enrollment_delete(cmd, registration_id, dps_name=None, resource_group_name=None, login=None, auth_type=None):
+    from azext_edgetpm.dps.discovery import ENROLLMENT_WRITE
+    from azext_edgetpm.dps.enrollment import normalize_registration_id
+    rid = normalize_registration_id(registration_id, "--enrollment-id")
+    with _dps_client(cmd, dps_name, resource_group_name, login, auth_type, ENROLLMENT_WRITE) as client:
+        client.delete_enrollment(rid)
+
+
+def registration_show(cmd, registration_id, dps_name=None, resource_group_name=None, login=None, auth_type=None):
+    from azext_edgetpm.dps.discovery import REGISTRATION_READ
+    from azext_edgetpm.dps.enrollment import normalize_registration_id
+    from azext_edgetpm.dps.registration import show_registration
+    rid = normalize_registration_id(registration_id)
+    with _dps_client(cmd, dps_name, resource_group_name, login, auth_type, REGISTRATION_READ) as client:
+        return show_registration(client, rid)
+
+
+def registration_wait(cmd, registration_id, dps_name=None, resource_group_name=None, login=None, auth_type=None,
+                      timeout=None, interval=None):
+    from azext_edgetpm.dps.discovery import REGISTRATION_READ
+    from azext_edgetpm.dps.enrollment import normalize_registration_id
+    from azext_edgetpm.dps.registration import DEFAULT_INTERVAL, DEFAULT_TIMEOUT, wait_for_assignment
+    rid = normalize_registration_id(registration_id)
+    progress = cmd.cli_ctx.get_progress_controller()
+    progress.begin(message=f"Waiting for DPS to assign {rid}")
+    try:
+        with _dps_client(cmd, dps_name, resource_group_name, login, auth_type, REGISTRATION_READ) as client:
+            return wait_for_assignment(client, rid, timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
+                                       interval=DEFAULT_INTERVAL if interval is None else interval,
+                                       progress=lambda message: progress.add(message=message))
+    finally:
+        progress.end()

@@ -1,0 +1,261 @@
+"""The DPS service API (2021-10-01) on azure-core's pipeline.
+
+The pipeline: headers and user agent, azure-core's RetryPolicy (429 with Retry-After and 408/5xx
+with exponential back-off, POST included for 5xx as azure-core decides), a SAS or bearer token
+policy, and azure-core's HttpLoggingPolicy, which logs only allow-listed headers and query
+parameters (the Authorization header is shown as REDACTED) and never bodies. TLS is verified
+against the system's or REQUESTS_CA_BUNDLE's CA bundle; there is no way to turn that off.
+
+DPS errors (`{"errorCode", "message", "trackingId"}`) become azure.cli.core.azclierror errors
+that carry the code, the message and the tracking ID.
+"""
+import logging
+from typing import Iterator, List, Optional
+
+from azure.cli.core.azclierror import (
+    AzureConnectionError, AzureInternalError, AzureResponseError, BadRequestError, ForbiddenError,
+    InvalidArgumentValueError, ResourceNotFoundError, UnauthorizedError)
+from knack.log import get_logger
+
+from azext_edgetpm.dps.discovery import DpsTarget
+
+logger = get_logger(__name__)
+
+API_VERSION = "2021-10-01"
+BULK_MAX = 10
+ENDORSEMENT_KEY_INVALID = 400004
+
+_HOW_TO_READ_EK = ("DPS takes the base64 of the marshalled TPM2B_PUBLIC (it starts 'AToAAQALAAMAsgAg' for a "
+                   "typical RSA-2048 EK): read it with `az edge-tpm ek show --host <device>`, or on the device "
+                   "with `tpm2_readpublic -c 0x81010001 -o ek.pub; base64 -w0 ek.pub`. A PEM, a raw modulus or a "
+                   "TPMT_PUBLIC without its 2-byte size prefix is refused.")
+
+
+class DpsConflictError(AzureResponseError):
+    """409 (exists / changed) and 412 (etag mismatch) answers."""
+
+
+class DpsThrottledError(AzureResponseError):
+    """429 answers that outlasted the retry policy."""
+
+
+class _DebugLogger(logging.LoggerAdapter):
+    """HttpLoggingPolicy logs at INFO; our HTTP traces belong to --debug, not --verbose."""
+
+    def isEnabledFor(self, level):
+        return self.logger.isEnabledFor(logging.DEBUG if level == logging.INFO else level)
+
+    def info(self, msg, *args, **kwargs):
+        self.logger.debug(msg, *args, **kwargs)
+
+
+def _dps_details(response) -> dict:
+    try:
+        body = response.json()
+    except Exception:  # pylint: disable=broad-except  # not JSON: proxies, load balancers
+        body = None
+    if not isinstance(body, dict):
+        body = {"message": (response.text() or "")[:300] or response.reason}
+    return {"status": response.status_code, "errorCode": body.get("errorCode"),
+            "message": body.get("message") or body.get("Message") or response.reason,
+            "trackingId": body.get("trackingId") or response.headers.get("x-ms-request-id")}
+
+
+def error_from_response(response, operation: str, target: Optional[DpsTarget] = None) -> Exception:
+    """One azclierror for a failed DPS answer; the error keeps `.dps` (status, errorCode,
+    message, trackingId) for callers that act on it."""
+    d = _dps_details(response)
+    status, code = d["status"], d["errorCode"]
+    detail = f"{d['message']} (HTTP {status}"
+    if code:
+        detail += f", errorCode {code}"
+    if d["trackingId"]:
+        detail += f", trackingId {d['trackingId']}"
+    detail += ")"
+    text = f"DPS refused to {operation}: {detail}"
+    how = "DPS"
+    if target is not None:
+        how = ("the shared access policy " + repr(target.policy) if target.auth_type == "key"
+               else "your az login identity")
+    if code == ENDORSEMENT_KEY_INVALID:
+        err = InvalidArgumentValueError(f"Endorsement key is invalid: {detail}", _HOW_TO_READ_EK)
+    elif status == 400:
+        err = BadRequestError(text, "Check the values given; `az edge-tpm enrollment create -h` lists them.")
+    elif status == 401:
+        err = UnauthorizedError(text, f"DPS did not accept {how}. With --login, copy the connection string again; "
+                                      "with --auth-type login, run `az login` again.")
+    elif status == 403:
+        err = ForbiddenError(text, f"{how} lacks the right for this. Use a policy with EnrollmentWrite (or, with "
+                                   "--auth-type login, the 'Device Provisioning Service Data Contributor' role).")
+    elif status == 404:
+        err = ResourceNotFoundError(text, "Check the ID (`az edge-tpm enrollment list` shows the enrollments).")
+    elif status in (409, 412):
+        err = DpsConflictError(text, "It changed meanwhile; run the command again.")
+    elif status == 429:
+        err = DpsThrottledError(text, "DPS limits service operations per minute (1,000 by default) and kept "
+                                      "throttling after the retries; wait a minute and run the command again.")
+    elif status >= 500:
+        err = AzureInternalError(text, "DPS had a server error and kept having it after the retries; "
+                                       "try again later.")
+    else:
+        err = AzureResponseError(text, "Try again; if it persists, report the trackingId.")
+    err.dps = d
+    return err
+
+
+class DpsClient:
+    """Service API calls for one DPS target."""
+
+    def __init__(self, target: DpsTarget, cli_ctx=None, retry_total: int = 10, retry_backoff_factor: float = 0.8,
+                 connection_timeout: float = 20, read_timeout: float = 60, transport=None):
+        from azure.core import PipelineClient
+        from azure.core.pipeline.policies import (
+            BearerTokenCredentialPolicy, HeadersPolicy, HttpLoggingPolicy, RequestIdPolicy, RetryPolicy,
+            UserAgentPolicy)
+        from azure.core.pipeline.transport import RequestsTransport
+        from azext_edgetpm.dps.auth import DPS_SCOPE, SasAuthenticationPolicy
+        self.target = target
+        self.endpoint = f"https://{target.host}"
+        if target.auth_type == "key":
+            auth = SasAuthenticationPolicy(target.credential, target.host)
+        else:
+            auth = BearerTokenCredentialPolicy(target.credential, DPS_SCOPE)
+        http_logging = HttpLoggingPolicy(logger=_DebugLogger(get_logger("azext_edgetpm.dps.http"), {}))
+        http_logging.allowed_header_names |= {"x-ms-continuation", "x-ms-max-item-count", "If-Match", "ETag"}
+        http_logging.allowed_query_params |= {"api-version"}
+        user_agent = "azext-edgetpm"
+        if cli_ctx is not None:
+            from azure.cli.core.util import get_az_user_agent
+            user_agent = get_az_user_agent() + " " + user_agent
+        policies = [
+            HeadersPolicy({"Accept": "application/json"}),
+            UserAgentPolicy(base_user_agent=user_agent),
+            RequestIdPolicy(),
+            RetryPolicy(retry_total=retry_total, retry_status=retry_total,
+                        retry_backoff_factor=retry_backoff_factor, retry_backoff_max=60),
+            auth,
+            http_logging,
+        ]
+        self._client = PipelineClient(
+            self.endpoint, policies=policies,
+            transport=transport or RequestsTransport(connection_timeout=connection_timeout,
+                                                     read_timeout=read_timeout))
+
+    def close(self):
+        self._client.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, operation: str, body=None, headers=None, ok=(200,)):
+        from azure.core.exceptions import ServiceRequestError, ServiceResponseError
+        from azure.core.rest import HttpRequest
+        request = HttpRequest(method, self.endpoint + path, params={"api-version": API_VERSION},
+                              headers=dict(headers or {}), json=body)
+        try:
+            response = self._client.send_request(request)
+        except (ServiceRequestError, ServiceResponseError) as exc:
+            raise _connection_error(self.target, exc) from exc
+        if response.status_code not in ok:
+            raise error_from_response(response, operation, self.target)
+        return response
+
+    @staticmethod
+    def _json(response):
+        if not response.content:
+            return None
+        return response.json()
+
+    # -- individual enrollments ------------------------------------------------------------
+
+    def _get(self, path: str, operation: str, missing_ok: bool = False):
+        try:
+            return self._json(self._request("GET", path, operation))
+        except ResourceNotFoundError:
+            if missing_ok:
+                return None
+            raise
+
+    def get_enrollment(self, enrollment_id: str, missing_ok: bool = False) -> Optional[dict]:
+        return self._get("/enrollments/" + _quote(enrollment_id), f"read the enrollment {enrollment_id!r}",
+                         missing_ok)
+
+    def find_enrollment(self, enrollment_id: str) -> Optional[dict]:
+        """The enrollment, or None when DPS has none with this ID."""
+        return self.get_enrollment(enrollment_id, missing_ok=True)
+
+    def put_enrollment(self, enrollment: dict, etag: Optional[str] = None) -> dict:
+        """Create (no etag) or update (If-Match: etag) an individual enrollment."""
+        enrollment_id = enrollment["registrationId"]
+        headers = {"If-Match": etag} if etag else {}
+        verb = "update" if etag else "create"
+        return self._json(self._request("PUT", "/enrollments/" + _quote(enrollment_id),
+                                        f"{verb} the enrollment {enrollment_id!r}", body=enrollment,
+                                        headers=headers, ok=(200, 201)))
+
+    def delete_enrollment(self, enrollment_id: str, etag: Optional[str] = None) -> None:
+        self._request("DELETE", "/enrollments/" + _quote(enrollment_id), f"delete the enrollment {enrollment_id!r}",
+                      headers={"If-Match": etag or "*"}, ok=(200, 204))
+
+    def query_enrollments(self, query: str = "*", page_size: Optional[int] = None) -> Iterator[dict]:
+        """Every enrollment the query matches, page after page (x-ms-continuation)."""
+        from azure.core.paging import ItemPaged
+
+        def get_next(continuation=None):
+            headers = {}
+            if page_size:
+                headers["x-ms-max-item-count"] = str(page_size)
+            if continuation:
+                headers["x-ms-continuation"] = continuation
+            return self._request("POST", "/enrollments/query", "query the enrollments", body={"query": query},
+                                 headers=headers)
+
+        def extract_data(response):
+            items = self._json(response) or []
+            return response.headers.get("x-ms-continuation") or None, iter(items)
+
+        return ItemPaged(get_next, extract_data)
+
+    def bulk(self, mode: str, enrollments: List[dict]) -> dict:
+        """Bulk operation (create | update | updateIfMatchETag | delete) in calls of at most ten;
+        per-item errors gathered as DPS reports them."""
+        errors, successful = [], True
+        for start in range(0, len(enrollments), BULK_MAX):
+            chunk = enrollments[start:start + BULK_MAX]
+            result = self._json(self._request("POST", "/enrollments", f"run the bulk {mode} of {len(chunk)} "
+                                              "enrollments", body={"mode": mode, "enrollments": chunk})) or {}
+            successful = successful and bool(result.get("isSuccessful"))
+            errors.extend(result.get("errors") or [])
+        return {"isSuccessful": successful and not errors, "errors": errors}
+
+    # -- registration state ---------------------------------------------------------------
+
+    def get_registration(self, registration_id: str, missing_ok: bool = False) -> Optional[dict]:
+        return self._get("/registrations/" + _quote(registration_id),
+                         f"read the registration state of {registration_id!r}", missing_ok)
+
+    def find_registration(self, registration_id: str) -> Optional[dict]:
+        """The registration state, or None while the device has not tried to register."""
+        return self.get_registration(registration_id, missing_ok=True)
+
+
+def _quote(value: str) -> str:
+    import urllib.parse
+    return urllib.parse.quote(value, safe="")
+
+
+def _connection_error(target: DpsTarget, exc: Exception) -> Exception:
+    text = str(exc)
+    if "CERTIFICATE_VERIFY_FAILED" in text or "SSLError" in text or "certificate" in text.lower():
+        return AzureConnectionError(
+            f"The TLS certificate of {target.host} could not be verified: {text}",
+            "If the DPS is reached through a TLS-inspecting proxy or a private endpoint with its own CA, point "
+            "REQUESTS_CA_BUNDLE at a bundle that holds that CA. Verification is never turned off.")
+    return AzureConnectionError(f"Could not reach the DPS at {target.host}: {text}",
+                                "Check the network path (proxy settings, DNS, firewall) to the DPS and retry.")
+

@@ -1,0 +1,248 @@
+"""Discovery: turns `--dps-name/-g`, `--login` and `--auth-type` into one DPS target.
+
+- `--dps-name [-g]` (key): the provisioningServices resource is found through ARM with the
+  identity of `az login` (searching the subscription when -g is omitted); `listkeys` gives the
+  shared access policies, and one with the rights the command needs is used.
+- `--dps-name [-g] --auth-type login`: the resource is found the same way, but no keys are
+  read: requests carry an Entra ID bearer token of the `az login` identity for the DPS service.
+- `--login <connection string>`: no ARM call; host and key come from the string.
+- `--login <connection string or host name> --auth-type login`: only the host is used, with a
+  bearer token.
+
+The ID scope and endpoints come from the resource (properties.idScope,
+serviceOperationsHostName, deviceProvisioningHostName), never from the user; a connection
+string has no ID scope.
+"""
+from dataclasses import dataclass, field
+from typing import Any, Optional, Tuple
+
+from azure.cli.core.azclierror import (
+    ArgumentUsageError, ForbiddenError, InvalidArgumentValueError, MutuallyExclusiveArgumentError,
+    RequiredArgumentMissingError, ResourceNotFoundError)
+from knack.log import get_logger
+
+logger = get_logger(__name__)
+
+# The shared access policy rights (any one of the set is enough) each kind of command needs.
+# In DPS a write right includes the read right, and EnrollmentRead/Write include reading the
+# registration state (the default policy, provisioningserviceowner, has no RegistrationStatus* right).
+ENROLLMENT_WRITE = ("EnrollmentWrite",)
+ENROLLMENT_READ = ("EnrollmentRead", "EnrollmentWrite")
+REGISTRATION_READ = ("RegistrationStatusRead", "RegistrationStatusWrite", "EnrollmentRead", "EnrollmentWrite")
+
+AUTH_TYPES = ("key", "login")
+
+
+@dataclass
+class DpsTarget:
+    """Where the service API is and how to authenticate to it."""
+    host: str
+    auth_type: str                          # "key" | "login"
+    credential: Any = field(repr=False)     # SharedAccessKey | an azure-core TokenCredential
+    source: str = "arm"                     # "arm" | "connection-string"
+    name: Optional[str] = None
+    resource_group: Optional[str] = None
+    subscription: Optional[str] = None
+    id_scope: Optional[str] = None
+    device_host: Optional[str] = None
+    policy: Optional[str] = None
+
+    def describe(self) -> dict:
+        """What is safe to show: never the credential."""
+        return {"host": self.host, "name": self.name, "resourceGroup": self.resource_group,
+                "idScope": self.id_scope, "deviceProvisioningHost": self.device_host,
+                "authType": self.auth_type, "policy": self.policy}
+
+
+def parse_connection_string(text: str) -> dict:
+    """`HostName=...;SharedAccessKeyName=...;SharedAccessKey=...` as a dict (keys as written,
+    matched case-insensitively). The key is never part of an error message."""
+    parts = {}
+    for item in (text or "").strip().split(";"):
+        if not item.strip():
+            continue
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise InvalidArgumentValueError(
+                "The DPS connection string is not a list of Name=value pairs separated by ';'.",
+                "Pass it as HostName=<dps>.azure-devices-provisioning.net;SharedAccessKeyName=<policy>;"
+                "SharedAccessKey=<key> (or @file to read it from a file).")
+        parts[name.strip().lower()] = value.strip()
+    return parts
+
+
+def _host_from_login(login: str) -> Tuple[str, dict]:
+    login = (login or "").strip()
+    if "=" not in login:
+        # A bare host name is enough when the credential is a bearer token.
+        return login.lower(), {}
+    parts = parse_connection_string(login)
+    host = parts.get("hostname")
+    if not host:
+        raise InvalidArgumentValueError("The DPS connection string has no HostName.",
+                                        "Copy the connection string of a shared access policy of the DPS "
+                                        "(HostName=...;SharedAccessKeyName=...;SharedAccessKey=...).")
+    return host.lower(), parts
+
+
+def resolve_target(cmd, dps_name: Optional[str] = None, resource_group: Optional[str] = None,
+                   login: Optional[str] = None, auth_type: Optional[str] = None,
+                   rights=ENROLLMENT_WRITE) -> DpsTarget:
+    """The one place that turns the target arguments into a DpsTarget."""
+    auth_type = str(auth_type or "key").lower()
+    if auth_type not in AUTH_TYPES:
+        raise InvalidArgumentValueError(f"Unknown --auth-type {auth_type!r}.", "Use --auth-type key or login.")
+    if dps_name and login:
+        raise MutuallyExclusiveArgumentError("--dps-name and --login cannot be used together.",
+                                             "Name the DPS with --dps-name [-g] (found through ARM with your "
+                                             "az login identity), or pass its connection string with --login.")
+    if login:
+        # (-g may come from `az configure --defaults group=...`; a connection string needs none.)
+        return _target_from_login(cmd, login, auth_type)
+    if not dps_name:
+        raise RequiredArgumentMissingError(
+            "No Device Provisioning Service given.",
+            "Pass --dps-name/-n <name> [-g <group>] to find it with your az login identity, or --login "
+            "<connection string> (--login @file reads it from a file).")
+    return _target_from_arm(cmd, dps_name, resource_group, auth_type, rights)
+
+
+def _target_from_login(cmd, login: str, auth_type: str) -> DpsTarget:
+    host, parts = _host_from_login(login)
+    if not host or "." not in host:
+        raise InvalidArgumentValueError(f"--login {host!r} is neither a DPS connection string nor a host name.",
+                                        "Pass HostName=<dps>.azure-devices-provisioning.net;SharedAccessKeyName=..."
+                                        ";SharedAccessKey=... (or @file).")
+    if auth_type == "login":
+        return DpsTarget(host=host, auth_type="login", credential=_bearer_credential(cmd),
+                         source="connection-string", name=host.split(".")[0])
+    if not parts or not parts.get("sharedaccesskey"):
+        raise RequiredArgumentMissingError(
+            "The DPS connection string has no SharedAccessKey.",
+            "Pass a connection string with SharedAccessKeyName and SharedAccessKey, or add --auth-type login "
+            "to use your az login identity (Entra ID) instead of a key.")
+    from azext_edgetpm.dps.auth import SharedAccessKey
+    credential = SharedAccessKey(parts.get("sharedaccesskeyname"), parts["sharedaccesskey"])
+    return DpsTarget(host=host, auth_type="key", credential=credential, source="connection-string",
+                     name=host.split(".")[0], policy=credential.key_name)
+
+
+def _bearer_credential(cmd):
+    """The az login identity as an azure-core TokenCredential (asked for the DPS scope by the
+    bearer token policy)."""
+    from azure.cli.core._profile import Profile
+    credential, _subscription, _tenant = Profile(cli_ctx=cmd.cli_ctx).get_login_credentials()
+    return credential
+
+
+def _mgmt_client(cmd):
+    from azure.cli.core.commands.client_factory import get_mgmt_service_client
+    from azure.cli.core.profiles import ResourceType
+    return get_mgmt_service_client(cmd.cli_ctx, ResourceType.MGMT_IOTDPS)
+
+
+def _resource_group_of(resource_id: str) -> Optional[str]:
+    parts = (resource_id or "").split("/")
+    for i, part in enumerate(parts[:-1]):
+        if part.lower() == "resourcegroups":
+            return parts[i + 1]
+    return None
+
+
+def find_resource(cmd, dps_name: str, resource_group: Optional[str] = None):
+    """The provisioningServices resource and its resource group (searching the subscription
+    when no group is given)."""
+    from azure.core.exceptions import HttpResponseError, ResourceNotFoundError as CoreNotFound
+    client = _mgmt_client(cmd)
+    try:
+        if resource_group:
+            resource = client.iot_dps_resource.get(provisioning_service_name=dps_name,
+                                                   resource_group_name=resource_group)
+            return client, resource, resource_group
+        matches = [r for r in client.iot_dps_resource.list_by_subscription()
+                   if (r.name or "").lower() == dps_name.lower()]
+    except CoreNotFound as exc:
+        raise ResourceNotFoundError(
+            f"No Device Provisioning Service named {dps_name!r} in resource group {resource_group!r}.",
+            "Check the name and group with `az iot dps list -o table`, or omit -g to search the "
+            "whole subscription.") from exc
+    except HttpResponseError as exc:
+        raise _arm_error(exc, dps_name) from exc
+    if not matches:
+        raise ResourceNotFoundError(
+            f"No Device Provisioning Service named {dps_name!r} in the current subscription.",
+            "Check the name with `az iot dps list -o table`, or select the subscription that has it with "
+            "`az account set -s <subscription>`.")
+    if len(matches) > 1:
+        groups = ", ".join(sorted(_resource_group_of(r.id) or "?" for r in matches))
+        raise ArgumentUsageError(f"More than one Device Provisioning Service is named {dps_name!r} ({groups}).",
+                                 "Add -g <resource group> to say which one.")
+    return client, matches[0], _resource_group_of(matches[0].id)
+
+
+def _arm_error(exc, dps_name):
+    from azure.cli.core.azclierror import AzureResponseError, UnauthorizedError
+    status = getattr(exc, "status_code", None)
+    text = getattr(exc, "message", None) or str(exc)
+    if status == 401:
+        return UnauthorizedError(f"ARM refused the az login identity while looking up {dps_name!r}: {text}",
+                                 "Run `az login` again.")
+    if status == 403:
+        return ForbiddenError(f"The az login identity may not read the DPS {dps_name!r}: {text}",
+                              "Ask for a role with Microsoft.Devices/provisioningServices/read and listkeys "
+                              "(e.g. Contributor) on it, or use --login with a connection string.")
+    return AzureResponseError(f"ARM request for the DPS {dps_name!r} failed: {text}",
+                              "Retry later; check `az account show` for the subscription in use.")
+
+
+def _rights_of(policy) -> set:
+    return {r.strip().lower() for r in str(policy.rights or "").split(",") if r.strip()}
+
+
+def pick_policy(policies, rights=ENROLLMENT_WRITE):
+    """The shared access policy with one of `rights` and the fewest other rights (least
+    privilege); None when no policy has them."""
+    wanted = {r.lower() for r in rights}
+    usable = [p for p in policies if _rights_of(p) & wanted and p.primary_key]
+    if not usable:
+        return None
+    return min(usable, key=lambda p: len(_rights_of(p)))
+
+
+def _target_from_arm(cmd, dps_name, resource_group, auth_type, rights) -> DpsTarget:
+    from azure.core.exceptions import HttpResponseError
+    client, resource, group = find_resource(cmd, dps_name, resource_group)
+    props = resource.properties
+    host = props.service_operations_host_name
+    if not host:
+        raise ResourceNotFoundError(f"The DPS {dps_name!r} reports no service operations host name.",
+                                    "Wait until it is fully provisioned (provisioningState Succeeded) and retry.")
+    subscription = client._config.subscription_id  # pylint: disable=protected-access
+    common = dict(source="arm", name=resource.name, resource_group=group, subscription=subscription,
+                  id_scope=props.id_scope, device_host=props.device_provisioning_host_name, host=host.lower())
+    if auth_type == "login":
+        logger.info("Using the az login identity (Entra ID) for the DPS %s.", host)
+        return DpsTarget(auth_type="login", credential=_bearer_credential(cmd), **common)
+    try:
+        # logging_enable=False: az --debug would otherwise print the listkeys response, keys included.
+        policies = list(client.iot_dps_resource.list_keys(provisioning_service_name=resource.name,
+                                                          resource_group_name=group, logging_enable=False))
+    except HttpResponseError as exc:
+        if getattr(exc, "status_code", None) == 403:
+            raise ForbiddenError(
+                f"The az login identity may not list the keys of the DPS {dps_name!r}.",
+                "Use --auth-type login (Entra ID; needs the 'Device Provisioning Service Data Contributor' "
+                "role), or --login with a connection string.") from exc
+        raise _arm_error(exc, dps_name) from exc
+    policy = pick_policy(policies, rights)
+    if policy is None:
+        names = ", ".join(p.key_name for p in policies) or "none"
+        raise ForbiddenError(
+            f"No shared access policy of the DPS {dps_name!r} has the right {' or '.join(rights)} "
+            f"(policies: {names}).",
+            f"Add one with `az iot dps policy create --dps-name {resource.name} -g {group} --pn edge-tpm "
+            f"--rights {rights[0]}`, or use --auth-type login.")
+    from azext_edgetpm.dps.auth import SharedAccessKey
+    logger.info("Using shared access policy %r of the DPS %s.", policy.key_name, host)
+    return DpsTarget(auth_type="key", credential=SharedAccessKey(policy.key_name, policy.primary_key),
+                     policy=policy.key_name, **common)
