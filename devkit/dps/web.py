@@ -84,9 +84,13 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "devkit-dps-emulator"
     sys_version = ""
+    # buffer the response (flushed once per request by BaseHTTPRequestHandler) and disable
+    # Nagle: headers and body then leave in one segment, without a delayed-ACK stall
+    wbufsize = -1
 
     def setup(self) -> None:
         self.request.settimeout(self.server.idle_timeout)
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         super().setup()
 
     def handle(self) -> None:
