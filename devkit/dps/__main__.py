@@ -1,7 +1,8 @@
 """``python -m devkit.dps serve --dir DIR [--host-ip IP ...] [--port N] [--admin-port N]``
 
-Runs the emulator in the foreground until SIGINT/SIGTERM. Writes the devkit.json section to
-``DIR/section.json`` (mode 0600, it holds keys) and prints its path and the endpoints.
+Runs the emulator in the foreground until SIGINT/SIGTERM. Writes the devkit.json section (plus
+the server's ``pid``) to ``--section-file`` (default ``DIR/section.json``, mode 0600: it holds
+keys) once serving, and prints one JSON line with the endpoints and that path.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--device-registrations-per-minute", type=float, default=1000)
     s.add_argument("--disable-local-auth", action="store_true")
     s.add_argument("--no-persist", action="store_true", help="keep enrollments in memory only")
+    s.add_argument("--section-file", help="where to write the devkit.json section (default DIR/section.json)")
     s.add_argument("-v", "--verbose", action="store_true", help="log every request (never headers)")
     return p
 
@@ -52,10 +54,12 @@ def main(argv=None) -> int:
         device_registrations_per_minute=args.device_registrations_per_minute,
         local_auth_disabled=args.disable_local_auth, persist=not args.no_persist, **kwargs,
     ).start()
-    section_file = os.path.join(emu.directory, "section.json")
-    fd = os.open(section_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    section_file = os.path.abspath(args.section_file or os.path.join(emu.directory, "section.json"))
+    tmp = section_file + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(emu.section(), f, indent=2)
+        json.dump({**emu.section(), "pid": os.getpid()}, f, indent=2)
+    os.replace(tmp, section_file)  # appears complete: a waiting parent may read it at once
     print(json.dumps({"url": emu.url, "device_endpoint": emu.device_endpoint, "admin_url": emu.admin_url,
                       "ca_bundle": emu.ca_bundle, "section_file": section_file}), flush=True)
     stop = threading.Event()
