@@ -341,6 +341,7 @@ class Emulator:
         for t in self._threads:
             t.join(timeout=5)
         self._threads.clear()
+        self.store.flush()
         self._server = None
         self._admin = None
 

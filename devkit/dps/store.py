@@ -29,6 +29,7 @@ ATTESTATION_TYPES = ("tpm", "x509", "symmetricKey")
 BULK_MODES = ("create", "update", "updateIfMatchETag", "delete")
 MAX_BULK = 10
 DEFAULT_PAGE = 100
+SAVE_DELAY_S = 0.3
 
 
 @dataclass
@@ -118,6 +119,8 @@ class Store:
         self._operations: Dict[str, Operation] = {}
         self._device_payloads: Dict[str, Any] = {}
         self._challenge_blobs: Dict[str, str] = {}
+        self._dirty = False
+        self._save_timer: Optional[threading.Timer] = None
 
     # ----------------------------------------------------------------- persistence
     def load(self) -> None:
@@ -132,9 +135,26 @@ class Store:
             self._registrations = {reg_key(r["registrationId"]): r for r in data.get("registrations", [])}
 
     def save(self) -> None:
+        """Mark the state changed; it is written within ``SAVE_DELAY_S`` (one write per burst)."""
         if not self.state_file:
             return
         with self._lock:
+            self._dirty = True
+            if self._save_timer is None:
+                self._save_timer = threading.Timer(SAVE_DELAY_S, self.flush)
+                self._save_timer.daemon = True
+                self._save_timer.start()
+
+    def flush(self) -> None:
+        """Write enrollments and registration records to ``state_file`` now, if changed."""
+        if not self.state_file:
+            return
+        with self._lock:
+            if self._save_timer is not None:
+                self._save_timer.cancel()
+                self._save_timer = None
+            if not self._dirty:
+                return
             data = {
                 "etag_counter": self._etag_counter,
                 "enrollments": list(self._enrollments.values()),
@@ -144,6 +164,7 @@ class Store:
             with open(tmp, "w", encoding="utf-8") as f:
                 json.dump(data, f)
             os.replace(tmp, self.state_file)
+            self._dirty = False
 
     # ----------------------------------------------------------------- helpers
     def _new_etag(self) -> str:
