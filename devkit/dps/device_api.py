@@ -31,6 +31,12 @@ def _body(req: Request, rid: str) -> dict:
     return body
 
 
+def _pending_headers(store, scope: str, rid: str, op_id: str) -> dict:
+    """``retry-after`` and ``Location`` of a 202, as the REST reference lists them."""
+    return {"Retry-After": str(store.operation_retry_after_s),
+            "Location": f"/{scope}/registrations/{rid}/operations/{op_id}"}
+
+
 def register(emu: "Emulator", req: Request, scope: str, id: str) -> Response:  # noqa: A002
     store = emu.store
     store.check_scope(scope)
@@ -49,8 +55,7 @@ def register(emu: "Emulator", req: Request, scope: str, id: str) -> Response:  #
             raise DpsError(errors.UNAUTHORIZED, "Unauthorized: no credentials and no TPM attestation data.")
         return Response(401, {"authenticationKey": store.tpm_challenge(id, body)})
     op = store.start_registration(id, body.get("payload"))
-    return Response(202, {"operationId": op.operation_id, "status": "assigning"},
-                    {"Retry-After": str(store.operation_retry_after_s)})
+    return Response(202, {"operationId": op.operation_id, "status": "assigning"}, _pending_headers(store, scope, id, op.operation_id))
 
 
 def operation_status(emu: "Emulator", req: Request, scope: str, id: str, op: str) -> Response:  # noqa: A002
@@ -58,8 +63,7 @@ def operation_status(emu: "Emulator", req: Request, scope: str, id: str, op: str
     store.check_scope(scope)
     store.verify_device_sas(id, req.header("authorization"))
     status, body = store.operation_status(id, op)
-    headers = {"Retry-After": str(store.operation_retry_after_s)} if status == 202 else {}
-    return Response(status, body, headers)
+    return Response(status, body, _pending_headers(store, scope, id, op) if status == 202 else {})
 
 
 def status_lookup(emu: "Emulator", req: Request, scope: str, id: str) -> Response:  # noqa: A002
