@@ -203,7 +203,8 @@ class Tpm:
             self.evict(persistent_handle)
             return ectx.evict_control(ESYS_TR.OWNER, loaded, persistent_handle)
         except TSS2_Exception as exc:
-            raise TpmClientError(f"persisting the authentication key at {persistent_handle:#010x} failed: {exc}") from exc
+            raise TpmClientError(
+                f"persisting the authentication key at {persistent_handle:#010x} failed: {exc}") from exc
         finally:
             ectx.flush_context(loaded)
 

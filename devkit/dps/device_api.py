@@ -55,7 +55,8 @@ def register(emu: "Emulator", req: Request, scope: str, id: str) -> Response:  #
             raise DpsError(errors.UNAUTHORIZED, "Unauthorized: no credentials and no TPM attestation data.")
         return Response(401, {"authenticationKey": store.tpm_challenge(id, body)})
     op = store.start_registration(id, body.get("payload"))
-    return Response(202, {"operationId": op.operation_id, "status": "assigning"}, _pending_headers(store, scope, id, op.operation_id))
+    return Response(202, {"operationId": op.operation_id, "status": "assigning"},
+                    _pending_headers(store, scope, id, op.operation_id))
 
 
 def operation_status(emu: "Emulator", req: Request, scope: str, id: str, op: str) -> Response:  # noqa: A002

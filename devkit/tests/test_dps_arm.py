@@ -98,8 +98,8 @@ def test_identity_errors_are_aad_shaped(emu):
     base = {"grant_type": "client_credentials", "client_id": emu.sp.app_id, "client_secret": emu.sp.secret}
     r = requests.post(url, data={**base, "scope": "https://unknown.example/.default"}, verify=emu.ca_bundle)
     assert r.status_code == 400 and r.json()["error"] == "invalid_resource"
-    r = requests.post(url, data={**base, "client_id": "nobody", "scope": "https://azure-devices-provisioning.net/.default"},
-                      verify=emu.ca_bundle)
+    r = requests.post(url, verify=emu.ca_bundle,
+                      data={**base, "client_id": "nobody", "scope": "https://azure-devices-provisioning.net/.default"})
     assert r.status_code == 400 and r.json()["error_codes"] == [700016]
     r = requests.post(f"{emu.identity_endpoint}/other-tenant/oauth2/v2.0/token",
                       data={**base, "scope": "https://azure-devices-provisioning.net/.default"}, verify=emu.ca_bundle)
