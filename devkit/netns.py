@@ -154,6 +154,10 @@ def add_device(slot, index):
         "link set dev eth0 up",
         "route add default via %s" % host_ip(slot),
     ]) + "\n")
+    # A device index (so its address) is reused after a device is removed, with a new MAC:
+    # forget the host's neighbour entry for it, or the host keeps sending to the old MAC
+    # until ARP revalidates (tens of seconds of TCP retransmissions).
+    ip("neigh", "flush", "to", addr, "dev", bridge_name(slot), check=False)
     return ns, veth, addr
 
 

@@ -156,6 +156,7 @@ class RemoteSession:
         delay = 0.5
         for attempt in range(1, _TRANSIENT_CONNECT_ATTEMPTS + 1):
             client = self._new_client(target)
+            started = time.monotonic()
             try:
                 client.connect(
                     target.hostname, port=target.port, username=target.user,
@@ -189,6 +190,16 @@ class RemoteSession:
                     "on the device.") from exc
             except (paramiko.SSHException, EOFError, ConnectionResetError) as exc:
                 client.close()
+                # A server that accepts TCP but never speaks SSH: paramiko reports the banner
+                # timeout as a handshake error ("Error reading SSH protocol banner", or "No
+                # existing session" when its transport thread gave up first).
+                if (isinstance(exc.__context__, (socket.timeout, TimeoutError))
+                        or time.monotonic() - started >= target.connect_timeout * 0.9):
+                    raise ClientRequestError(
+                        f"Timed out after {target.connect_timeout:.0f}s waiting for the SSH server of "
+                        f"{target.display} to answer.",
+                        "Check that the port belongs to an SSH server and that the device is not overloaded, "
+                        "or raise --ssh-timeout for slow links.") from exc
                 if attempt == _TRANSIENT_CONNECT_ATTEMPTS or sock is not None:
                     raise AzureConnectionError(
                         f"The SSH handshake with {target.display} failed: {exc}",
@@ -222,12 +233,12 @@ class RemoteSession:
         hops = [h.strip() for h in self.target.proxy_jump.split(",") if h.strip()]
         for index, hop in enumerate(hops):
             user, name, port = split_host(hop)
-            hop_target = resolve_target(name, ssh_user=user, ssh_port=port,
+            hop_target = resolve_target(name, ssh_user=user, ssh_port=port, ssh_config=self.target.ssh_config,
                                         connect_timeout=self.target.connect_timeout)
             client = self._connect_client(hop_target, sock)
             if index + 1 < len(hops):
                 _, next_name, next_port = split_host(hops[index + 1])
-                nxt = resolve_target(next_name, ssh_port=next_port)
+                nxt = resolve_target(next_name, ssh_port=next_port, ssh_config=self.target.ssh_config)
                 dest = (nxt.hostname, nxt.port)
             else:
                 dest = (self.target.hostname, self.target.port)
@@ -382,4 +393,5 @@ def default_sudo_password(target: SshTarget) -> str:
         raise UnauthorizedError(
             f"sudo on {target.display} needs a password for {target.user}, and there is no terminal to ask on.",
             f"Put the password in the environment variable {SUDO_PASSWORD_ENV} (in a pipeline, from a "
-            "secret variable), configure NOPASSWD sudo, or log in as root.") from exc
+            "secret variable), configure NOPASSWD sudo, or log in as root. (sudo asks for a password "
+            "before it checks whether the user has sudo rights at all.)") from exc

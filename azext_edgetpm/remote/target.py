@@ -31,6 +31,7 @@ class SshTarget:
     key_filenames: List[str] = field(default_factory=list)
     proxy_jump: Optional[str] = None
     connect_timeout: float = 15.0
+    ssh_config: Optional[str] = None
 
     @property
     def display(self) -> str:
@@ -85,7 +86,8 @@ def resolve_target(host: str, ssh_user: Optional[str] = None, ssh_port: Optional
     if proxy and proxy.lower() == "none":
         proxy = None
     return SshTarget(alias=name, hostname=hostname, port=final_port, user=final_user,
-                     key_filenames=keys, proxy_jump=proxy, connect_timeout=connect_timeout)
+                     key_filenames=keys, proxy_jump=proxy, connect_timeout=connect_timeout,
+                     ssh_config=ssh_config)
 
 
 def _lookup_ssh_config(name: str, path: Optional[str]) -> dict:

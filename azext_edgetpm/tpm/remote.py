@@ -32,13 +32,19 @@ fi
 sed 's/^/@@CAP /' "$D/caps"
 fail() {{ echo "@@ERR tpm $1"; sed 's/^/@@STDERR /' "$D/err"; exit 13; }}
 CREATED=""
+FLUSHED=""
+# Without a resource manager (a TPM simulator, /dev/tpm0), transient objects other tools left
+# behind fill the TPM's few object slots; flush them before creating keys, as the seed does after.
+flush() {{ [ -n "$FLUSHED" ] || tpm2_flushcontext -t >/dev/null 2>&1; FLUSHED=1; }}
 if ! tpm2_readpublic -Q -c {ek} -o "$D/ek.pub" 2>"$D/err"; then
   [ {create} = 1 ] || {{ echo "@@ERR noek"; exit 12; }}
+  flush
   tpm2_createek -c {ek} -G rsa -u "$D/ek.pub" >/dev/null 2>"$D/err" || fail tpm2_createek
   CREATED="$CREATED ek"
 fi
 if ! tpm2_readpublic -Q -c {srk} >/dev/null 2>&1; then
   if [ {create} = 1 ]; then
+    flush
     tpm2_createprimary -Q -C o -c "$D/srk.ctx" >/dev/null 2>"$D/err" || fail tpm2_createprimary
     tpm2_evictcontrol -Q -C o -c "$D/srk.ctx" {srk} >/dev/null 2>"$D/err" || fail tpm2_evictcontrol
     CREATED="$CREATED srk"
@@ -115,7 +121,7 @@ def parse_output(result, display: str, tcti: Optional[str]) -> RemoteEk:
     if result.rc == _RC_TPM_ERROR:
         step = next((line.split()[2] for line in lines if line.startswith("@@ERR tpm")), "tpm2-tools")
         raise UnclassifiedUserFault(
-            f"{step} failed on {display}: {_last_line(stderr) or 'no error text'}",
+            f"{step} failed on {display}: {tpm_error_text(stderr) or 'no error text'}",
             "A TPM in lockout or with an owner/endorsement password set refuses key creation: clear the "
             "lockout (tpm2_dictionarylockout) or provide the hierarchy authorization, then run again.")
     if result.rc != 0:
@@ -138,6 +144,15 @@ def parse_output(result, display: str, tcti: Optional[str]) -> RemoteEk:
         raise ValidationError(f"The device {display} returned no endorsement key.",
                               "Run the command again with --debug and check tpm2_readpublic on the device.")
     return ek
+
+
+def tpm_error_text(stderr: str) -> str:
+    """The lines of tpm2-tools' stderr that say what the TPM answered (e.g.
+    "Esys_EvictControl(0x9A2) - tpm:session(1):authorization failure without DA implications"),
+    without the TSS's source-location noise and the final "Unable to run" line."""
+    useful = [line[len("ERROR: "):].strip() for line in (stderr or "").splitlines()
+              if line.startswith("ERROR: ") and "Unable to run" not in line]
+    return "; ".join(useful) or _last_line(stderr)
 
 
 def _last_line(text: str) -> str:
