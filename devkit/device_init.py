@@ -74,7 +74,21 @@ def build_root(mnt):
     mount("-t", "tmpfs", "-o", "mode=1777", "shm", os.path.join(root, "dev/shm"))
     mount("-t", "tmpfs", "-o", "mode=0755", "run", os.path.join(root, "run"))
     mount("-t", "tmpfs", "-o", "mode=1777", "tmp", os.path.join(root, "tmp"))
+    share_checkout(root)
     return root
+
+
+def share_checkout(root):
+    """Devices run the checkout's own Python (.venv) and devkit code at the host's paths
+    (the stand-in runtime, the TPM client). Under /tmp, /run or /dev/shm the device's fresh
+    tmpfs would hide them (a CI clone may live there): bind them in, read-only."""
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not checkout.startswith(("/tmp/", "/run/", "/dev/shm/")):
+        return
+    target = os.path.join(root, checkout.lstrip("/"))
+    os.makedirs(target, exist_ok=True)
+    mount("--bind", checkout, target)
+    mount("-o", "remount,bind,ro", target)
 
 
 def remove_paths(patterns):
