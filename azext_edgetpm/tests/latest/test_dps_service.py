@@ -195,6 +195,20 @@ def test_burst_of_creates_absorbs_429s(dps):
     assert throttled > 0, "the lowered limit must have throttled"
 
 
+def test_throttling_that_outlasts_the_retries_is_a_clear_error(dps):
+    from azext_edgetpm.dps.client import DpsThrottledError
+    dps.emu.configure(service_ops_per_minute=1, service_burst=1)
+    try:
+        with _client(dps, retry_total=0) as client:
+            client.find_enrollment("anything")  # takes the one token
+            with pytest.raises(DpsThrottledError) as err:
+                client.find_enrollment("anything")
+    finally:
+        dps.emu.configure(service_ops_per_minute=1000, service_burst=1000)
+    assert "HTTP 429" in str(err.value) and "429001" in str(err.value)
+    assert "wait a minute" in " ".join(err.value.recommendations)
+
+
 def test_injected_server_errors_are_retried(dps):
     dps.emu.configure(faults={"fail_next": {"service": 2}, "status": 503, "retry_after": None})
     try:
