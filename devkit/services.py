@@ -25,8 +25,8 @@ Protocol (duck-typed; every method but ``up`` and ``down`` is optional)::
 import importlib
 
 SERVICES = {
-    # "dps": "devkit.dps.service:DpsService",
-    # "apt": "devkit.packages.service:AptService",
+    "dps": "devkit.dps.service:DpsService",
+    "packages": "devkit.packages.service:AptService",
 }
 
 

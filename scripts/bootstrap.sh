@@ -35,9 +35,9 @@ fi
 if [ ! -x .venv-notss/bin/python ]; then
   "$PY" -m venv .venv-notss
 fi
-if [ ! -f .venv-notss/.bootstrapped ] || [ requirements-dev.txt -nt .venv-notss/.bootstrapped ]; then
-  echo "bootstrap: pip install azure-cli-core paramiko tomlkit (into .venv-notss, no tpm2-pytss)"
+if [ ! -f .venv-notss/.bootstrapped ] || [ scripts/bootstrap.sh -nt .venv-notss/.bootstrapped ]; then
+  echo "bootstrap: pip install azure-cli-core msrest azure-common paramiko tomlkit (into .venv-notss, no tpm2-pytss)"
   .venv-notss/bin/pip install "${PIP_FLAGS[@]}" --upgrade pip wheel
-  .venv-notss/bin/pip install "${PIP_FLAGS[@]}" "azure-cli-core==2.91.0" paramiko tomlkit
+  .venv-notss/bin/pip install "${PIP_FLAGS[@]}" "azure-cli-core==2.91.0" msrest azure-common paramiko tomlkit
   touch .venv-notss/.bootstrapped
 fi

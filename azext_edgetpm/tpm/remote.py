@@ -93,7 +93,8 @@ def read_ek(session, tcti: Optional[str] = None, create: bool = True, install_to
 
 def install_tpm2_tools(session) -> None:
     """Install Debian/Ubuntu's tpm2-tools package on the device (opt-in: --install-tools)."""
-    result = session.run("DEBIAN_FRONTEND=noninteractive apt-get install -y -q tpm2-tools", sudo=True, timeout=600)
+    result = session.run("export DEBIAN_FRONTEND=noninteractive; apt-get update -q >/dev/null 2>&1; "
+                         "apt-get install -y -q tpm2-tools", sudo=True, timeout=600)
     if not result.ok:
         tail = "\n".join(result.stderr.strip().splitlines()[-3:])
         raise UnclassifiedUserFault(

@@ -7,19 +7,7 @@ import zipfile
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 AZ = os.path.join(os.path.dirname(sys.executable), "az")
-
-
-@pytest.fixture(scope="session")
-def wheel(tmp_path_factory):
-    out = tmp_path_factory.mktemp("wheel")
-    build = tmp_path_factory.mktemp("build")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    REPO, "-w", str(out)], check=True, cwd=str(build))
-    wheels = list(out.glob("edge_tpm-*.whl"))
-    assert len(wheels) == 1
-    return wheels[0]
 
 
 def test_wheel_metadata(wheel):
