@@ -1,0 +1,278 @@
+"""apt-get and dpkg on the device: non-interactive commands (every value quoted), targeted
+index updates, candidate lookups, apt's failures turned into errors with a recommendation,
+and the control fields of local .deb files (for --offline-packages).
+"""
+import io
+import os
+import re
+import shlex
+import tarfile
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional
+
+from azure.cli.core.azclierror import (
+    FileOperationError, InvalidArgumentValueError, ResourceNotFoundError, UnclassifiedUserFault)
+
+APT_ENV = "DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=a"
+APT_OPTS = ("-y -q -o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef "
+            "-o Dpkg::Options::=--force-confold")
+INSTALL_TIMEOUT = 1800.0
+
+
+def install_command(specs: Iterable[str], allow_downgrades: bool = False) -> str:
+    """`apt-get install` of package names, name=version pins or ./file.deb paths."""
+    extra = " --allow-downgrades" if allow_downgrades else ""
+    return f"{APT_ENV} apt-get {APT_OPTS}{extra} install " + " ".join(shlex.quote(s) for s in specs)
+
+
+def update_command(source_files: Optional[Iterable[str]] = None) -> str:
+    """`apt-get update`; with source files, only those sources are refreshed (through a private
+    sources.list.d made of links), so that an unrelated unreachable source cannot fail it."""
+    if not source_files:
+        return f"{APT_ENV} apt-get -q -o DPkg::Lock::Timeout=300 update"
+    links = " ".join(f"&& ln -s {shlex.quote(f)} \"$D\"/" for f in source_files)
+    return ("D=$(mktemp -d) && trap 'rm -rf \"$D\"' EXIT " + links + " && "
+            f"{APT_ENV} apt-get -q -o DPkg::Lock::Timeout=300 -o Dir::Etc::sourcelist=/dev/null "
+            "-o Dir::Etc::sourceparts=\"$D\" -o APT::Get::List-Cleanup=0 update")
+
+
+def policy_command(names: Iterable[str]) -> str:
+    return "LC_ALL=C apt-cache policy " + " ".join(shlex.quote(n) for n in names)
+
+
+def parse_policy(text: str) -> Dict[str, dict]:
+    """`apt-cache policy` -> {package: {"installed": v|None, "candidate": v|None, "versions": [...]}}."""
+    out: Dict[str, dict] = {}
+    current = None
+    in_table = False
+    for line in (text or "").splitlines():
+        if line and not line.startswith(" ") and line.endswith(":"):
+            current = line[:-1]
+            out[current] = {"installed": None, "candidate": None, "versions": []}
+            in_table = False
+            continue
+        if current is None:
+            continue
+        stripped = line.strip()
+        if stripped.startswith("Installed:"):
+            value = stripped.split(":", 1)[1].strip()
+            out[current]["installed"] = None if value == "(none)" else value
+        elif stripped.startswith("Candidate:"):
+            value = stripped.split(":", 1)[1].strip()
+            out[current]["candidate"] = None if value == "(none)" else value
+        elif stripped.startswith("Version table:"):
+            in_table = True
+        elif in_table:
+            match = re.match(r"^(?:\*\*\*\s+)?(\S+)\s+\d+\s*$", stripped)
+            if match:
+                out[current]["versions"].append(match.group(1))
+    return out
+
+
+def match_version(wanted: str, versions: List[str]) -> Optional[str]:
+    """The full Debian version for `--edge-version` (1.5.10 matches 1.5.10-1; exact wins)."""
+    if wanted in versions:
+        return wanted
+    for version in versions:
+        upstream = version.split(":", 1)[-1].rsplit("-", 1)[0]
+        if upstream == wanted:
+            return version
+    return None
+
+
+def upstream(version: Optional[str]) -> Optional[str]:
+    if not version:
+        return None
+    return version.split(":", 1)[-1].rsplit("-", 1)[0]
+
+
+_FAILURES = (
+    (r"Unable to locate package (\S+)|Package '?(\S+?)'? has no installation candidate",
+     "{pkg} is not available from the device's package sources.",
+     "Check --package-source (a mirror's base URL or an apt line that carries IoT Edge's packages), or "
+     "install from .deb files with --offline-packages DIR."),
+    (r"Version '([^']+)' for '([^']+)' was not found",
+     "Version {m1} of {m2} is not in the device's package sources.",
+     "Pick a version the source has (apt-cache madison aziot-edge on the device) or omit --edge-version."),
+    (r"Could not get lock|Unable to acquire the dpkg frontend lock|is held by process",
+     "Another package manager (unattended-upgrades, apt) holds the lock on the device.",
+     "Wait until it finishes (or stop it), then run the command again; the install continues where it stopped."),
+    (r"dpkg was interrupted",
+     "An earlier package installation on the device was interrupted.",
+     "Run `sudo dpkg --configure -a` on the device, then run the command again."),
+    (r"NO_PUBKEY|is not signed|The following signatures couldn't be verified|EXPKEYSIG",
+     "apt does not trust the package source's signing key.",
+     "Install the repository's signing key on the device (Microsoft's comes with packages-microsoft-prod), "
+     "or give an apt line with signed-by=... in --package-source."),
+    (r"Failed to fetch|Could not resolve|Temporary failure resolving|Could not connect|Connection refused|"
+     r"Unable to connect|Connection timed out|404\s+Not Found|Some index files failed to download|"
+     r"Network is unreachable|No route to host",
+     "The device could not download from its package source.",
+     "Check the device's network and the URL of --package-source; for networks that cannot reach "
+     "packages.microsoft.com use a mirror (--package-source) or --offline-packages DIR."),
+    (r"unmet dependencies|held broken packages|Depends: .* but .* is to be installed",
+     "apt cannot resolve the packages' dependencies on the device.",
+     "Check that the package source matches the device's distribution and version; a pinned "
+     "--edge-version needs the matching aziot-identity-service in the same source."),
+)
+
+
+def raise_for(result, what: str, display: str) -> None:
+    """Raise the error a failed apt/dpkg command deserves (nothing when it succeeded)."""
+    if result.rc == 0:
+        return
+    text = (result.stderr or "") + "\n" + (result.stdout or "")
+    for pattern, message, recommendation in _FAILURES:
+        match = re.search(pattern, text)
+        if match:
+            groups = [g for g in match.groups() if g] if match.groups() else []
+            msg = message.format(pkg=groups[0] if groups else "A package",
+                                 m1=groups[0] if groups else "", m2=groups[1] if len(groups) > 1 else "")
+            raise UnclassifiedUserFault(f"{what} failed on {display}: {msg} apt said: {tail(text)}",
+                                        recommendation)
+    raise UnclassifiedUserFault(f"{what} failed on {display} (exit {result.rc}): {tail(text)}",
+                                "Run the command again with --debug, or run it on the device to see apt's output.")
+
+
+def source_uris(text: str) -> List[str]:
+    """The repository URIs of sources.list lines and deb822 .sources files."""
+    uris = []
+    for line in (text or "").splitlines():
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        if words[0] in ("deb", "deb-src"):
+            rest = words[1:]
+            if rest and rest[0].startswith("["):
+                while rest and not rest[0].endswith("]"):
+                    rest = rest[1:]
+                rest = rest[1:]
+            if rest:
+                uris.append(rest[0])
+        elif words[0] == "URIs:":
+            uris += words[1:]
+    return list(dict.fromkeys(uris))
+
+
+def update_failed(result):
+    """`apt-get update` exits 0 when a source could not be fetched (apt only warns, unless
+    --error-on=any, which older apt lacks): such a run is turned into a failed Result."""
+    text = (result.stdout or "") + "\n" + (result.stderr or "")
+    if result.rc == 0 and re.search(r"^(W: Failed to fetch|W: Some index files failed|E: )", text, re.MULTILINE):
+        return type(result)(100, result.stdout, result.stderr)
+    return result
+
+
+def tail(text: str, lines: int = 3) -> str:
+    kept = [line.strip() for line in (text or "").splitlines()
+            if line.strip() and not line.startswith(("Reading ", "Building ", "WARNING: apt does not have"))]
+    important = [line for line in kept if line.startswith(("E:", "W:", "Err:", "dpkg:"))]
+    return " | ".join((important or kept)[-lines:]) or "no output"
+
+
+# -- local .deb files ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DebFile:
+    path: str
+    package: str
+    version: str
+    architecture: str
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
+
+
+def _control_text(data: bytes) -> Optional[str]:
+    """The `control` file of a .deb (an ar archive holding control.tar[.gz|.xz|.bz2|.zst])."""
+    if not data.startswith(b"!<arch>\n"):
+        return None
+    offset = 8
+    while offset + 60 <= len(data):
+        header = data[offset:offset + 60]
+        name = header[:16].decode("ascii", "replace").strip().rstrip("/")
+        size = int(header[48:58].decode("ascii").strip() or 0)
+        body = data[offset + 60:offset + 60 + size]
+        offset += 60 + size + (size % 2)
+        if not name.startswith("control.tar"):
+            continue
+        if name.endswith(".zst"):
+            body = _unzstd(body)
+            if body is None:
+                return None
+        try:
+            with tarfile.open(fileobj=io.BytesIO(body), mode="r:*") as tar:
+                for member in tar.getmembers():
+                    if member.name.lstrip("./") == "control":
+                        return tar.extractfile(member).read().decode("utf-8", "replace")
+        except (tarfile.TarError, OSError, EOFError):
+            return None
+    return None
+
+
+def _unzstd(body: bytes) -> Optional[bytes]:
+    try:
+        from compression import zstd  # Python 3.14+
+        return zstd.decompress(body)
+    except ImportError:
+        pass
+    try:
+        import zstandard  # pylint: disable=import-error
+        return zstandard.ZstdDecompressor().decompressobj().decompress(body)
+    except ImportError:
+        return None
+
+
+def read_deb(path: str) -> DebFile:
+    """Package, version and architecture of a .deb (control file; else the file name's
+    name_version_arch.deb convention)."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise FileOperationError(f"Cannot read {path}: {exc.strerror}.", "Check the --offline-packages directory.")
+    control = _control_text(data)
+    fields = {}
+    if control:
+        for line in control.splitlines():
+            if ":" in line and not line.startswith((" ", "\t")):
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    if not fields.get("Package"):
+        parts = os.path.basename(path)[:-4].split("_")
+        if len(parts) != 3:
+            raise InvalidArgumentValueError(
+                f"{path} is not a Debian package that can be read here.",
+                "Put only .deb files (named package_version_arch.deb) in the --offline-packages directory.")
+        fields = {"Package": parts[0], "Version": parts[1].replace("%3a", ":"), "Architecture": parts[2]}
+    return DebFile(path, fields["Package"], fields.get("Version", ""), fields.get("Architecture", "all"))
+
+
+def read_offline_dir(directory: str, arch: str, edge_version: Optional[str] = None) -> List[DebFile]:
+    """The .deb files of --offline-packages for this architecture; one version per package
+    (several aziot-edge / aziot-identity-service versions are narrowed by --edge-version)."""
+    if not os.path.isdir(directory):
+        raise FileOperationError(f"--offline-packages {directory!r} is not a directory.",
+                                 "Give a directory that holds the .deb files to install.")
+    debs = [read_deb(os.path.join(directory, n)) for n in sorted(os.listdir(directory)) if n.endswith(".deb")]
+    debs = [d for d in debs if d.architecture in ("all", arch)]
+    if not debs:
+        raise ResourceNotFoundError(f"--offline-packages {directory!r} holds no .deb file for {arch}.",
+                                    "Download moby-engine, aziot-identity-service and aziot-edge for the device's "
+                                    "distribution and architecture into that directory.")
+    by_name: Dict[str, List[DebFile]] = {}
+    for deb in debs:
+        by_name.setdefault(deb.package, []).append(deb)
+    chosen = []
+    for name, group in sorted(by_name.items()):
+        if len(group) > 1 and edge_version and name in ("aziot-edge", "aziot-identity-service"):
+            narrowed = [d for d in group if match_version(edge_version, [d.version])]
+            group = narrowed or group
+        if len(group) > 1:
+            raise InvalidArgumentValueError(
+                f"--offline-packages {directory!r} has {len(group)} versions of {name}: "
+                f"{', '.join(d.version for d in group)}.",
+                "Keep one version of each package in the directory"
+                + (" (or choose the IoT Edge version with --edge-version)." if name.startswith("aziot") else "."))
+        chosen.append(group[0])
+    return chosen

@@ -1,0 +1,261 @@
+"""Writes DPS provisioning with TPM attestation into IoT Edge's /etc/aziot/config.toml with
+tomlkit, so that comments, layout and every unrelated setting of the file survive.
+
+Pure text in, text out. The traps of ../shared/docs/iotedge.md are avoided by construction:
+
+- `auto_reprovisioning_mode` is a top-level key, placed before the first table. A copy left
+  inside `[provisioning]` or `[provisioning.attestation]` (where the IoT Edge documentation's
+  snippet puts it, and where the runtime silently ignores it) is moved to the top level.
+- `[tpm] auth_key_index` is an integer (written as 0x00_01_00); a quoted string, as the
+  shipped template has it, is converted.
+- `payload` is `{ uri = "file:///..." }`; DPS with `parent_hostname` (nested mode) is refused,
+  since `iotedge config apply` would refuse it.
+- Settings of another provisioning source or attestation method (connection_string,
+  symmetric_key, identity_cert, ...) are removed, so that the file says one thing.
+"""
+import re
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from azure.cli.core.azclierror import FileOperationError, ValidationError
+
+CONFIG_PATH = "/etc/aziot/config.toml"
+TEMPLATE_PATH = "/etc/aziot/config.toml.edge.template"
+DEFAULT_GLOBAL_ENDPOINT = "https://global.azure-devices-provisioning.net"
+REPROVISIONING_MODES = ("Dynamic", "AlwaysOnStartup", "OnErrorOnly")
+DEFAULT_AUTH_KEY_INDEX = 0x00_01_00
+DEFAULT_TCTI = "device"
+MARKER = "DPS provisioning with TPM attestation (written by az edge-tpm install)"
+
+# Keys that belong to other provisioning sources / attestation methods.
+_OTHER_SOURCE_KEYS = ("connection_string", "iothub_hostname", "device_id", "authentication")
+_OTHER_ATTESTATION_KEYS = ("symmetric_key", "identity_cert", "identity_pk", "identity_auto_renew")
+_NESTED_KEYS = ("parent_hostname", "local_gateway_hostname")
+
+
+@dataclass
+class DpsTpmSettings:
+    """What `az edge-tpm install` writes. None means: keep what the file has."""
+    id_scope: str
+    registration_id: str
+    global_endpoint: str = DEFAULT_GLOBAL_ENDPOINT
+    payload_uri: Optional[str] = None
+    auto_reprovisioning_mode: Optional[str] = None
+    tcti: Optional[str] = None
+
+
+@dataclass
+class ConfigEdit:
+    """The new text and what differs from the old one (empty: nothing to write)."""
+    text: str
+    changes: List[str] = field(default_factory=list)
+
+
+def parse_auth_key_index(value) -> Optional[int]:
+    """An integer auth_key_index from an int or a TOML-ish string such as "0x00_01_00"."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip().replace("_", "").lower()
+        try:
+            if re.fullmatch(r"0x[0-9a-f]+", text):
+                return int(text, 16)
+            if re.fullmatch(r"0o[0-7]+", text):
+                return int(text, 8)
+            if re.fullmatch(r"[0-9]+", text):
+                return int(text)
+        except ValueError:
+            return None
+    return None
+
+
+def _hex_index(value: int):
+    """A tomlkit integer shown the way the IoT Edge documentation writes it (0x00_01_00)."""
+    from tomlkit.items import Integer, Trivia
+    digits = f"{value:06x}" if value <= 0xFF_FF_FF else f"{value:x}"
+    raw = "0x" + "_".join(digits[i:i + 2] for i in range(0, len(digits), 2))
+    return Integer(value, Trivia(), raw)
+
+
+def _table_index(doc) -> Optional[int]:
+    """Index in the document body where a new top-level key goes: before the first table and
+    the comment lines that introduce it; None when the document has no table."""
+    from tomlkit.items import AoT, Comment, Table
+    body = doc.body
+    for index, (key, item) in enumerate(body):
+        if key is not None and isinstance(item, (Table, AoT)):
+            start = index
+            while start > 0 and body[start - 1][0] is None and isinstance(body[start - 1][1], Comment):
+                start -= 1
+            return start
+    return None
+
+
+def _set_top_level(doc, key: str, value) -> None:
+    """Set a top-level key; a new key goes before the first table (never inside one)."""
+    import tomlkit
+    if key in doc:
+        doc[key] = value
+        return
+    index = _table_index(doc)
+    if index is None:
+        doc[key] = value
+        return
+    item = tomlkit.item(value)
+    item.trivia.trail = "\n\n"  # a blank line between the key and the table that follows
+    try:
+        doc._insert_at(index, key, item)  # pylint: disable=protected-access
+    except (AttributeError, TypeError):  # tomlkit without _insert_at: its own placement is still top level
+        doc[key] = value
+
+
+def _set(table, key: str, value, changes: List[str], label: str) -> None:
+    current = table.get(key) if key in table else None
+    current = current.unwrap() if hasattr(current, "unwrap") else current
+    plain = value.unwrap() if hasattr(value, "unwrap") else value
+    if key in table and current == plain and type(current) is type(plain):
+        return
+    table[key] = value
+    changes.append(f"{label} = {plain!r}" if key not in ("registration_id",) else f"{label} = {plain}")
+
+
+def _drop(table, keys, changes: List[str], prefix: str) -> None:
+    for key in keys:
+        if key in table:
+            del table[key]
+            changes.append(f"removed {prefix}{key}")
+
+
+def _parse(text: str, where: str):
+    import tomlkit
+    from tomlkit.exceptions import TOMLKitError
+    try:
+        return tomlkit.parse(text)
+    except TOMLKitError as exc:
+        raise FileOperationError(
+            f"{where} is not valid TOML: {exc}",
+            f"Fix the file on the device (or move it away to start again from the template, "
+            f"{TEMPLATE_PATH}), then run the command again.") from exc
+
+
+def edit_config(base_text: str, settings: DpsTpmSettings, where: str = CONFIG_PATH) -> ConfigEdit:
+    """Apply `settings` to a config.toml (or to the template's text for a new file)."""
+    import tomlkit
+    doc = _parse(base_text, where)
+    changes: List[str] = []
+
+    nested = [k for k in _NESTED_KEYS if k in doc]
+    if nested:
+        raise ValidationError(
+            f"{where} sets {nested[0]} = {doc[nested[0]]!r}: this is a nested (child) IoT Edge device, and "
+            "DPS provisioning is not supported in nested mode; iotedge config apply would refuse the file.",
+            f"Remove {nested[0]} from {where} on the device if it is not a child device, or provision "
+            "child devices manually instead of through DPS.")
+    for key in ("provisioning", "tpm"):
+        if key in doc and not isinstance(doc[key], dict):
+            raise FileOperationError(f"{where}: `{key}` is not a table.",
+                                     f"Fix or remove `{key}` in {where} on the device, then run again.")
+
+    # Misplaced auto_reprovisioning_mode (inside a table): remembered, removed.
+    misplaced = None
+    prov = doc.get("provisioning")
+    for table, label in ((prov, "provisioning."),
+                         (prov.get("attestation") if prov is not None else None, "provisioning.attestation.")):
+        if table is not None and isinstance(table, dict) and "auto_reprovisioning_mode" in table:
+            misplaced = misplaced or str(table["auto_reprovisioning_mode"])
+            del table["auto_reprovisioning_mode"]
+            changes.append(f"removed {label}auto_reprovisioning_mode (ignored there by the runtime)")
+
+    if prov is None and _table_index(doc) is None:
+        # A new file from the template (comments only): our block goes at its end, marked.
+        doc.add(tomlkit.nl())
+        doc.add(tomlkit.comment(MARKER))
+    mode = settings.auto_reprovisioning_mode
+    if mode is None and misplaced in REPROVISIONING_MODES and "auto_reprovisioning_mode" not in doc:
+        mode = misplaced
+    if mode is not None:
+        _set_top_level_changed(doc, mode, changes)
+
+    if prov is None:
+        if _table_index(doc) is not None:
+            doc.add(tomlkit.nl())
+            doc.add(tomlkit.comment(MARKER))
+        prov = tomlkit.table()
+        doc.add("provisioning", prov)
+    _set(prov, "source", "dps", changes, "provisioning.source")
+    _drop(prov, _OTHER_SOURCE_KEYS, changes, "provisioning.")
+    _set(prov, "global_endpoint", settings.global_endpoint, changes, "provisioning.global_endpoint")
+    _set(prov, "id_scope", settings.id_scope, changes, "provisioning.id_scope")
+    if settings.payload_uri:
+        current = prov.get("payload")
+        current_uri = current.get("uri") if isinstance(current, dict) else None
+        if current_uri != settings.payload_uri or len(current) != 1:
+            payload = tomlkit.inline_table()
+            payload["uri"] = settings.payload_uri
+            prov["payload"] = payload
+            changes.append(f"provisioning.payload = {{ uri = {settings.payload_uri!r} }}")
+
+    att = prov.get("attestation")
+    if att is None or not isinstance(att, dict):
+        att = tomlkit.table()
+        prov["attestation"] = att
+    _set(att, "method", "tpm", changes, "provisioning.attestation.method")
+    _set(att, "registration_id", settings.registration_id, changes, "provisioning.attestation.registration_id")
+    _drop(att, _OTHER_ATTESTATION_KEYS, changes, "provisioning.attestation.")
+
+    tpm = doc.get("tpm")
+    if tpm is None:
+        tpm = tomlkit.table()
+        doc.add("tpm", tpm)
+    tcti = settings.tcti or (str(tpm["tcti"]) if "tcti" in tpm else DEFAULT_TCTI)
+    _set(tpm, "tcti", tcti, changes, "tpm.tcti")
+    current_index = tpm.get("auth_key_index") if "auth_key_index" in tpm else None
+    current_index = current_index.unwrap() if hasattr(current_index, "unwrap") else current_index
+    index = parse_auth_key_index(current_index) if current_index is not None else DEFAULT_AUTH_KEY_INDEX
+    if index is None:
+        raise FileOperationError(
+            f"{where}: [tpm] auth_key_index = {current_index!r} is not a number.",
+            "Set it to an integer such as 0x00_01_00 (the default), or remove it, then run again.")
+    if not isinstance(current_index, int) or isinstance(current_index, bool):
+        tpm["auth_key_index"] = _hex_index(index)
+        shown = _hex_index(index).as_string()
+        changes.append(f"tpm.auth_key_index = {shown} (integer)" if current_index is None else
+                       f"tpm.auth_key_index: string {current_index!r} -> integer {shown}")
+
+    text = tomlkit.dumps(doc)
+    if not text.endswith("\n"):
+        text += "\n"
+    return ConfigEdit(text=text, changes=changes)
+
+
+def _set_top_level_changed(doc, mode: str, changes: List[str]) -> None:
+    if doc.get("auto_reprovisioning_mode") == mode:
+        return
+    _set_top_level(doc, "auto_reprovisioning_mode", mode)
+    changes.append(f"auto_reprovisioning_mode = {mode!r} (top level)")
+
+
+def summarize(text: str) -> dict:
+    """What a config.toml says about provisioning (tomllib: what the runtime will read)."""
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        import tomlkit as tomllib  # type: ignore[no-redef]
+    data = tomllib.loads(text)
+    prov = data.get("provisioning") or {}
+    att = prov.get("attestation") or {}
+    tpm = data.get("tpm") or {}
+    payload = prov.get("payload")
+    return {
+        "source": prov.get("source"),
+        "globalEndpoint": prov.get("global_endpoint"),
+        "idScope": prov.get("id_scope"),
+        "attestation": att.get("method"),
+        "registrationId": att.get("registration_id"),
+        "payloadUri": payload.get("uri") if isinstance(payload, dict) else None,
+        "autoReprovisioningMode": data.get("auto_reprovisioning_mode"),
+        "tcti": tpm.get("tcti"),
+        "authKeyIndex": tpm.get("auth_key_index"),
+    }

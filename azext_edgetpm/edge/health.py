@@ -1,0 +1,209 @@
+"""Reads what the IoT Edge runtime says about itself (pure parsers, no I/O):
+`iotedge system status`, `iotedge check --output json`, `iotedge list`, and the provisioning
+lines of `iotedge system logs`, with the known failure messages of ../shared/docs/iotedge.md
+mapped to what the user should do.
+"""
+import json
+import re
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+SERVICES = ("aziot-edged", "aziot-identityd", "aziot-keyd", "aziot-certd", "aziot-tpmd")
+
+
+# -- iotedge system status -------------------------------------------------------------------
+def parse_system_status(text: str) -> Dict[str, dict]:
+    """{service: {"state": "Running"|"Ready"|"Down"|..., "detail": str}} for the aziot services."""
+    states = {}
+    for line in (text or "").splitlines():
+        match = re.match(r"^\s+(aziot-[a-z]+)\s{2,}(\S.*?)\s*$", line)
+        if not match or match.group(1) in states:
+            continue
+        shown = match.group(2)
+        state, _, detail = shown.partition(" - ")
+        states[match.group(1)] = {"state": state.strip(), "detail": detail.strip()}
+    return states
+
+
+def services_healthy(states: Dict[str, dict]) -> bool:
+    """Every service Running or Ready (idle, socket-activated)."""
+    return bool(states) and all(s["state"] in ("Running", "Ready") for s in states.values())
+
+
+# -- iotedge check --output json ---------------------------------------------------------------
+def parse_check(text: str) -> Optional[dict]:
+    """Summary of `iotedge check --output json`: counts per result and the non-ok checks."""
+    text = (text or "").strip()
+    start = text.find("{")
+    if start < 0:
+        return None
+    try:
+        data = json.loads(text[start:])
+    except ValueError:
+        return None
+    checks = data.get("checks") or {}
+    counts: Dict[str, int] = {}
+    problems = []
+    for check_id, entry in checks.items():
+        result = entry.get("result") if isinstance(entry, dict) else None
+        if isinstance(result, dict):
+            status, details = result.get("result"), result.get("details")
+        else:
+            status, details = result, None
+        status = str(status or "unknown")
+        counts[status] = counts.get(status, 0) + 1
+        if status in ("warning", "error", "fatal"):
+            if isinstance(details, str):
+                details = [details]
+            problems.append({"id": check_id, "result": status,
+                             "details": [str(d) for d in (details or []) if str(d).strip()]})
+    return {"counts": counts, "problems": problems,
+            "errors": [p["id"] for p in problems if p["result"] in ("error", "fatal")],
+            "warnings": [p["id"] for p in problems if p["result"] == "warning"]}
+
+
+# -- iotedge list --------------------------------------------------------------------------------
+def parse_list(text: str) -> List[dict]:
+    """Rows of `iotedge list` (NAME STATUS DESCRIPTION CONFIG, columns by header position)."""
+    lines = [line.rstrip() for line in (text or "").splitlines() if line.strip()]
+    if not lines or not lines[0].lstrip().startswith("NAME"):
+        return []
+    header = lines[0]
+    names = ["NAME", "STATUS", "DESCRIPTION", "CONFIG"]
+    starts = [header.find(n) for n in names]
+    if any(s < 0 for s in starts):
+        return []
+    rows = []
+    for line in lines[1:]:
+        cells = []
+        for i, start in enumerate(starts):
+            end = starts[i + 1] if i + 1 < len(starts) else None
+            cells.append(line[start:end].strip())
+        rows.append({"name": cells[0], "status": cells[1], "description": cells[2], "config": cells[3]})
+    return rows
+
+
+# -- logs: provisioning outcome and known failures -------------------------------------------------
+@dataclass(frozen=True)
+class KnownFailure:
+    """A failure message the runtime logs, and what the user should do about it."""
+    key: str
+    pattern: str
+    meaning: str
+    recommendation: str
+
+
+KNOWN_FAILURES = (
+    KnownFailure(
+        "tpm-permission", r"(?:Failed to open|open).{0,80}/dev/tpm(?:rm)?0.{0,40}Permission denied|"
+                          r"Permission denied.{0,40}/dev/tpm(?:rm)?0",
+        "aziot-tpmd may not open the TPM device (/dev/tpmrm0: permission denied).",
+        "Give the aziottpm user access to the TPM: re-run az edge-tpm install with --tpm-access udev "
+        "(default) or --tpm-access tss-group; if the rule is in place but the device node kept its owner, "
+        "reboot the device so that udev applies it."),
+    KnownFailure(
+        "tcti", r"Could not initialize TCTI|tcti:IO failure|Tss2_Tcti\w*.*(?:fail|error)|"
+                r"TCTI.{0,40}(?:Connection refused|No such file)",
+        "aziot-tpmd could not open the TPM through its TCTI.",
+        "Check [tpm] tcti in /etc/aziot/config.toml (--tcti): 'device' needs /dev/tpmrm0 and TPM access for "
+        "aziottpm (--tpm-access); a TPM simulator or resource manager needs its own TCTI "
+        "(e.g. swtpm:host=127.0.0.1,port=2321) and must be running."),
+    KnownFailure(
+        "evict-control", r"Esys_EvictControl.{0,80}(?:0x14c|0x0000014c|14c)|Esys_EvictControl",
+        "The TPM refused to persist the authentication key (Esys_EvictControl, often 0x14c after an upgrade).",
+        "Keep [tpm] auth_key_index at 0x00_01_00 (an integer) and the SRK at 0x81000001; remove a stale "
+        "persistent key at that index (tpm2_evictcontrol) and run iotedge config apply again."),
+    KnownFailure(
+        "hierarchy-auth", r"TPM_RC_BAD_AUTH|0x9a2|0x98e|authorization HMAC check failed|hierarchy.{0,30}auth",
+        "The TPM's owner or endorsement hierarchy has a password (the TPM was 'taken ownership' of).",
+        "Add the passwords under [tpm.hierarchy_authorization] (owner, endorsement) in /etc/aziot/config.toml, "
+        "or clear them on the device, then run iotedge config apply."),
+    KnownFailure(
+        "dps-unreachable", r"name resolution|Name or service not known|Could not resolve|Connection refused|"
+                           r"Connection timed out|timed out|No route to host|Network is unreachable|"
+                           r"CERTIFICATE_VERIFY_FAILED|certificate verify failed|SSL.{0,20}error",
+        "The device cannot reach the DPS endpoint (network, DNS, proxy or TLS trust).",
+        "Check --global-endpoint and that the device reaches it (DNS, firewall, proxy: outbound 443, or 8883/5671 "
+        "for other protocols); a DPS behind a private CA needs that CA in the device's trust store "
+        "(/usr/local/share/ca-certificates + update-ca-certificates)."),
+    KnownFailure(
+        "dps-auth", r"DPS client error|\b401\b.{0,40}(?:Unauthorized|DPS)|\b404\b.{0,60}(?:DPS|enrollment|"
+                    r"registration)|status (?:failed|disabled)|Failed to provision with IoT Hub",
+        "DPS did not assign the device.",
+        "Check that an enrollment exists for this registration ID with this TPM's endorsement key and is "
+        "enabled (az edge-tpm enrollment show / enrollment create --host DEVICE), and that --id-scope is "
+        "the DPS instance's ID scope."),
+    KnownFailure(
+        "config", r"could not parse config file|Command failed: .*(?:invalid|unknown variant|missing field|"
+                  r"relative URL)|not supported in nested mode",
+        "iotedge config apply rejected /etc/aziot/config.toml.",
+        "Fix /etc/aziot/config.toml on the device as the message says (or restore the backup that "
+        "az edge-tpm install kept next to it), then run the command again."),
+    KnownFailure(
+        "service-users", r"could not query \w+ user information",
+        "A service user of aziot-identity-service or aziot-edge is missing.",
+        "Reinstall the packages on the device (apt-get install --reinstall aziot-identity-service aziot-edge), "
+        "which create the users aziotks, aziotcs, aziotid, aziottpm and iotedge."),
+    KnownFailure(
+        "container-engine", r"could not connect to unix:///var/run/docker\.sock|A module runtime error occurred",
+        "aziot-edged cannot reach the container engine.",
+        "Check that moby-engine is installed and running (systemctl status docker) and that "
+        "/etc/docker/daemon.json is valid JSON."),
+)
+
+_ASSIGNED = re.compile(r"Assigned to IoT hub:\s*(\S+)")
+_DEVICE_ID = re.compile(r"Device ID:\s*(\S+)")
+_START = re.compile(r"Provisioning starting|Starting Azure IoT Identity Service")
+_FAILED = re.compile(r"Failed to provision|DPS client error|DPS registration failed")
+_CAUSE = re.compile(r"caused by:\s*(.*)")
+
+
+def diagnose(lines: List[str]) -> List[dict]:
+    """The known failures found in log lines, latest occurrence first, one entry per kind."""
+    found: Dict[str, dict] = {}
+    for line in reversed(lines):
+        for failure in KNOWN_FAILURES:
+            if failure.key in found:
+                continue
+            if re.search(failure.pattern, line, re.IGNORECASE):
+                found[failure.key] = {"kind": failure.key, "line": _message_of(line),
+                                      "meaning": failure.meaning, "recommendation": failure.recommendation}
+                break
+    return list(found.values())
+
+
+def _message_of(line: str) -> str:
+    """The message part of a journal line (after 'unit[pid]: ')."""
+    match = re.match(r"^\w{3} +\d+ [\d:]+ \S+ [\w@.\-]+(?:\[\d+\])?: (.*)$", line)
+    message = (match.group(1) if match else line).strip()
+    # aziot's own prefix: "<timestamp> [LEVEL] - "
+    return re.sub(r"^\S+ \[[A-Z!]+\] - ", "", message)
+
+
+def provisioning(lines: List[str]) -> dict:
+    """The outcome of the latest provisioning attempt in the identity service's log lines."""
+    state, hub, device_id, message, cause = "unknown", None, None, None, None
+    for line in lines:
+        if _START.search(line):
+            state, message, cause = "provisioning", None, None
+        match = _ASSIGNED.search(line)
+        if match:
+            state, hub, message = "assigned", match.group(1), _message_of(line)
+            continue
+        match = _DEVICE_ID.search(line)
+        if match and state == "assigned":
+            device_id = match.group(1)
+            continue
+        if _FAILED.search(line):
+            state, hub, device_id, message = "failed", None, None, _message_of(line)
+            continue
+        match = _CAUSE.search(line)
+        if match and state == "failed" and "identityd" in line:
+            cause = match.group(1).strip()
+    result = {"state": state, "assignedHub": hub, "deviceId": device_id, "lastMessage": message}
+    if state == "failed":
+        result["error"] = cause or message
+        problems = diagnose([line for line in lines if "identityd" in line or "tpmd" in line][-50:])
+        result["recommendation"] = (problems[0]["recommendation"] if problems else
+                                    "Run iotedge system logs on the device for details.")
+    return result

@@ -1,0 +1,85 @@
+"""Asks the IoT Edge runtime on a device how it is, in one remote script: version, services,
+modules, `iotedge check --output json` and the provisioning lines of the logs.
+"""
+import re
+import shlex
+from typing import Optional
+
+from . import health
+
+_SCRIPT = r"""
+echo "@@VERSION"; iotedge version 2>&1
+echo "@@STATUS"; iotedge system status 2>&1
+echo "@@LIST"; iotedge list 2>&1; echo "@@LISTRC $?"
+{check}
+echo "@@LOGS"; iotedge system logs -- -n {lines} 2>&1 | tail -n {lines}
+echo "@@END"
+"""
+_CHECK = 'echo "@@CHECK"; iotedge check --output json 2>/dev/null; echo; echo "@@CHECKRC $?"'
+
+
+def _sections(stdout: str) -> dict:
+    out, current = {}, None
+    for line in stdout.splitlines():
+        match = re.match(r"^@@(VERSION|STATUS|LIST|CHECK|LOGS|END)$", line)
+        if match:
+            current = match.group(1)
+            out[current] = []
+            continue
+        if line.startswith("@@LISTRC ") or line.startswith("@@CHECKRC "):
+            key, _, value = line.partition(" ")
+            out[key[2:]] = value.strip()
+            continue
+        if current:
+            out[current].append(line)
+    return out
+
+
+def collect(session, with_check: bool = True, log_lines: int = 400) -> dict:
+    """The runtime's own view of itself (as root, through sudo for other users)."""
+    script = _SCRIPT.format(check=_CHECK if with_check else "", lines=shlex.quote(str(int(log_lines))))
+    result = session.run(script, sudo=True, timeout=600)
+    parts = _sections(result.stdout)
+    version_text = " ".join(parts.get("VERSION", [])).strip()
+    match = re.search(r"iotedge\s+(\S+)", version_text)
+    logs = [line for line in parts.get("LOGS", []) if line.strip()]
+    services = health.parse_system_status("\n".join(parts.get("STATUS", [])))
+    modules = health.parse_list("\n".join(parts.get("LIST", []))) if parts.get("LISTRC") == "0" else []
+    check = health.parse_check("\n".join(parts.get("CHECK", []))) if with_check else None
+    report = {
+        "version": match.group(1) if match else None,
+        "services": services,
+        "healthy": health.services_healthy(services),
+        "modules": modules,
+        "checks": check,
+        "provisioning": health.provisioning(logs),
+    }
+    if not report["healthy"] or (check and check["errors"]) or report["provisioning"]["state"] == "failed":
+        report["problems"] = health.diagnose(logs[-150:])
+    return report
+
+
+def summary(report: dict) -> str:
+    """One line for humans: services, provisioning, checks."""
+    services = report.get("services") or {}
+    down = [f"{name} {s['state']}" + (f" ({s['detail']})" if s.get("detail") else "")
+            for name, s in services.items() if s["state"] not in ("Running", "Ready")]
+    parts = ["services: " + ("all running" if services and not down else ", ".join(down) or "unknown")]
+    prov = report.get("provisioning") or {}
+    if prov.get("state") == "assigned":
+        parts.append(f"assigned to {prov.get('assignedHub')}" +
+                     (f" as {prov['deviceId']}" if prov.get("deviceId") else ""))
+    elif prov.get("state") == "failed":
+        parts.append(f"provisioning failed: {prov.get('error') or prov.get('lastMessage')}")
+    else:
+        parts.append(f"provisioning: {prov.get('state', 'unknown')}")
+    check = report.get("checks")
+    if check:
+        counts = check["counts"]
+        parts.append("checks: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    return "; ".join(parts)
+
+
+def first_problem(report: dict) -> Optional[dict]:
+    problems = report.get("problems") or []
+    return problems[0] if problems else None

@@ -1,0 +1,239 @@
+"""Pure pieces of `az edge-tpm install` / `status`: the support matrix, the parsers of what the
+runtime and apt print, the daemon.json merge, local .deb reading and the facts script's output."""
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+from azure.cli.core.azclierror import FileOperationError, InvalidArgumentValueError, ValidationError
+
+from azext_edgetpm.edge import apt, facts, health, platform
+from azext_edgetpm.edge.steps import config_package_url, merge_daemon_json
+
+UBUNTU_2204 = ('PRETTY_NAME="Ubuntu 22.04.4 LTS"\nNAME="Ubuntu"\nVERSION_ID="22.04"\nVERSION_CODENAME=jammy\n'
+               'ID=ubuntu\nID_LIKE=debian\nUBUNTU_CODENAME=jammy\n')
+RPI_BOOKWORM_64 = ('PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nNAME="Debian GNU/Linux"\nVERSION_ID="12"\n'
+                   'VERSION_CODENAME=bookworm\nID=debian\n')
+RASPBIAN_BULLSEYE = ('PRETTY_NAME="Raspbian GNU/Linux 11 (bullseye)"\nVERSION_ID="11"\nVERSION_CODENAME=bullseye\n'
+                     'ID=raspbian\nID_LIKE=debian\n')
+RASPBIAN_STRETCH = 'PRETTY_NAME="Raspbian GNU/Linux 9 (stretch)"\nVERSION_ID="9"\nID=raspbian\n'
+
+
+@pytest.mark.parametrize("text, arch, distro_url", [
+    (UBUNTU_2204, "amd64", "ubuntu/22.04"),
+    (UBUNTU_2204, "arm64", "ubuntu/22.04"),
+    (RPI_BOOKWORM_64, "arm64", "debian/12"),
+    (RASPBIAN_BULLSEYE, "armhf", "debian/11"),
+])
+def test_supported_platforms(text, arch, distro_url):
+    plat = platform.detect(text, arch)
+    assert plat.microsoft_config_url == f"https://packages.microsoft.com/config/{distro_url}/packages-microsoft-prod.deb"
+
+
+@pytest.mark.parametrize("text, arch, words", [
+    (RASPBIAN_STRETCH, "armhf", "retired"),
+    (UBUNTU_2204, "armhf", "only on amd64, arm64"),
+    ('PRETTY_NAME="Fedora Linux 40"\nID=fedora\nVERSION_ID=40\n', "amd64", "not a tier 1 system"),
+    ("", "amd64", "no readable /etc/os-release"),
+])
+def test_refused_platforms(text, arch, words):
+    with pytest.raises(ValidationError) as info:
+        platform.detect(text, arch, "dev")
+    assert words in str(info.value)
+    assert info.value.recommendations
+
+
+def test_debian_arch_falls_back_to_uname():
+    assert platform.debian_arch("", "aarch64") == "arm64"
+    assert platform.debian_arch("armhf\n", "armv7l") == "armhf"
+
+
+def test_config_package_url():
+    plat = platform.detect(UBUNTU_2204, "amd64")
+    assert config_package_url(None, plat) == plat.microsoft_config_url
+    assert config_package_url("http://m/ms/", plat) == "http://m/ms/config/ubuntu/22.04/packages-microsoft-prod.deb"
+    assert config_package_url("http://m/x.deb", plat) == "http://m/x.deb"
+
+
+STATUS = """System services:
+    aziot-edged             Running
+    aziot-identityd         Running
+    aziot-keyd              Running
+    aziot-certd             Ready
+    aziot-tpmd              Down - failed
+
+aziot-tpmd is in a bad state because:
+aziot-tpmd.service: Down - failed: Printing the last 10 log lines.
+Nov 28 16:30:00 d1 aziot-tpmd[99]: 2026-11-28T16:30:00Z [ERR!] - Could not initialize TCTI with config 'device'
+"""
+
+
+def test_parse_system_status():
+    states = health.parse_system_status(STATUS)
+    assert list(states) == ["aziot-edged", "aziot-identityd", "aziot-keyd", "aziot-certd", "aziot-tpmd"]
+    assert states["aziot-certd"] == {"state": "Ready", "detail": ""}
+    assert states["aziot-tpmd"] == {"state": "Down", "detail": "failed"}
+    assert not health.services_healthy(states)
+    del states["aziot-tpmd"]
+    assert health.services_healthy(states)
+
+
+def test_parse_check():
+    text = json.dumps({"additional_info": {}, "checks": {
+        "config-toml-well-formed": {"result": {"result": "ok"}},
+        "container-engine-logrotate": {"result": {"result": "warning", "details": ["not rotated"]}},
+        "tpmd-running": {"result": {"result": "error", "details": ["aziot-tpmd is failed"]}},
+        "host-connect-iothub-amqp": {"result": {"result": "skipped"}}}})
+    summary = health.parse_check("some banner\n" + text)
+    assert summary["counts"] == {"ok": 1, "warning": 1, "error": 1, "skipped": 1}
+    assert summary["errors"] == ["tpmd-running"] and summary["warnings"] == ["container-engine-logrotate"]
+    assert summary["problems"][1] == {"id": "tpmd-running", "result": "error", "details": ["aziot-tpmd is failed"]}
+    assert health.parse_check("not json") is None
+
+
+def test_parse_list():
+    text = ("NAME             STATUS           DESCRIPTION      CONFIG\n"
+            "edgeAgent        running          Up 2 minutes     mcr.microsoft.com/azureiotedge-agent:1.5\n"
+            "SimulatedTemperatureSensor running Up 1 minute      mcr.microsoft.com/azureiotedge-simulated-temperature-sensor:1.5\n")
+    rows = health.parse_list(text)
+    assert rows[0] == {"name": "edgeAgent", "status": "running", "description": "Up 2 minutes",
+                       "config": "mcr.microsoft.com/azureiotedge-agent:1.5"}
+    assert len(rows) == 2
+    assert health.parse_list("A module runtime error occurred") == []
+
+
+def _journal(unit, message, pid=100):
+    return f"Nov 28 16:30:00 d1 {unit}[{pid}]: 2026-11-28T16:30:00Z [INFO] - {message}"
+
+
+def test_provisioning_assigned_after_an_earlier_failure():
+    lines = [_journal("aziot-identityd", "Provisioning starting. Provisioning source: dps"),
+             _journal("aziot-identityd", "Failed to provision with IoT Hub, and no valid device backup was found: "
+                                         "DPS client error"),
+             _journal("aziot-identityd", "caused by: DpsRequestError: HTTP 401 errorCode=401002: Unauthorized"),
+             _journal("aziot-identityd", "Starting Azure IoT Identity Service"),
+             _journal("aziot-identityd", "DPS registration complete."),
+             _journal("aziot-identityd", "Assigned to IoT hub: hub-1.azure-devices.net"),
+             _journal("aziot-identityd", "Device ID: dev-1")]
+    prov = health.provisioning(lines)
+    assert prov["state"] == "assigned" and prov["assignedHub"] == "hub-1.azure-devices.net"
+    assert prov["deviceId"] == "dev-1"
+    assert prov["lastMessage"] == "Assigned to IoT hub: hub-1.azure-devices.net"
+    failed = health.provisioning(lines[:3])
+    assert failed["state"] == "failed" and "401" in failed["error"]
+    assert "enrollment" in failed["recommendation"]
+
+
+@pytest.mark.parametrize("line, kind", [
+    ("WARNING:tcti:src/tss2-tcti/tcti-device.c:452:Tss2_Tcti_Device_Init() Failed to open specified TCTI device "
+     "file /dev/tpmrm0: Permission denied", "tpm-permission"),
+    (_journal("aziot-tpmd", "Could not initialize TCTI with config 'device': tcti:IO failure"), "tcti"),
+    (_journal("aziot-tpmd", "Esys_EvictControl(0x14C) - tpm:handle(1):value is out of range"), "evict-control"),
+    (_journal("aziot-identityd", "caused by: TpmClientError: gaierror: Temporary failure in name resolution"),
+     "dps-unreachable"),
+    (_journal("aziot-identityd", "caused by: certificate verify failed: unable to get local issuer"), "dps-unreachable"),
+    (_journal("aziot-identityd", "Failed to provision with IoT Hub: DPS client error"), "dps-auth"),
+    ("Command failed: could not parse config file: relative URL without a base at line 2 column 1", "config"),
+    ("Command failed: could not query aziottpm user information", "service-users"),
+])
+def test_known_failures(line, kind):
+    found = health.diagnose([line])
+    assert found and found[0]["kind"] == kind and found[0]["recommendation"]
+
+
+def test_merge_daemon_json():
+    new, old = merge_daemon_json('{"log-opts": {"max-size": "10m"}, "dns": ["1.1.1.1"]}', "local")
+    assert new == {"log-opts": {"max-size": "10m"}, "dns": ["1.1.1.1"], "log-driver": "local"}
+    assert merge_daemon_json('{"log-driver": "local"}', "local")[0] is None
+    assert merge_daemon_json(None, "keep") == (None, {})
+    assert merge_daemon_json(None, "journald")[0] == {"log-driver": "journald"}
+    with pytest.raises(FileOperationError, match="not valid JSON"):
+        merge_daemon_json("{broken", "local")
+
+
+def test_parse_policy_and_versions():
+    text = """aziot-edge:
+  Installed: 1.5.9-1
+  Candidate: 1.5.10-1
+  Version table:
+     1.5.10-1 500
+        500 http://10.0.0.1:8080 ./ Packages
+ *** 1.5.9-1 500
+        500 http://10.0.0.1:8080 ./ Packages
+        100 /var/lib/dpkg/status
+moby-engine:
+  Installed: (none)
+  Candidate: (none)
+  Version table:
+"""
+    pol = apt.parse_policy(text)
+    assert pol["aziot-edge"] == {"installed": "1.5.9-1", "candidate": "1.5.10-1", "versions": ["1.5.10-1", "1.5.9-1"]}
+    assert pol["moby-engine"]["candidate"] is None
+    assert apt.match_version("1.5.9", pol["aziot-edge"]["versions"]) == "1.5.9-1"
+    assert apt.match_version("1.5.10-1", pol["aziot-edge"]["versions"]) == "1.5.10-1"
+    assert apt.match_version("1.4", pol["aziot-edge"]["versions"]) is None
+
+
+def test_source_uris_and_commands_are_quoted():
+    text = ("# comment\ndeb [trusted=yes arch=amd64] http://10.0.0.1:8080/ ./\n"
+            "deb https://packages.microsoft.com/debian/12/prod bookworm main\n"
+            "Types: deb\nURIs: https://mirror.example/ms\n")
+    assert apt.source_uris(text) == ["http://10.0.0.1:8080/", "https://packages.microsoft.com/debian/12/prod",
+                                     "https://mirror.example/ms"]
+    assert apt.install_command(["aziot-edge=1.5.9-1", "./a b.deb"]).endswith("install aziot-edge=1.5.9-1 './a b.deb'")
+    assert "ln -s '/etc/apt/sources.list.d/x y.list'" in apt.update_command(["/etc/apt/sources.list.d/x y.list"])
+
+
+def test_apt_failures_become_errors_with_recommendations():
+    from azext_edgetpm.remote.session import Result
+    ok = Result(0, "Hit:1 http://x ./ Packages\nReading package lists...", "")
+    assert apt.update_failed(ok) is ok
+    warned = apt.update_failed(Result(0, "", "W: Failed to fetch http://x/./InRelease  Could not connect to x:1\n"))
+    assert warned.rc == 100
+    with pytest.raises(Exception) as info:
+        apt.raise_for(warned, "apt-get update", "dev")
+    assert "could not download" in str(info.value) and info.value.recommendations
+    with pytest.raises(Exception) as info:
+        apt.raise_for(Result(100, "", "E: Unable to locate package aziot-edge\n"), "Installing aziot-edge", "dev")
+    assert "aziot-edge is not available" in str(info.value)
+
+
+@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-deb is not installed")
+def test_read_offline_dir(tmp_path):
+    def build(name, version):
+        root = tmp_path / f"{name}-{version}"
+        (root / "DEBIAN").mkdir(parents=True)
+        (root / "DEBIAN" / "control").write_text(
+            f"Package: {name}\nVersion: {version}\nArchitecture: all\nMaintainer: t <t@t>\nDescription: t\n")
+        out = tmp_path / "debs" / f"{name}_{version}_all.deb"
+        out.parent.mkdir(exist_ok=True)
+        subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(root), str(out)], check=True,
+                       capture_output=True)
+        return out
+    build("moby-engine", "25.0.5-1")
+    build("aziot-edge", "1.5.9-1")
+    build("aziot-edge", "1.5.10-1")
+    with pytest.raises(InvalidArgumentValueError, match="2 versions of aziot-edge"):
+        apt.read_offline_dir(str(tmp_path / "debs"), "amd64")
+    debs = apt.read_offline_dir(str(tmp_path / "debs"), "amd64", edge_version="1.5.9")
+    assert [(d.package, d.version) for d in debs] == [("aziot-edge", "1.5.9-1"), ("moby-engine", "25.0.5-1")]
+    os.rename(tmp_path / "debs" / "moby-engine_25.0.5-1_all.deb", tmp_path / "debs" / "renamed.deb")
+    assert apt.read_deb(str(tmp_path / "debs" / "renamed.deb")).package == "moby-engine"
+
+
+def test_facts_parse():
+    out = "\n".join([
+        "@@FILE /etc/os-release 644 root root 1700000000 " + __import__("base64").b64encode(UBUNTU_2204.encode()).decode(),
+        "@@ARCH arm64 aarch64", "@@CMD iotedge /usr/bin/iotedge", "@@INITD docker",
+        "@@PKG aziot-edge\t1.5.10-1\tinstall ok installed", "@@PKG moby-engine\t25.0.5-1\tdeinstall ok config-files",
+        "@@USER aziottpm aziottpm,tss", "@@GROUP tss", "@@DEV /dev/tpmrm0 tss tss 660",
+        "@@NOFILE /etc/aziot/config.toml", "@@FILE /etc/docker/daemon.json 644 root root 1700000001 ",
+        "@@MTIME /etc/aziot/edged/config.d/00-super.toml 1700000002"])
+    f = facts.parse(out)
+    assert platform.detect(f.os_release, f.dpkg_arch).codename == "jammy"
+    assert f.installed("aziot-edge") == "1.5.10-1" and f.installed("moby-engine") is None
+    assert f.users == {"aziottpm": ["aziottpm", "tss"]} and f.groups == ["tss"]
+    assert f.tpm_devices == {"/dev/tpmrm0": {"owner": "tss", "group": "tss", "mode": 0o660}}
+    assert f.file("/etc/aziot/config.toml") is None and f.file("/etc/docker/daemon.json").data == b""
+    assert f.init_scripts == ["docker"] and f.has("iotedge") and not f.systemd
