@@ -244,6 +244,16 @@ def test_invalid_endorsement_key_from_dps_says_how_to_read_it(dps):
     assert type(local.error).__name__ == "InvalidArgumentValueError" and "raw RSA modulus" in local.message
 
 
+def test_tls_is_always_verified(dps):
+    """Without the emulator's CA in REQUESTS_CA_BUNDLE its certificate is refused, with a way out
+    that keeps verification on."""
+    import certifi
+    refused = az("edge-tpm", "enrollment", "list", *dps.login, env={"REQUESTS_CA_BUNDLE": certifi.where()})
+    assert type(refused.error).__name__ == "AzureConnectionError"
+    assert "could not be verified" in refused.message and "REQUESTS_CA_BUNDLE" in refused.recommendation
+    assert dps.count("tls.handshake_failures") >= 1
+
+
 def test_wrong_key_and_missing_right_are_refused(dps, tmp_path):
     wrong = dps.section["connection_string"].rsplit("=", 2)[0] + "=" + __import__("base64").b64encode(
         b"x" * 32).decode()
