@@ -107,9 +107,9 @@ class ArmLogin:
         ok("login", "--service-principal", "-u", s["sp"]["app_id"], "-p", s["sp"]["secret"], "--tenant", s["tenant"])
 
     def close(self):
-        # (`az logout` would ask the emulator for the "organizations" authority, which it does
-        # not serve; the test session's config directory is thrown away anyway.)
-        az("account", "clear")
+        # (`az logout` and `az account clear` fail here: MSAL asks the emulator for the
+        # "organizations" authority, which it does not serve. Switching back to AzureCloud leaves
+        # no account active; the session's config directory is thrown away anyway.)
         az("cloud", "set", "-n", "AzureCloud")
         az("cloud", "unregister", "-n", self.cloud)
         az("config", "unset", "core.instance_discovery")
