@@ -47,3 +47,26 @@ def registration_table(result):
         "ErrorCode": r.get("errorCode"),
         "LastUpdated": r.get("lastUpdatedDateTimeUtc"),
     }
+
+
+def edge_install_table(result):
+    """One row per install step."""
+    return [{"Step": s.get("name"), "Status": s.get("status"), "Detail": s.get("detail")}
+            for s in (result or {}).get("steps") or []]
+
+
+def edge_status_table(result):
+    r = result or {}
+    services = r.get("services") or {}
+    running = sum(1 for s in services.values() if s.get("state") in ("Running", "Ready"))
+    prov = r.get("provisioning") or {}
+    counts = (r.get("checks") or {}).get("counts") or {}
+    return {
+        "Device": r.get("device"),
+        "Version": (r.get("runtime") or {}).get("version"),
+        "Services": f"{running}/{len(services)} up",
+        "Modules": ",".join(m.get("name", "") for m in r.get("modules") or []),
+        "Provisioning": prov.get("state"),
+        "AssignedHub": prov.get("assignedHub"),
+        "Checks": " ".join(f"{k}:{v}" for k, v in sorted(counts.items())),
+    }

@@ -142,3 +142,67 @@ examples:
   - name: Wait up to ten minutes, polling every 10 seconds, and print the hub.
     text: az edge-tpm registration wait --registration-id edge-01 -n my-dps --timeout 600 --interval 10 --query assignedHub -o tsv
 """
+
+helps["edge-tpm install"] = """
+type: command
+short-summary: Install IoT Edge on a device over SSH and configure it for DPS provisioning with TPM attestation, idempotently.
+long-summary: |
+    Does what the IoT Edge documentation makes a person type, as steps that each check the device
+    first, change only what differs, then verify, and report ok, changed, failed or skipped.
+    (1) os: the OS and architecture against IoT Edge 1.5's tier 1 systems (Ubuntu 20.04/22.04/24.04,
+    Debian 11/12, Raspberry Pi OS Bullseye/Bookworm); others, e.g. Raspberry Pi OS Stretch, are
+    refused before anything changes.
+    (2) package-source: Microsoft's packages-microsoft-prod.deb, or --package-source, or
+    --offline-packages; tpm2-tools when missing.
+    (3) container-engine: moby-engine; "log-driver" merged into /etc/docker/daemon.json (other keys
+    kept); the engine restarts only when the file changed.
+    (4) iotedge: aziot-edge and aziot-identity-service, latest or --edge-version.
+    (5) config: /etc/aziot/config.toml from the package's template with DPS, TPM attestation,
+    registration ID, ID scope, endpoint, payload, auto_reprovisioning_mode (top level), [tpm] tcti
+    and an integer auth_key_index. Comments and other settings of an existing file are kept, the old
+    file is backed up next to it, and the new one is written atomically with mode 0600.
+    (6) tpm-access: the aziottpm user's access to /dev/tpm0 and /dev/tpmrm0 (--tpm-access); skipped
+    on devices without /dev/tpm* (a TPM over TCP).
+    (7) runtime: iotedge config apply when something changed, then iotedge system status, iotedge
+    check and the provisioning lines of the logs; known failures come with what to do.
+    Running it again changes nothing on a device that is already installed and configured; after a
+    failure it continues where it stopped. --dry-run shows the plan without touching the device.
+    Devices without systemd are handled: services restart through their /etc/init.d scripts.
+    The registration ID defaults to the one derived from the TPM's endorsement key (as `ek show`);
+    it must match the device's enrollment (`az edge-tpm enrollment create`), which may be made
+    before or after the install: until it exists, DPS refuses the device and the output says so.
+    Non-root users go through sudo (NOPASSWD, or the password in AZ_EDGETPM_SUDO_PASSWORD).
+examples:
+  - name: Install on a device with a hardware TPM; the ID scope comes from the DPS resource.
+    text: az edge-tpm install --host admin@192.168.1.20 --dps-name my-dps -g my-rg
+  - name: Show the plan first, changing nothing.
+    text: az edge-tpm install --host edge-01 --id-scope 0ne00ABCDEF --dry-run -o table
+  - name: A network without access to packages.microsoft.com - a mirror, a pinned version, the Docker log driver left alone.
+    text: az edge-tpm install --host edge-01 --id-scope 0ne00ABCDEF --package-source https://mirror.example.com/microsoft --edge-version 1.5.10 --log-driver keep
+  - name: An apt line for a local repository.
+    text: az edge-tpm install --host edge-01 --id-scope 0ne00ABCDEF --package-source "deb [signed-by=/usr/share/keyrings/microsoft-prod.gpg] https://apt.example.com/microsoft-debian-12 bookworm main"
+  - name: No network at all for packages - upload .deb files from a directory.
+    text: az edge-tpm install --host edge-01 --id-scope 0ne00ABCDEF --offline-packages ./iotedge-debs
+  - name: A custom allocation payload, re-provisioning at every start, TPM access through the tss group.
+    text: az edge-tpm install --host edge-01 --id-scope 0ne00ABCDEF --payload ./model-id.json --auto-reprovisioning-mode AlwaysOnStartup --tpm-access tss-group
+  - name: A device whose TPM is a simulator on TCP, with a known registration ID.
+    text: az edge-tpm install --host edge-01 --id-scope 0ne00ABCDEF --tcti "swtpm:host=127.0.0.1,port=2321" --registration-id edge-01
+"""
+
+helps["edge-tpm status"] = """
+type: command
+short-summary: Show the health of IoT Edge on a device.
+long-summary: |
+    Reads over SSH (as root, through sudo for other users) and changes nothing: the runtime's and
+    the packages' versions, the state of each service (iotedge system status), the modules
+    (iotedge list), iotedge check's results summarised (with the details of warnings and
+    errors), the provisioning outcome from the logs (the assigned hub and device ID, or the last
+    error with what to do about it), and what config.toml says about provisioning.
+examples:
+  - name: Health of a device.
+    text: az edge-tpm status --host admin@edge-01
+  - name: One line, as a table.
+    text: az edge-tpm status --host edge-01 -o table
+  - name: Only the hub the device is assigned to.
+    text: az edge-tpm status --host edge-01 --query provisioning.assignedHub -o tsv
+"""

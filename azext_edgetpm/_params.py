@@ -128,3 +128,62 @@ def load_arguments(self, _):
         c.argument("interval", options_list=["--interval"], type=float,
                    help="Seconds between two reads of the registration state (at least 1; DPS throttling is "
                         "honoured on top). Default: 5.")
+
+    with self.argument_context("edge-tpm install") as c:
+        ssh_arguments(c)
+        dps_arguments(c)
+        c.argument("tcti", options_list=["--tcti"], arg_group="TPM",
+                   help="TCTI of the device's TPM, written to [tpm] tcti of config.toml for aziot-tpmd and used by "
+                        "tpm2-tools to read the EK: 'device' (/dev/tpmrm0), 'tabrmd', or "
+                        "'swtpm:host=127.0.0.1,port=2321' for a TPM simulator. Default: device (an existing "
+                        "config.toml's value is kept).")
+        c.argument("id_scope", options_list=["--id-scope"], arg_group="DPS",
+                   help="ID scope of the DPS (its overview page shows it). Not needed with --dps-name.")
+        c.argument("registration_id", options_list=["--registration-id"], arg_group="DPS",
+                   help="Registration ID to provision with; it must equal the enrollment's. Default: derived from "
+                        "the TPM's endorsement key, as `az edge-tpm ek show` shows it.")
+        c.argument("login", options_list=["--login", "-l"], arg_group="DPS",
+                   help="Connection string of the DPS (or @file). It carries no ID scope, so --id-scope is needed "
+                        "with it; prefer --dps-name, which looks the ID scope and device endpoint up.")
+        c.argument("global_endpoint", options_list=["--global-endpoint"], arg_group="DPS",
+                   help="DPS device endpoint written to config.toml. Default: the --dps-name resource's device "
+                        "endpoint, else https://global.azure-devices-provisioning.net.")
+        c.argument("package_source", options_list=["--package-source"], arg_group="Packages",
+                   help="Where apt gets IoT Edge from, for networks that cannot reach packages.microsoft.com: the "
+                        "base URL of a mirror of packages.microsoft.com (its config/<distro>/<version>/"
+                        "packages-microsoft-prod.deb is installed), the URL of such a .deb, or an apt sources.list "
+                        "line ('deb [signed-by=...] URL SUITE COMPONENT'), written to "
+                        "/etc/apt/sources.list.d/edge-tpm.list. Default: Microsoft's packages-microsoft-prod.deb "
+                        "for the device's distribution and version.")
+        c.argument("offline_packages", options_list=["--offline-packages"], arg_group="Packages",
+                   help="Directory on this machine holding .deb files (moby-engine, aziot-identity-service, "
+                        "aziot-edge, optionally tpm2-tools and its libraries): those not installed at their "
+                        "version are uploaded over SFTP and installed with apt-get. No package source is configured.")
+        c.argument("edge_version", options_list=["--edge-version"], arg_group="Packages",
+                   help="Install this IoT Edge version (e.g. 1.5.10 or 1.5.10-1), with the matching "
+                        "aziot-identity-service; downgrades too. Default: the latest, and an installed version is "
+                        "left as it is.")
+        c.argument("log_driver", options_list=["--log-driver"], arg_group="Packages",
+                   help="Docker log driver set in /etc/docker/daemon.json (other keys are kept; the engine restarts "
+                        "only when the file changes), or 'keep' to leave the file alone. local (rotated logs) is "
+                        "what IoT Edge recommends.")
+        c.argument("payload", options_list=["--payload"], arg_group="DPS",
+                   help="JSON file sent to DPS at registration (e.g. for custom allocation by IoT Plug and Play "
+                        "model ID); uploaded to /var/secrets/aziot/identityd/dps-additional-data.json (root-owned, "
+                        "readable by the identity service only) and referenced as a file:// URI in config.toml.")
+        c.argument("auto_reprovisioning_mode", options_list=["--auto-reprovisioning-mode"], arg_group="DPS",
+                   arg_type=get_enum_type(["Dynamic", "AlwaysOnStartup", "OnErrorOnly"]),
+                   help="When the device provisions again with DPS; written as a top-level key of config.toml. "
+                        "Default: the file's current value (the runtime's default is Dynamic).")
+        c.argument("tpm_access", options_list=["--tpm-access"], arg_group="TPM",
+                   arg_type=get_enum_type(["udev", "tss-group", "root"]),
+                   help="How the aziottpm service user gets access to /dev/tpm0 and /dev/tpmrm0: udev (a udev rule "
+                        "making it the owner, as the IoT Edge documentation shows), tss-group (membership of the tss "
+                        "group, which tpm2-tss's rule gives the devices), or root (aziot-tpmd runs as root through a "
+                        "systemd override; least preferred). Skipped when the device has no /dev/tpm* (a TPM over "
+                        "TCP).")
+        c.argument("dry_run", options_list=["--dry-run"], action="store_true",
+                   help="Show which steps would change what, without changing anything on the device.")
+
+    with self.argument_context("edge-tpm status") as c:
+        ssh_arguments(c)

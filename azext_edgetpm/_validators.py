@@ -50,3 +50,62 @@ def validate_enrollment_create(namespace):
     namespace.initial_twin_tags = _json_object(namespace.initial_twin_tags, "--initial-twin-tags")
     namespace.initial_twin_properties = _json_object(namespace.initial_twin_properties,
                                                      "--initial-twin-properties")
+
+
+def validate_edge_install(namespace):
+    """`edge-tpm install`: where the DPS comes from, and the shape of every value that will be
+    written into a file or a command on the device (checked before anything connects)."""
+    import os
+    import re
+    from azure.cli.core.azclierror import ArgumentUsageError
+    if not getattr(namespace, "host", None):
+        raise RequiredArgumentMissingError("No device given.", "Pass --host [user@]host[:port].")
+    scope, dps_name, login = namespace.id_scope, namespace.dps_name, namespace.login
+    if scope and dps_name:
+        raise MutuallyExclusiveArgumentError("--id-scope and --dps-name cannot be used together.",
+                                             "The ID scope of --dps-name comes from the DPS resource; drop one.")
+    if not scope and not dps_name:
+        raise RequiredArgumentMissingError(
+            "No DPS given.", "Pass --id-scope (the DPS overview page shows it), or --dps-name [-g] to look it up "
+            "with your az login identity." if not login else
+            "A DPS connection string (--login) carries no ID scope: add --id-scope, or use --dps-name [-g].")
+    for name, value in (("--id-scope", scope), ("--tcti", namespace.tcti), ("--edge-version", namespace.edge_version),
+                        ("--log-driver", namespace.log_driver), ("--package-source", namespace.package_source),
+                        ("--global-endpoint", namespace.global_endpoint)):
+        if value is not None and (not str(value).strip() or re.search(r"[\x00-\x1f]", str(value))):
+            raise InvalidArgumentValueError(f"{name} must be one line of text.", f"Check the value of {name}.")
+    if scope and not re.fullmatch(r"[A-Za-z0-9]{1,64}", scope):
+        raise InvalidArgumentValueError(f"--id-scope {scope!r} is not a DPS ID scope.",
+                                        "Copy the ID scope (e.g. 0ne00ABCDEF) from the DPS overview page.")
+    if namespace.registration_id:
+        from azext_edgetpm.dps.enrollment import normalize_registration_id
+        namespace.registration_id = normalize_registration_id(namespace.registration_id)
+    endpoint = namespace.global_endpoint
+    if endpoint and not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(?::\d{1,5})?/?", endpoint):
+        raise InvalidArgumentValueError(f"--global-endpoint {endpoint!r} is not an https:// URL of a host.",
+                                        "Use https://global.azure-devices-provisioning.net (the default), or the "
+                                        "device endpoint of your DPS.")
+    source, offline = namespace.package_source, namespace.offline_packages
+    if source and offline:
+        raise MutuallyExclusiveArgumentError("--package-source and --offline-packages cannot be used together.",
+                                             "Use a mirror (--package-source) or .deb files (--offline-packages).")
+    if source and not (source.split(" ", 1)[0] in ("deb", "deb-src") or
+                       re.fullmatch(r"(https?|file)://\S+", source)):
+        raise InvalidArgumentValueError(
+            f"--package-source {source!r} is neither an apt line nor a URL.",
+            "Give a mirror of packages.microsoft.com as its base URL (https://mirror.example.com/microsoft), the URL "
+            "of a packages-microsoft-prod.deb, or a sources.list line ('deb [signed-by=...] https://... ./').")
+    if offline and not os.path.isdir(os.path.expanduser(offline)):
+        raise InvalidArgumentValueError(f"--offline-packages {offline!r} is not a directory.",
+                                        "Give a directory holding the .deb files to install.")
+    if namespace.edge_version and not re.fullmatch(r"[0-9][0-9A-Za-z.+~:\-]*", namespace.edge_version):
+        raise InvalidArgumentValueError(f"--edge-version {namespace.edge_version!r} is not a package version.",
+                                        "Use a version such as 1.5.10 or 1.5.10-1.")
+    if namespace.log_driver and not re.fullmatch(r"[A-Za-z0-9_.:/\-]+", namespace.log_driver):
+        raise InvalidArgumentValueError(f"--log-driver {namespace.log_driver!r} is not a log driver name.",
+                                        "Use local (default), json-file, journald, ... or keep.")
+    if namespace.payload and not os.path.isfile(os.path.expanduser(namespace.payload)):
+        raise InvalidArgumentValueError(f"--payload {namespace.payload!r} is not a file.",
+                                        "Give the path of a JSON file to send to DPS at registration.")
+    if getattr(namespace, "resource_group_name", None) and not dps_name:
+        raise ArgumentUsageError("--resource-group only goes with --dps-name.", "Add --dps-name, or drop -g.")

@@ -3,6 +3,8 @@ from azext_edgetpm._format import ek_table
 from azext_edgetpm._format import enrollment_table, registration_table
 from azext_edgetpm._validators import validate_device_source
 from azext_edgetpm._validators import validate_enrollment_create
+from azext_edgetpm._format import edge_install_table, edge_status_table
+from azext_edgetpm._validators import validate_edge_install
 
 
 def load_command_table(self, _):
@@ -19,3 +21,8 @@ def load_command_table(self, _):
     with self.command_group("edge-tpm registration", is_preview=True) as g:
         g.custom_show_command("show", "registration_show", table_transformer=registration_table)
         g.custom_command("wait", "registration_wait", table_transformer=registration_table)
+
+    with self.command_group("edge-tpm", is_preview=True) as g:
+        g.custom_command("install", "edge_install", table_transformer=edge_install_table,
+                         validator=validate_edge_install)
+        g.custom_show_command("status", "edge_status", table_transformer=edge_status_table)

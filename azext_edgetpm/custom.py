@@ -104,3 +104,63 @@ def registration_wait(cmd, registration_id, dps_name=None, resource_group_name=N
                                        progress=lambda message: progress.add(message=message))
     finally:
         progress.end()
+
+
+# -- IoT Edge on a device ----------------------------------------------------------------------
+
+def edge_install(cmd, host, id_scope=None, registration_id=None, dps_name=None, resource_group_name=None,
+                 login=None, global_endpoint=None, package_source=None, offline_packages=None, edge_version=None,
+                 log_driver="local", payload=None, auto_reprovisioning_mode=None, tpm_access="udev", tcti=None,
+                 dry_run=False, ssh_user=None, ssh_port=None, ssh_key=None, ssh_config=None, known_hosts=None,
+                 accept_new_host_key=False, ssh_timeout=None):
+    import os
+    from azext_edgetpm.edge.configtoml import DEFAULT_GLOBAL_ENDPOINT
+    from azext_edgetpm.edge.plan import InstallSettings
+    from azext_edgetpm.operations import SshOptions, edge_install as install
+    if dps_name:
+        from azext_edgetpm.dps.discovery import resolve_target
+        target = resolve_target(cmd, dps_name=dps_name, resource_group=resource_group_name, auth_type="login")
+        id_scope = target.id_scope
+        if not global_endpoint and target.device_host:
+            global_endpoint = "https://" + target.device_host
+        logger.info("DPS %s: ID scope %s, device endpoint %s", target.name, id_scope, global_endpoint)
+    payload_bytes = None
+    if payload:
+        import json
+        from azure.cli.core.azclierror import InvalidArgumentValueError
+        with open(os.path.expanduser(payload), "rb") as handle:
+            payload_bytes = handle.read()
+        try:
+            json.loads(payload_bytes.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise InvalidArgumentValueError(f"--payload {payload!r} is not a JSON document: {exc}",
+                                            "DPS receives the payload as JSON; fix the file.") from exc
+    settings = InstallSettings(
+        id_scope=id_scope, global_endpoint=(global_endpoint or DEFAULT_GLOBAL_ENDPOINT).rstrip("/"),
+        registration_id=registration_id, package_source=package_source and package_source.strip(),
+        offline_packages=offline_packages and os.path.expanduser(offline_packages), edge_version=edge_version,
+        log_driver=str(log_driver or "local"), payload=payload_bytes,
+        payload_name=payload and os.path.basename(payload),
+        auto_reprovisioning_mode=auto_reprovisioning_mode and str(auto_reprovisioning_mode),
+        tpm_access=str(tpm_access or "udev"), tcti=tcti, dry_run=bool(dry_run))
+    opts = SshOptions.from_args(host, ssh_user=ssh_user, ssh_port=ssh_port, ssh_key=ssh_key, ssh_config=ssh_config,
+                                known_hosts=known_hosts, accept_new_host_key=accept_new_host_key,
+                                ssh_timeout=ssh_timeout)
+    progress = cmd.cli_ctx.get_progress_controller()
+    progress.begin(message=f"{'Planning' if dry_run else 'Installing'} IoT Edge on {host}")
+    try:
+        result = install(opts, settings, progress=lambda message: progress.add(message=message))
+    finally:
+        progress.end()
+    for note in result.get("notes") or []:
+        logger.warning(note)
+    return result
+
+
+def edge_status(cmd, host, ssh_user=None, ssh_port=None, ssh_key=None, ssh_config=None, known_hosts=None,
+                accept_new_host_key=False, ssh_timeout=None):
+    from azext_edgetpm.operations import SshOptions, edge_status as status
+    opts = SshOptions.from_args(host, ssh_user=ssh_user, ssh_port=ssh_port, ssh_key=ssh_key, ssh_config=ssh_config,
+                                known_hosts=known_hosts, accept_new_host_key=accept_new_host_key,
+                                ssh_timeout=ssh_timeout)
+    return status(opts)

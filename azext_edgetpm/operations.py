@@ -90,3 +90,26 @@ def local_identity(tcti=None, create=True, id_format="sha256") -> dict:
     raw = local.read_ek(tcti=tcti, create=create)
     ek = parse_endorsement_key(raw.blob)
     return identity_result(ek, id_format, "local", raw.created, raw.cert_der, raw.cert_index, raw.tpm_info, tcti)
+
+
+def edge_install(opts: SshOptions, settings, progress=None, session=None) -> dict:
+    """Install and configure IoT Edge on a device (azext_edgetpm.edge), reading the registration
+    ID from the device's EK when settings.registration_id is not given."""
+    from azext_edgetpm.edge.install import install
+    if session is None:
+        with opts.open() as own:
+            return edge_install(opts, settings, progress, session=own)
+
+    def read_registration_id(create: bool) -> dict:
+        return device_identity(opts, tcti=settings.tcti, create=create, session=session)
+
+    return install(session, settings, read_registration_id, progress)
+
+
+def edge_status(opts: SshOptions, session=None) -> dict:
+    """Health of IoT Edge on a device: versions, services, modules, checks, provisioning."""
+    from azext_edgetpm.edge.install import status
+    if session is None:
+        with opts.open() as own:
+            return edge_status(opts, session=own)
+    return status(session)

@@ -103,13 +103,13 @@ class Facts:
 
 
 def build_script(files: Iterable[str], init_scripts: Iterable[str] = ("docker",),
-                 stat_files: Iterable[str] = APPLIED_CONFIGS) -> str:
-    """The fact-gathering script; every path in it is quoted."""
+                 stat_files: Iterable[str] = APPLIED_CONFIGS, packages: Iterable[str] = ()) -> str:
+    """The fact-gathering script; every name and path in it is quoted."""
     def words(values):
         return " ".join(shlex.quote(v) for v in values) or "''"
     return _SCRIPT.format(commands=words(COMMANDS), init_scripts=words(init_scripts),
-                          packages=words(PACKAGES), users=words(SERVICE_USERS), files=words(files),
-                          stat_files=words(stat_files))
+                          packages=words(dict.fromkeys(list(PACKAGES) + list(packages))),
+                          users=words(SERVICE_USERS), files=words(files), stat_files=words(stat_files))
 
 
 def parse(stdout: str) -> Facts:
@@ -160,9 +160,11 @@ def parse(stdout: str) -> Facts:
     return facts
 
 
-def gather(session, files: Iterable[str], init_scripts: Iterable[str] = ("docker",)) -> Facts:
-    """Run the script on the device as root and parse it."""
-    result = session.run(build_script(files, init_scripts), sudo=True, timeout=120)
+def gather(session, files: Iterable[str], init_scripts: Iterable[str] = ("docker",),
+           packages: Iterable[str] = ()) -> Facts:
+    """Run the script on the device as root and parse it (`packages`: more package names whose
+    state to read, beyond PACKAGES)."""
+    result = session.run(build_script(files, init_scripts, packages=packages), sudo=True, timeout=120)
     if result.rc != 0 or "@@ARCH" not in result.stdout:
         raise ValidationError(
             f"Could not read the state of {session.target.display} (exit {result.rc}): "

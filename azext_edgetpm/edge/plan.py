@@ -77,6 +77,7 @@ class Context:
         self._read_registration_id = read_registration_id
         self._progress = progress
         self.managed_files = list(managed_files)
+        self.extra_packages: List[str] = []
         self.facts: Optional[facts_mod.Facts] = None
         self.platform = None
         self.changed: Set[str] = set()
@@ -99,7 +100,7 @@ class Context:
             self._progress(message)
 
     def refresh(self) -> facts_mod.Facts:
-        self.facts = facts_mod.gather(self.session, self.managed_files)
+        self.facts = facts_mod.gather(self.session, self.managed_files, packages=self.extra_packages)
         return self.facts
 
     def run(self, command: str, timeout: float = 300.0):

@@ -166,6 +166,9 @@ class PackageSourceStep(Step):
         if s.offline_packages:
             debs = apt.read_offline_dir(s.offline_packages, ctx.platform.arch, s.edge_version)
             ctx.extra["offline_debs"] = debs
+            if any(d.package not in ctx.extra_packages for d in debs):
+                ctx.extra_packages += [d.package for d in debs]
+                f = ctx.refresh()
             todo = [d for d in debs if f.installed(d.package) != d.version]
             data["debs"] = todo
             if todo:

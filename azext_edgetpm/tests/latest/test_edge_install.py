@@ -1,0 +1,299 @@
+"""`az edge-tpm install` and `az edge-tpm status` for real, on simulated devices (netns + overlay
+root + sshd as PID 1, no systemd, swtpm over TCP), with the devkit's stand-in IoT Edge packages
+served from the host side of the rig's bridge and the devkit's DPS emulator behind its own CA.
+
+What a device looks like before and after is read from inside it (the rig's device exec), never
+through the product.
+"""
+import json
+import os
+import tomllib
+
+import pytest
+
+from azext_edgetpm.tests.latest.azcli import az
+from azext_edgetpm.tests.latest.test_dps_support import ArmLogin, EmulatorEnv, ok, start_emulator
+
+pytestmark = pytest.mark.devkit
+
+DEVICE_CA = "/usr/local/share/ca-certificates/devkit-dps-ca.crt"
+# What a dry run must leave alone: everything a person would call the device's state. (/var/log
+# holds sshd's login records and the stand-in journal; /run and /tmp are tmpfs scratch.)
+SNAPSHOT = ("find /etc /usr /var /opt /root /home -xdev \\( -path /var/log -o -path /var/cache/debconf \\) -prune "
+            "-o -printf '%p %y %s %m %u %g %T@\\n' | sort")
+
+
+@pytest.fixture(scope="module")
+def repo(rig):
+    """The stand-in package repository, served to the rig's devices."""
+    from devkit.packages.service import AptService
+    service = AptService()
+    try:
+        section = service.up(rig)
+    except Exception as exc:  # pylint: disable=broad-except  # e.g. dpkg-dev missing
+        pytest.skip(f"stand-in package repository unavailable: {exc}")
+    yield section
+    service.down(rig, section)
+
+
+@pytest.fixture(scope="module")
+def dps(rig, tmp_path_factory):
+    """The DPS emulator where the devices reach it, trusted by az through REQUESTS_CA_BUNDLE."""
+    env = EmulatorEnv(start_emulator(tmp_path_factory.mktemp("edge-dps"), host_ips=[rig.host_ip]))
+    yield env
+    env.close()
+
+
+@pytest.fixture
+def device(new_device, dps):
+    """A fresh device that trusts the DPS emulator's CA (as an operator installs a private CA)."""
+    def make(variant="fresh"):
+        dev = new_device(variant)
+        with open(dps.section["ca_bundle"], encoding="ascii") as handle:
+            dev.exec(f"cat > {DEVICE_CA} && update-ca-certificates >/dev/null 2>&1", input=handle.read(), check=True)
+        return dev
+    return make
+
+
+def host_args(dev, user="admin"):
+    return ["--host", f"{dev.users[user]['user']}@{dev.host}:{dev.port}", "--ssh-key", dev.key(user),
+            "--known-hosts", dev.known_hosts]
+
+
+def install(dev, dps, *args, user="admin", scope=True):
+    env = {"AZ_EDGETPM_SUDO_PASSWORD": dev.users["pwadmin"]["password"]} if user == "pwadmin" else None
+    dps_args = ["--id-scope", dps.section["id_scope"], "--global-endpoint", dps.section["device_endpoint"]] \
+        if scope else []
+    return az("edge-tpm", "install", *host_args(dev, user), "--tcti", dev.tcti, *dps_args, *args, env=env)
+
+
+def statuses(result):
+    return {s["name"]: s["status"] for s in result.out["steps"]}
+
+
+def snapshot(dev):
+    lines = dev.exec(SNAPSHOT, check=True, timeout=120).stdout.splitlines()
+    # Debian's sudo itself drops ~/.sudo_as_admin_successful on a user's first sudo (its
+    # admin_flag), which touches the home directory: sudo's marker, not the product's doing.
+    return {line for line in lines if not line.startswith("/home/admin ") and ".sudo_as_admin_successful" not in line}
+
+
+def same(before, after):
+    """Equal snapshots; else the differing entries, for the assertion message."""
+    return before == after or sorted(before ^ after)[:20]
+
+
+def read(dev, path):
+    proc = dev.exec(["cat", path])
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def stat(dev, path):
+    return dev.exec(["stat", "-c", "%a %U %G", path], check=True).stdout.split()
+
+
+def enroll(dev, dps):
+    return ok("edge-tpm", "enrollment", "create", *host_args(dev, "root"), "--tcti", dev.tcti, *dps.login).out
+
+
+EXISTING_CONFIG = """# Site settings of plant 7 -- keep this comment
+hostname = "plant7-gw"
+
+[provisioning]
+source = "manual"
+connection_string = "HostName=old.azure-devices.net;DeviceId=old;SharedAccessKey=b2xkLWtleQ=="
+
+[tpm]
+auth_key_index = "0x00_01_00"
+
+[agent]
+name = "edgeAgent"
+type = "docker"
+
+[agent.config]
+image = "mcr.microsoft.com/azureiotedge-agent:1.5"   # pinned by operations
+"""
+
+
+def test_dry_run_then_install_then_nothing_to_change(device, repo, dps, tmp_path):
+    dev = device()
+    enroll(dev, dps)
+    dev.exec("mkdir -p /etc/aziot /etc/docker && cat > /etc/aziot/config.toml && chmod 644 /etc/aziot/config.toml",
+             input=EXISTING_CONFIG, check=True)
+    dev.exec("cat > /etc/docker/daemon.json", input='{"dns": ["10.0.0.53"], "log-driver": "json-file"}\n', check=True)
+    payload = tmp_path / "payload.json"
+    payload.write_text('{"modelId": "dtmi:contoso:gateway;1"}')
+    args = ["--package-source", repo["base_url"], "--payload", str(payload), "--auto-reprovisioning-mode", "OnErrorOnly"]
+
+    # --dry-run: the plan, and not one file of the device changes.
+    before = snapshot(dev)
+    plan = install(dev, dps, *args, "--dry-run")
+    assert plan.rc == 0, plan.message
+    assert same(before, snapshot(dev)) is True
+    assert plan.out["dryRun"] and plan.out["wouldChange"] and not plan.out["changed"]
+    assert statuses(plan) == {"os": "ok", "package-source": "would-change", "container-engine": "would-change",
+                              "iotedge": "would-change", "config": "would-change", "tpm-access": "skipped",
+                              "runtime": "would-change"}
+    detail = {s["name"]: s["detail"] for s in plan.out["steps"]}
+    assert repo["config_package_url"] in detail["package-source"]
+    assert "log-driver" in detail["container-engine"] and "'json-file'" in detail["container-engine"]
+    assert "removed provisioning.connection_string" in detail["config"]
+
+    # The install itself.
+    first = install(dev, dps, *args)
+    assert first.rc == 0, f"{first.message} | {first.recommendation}"
+    assert first.out["changed"] and first.out["registrationIdSource"] == "endorsement key"
+    assert statuses(first) == {"os": "ok", "package-source": "changed", "container-engine": "changed",
+                               "iotedge": "changed", "config": "changed", "tpm-access": "skipped",
+                               "runtime": "changed"}
+    assert first.out["runtime"]["provisioning"]["state"] == "assigned", first.out["runtime"]
+    rid = first.out["registrationId"]
+
+    # config.toml: root-only, parses, what the runtime needs where it needs it, the rest kept.
+    assert stat(dev, "/etc/aziot/config.toml") == ["600", "root", "root"]
+    text = read(dev, "/etc/aziot/config.toml")
+    data = tomllib.loads(text)
+    assert data["auto_reprovisioning_mode"] == "OnErrorOnly"
+    assert text.index("auto_reprovisioning_mode") < text.index("[provisioning]")
+    assert data["tpm"] == {"auth_key_index": 0x100, "tcti": dev.tcti}
+    assert data["provisioning"] == {
+        "source": "dps", "global_endpoint": dps.section["device_endpoint"], "id_scope": dps.section["id_scope"],
+        "payload": {"uri": "file:///var/secrets/aziot/identityd/dps-additional-data.json"},
+        "attestation": {"method": "tpm", "registration_id": rid}}
+    assert data["hostname"] == "plant7-gw"
+    assert data["agent"]["config"]["image"] == "mcr.microsoft.com/azureiotedge-agent:1.5"
+    assert "# Site settings of plant 7 -- keep this comment" in text and "# pinned by operations" in text
+    backups = dev.exec("ls /etc/aziot/config.toml.edgetpm-*.bak", check=True).stdout.split()
+    assert len(backups) == 1 and read(dev, backups[0]) == EXISTING_CONFIG
+    assert first.out["config"]["backup"] == backups[0]
+    # The payload: root-owned, readable by the identity service's group only.
+    assert read(dev, "/var/secrets/aziot/identityd/dps-additional-data.json") == payload.read_text()
+    assert stat(dev, "/var/secrets/aziot/identityd/dps-additional-data.json") == ["640", "root", "aziotid"]
+    # daemon.json: the log driver merged, the other key kept.
+    assert json.loads(read(dev, "/etc/docker/daemon.json")) == {"dns": ["10.0.0.53"], "log-driver": "local"}
+
+    # Status shows the assignment the runtime got from DPS.
+    health = ok("edge-tpm", "status", *host_args(dev)).out
+    assert health["provisioning"]["state"] == "assigned" and health["healthy"]
+    assert health["provisioning"]["assignedHub"] in dps.section["iot_hubs"]
+    assert health["runtime"]["version"] == repo["latest_edge_version"].rsplit("-", 1)[0]
+    assert [m["name"] for m in health["modules"]] == ["edgeAgent"]
+    assert health["config"]["registrationId"] == rid and health["checks"]["errors"] == []
+    assert set(health["services"]) == {"aziot-edged", "aziot-identityd", "aziot-keyd", "aziot-certd", "aziot-tpmd"}
+
+    # A second run: every step ok (or skipped), nothing changed, and indeed no file changed.
+    before = snapshot(dev)
+    second = install(dev, dps, *args)
+    assert second.rc == 0, second.message
+    assert not second.out["changed"] and "nothing changed" in second.out["summary"]
+    assert set(statuses(second).values()) <= {"ok", "skipped"}
+    assert same(before, snapshot(dev)) is True
+    assert len(dev.exec("ls /etc/aziot/config.toml.edgetpm-*.bak", check=True).stdout.split()) == 1
+
+
+def test_engine_refusing_a_log_driver_gets_its_file_back(device, repo, dps):
+    dev = device()
+    enroll(dev, dps)
+    assert install(dev, dps, "--package-source", repo["apt_line"]).rc == 0
+    bad = install(dev, dps, "--package-source", repo["apt_line"], "--log-driver", "nosuchdriver")
+    assert bad.rc != 0
+    assert "Step container-engine failed" in bad.message and "previous file was restored" in bad.message
+    assert "--log-driver" in bad.recommendation
+    assert json.loads(read(dev, "/etc/docker/daemon.json")) == {"log-driver": "local"}
+    assert dev.exec("/etc/init.d/docker status").returncode == 0
+    # --log-driver keep leaves the file alone; the run goes on where it stopped.
+    again = install(dev, dps, "--package-source", repo["apt_line"], "--log-driver", "keep")
+    assert again.rc == 0 and statuses(again)["container-engine"] == "ok"
+
+
+def test_refusals(device, repo, dps, rig):
+    # An OS IoT Edge does not support: refused before anything changes.
+    old = device("oldos")
+    before = snapshot(old)
+    refused = install(old, dps, "--package-source", repo["apt_line"])
+    assert refused.rc != 0 and "Stretch" in refused.message and "Nothing was changed" in refused.message
+    assert "Bullseye or Bookworm" in refused.recommendation
+    assert same(before, snapshot(old)) is True
+
+    dev = device()
+    # A user without sudo rights.
+    nosudo = install(dev, dps, "--package-source", repo["apt_line"], user="nosudo")
+    assert nosudo.rc != 0 and "sudo" in nosudo.message and "Traceback" not in nosudo.stderr
+    assert "root" in nosudo.recommendation or "NOPASSWD" in nosudo.recommendation
+
+    # A package source apt cannot fetch from (nothing listens there).
+    broken = install(dev, dps, "--package-source", f"deb [trusted=yes] http://{rig.host_ip}:9/ ./")
+    assert broken.rc != 0 and "Step package-source failed" in broken.message
+    assert "could not download" in broken.message and "--offline-packages" in broken.recommendation
+
+    # A config.toml the runtime rejects: an unrelated setting of the existing file is not a URL.
+    dev.exec("mkdir -p /etc/aziot && cat > /etc/aziot/config.toml",
+             input='trust_bundle_cert = "certs/bundle.pem"\n', check=True)
+    rejected = install(dev, dps, "--package-source", repo["apt_line"], user="pwadmin")
+    assert rejected.rc != 0 and "Step runtime failed" in rejected.message
+    assert "relative URL without a base" in rejected.message
+    assert "/etc/aziot/config.toml" in rejected.recommendation
+    kept = tomllib.loads(read(dev, "/etc/aziot/config.toml"))
+    assert kept["trust_bundle_cert"] == "certs/bundle.pem" and kept["provisioning"]["source"] == "dps"
+
+
+def test_pinned_version_then_upgrade_and_offline_packages(device, repo, dps):
+    dev = device("notools")
+    old, new = repo["edge_versions"][0], repo["latest_edge_version"]
+    # .deb files carried to the device (no package source at all), tpm2-tools among them.
+    first = install(dev, dps, "--offline-packages", repo["debs_dirs"][old], "--edge-version", old.rsplit("-", 1)[0],
+                    "--registration-id", "edge-offline-1")
+    assert first.rc == 0, first.message
+    assert statuses(first)["package-source"] == "changed"
+    versions = dev.exec("dpkg-query -W -f='${Package} ${Version}\\n' aziot-edge aziot-identity-service tpm2-tools",
+                        check=True).stdout
+    assert f"aziot-edge {old}" in versions and f"aziot-identity-service {old}" in versions and "tpm2-tools" in versions
+    assert read(dev, "/etc/apt/sources.list.d/edge-tpm.list") is None
+    # The newer version, pinned, from the repository.
+    upgraded = install(dev, dps, "--package-source", repo["apt_line"], "--edge-version", new,
+                       "--registration-id", "edge-offline-1")
+    assert upgraded.rc == 0, upgraded.message
+    assert statuses(upgraded)["iotedge"] == "changed"
+    assert f"aziot-edge {new}" in dev.exec("dpkg-query -W -f='${Package} ${Version}\\n' aziot-edge",
+                                           check=True).stdout
+
+
+def test_install_before_the_enrollment_then_dps_assigns_it(device, repo, dps):
+    """The issue's path: install first (DPS refuses the unknown device, said clearly), then the
+    enrollment made with `enrollment create` (DPS found through ARM with az login), then a re-run:
+    the runtime registers, the enrollment turns assigned, and status shows it."""
+    login = ArmLogin(dps)
+    try:
+        dev = device()
+        arm = ["--dps-name", dps.section["dps_name"], "-g", dps.section["resource_group"]]
+        first = az("edge-tpm", "install", *host_args(dev), "--tcti", dev.tcti, *arm,
+                   "--package-source", repo["config_package_url"])
+        assert first.rc == 0, f"{first.message} | {first.recommendation}"
+        prov = first.out["runtime"]["provisioning"]
+        assert prov["state"] == "failed" and "enrollment" in prov["recommendation"]
+        assert any("DPS has not assigned" in n for n in first.out["notes"])
+        rid = first.out["registrationId"]
+        config = tomllib.loads(read(dev, "/etc/aziot/config.toml"))["provisioning"]
+        assert config["id_scope"] == dps.section["id_scope"]
+        assert config["global_endpoint"] == dps.section["device_endpoint"]
+
+        enrollment = ok("edge-tpm", "enrollment", "create", *host_args(dev, "root"), "--tcti", dev.tcti, *arm).out
+        assert enrollment["registrationId"] == rid
+
+        second = az("edge-tpm", "install", *host_args(dev), "--tcti", dev.tcti, *arm,
+                    "--package-source", repo["config_package_url"])
+        assert second.rc == 0, second.message
+        assert statuses(second)["runtime"] == "changed"
+        assert second.out["runtime"]["provisioning"]["state"] == "assigned"
+        state = ok("edge-tpm", "registration", "show", "--registration-id", rid, *arm).out
+        assert state["status"] == "assigned"
+        health = ok("edge-tpm", "status", *host_args(dev, "pwadmin"),
+                    env={"AZ_EDGETPM_SUDO_PASSWORD": dev.users["pwadmin"]["password"]}).out
+        assert health["provisioning"]["assignedHub"] == state["assignedHub"]
+        assert health["provisioning"]["deviceId"] == state["deviceId"]
+
+        third = az("edge-tpm", "install", *host_args(dev), "--tcti", dev.tcti, *arm,
+                   "--package-source", repo["config_package_url"])
+        assert third.rc == 0 and not third.out["changed"], third.out["summary"]
+    finally:
+        login.close()
