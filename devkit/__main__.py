@@ -17,6 +17,7 @@ COMMANDS = {
     "ssh": "devkit.cli:SSH",
     "variants": "devkit.cli:VARIANTS",
     "gc": "devkit.cli:GC",
+    "demo": "devkit.demo:COMMAND",
 }
 
 

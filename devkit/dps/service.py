@@ -73,9 +73,12 @@ class DpsService:
         return section
 
     def prepare_device(self, rig, spec) -> None:
-        """Put the emulator's CA where device-side clients find it."""
+        """Make devices trust the emulator's CA system-wide, as real devices trust the public CA
+        behind the real DPS: the runtime (and anything else) then verifies it with the default
+        trust store, nothing configured per program."""
         if self._ca_pem:
             spec.write_file(DEVICE_CA_PATH, self._ca_pem, mode=0o644)
+            spec.run("update-ca-certificates", "--fresh")
 
     def down(self, rig, section: dict) -> None:
         """Stop the emulator process (idempotent; works from a fresh process)."""
