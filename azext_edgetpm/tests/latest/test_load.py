@@ -5,27 +5,14 @@ import json
 import subprocess
 import sys
 
+from devkit import loadprobe
+
 HEAVY_PREFIXES = ("paramiko", "tpm2_pytss", "tomlkit", "cryptography", "azure.core", "azure.mgmt",
                   "azure.identity", "azure.keyvault", "msal")
 # (requests is imported by azure-cli-core itself when any command loader is built, so it is not ours.)
 
-PROBE = r"""
-import json, sys
-from azure.cli.core.mock import DummyCli
-before = set(sys.modules)
-from azext_edgetpm import EdgeTpmCommandsLoader
-cli = DummyCli()
-cli.invocation = cli.invocation_cls(cli_ctx=cli, parser_cls=cli.parser_cls,
-                                    commands_loader_cls=cli.commands_loader_cls, help_cls=cli.help_cls)
-loader = EdgeTpmCommandsLoader(cli_ctx=cli)
-table = loader.load_command_table(None)
-for name in table:
-    cli.invocation.data = {"command_string": name}
-    loader.command_name = name
-    loader.load_arguments(name)
-    loader.argument_registry  # arguments resolved for every command
-print(json.dumps({"commands": sorted(table), "new": sorted(set(sys.modules) - before)}))
-"""
+PROBE = ("import json, sys\n" + loadprobe.SETUP + "before = set(sys.modules)\n" + loadprobe.LOAD
+         + 'print(json.dumps({"commands": sorted(table), "new": sorted(set(sys.modules) - before)}))\n')
 
 
 def test_command_table_imports_nothing_heavy():
