@@ -75,7 +75,7 @@ def summary(report: dict) -> str:
         parts.append(f"provisioning: {prov.get('state', 'unknown')}")
     check = report.get("checks")
     if check:
-        counts = check["counts"]
+        counts = check.get("counts") or {}
         parts.append("checks: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
     return "; ".join(parts)
 

@@ -237,3 +237,75 @@ def test_facts_parse():
     assert f.tpm_devices == {"/dev/tpmrm0": {"owner": "tss", "group": "tss", "mode": 0o660}}
     assert f.file("/etc/aziot/config.toml") is None and f.file("/etc/docker/daemon.json").data == b""
     assert f.init_scripts == ["docker"] and f.has("iotedge") and not f.systemd
+
+
+class _FakeCtx:
+    """Just what TpmAccessStep.check and RuntimeStep._judge read."""
+
+    def __init__(self, facts_obj, tcti=None, mode="udev", dry_run=False):
+        from azext_edgetpm.edge.plan import InstallSettings
+        self.facts = facts_obj
+        self.settings = InstallSettings(id_scope="s", global_endpoint="https://g", tcti=tcti, tpm_access=mode,
+                                        dry_run=dry_run)
+        self.display = "dev"
+        self.dry_run = dry_run
+        self.notes = []
+
+
+def _tpm_facts(owner="root", group="tss", mode=0o660, groups=("aziottpm",), systemd=False, rule=None):
+    f = facts.Facts(systemd=systemd)
+    f.tpm_devices = {"/dev/tpm0": {"owner": owner, "group": group, "mode": mode},
+                     "/dev/tpmrm0": {"owner": owner, "group": group, "mode": mode}}
+    f.users = {"aziottpm": list(groups)}
+    f.groups = ["tss"]
+    if rule is not None:
+        f.files["/etc/udev/rules.d/tpmaccess.rules"] = facts.RemoteFile("/etc/udev/rules.d/tpmaccess.rules",
+                                                                        rule.encode(), 0o644, "root", "root", 0)
+    return f
+
+
+def test_tpm_access_plans():
+    from azext_edgetpm.edge.steps import UDEV_RULE, TpmAccessStep
+    step = TpmAccessStep()
+    assert "swtpm TCTI" in step.check(_FakeCtx(_tpm_facts(), tcti="swtpm:host=127.0.0.1,port=2321")).skip
+    assert "no /dev/tpm0" in step.check(_FakeCtx(facts.Facts())).skip
+    udev = step.check(_FakeCtx(_tpm_facts()))
+    assert udev.data == {"mode": "udev", "rule": True, "trigger": True}
+    done = step.check(_FakeCtx(_tpm_facts(owner="aziottpm", rule=UDEV_RULE)))
+    assert done.changes == [] and "aziottpm:tss 660" in done.detail
+    assert step.check(_FakeCtx(_tpm_facts(), mode="tss-group")).data == {"mode": "tss-group", "group": True}
+    assert step.check(_FakeCtx(_tpm_facts(groups=("aziottpm", "tss")), mode="tss-group")).changes == []
+    with pytest.raises(ValidationError, match="needs systemd"):
+        step.check(_FakeCtx(_tpm_facts(), mode="root"))
+    assert step.check(_FakeCtx(_tpm_facts(systemd=True), mode="root")).data == {"mode": "root", "override": True}
+
+
+def test_runtime_judgement():
+    from azure.cli.core.azclierror import UnclassifiedUserFault
+    from azext_edgetpm.edge.steps import RuntimeStep
+    down = {"healthy": False, "checks": {"errors": [], "problems": []},
+            "provisioning": {"state": "failed", "error": "401", "recommendation": "create the enrollment"}}
+    ctx = _FakeCtx(facts.Facts())
+    # DPS refusing an unknown device: a note, not a failure (the enrollment may come later).
+    RuntimeStep._judge(ctx, dict(down, problems=[{"kind": "dps-auth", "meaning": "m", "line": "l",
+                                                   "recommendation": "r"}]))
+    assert ctx.notes and "DPS has not assigned" in ctx.notes[0]
+    # A TPM the runtime cannot open: the step fails with what to do.
+    with pytest.raises(UnclassifiedUserFault) as info:
+        RuntimeStep._judge(ctx, dict(down, problems=[{"kind": "tpm-permission", "meaning": "no access",
+                                                       "line": "Permission denied", "recommendation": "udev"}]))
+    assert info.value.recommendations == ["udev"]
+    # A configuration check in error fails it too, even with the services up.
+    bad = {"healthy": True, "provisioning": {"state": "assigned"},
+           "checks": {"errors": ["tpmd-config-well-formed"], "problems": [
+               {"id": "tpmd-config-well-formed", "result": "error", "details": ["could not parse"]}]}}
+    with pytest.raises(UnclassifiedUserFault, match="tpmd-config-well-formed"):
+        RuntimeStep._judge(ctx, bad)
+
+
+def test_service_manager():
+    from azext_edgetpm.edge.services import ServiceManager
+    assert ServiceManager.detect(facts.Facts(systemd=True)).restart_command("docker") == "systemctl restart docker"
+    initd = facts.Facts(init_scripts=["docker"])
+    assert ServiceManager.detect(initd, "docker").restart_command("docker") == "/etc/init.d/docker restart"
+    assert ServiceManager.detect(facts.Facts(), "docker").restart_command("docker") is None
