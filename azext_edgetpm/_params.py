@@ -170,7 +170,8 @@ def load_arguments(self, _):
         c.argument("payload", options_list=["--payload"], arg_group="DPS",
                    help="JSON file sent to DPS at registration (e.g. for custom allocation by IoT Plug and Play "
                         "model ID); uploaded to /var/secrets/aziot/identityd/dps-additional-data.json (root-owned, "
-                        "readable by the identity service only) and referenced as a file:// URI in config.toml.")
+                        "readable by the identity service only) and referenced as a file:// URI in config.toml. "
+                        "Without it, a payload the file already names is kept.")
         c.argument("auto_reprovisioning_mode", options_list=["--auto-reprovisioning-mode"], arg_group="DPS",
                    arg_type=get_enum_type(["Dynamic", "AlwaysOnStartup", "OnErrorOnly"]),
                    help="When the device provisions again with DPS; written as a top-level key of config.toml. "
