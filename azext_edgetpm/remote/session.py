@@ -301,7 +301,28 @@ class RemoteSession:
         if transport is None or not transport.is_active():
             raise AzureConnectionError(f"The SSH connection to {self.target.display} was lost.",
                                        "Check the device's network and run the command again.")
-        chan = transport.open_session(timeout=self.target.connect_timeout)
+        try:
+            chan = transport.open_session(timeout=self.target.connect_timeout)
+        except paramiko.ChannelException as exc:
+            raise ForbiddenError(
+                f"The SSH server of {self.target.display} refused to open a session for a command: {exc}",
+                "Check sshd_config on the device (MaxSessions, ForceCommand, or a restricted account in "
+                "authorized_keys): az edge-tpm runs ordinary shell commands.") from exc
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise self._lost(exc) from exc
+        try:
+            return self._exchange(chan, command, stdin, timeout)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise self._lost(exc) from exc
+        finally:
+            chan.close()
+
+    def _lost(self, exc: Exception) -> AzureConnectionError:
+        return AzureConnectionError(f"The SSH connection to {self.target.display} failed during a command: {exc}",
+                                    "Check the device's network and run the command again; the steps can be "
+                                    "re-run safely.")
+
+    def _exchange(self, chan, command: str, stdin: Optional[bytes], timeout: float) -> Result:
         chan.settimeout(1.0)
         chan.exec_command(command)
         if stdin:
@@ -320,20 +341,27 @@ class RemoteSession:
             if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
                 break
             if time.monotonic() > deadline:
-                chan.close()
                 raise ClientRequestError(
                     f"A command on {self.target.display} did not finish within {timeout:.0f}s.",
                     "Check the device's load and network; the step can be re-run safely.")
             if not progressed:
                 time.sleep(0.01)
         rc = chan.recv_exit_status()
-        chan.close()
+        if rc == -1 and not chan.get_transport().is_active():
+            raise EOFError("the connection closed before the command ended")
         return Result(rc, out.getvalue().decode("utf-8", "replace"), err.getvalue().decode("utf-8", "replace"))
 
     # -- files --------------------------------------------------------------------------
     def upload(self, data: bytes, remote_path: str, mode: int = 0o600) -> None:
         """Write bytes to a path the login user may write, through SFTP."""
-        sftp = self.client.open_sftp()
+        try:
+            sftp = self.client.open_sftp()
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise FileOperationError(
+                f"The SSH server of {self.target.display} offers no SFTP, which is needed to copy files: "
+                f"{exc or type(exc).__name__}",
+                "Enable SFTP on the device (OpenSSH: `Subsystem sftp internal-sftp` in /etc/ssh/sshd_config; "
+                "Dropbear: install openssh-sftp-server), then run the command again.") from exc
         try:
             with sftp.open(remote_path, "wb") as handle:
                 handle.chmod(mode)
@@ -341,6 +369,8 @@ class RemoteSession:
         except OSError as exc:
             raise FileOperationError(f"Cannot write {remote_path} on {self.target.display}: {exc}",
                                      "Check the free space and permissions on the device.") from exc
+        except (paramiko.SSHException, EOFError) as exc:
+            raise self._lost(exc) from exc
         finally:
             sftp.close()
 
