@@ -13,6 +13,7 @@ The ID scope and endpoints come from the resource (properties.idScope,
 serviceOperationsHostName, deviceProvisioningHostName), never from the user; a connection
 string has no ID scope.
 """
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional, Tuple
 
@@ -31,6 +32,10 @@ ENROLLMENT_READ = ("EnrollmentRead", "EnrollmentWrite")
 REGISTRATION_READ = ("RegistrationStatusRead", "RegistrationStatusWrite", "EnrollmentRead", "EnrollmentWrite")
 
 AUTH_TYPES = ("key", "login")
+
+# A DPS service host name (or address) with an optional port; nothing else may become a target host.
+_HOST = re.compile(r"^(?:[a-z0-9](?:[a-z0-9\-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9\-]*[a-z0-9])?)+"
+                   r"|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?$")
 
 
 @dataclass
@@ -109,10 +114,14 @@ def resolve_target(cmd, dps_name: Optional[str] = None, resource_group: Optional
 
 def _target_from_login(cmd, login: str, auth_type: str) -> DpsTarget:
     host, parts = _host_from_login(login)
-    if not host or "." not in host:
-        raise InvalidArgumentValueError(f"--login {host!r} is neither a DPS connection string nor a host name.",
-                                        "Pass HostName=<dps>.azure-devices-provisioning.net;SharedAccessKeyName=..."
-                                        ";SharedAccessKey=... (or @file).")
+    if not _HOST.match(host):
+        # The value is not repeated: a mangled connection string (',' or ' ' between its pairs, a key
+        # pasted alone) would carry the key into the message and, as a host, into later ones.
+        raise InvalidArgumentValueError(
+            "--login is neither a DPS connection string nor a DPS host name (its value is not shown, as it "
+            "may hold a key).",
+            "Pass HostName=<dps>.azure-devices-provisioning.net;SharedAccessKeyName=...;SharedAccessKey=... "
+            "with ';' between the pairs (or @file); to name the DPS resource instead, use --dps-name.")
     if auth_type == "login":
         return DpsTarget(host=host, auth_type="login", credential=_bearer_credential(cmd),
                          source="connection-string", name=host.split(".")[0])

@@ -286,6 +286,20 @@ def test_argument_errors(dps):
     assert type(bad_id.error).__name__ == "InvalidArgumentValueError"
 
 
+def test_a_mangled_connection_string_never_shows_its_key(dps):
+    """',' or ' ' instead of ';' between the pairs, or a key pasted alone: a clear error that does
+    not repeat the value (nor does the key become a host name that later messages and logs show)."""
+    key = dps.emu.policies[next(iter(dps.emu.policies))].primary_key_b64.rstrip("=")
+    host = dps.section["service_host"]
+    for login in (f"HostName={host},SharedAccessKeyName=p,SharedAccessKey={key}",
+                  f"HostName={host} SharedAccessKeyName=p SharedAccessKey={key}", key):
+        for extra in ((), ("--auth-type", "login")):
+            bad = az("edge-tpm", "enrollment", "list", "--login", login, *extra, "--verbose")
+            assert type(bad.error).__name__ == "InvalidArgumentValueError", (login, bad.message)
+            assert "--login is neither" in bad.message and "';'" in bad.recommendation
+            assert key.lower() not in (bad.message + bad.stderr).lower()
+
+
 # -- registration state --------------------------------------------------------------------
 
 def test_registration_show_and_wait_before_the_device_registers(dps):
