@@ -146,6 +146,9 @@ def add_device(slot, index):
     """Create the netns and veth of device ``index``; return (netns, veth, address)."""
     ns, veth, addr = netns_name(slot, index), veth_name(slot, index), device_ip(slot, index)
     ip("netns", "add", ns)
+    # The veth of a device removed a moment ago with this index can outlive its namespace
+    # for a while (the kernel frees it when the last process of the namespace is gone).
+    ip("link", "del", veth, check=False)
     ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
     ip("link", "set", "dev", veth, "master", bridge_name(slot), "up")
     ip("-n", ns, "-batch", "-", input="\n".join([

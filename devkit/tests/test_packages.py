@@ -22,6 +22,8 @@ import urllib.request
 
 import pytest
 
+from devkit.dps.testing import free_port_pair
+
 from devkit.packages import EDGE_VERSIONS, AptRepo, build_repo
 from devkit.packages.runtime.aziot_standin import superconfig
 
@@ -214,19 +216,13 @@ def register(tcti, endpoint, id_scope, registration_id, ca_bundle=None, payload=
 FAKE_ENV = {"AZIOT_STANDIN_TPM_CLIENT": "/root/fake_tpmclient.py"}
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def swtpm(tmp_path_factory):
     """A software TPM on 127.0.0.1; yields its TCTI string."""
     if shutil.which("swtpm") is None:
         pytest.skip("swtpm is not installed")
     state = tmp_path_factory.mktemp("swtpm")
-    port = _free_port()
+    port = free_port_pair()  # swtpm's control channel is port + 1
     proc = subprocess.Popen(["swtpm", "socket", "--tpm2", "--server",
                              "type=tcp,port=%d,bindaddr=127.0.0.1" % port,
                              "--ctrl", "type=tcp,port=%d,bindaddr=127.0.0.1" % (port + 1),

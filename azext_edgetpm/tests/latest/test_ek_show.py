@@ -278,15 +278,8 @@ def test_bad_host_argument():
 @pytest.fixture
 def host_swtpm(tmp_path):
     """A software TPM on this machine, for --local (az running on the device itself)."""
-    # The swtpm TCTI finds the control channel at port + 1.
-    for port in range(24321, 24521, 2):
-        with socket.socket() as one, socket.socket() as two:
-            try:
-                one.bind(("127.0.0.1", port))
-                two.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        break
+    from devkit.dps.testing import free_port_pair
+    port = free_port_pair()  # the swtpm TCTI finds the control channel at port + 1
     ctrl = port + 1
     proc = subprocess.Popen(["swtpm", "socket", "--tpm2", "--server", f"type=tcp,port={port},bindaddr=127.0.0.1",
                              "--ctrl", f"type=tcp,port={ctrl},bindaddr=127.0.0.1", "--tpmstate",
