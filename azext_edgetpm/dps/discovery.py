@@ -14,6 +14,7 @@ serviceOperationsHostName, deviceProvisioningHostName), never from the user; a c
 string has no ID scope.
 """
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Optional, Tuple
 
@@ -140,14 +141,31 @@ def _bearer_credential(cmd):
     """The az login identity as an azure-core TokenCredential (asked for the DPS scope by the
     bearer token policy)."""
     from azure.cli.core._profile import Profile
-    credential, _subscription, _tenant = Profile(cli_ctx=cmd.cli_ctx).get_login_credentials()
+    with _az_login_needed():
+        credential, _subscription, _tenant = Profile(cli_ctx=cmd.cli_ctx).get_login_credentials()
     return credential
 
 
 def _mgmt_client(cmd):
     from azure.cli.core.commands.client_factory import get_mgmt_service_client
     from azure.cli.core.profiles import ResourceType
-    return get_mgmt_service_client(cmd.cli_ctx, ResourceType.MGMT_IOTDPS)
+    with _az_login_needed():
+        return get_mgmt_service_client(cmd.cli_ctx, ResourceType.MGMT_IOTDPS)
+
+
+@contextmanager
+def _az_login_needed():
+    """az's own "Please run 'az login'" (a bare knack CLIError) as an error with a way out."""
+    from azure.cli.core.azclierror import AzCLIError, AuthenticationError
+    from knack.util import CLIError
+    try:
+        yield
+    except AzCLIError:
+        raise
+    except CLIError as exc:
+        raise AuthenticationError(
+            str(exc), recommendation="Run `az login` (in a pipeline: az login --service-principal or --identity), "
+            "or pass the DPS connection string with --login, which needs no az login.") from exc
 
 
 def _resource_group_of(resource_id: str) -> Optional[str]:
@@ -161,7 +179,8 @@ def _resource_group_of(resource_id: str) -> Optional[str]:
 def find_resource(cmd, dps_name: str, resource_group: Optional[str] = None):
     """The provisioningServices resource and its resource group (searching the subscription
     when no group is given)."""
-    from azure.core.exceptions import HttpResponseError, ResourceNotFoundError as CoreNotFound
+    from azure.core.exceptions import (
+        HttpResponseError, ResourceNotFoundError as CoreNotFound, ServiceRequestError, ServiceResponseError)
     client = _mgmt_client(cmd)
     try:
         if resource_group:
@@ -177,6 +196,8 @@ def find_resource(cmd, dps_name: str, resource_group: Optional[str] = None):
             "whole subscription.") from exc
     except HttpResponseError as exc:
         raise _arm_error(exc, dps_name) from exc
+    except (ServiceRequestError, ServiceResponseError) as exc:
+        raise _arm_unreachable(cmd, exc, dps_name) from exc
     if not matches:
         raise ResourceNotFoundError(
             f"No Device Provisioning Service named {dps_name!r} in the current subscription.",
@@ -204,6 +225,16 @@ def _arm_error(exc, dps_name):
                               "Retry later; check `az account show` for the subscription in use.")
 
 
+def _arm_unreachable(cmd, exc, dps_name):
+    from azure.cli.core.azclierror import AzureConnectionError
+    arm = getattr(getattr(getattr(cmd, "cli_ctx", None), "cloud", None), "endpoints", None)
+    arm = getattr(arm, "resource_manager", None) or "Azure Resource Manager"
+    return AzureConnectionError(
+        f"Could not reach {arm} to look up the DPS {dps_name!r}: {exc}",
+        "Check the network path to it (HTTPS_PROXY/NO_PROXY, DNS, firewall; REQUESTS_CA_BUNDLE behind a "
+        "TLS-inspecting proxy), or use --login with the DPS connection string, which needs no ARM call.")
+
+
 def _rights_of(policy) -> set:
     return {r.strip().lower() for r in str(policy.rights or "").split(",") if r.strip()}
 
@@ -219,7 +250,7 @@ def pick_policy(policies, rights=ENROLLMENT_WRITE):
 
 
 def _target_from_arm(cmd, dps_name, resource_group, auth_type, rights) -> DpsTarget:
-    from azure.core.exceptions import HttpResponseError
+    from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
     client, resource, group = find_resource(cmd, dps_name, resource_group)
     props = resource.properties
     host = props.service_operations_host_name
@@ -243,6 +274,8 @@ def _target_from_arm(cmd, dps_name, resource_group, auth_type, rights) -> DpsTar
                 "Use --auth-type login (Entra ID; needs the 'Device Provisioning Service Data Contributor' "
                 "role), or --login with a connection string.") from exc
         raise _arm_error(exc, dps_name) from exc
+    except (ServiceRequestError, ServiceResponseError) as exc:
+        raise _arm_unreachable(cmd, exc, dps_name) from exc
     policy = pick_policy(policies, rights)
     if policy is None:
         names = ", ".join(p.key_name for p in policies) or "none"

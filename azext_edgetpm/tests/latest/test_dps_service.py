@@ -4,6 +4,8 @@ throttling and injected server errors, DPS-shaped errors, and secrets kept out o
 import glob
 import os
 import re
+import subprocess
+import sys
 import time
 
 import pytest
@@ -68,6 +70,24 @@ def test_arm_discovery_with_and_without_group(dps, arm_login):
     missing = az("edge-tpm", "enrollment", "show", "-n", "no-such-dps", "--enrollment-id", "x")
     assert missing.rc != 0 and type(missing.error).__name__ == "ResourceNotFoundError"
     assert "no-such-dps" in missing.message and missing.recommendation
+
+
+def test_arm_unreachable_or_no_az_login_is_one_clear_error(dps, arm_login, tmp_path):
+    """ARM behind a proxy that does not answer, and no az login at all: each one az error with a
+    way out (azure-core's ServiceRequestError and az's bare "Please run 'az login'" escaped before)."""
+    assert ok("edge-tpm", "enrollment", "list", *dps.arm, "--top", "1").out is not None  # the token is cached now
+    no_proxy = {"HTTPS_PROXY": "http://127.0.0.1:1", "https_proxy": "http://127.0.0.1:1", "NO_PROXY": "",
+                "no_proxy": ""}
+    for extra in ((), ("--auth-type", "login")):
+        cut = az("edge-tpm", "enrollment", "list", *dps.arm, *extra, env=no_proxy)
+        assert type(cut.error).__name__ == "AzureConnectionError", (extra, type(cut.error), cut.message)
+        assert "Could not reach" in cut.message and dps.section["dps_name"] in cut.message
+        assert "HTTPS_PROXY" in cut.recommendation and "--login" in cut.recommendation
+    fresh = dict(os.environ, AZURE_CONFIG_DIR=str(tmp_path))  # a real az process that never logged in
+    proc = subprocess.run([sys.executable, "-m", "azure.cli", "edge-tpm", "enrollment", "list", "-n", "x"],
+                          capture_output=True, text=True, timeout=120, env=fresh, check=False)
+    assert proc.returncode == 1 and "az login" in proc.stderr and "--login" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_entra_id_bearer_token_with_local_auth_disabled(dps, arm_login):
