@@ -47,8 +47,9 @@ def _configure_up(p):
                    help="device variants, space- or comma-separated, cycled over the devices "
                         "(default: fresh). Combine with '+', e.g. mfg+notools. "
                         "See `python -m devkit variants`.")
-    p.add_argument("--services", nargs="+", default=[], metavar="SERVICE",
-                   help="rig services to start too (see devkit/services.py)")
+    p.add_argument("--services", nargs="+", default=["dps", "packages"], metavar="SERVICE",
+                   help="rig services to start too (see devkit/services.py); default: dps packages "
+                        "(the DPS emulator and the stand-in package repository); 'none' for devices only")
     p.add_argument("--timeout", type=float, default=120.0,
                    help="seconds to wait for all devices to accept SSH")
     p.add_argument("--json", action="store_true", help="print devkit.json instead of a summary")
@@ -66,7 +67,8 @@ def _run_up(args):
     rig = Rig(args.dir)
     start = time.monotonic()
     try:
-        rig.up(chosen, services=_split(args.services), timeout=args.timeout)
+        services = [name for name in _split(args.services) if name != "none"]
+        rig.up(chosen, services=services, timeout=args.timeout)
     except (DevkitError, ValueError, netns.NetError) as exc:
         sys.stderr.write("devkit up failed: %s\n" % exc)
         return 1
