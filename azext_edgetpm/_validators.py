@@ -16,13 +16,28 @@ def validate_device_source(namespace):
 def _json_object(value, option):
     """JSON text (az has already expanded @file) or the path of a JSON file, as a dict."""
     import os
-    from azure.cli.core.util import get_file_json, shell_safe_json_parse
+    from azure.cli.core.azclierror import FileOperationError
+    from azure.cli.core.util import read_file_content, shell_safe_json_parse
+    from knack.util import CLIError
     if value is None or isinstance(value, dict):
         return value
-    parsed = get_file_json(value) if os.path.isfile(value) else shell_safe_json_parse(value)
+    if value.startswith("@"):  # az leaves @file as it was when it cannot read the file
+        raise FileOperationError(f"{option} {value}: the file cannot be read.",
+                                 "Check the path after @ and that the file is readable.")
+    if os.path.isfile(value):
+        try:
+            value = read_file_content(value)
+        except (OSError, UnicodeError) as exc:
+            raise FileOperationError(f"{option}: cannot read {value!r}: {exc}",
+                                     "Give a readable UTF-8 JSON file.") from exc
+    example = f"For example: {option} '{{\"location\": \"plant-1\"}}' or {option} @tags.json."
+    try:
+        parsed = shell_safe_json_parse(value)
+    except CLIError as exc:  # (InvalidArgumentValueError in current az, a bare CLIError in older ones)
+        raise InvalidArgumentValueError(f"{option}: {getattr(exc, 'error_msg', exc)}",
+                                        list(getattr(exc, "recommendations", [])) + [example]) from exc
     if not isinstance(parsed, dict):
-        raise InvalidArgumentValueError(f"{option} must be a JSON object.",
-                                        f"For example: {option} '{{\"location\": \"plant-1\"}}' or {option} @tags.json.")
+        raise InvalidArgumentValueError(f"{option} must be a JSON object.", example)
     return parsed
 
 

@@ -289,7 +289,7 @@ def test_wrong_key_and_missing_right_are_refused(dps, tmp_path):
     assert "EnrollmentWrite" in denied.message or "EnrollmentWrite" in denied.recommendation
 
 
-def test_argument_errors(dps):
+def test_argument_errors(dps, tmp_path):
     static = az("edge-tpm", "enrollment", "create", *dps.login, "--endorsement-key", rsa_ek(60),
                 "--allocation-policy", "static", "--iot-hubs", "a.azure-devices.net", "b.azure-devices.net")
     assert type(static.error).__name__ == "InvalidArgumentValueError" and "exactly one" in static.message
@@ -301,7 +301,18 @@ def test_argument_errors(dps):
     assert type(two.error).__name__ == "MutuallyExclusiveArgumentError"
     bad_json = az("edge-tpm", "enrollment", "create", *dps.login, "--endorsement-key", rsa_ek(60),
                   "--initial-twin-tags", "{not json")
-    assert bad_json.rc != 0 and bad_json.error is not None
+    assert type(bad_json.error).__name__ == "InvalidArgumentValueError"
+    assert "--initial-twin-tags" in bad_json.message and "@tags.json" in bad_json.recommendation
+    bad_file = tmp_path / "tags.json"
+    bad_file.write_text("{not json")
+    for value in (str(bad_file), "@" + str(bad_file)):  # a path, or @file (az expands it first)
+        in_file = az("edge-tpm", "enrollment", "create", *dps.login, "--endorsement-key", rsa_ek(60),
+                     "--initial-twin-properties", value)
+        assert type(in_file.error).__name__ == "InvalidArgumentValueError", (value, type(in_file.error))
+        assert "--initial-twin-properties" in in_file.message and in_file.recommendation
+    missing = az("edge-tpm", "enrollment", "create", *dps.login, "--endorsement-key", rsa_ek(60),
+                 "--initial-twin-tags", "@" + str(tmp_path / "missing.json"))
+    assert type(missing.error).__name__ == "FileOperationError" and "cannot be read" in missing.message
     bad_id = az("edge-tpm", "registration", "show", *dps.login, "--registration-id", "no spaces/allowed")
     assert type(bad_id.error).__name__ == "InvalidArgumentValueError"
 
