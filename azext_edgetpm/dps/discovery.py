@@ -114,6 +114,10 @@ def resolve_target(cmd, dps_name: Optional[str] = None, resource_group: Optional
 
 
 def _target_from_login(cmd, login: str, auth_type: str) -> DpsTarget:
+    if login.strip().startswith("@"):  # az leaves @file as it was when it cannot read the file
+        from azure.cli.core.azclierror import FileOperationError
+        raise FileOperationError(f"--login {login.strip()}: the file cannot be read.",
+                                 "Check the path after @ and that the file is readable.")
     host, parts = _host_from_login(login)
     if not _HOST.match(host):
         # The value is not repeated: a mangled connection string (',' or ' ' between its pairs, a key

@@ -329,6 +329,8 @@ def test_a_mangled_connection_string_never_shows_its_key(dps):
             assert type(bad.error).__name__ == "InvalidArgumentValueError", (login, bad.message)
             assert "--login is neither" in bad.message and "';'" in bad.recommendation
             assert key.lower() not in (bad.message + bad.stderr).lower()
+    unread = az("edge-tpm", "enrollment", "list", "--login", "@/no/such/connection-string.txt")
+    assert type(unread.error).__name__ == "FileOperationError" and "cannot be read" in unread.message
 
 
 # -- registration state --------------------------------------------------------------------
