@@ -18,7 +18,7 @@ from typing import Callable, Optional
 import paramiko
 from azure.cli.core.azclierror import (
     AzureConnectionError, ClientRequestError, FileOperationError, ForbiddenError,
-    UnauthorizedError, ValidationError)
+    InvalidArgumentValueError, UnauthorizedError, ValidationError)
 from knack.log import get_logger
 
 from .target import DEFAULT_KNOWN_HOSTS, SshTarget, resolve_target, split_host
@@ -88,9 +88,13 @@ def _append_known_host(path: str, hostname: str, key) -> None:
     if directory and not os.path.isdir(directory):
         os.makedirs(directory, mode=0o700, exist_ok=True)
     line = f"{hostname} {key.get_name()} {key.get_base64()}\n"
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    with os.fdopen(fd, "a", encoding="ascii") as handle:
-        handle.write(line)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "a", encoding="ascii") as handle:
+            handle.write(line)
+    except OSError as exc:
+        raise FileOperationError(f"Cannot record the new host key in {path}: {exc}",
+                                 "Point --known-hosts at a writable file.") from exc
 
 
 class RemoteSession:
@@ -144,7 +148,7 @@ class RemoteSession:
         if os.path.isfile(self.known_hosts):
             try:
                 client.load_host_keys(self.known_hosts)
-            except (OSError, paramiko.SSHException) as exc:
+            except (OSError, paramiko.SSHException, paramiko.hostkeys.InvalidHostKey) as exc:
                 raise FileOperationError(f"Cannot read known hosts file {self.known_hosts}: {exc}",
                                          "Fix or replace the file given with --known-hosts.") from exc
         elif not self.accept_new_host_key:
@@ -190,6 +194,15 @@ class RemoteSession:
                     "on the device.") from exc
             except (paramiko.SSHException, EOFError, ConnectionResetError) as exc:
                 client.close()
+                unusable = _unusable_key_files(target.key_filenames)
+                if unusable and len(unusable) == len(target.key_filenames):
+                    # paramiko reports a key file it cannot load only once authentication ran out of
+                    # other ways, as a handshake error; it is not transient and not the server's doing.
+                    raise InvalidArgumentValueError(
+                        "Not a private key file this SSH client can read: "
+                        + "; ".join(f"{path} ({why.split('. See ')[0]})" for path, why in unusable.items()),
+                        "Give the private key file (not the .pub) with --ssh-key, or fix IdentityFile in "
+                        "~/.ssh/config; a key loaded into ssh-agent needs no file.") from exc
                 # A server that accepts TCP but never speaks SSH: paramiko reports the banner
                 # timeout as a handshake error ("Error reading SSH protocol banner", or "No
                 # existing session" when its transport thread gave up first).
@@ -397,6 +410,19 @@ class RemoteSession:
                                          "Check the free space and permissions on the device.")
         finally:
             self.run(f"rm -rf {shlex.quote(tmpdir)}")
+
+
+def _unusable_key_files(paths) -> dict:
+    """The key files paramiko cannot load, with why (an encrypted key counts as usable)."""
+    out = {}
+    for path in paths or []:
+        try:
+            paramiko.PKey.from_path(path)
+        except (paramiko.PasswordRequiredException, TypeError):  # encrypted ("Password was not given")
+            continue
+        except (paramiko.SSHException, paramiko.UnknownKeyType, ValueError, OSError) as exc:
+            out[path] = str(exc) or type(exc).__name__
+    return out
 
 
 def _describe_socket_error(target: SshTarget, exc: Exception) -> str:

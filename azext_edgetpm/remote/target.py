@@ -76,7 +76,7 @@ def resolve_target(host: str, ssh_user: Optional[str] = None, ssh_port: Optional
     cfg = _lookup_ssh_config(name, ssh_config)
     hostname = cfg.get("hostname", name)
     final_user = ssh_user or user or cfg.get("user") or _local_user()
-    final_port = ssh_port or port or int(cfg.get("port", 22))
+    final_port = ssh_port or port or _config_port(cfg.get("port", "22"), name)
     keys = [os.path.expanduser(ssh_key)] if ssh_key else [
         os.path.expanduser(k) for k in cfg.get("identityfile", []) if os.path.exists(os.path.expanduser(k))]
     if ssh_key and not os.path.isfile(keys[0]):
@@ -88,6 +88,13 @@ def resolve_target(host: str, ssh_user: Optional[str] = None, ssh_port: Optional
     return SshTarget(alias=name, hostname=hostname, port=final_port, user=final_user,
                      key_filenames=keys, proxy_jump=proxy, connect_timeout=connect_timeout,
                      ssh_config=ssh_config)
+
+
+def _config_port(value: str, name: str) -> int:
+    if not str(value).isdigit() or not 0 < int(value) < 65536:
+        raise InvalidArgumentValueError(f"The SSH config gives Port {value!r} for {name!r}, which is not a TCP port.",
+                                        "Fix the Port line of that Host entry (1-65535), or pass --ssh-port.")
+    return int(value)
 
 
 def _lookup_ssh_config(name: str, path: Optional[str]) -> dict:

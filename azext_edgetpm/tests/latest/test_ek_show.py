@@ -159,6 +159,38 @@ def test_authentication_failure(rig, tmp_path):
     assert "authorized_keys" in result.recommendation
 
 
+def test_unusable_key_known_hosts_and_ssh_config_files(rig, tmp_path):
+    """Local files the user points at, broken: one az error naming the file (not a retried
+    "handshake failed", a raw InvalidHostKey or a ValueError)."""
+    dev = rig.by_variant("mfg")
+    args = ek_args(dev, extra=["--no-create"])
+    public = list(args)
+    public[public.index("--ssh-key") + 1] = dev.key("root") + ".pub"
+    result = az(*public)
+    assert type(result.error).__name__ == "InvalidArgumentValueError", (type(result.error), result.message)
+    assert "Not a private key file" in result.message and ".pub" in result.message
+    assert "not the .pub" in result.recommendation
+
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text("|1|xx yy zz\n")  # a hashed entry whose base64 is broken
+    broken = list(args)
+    broken[broken.index("--known-hosts") + 1] = str(known_hosts)
+    result = az(*broken)
+    assert type(result.error).__name__ == "FileOperationError" and str(known_hosts) in result.message
+    assert "--known-hosts" in result.recommendation
+    unwritable = list(args) + ["--accept-new-host-key"]
+    unwritable[unwritable.index("--known-hosts") + 1] = str(tmp_path)  # a directory
+    result = az(*unwritable)
+    assert type(result.error).__name__ == "FileOperationError" and "Cannot record the new host key" in result.message
+
+    config = tmp_path / "ssh_config"
+    config.write_text("Host device\n  HostName %s\n  Port twenty-two\n" % dev.host)
+    result = az("edge-tpm", "ek", "show", "--host", "device", "--ssh-config", str(config),
+                "--known-hosts", dev.known_hosts)
+    assert type(result.error).__name__ == "InvalidArgumentValueError" and "twenty-two" in result.message
+    assert "--ssh-port" in result.recommendation
+
+
 def test_unreachable_refused_and_timeout(rig):
     dev = rig.by_variant("mfg")
     refused = az("edge-tpm", "ek", "show", "--host", f"root@{dev.host}:2", "--known-hosts", dev.known_hosts)
