@@ -110,6 +110,13 @@ def validate_edge_install(namespace):
             f"--package-source {source!r} is neither an apt line nor a URL.",
             "Give a mirror of packages.microsoft.com as its base URL (https://mirror.example.com/microsoft), the URL "
             "of a packages-microsoft-prod.deb, or a sources.list line ('deb [signed-by=...] https://... ./').")
+    if source and re.search(r"[a-z]+://[^/\s@]*@", source):
+        # Never echo it: the part before @ is a user name and password.
+        raise InvalidArgumentValueError(
+            "--package-source carries credentials in its URL; they would land on the device's command lines "
+            "and in messages.",
+            "Give the URL without user:password@ and put the credentials in /etc/apt/auth.conf.d/ on the device "
+            "(apt's own place for them).")
     if offline and not os.path.isdir(os.path.expanduser(offline)):
         raise InvalidArgumentValueError(f"--offline-packages {offline!r} is not a directory.",
                                         "Give a directory holding the .deb files to install.")

@@ -169,7 +169,13 @@ class DpsClient:
     def _json(response):
         if not response.content:
             return None
-        return response.json()
+        try:
+            return response.json()
+        except ValueError as exc:  # e.g. an HTML page from a proxy in between
+            raise AzureResponseError(
+                f"The DPS answered HTTP {response.status_code} with something that is not JSON "
+                f"({response.headers.get('Content-Type', 'no content type')}).",
+                "Check for a proxy or gateway between here and the DPS (HTTPS_PROXY, NO_PROXY).") from exc
 
     # -- individual enrollments ------------------------------------------------------------
 

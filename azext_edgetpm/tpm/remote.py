@@ -4,6 +4,7 @@ shell script over one SSH session, the way the seed document's script does by ha
 private temporary directory that it always removes, so nothing stays behind on the device.
 """
 import base64
+import binascii
 import shlex
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
@@ -129,6 +130,14 @@ def parse_output(result, display: str, tcti: Optional[str]) -> RemoteEk:
         raise UnclassifiedUserFault(
             f"Reading the EK on {display} failed (exit {result.rc}): {_last_line(result.stderr)}",
             "Run the command again with --debug for details.")
+    try:
+        return _collect(lines)
+    except (binascii.Error, ValueError) as exc:
+        raise ValidationError(f"The device {display} answered with output that is not what tpm2-tools prints: {exc}",
+                              "Run the command again with --debug, and check tpm2_readpublic on the device.") from exc
+
+
+def _collect(lines: List[str]) -> RemoteEk:
     ek = RemoteEk(blob=b"")
     for line in lines:
         if line.startswith("@@EK "):
@@ -142,8 +151,7 @@ def parse_output(result, display: str, tcti: Optional[str]) -> RemoteEk:
             ek.cert_index, ek.cert_der = index, base64.b64decode(data.strip() or "")
     ek.properties = parse_fixed_properties([line[6:] for line in lines if line.startswith("@@CAP ")])
     if not ek.blob:
-        raise ValidationError(f"The device {display} returned no endorsement key.",
-                              "Run the command again with --debug and check tpm2_readpublic on the device.")
+        raise ValueError("no endorsement key in the output")
     return ek
 
 

@@ -56,3 +56,11 @@ def test_unreachable_device_is_one_clean_error():
     assert result.rc != 0 and "refused the connection" in result.message and "Traceback" not in result.stderr
     result = az("edge-tpm", "status", *HOST)
     assert result.rc != 0 and "refused the connection" in result.message
+
+
+def test_credentials_in_a_package_source_url_are_refused_without_echoing_them():
+    result = az("edge-tpm", "install", "--host", "root@127.0.0.1:1", "--id-scope", "0ne00ABCDEF",
+                "--package-source", "https://fleet:s3cr3t-pass@mirror.example.com/microsoft")
+    assert result.rc != 0 and "carries credentials" in result.message
+    assert "auth.conf.d" in result.recommendation
+    assert "s3cr3t-pass" not in result.message + result.recommendation + result.stderr

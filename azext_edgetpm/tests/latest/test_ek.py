@@ -85,3 +85,11 @@ def test_pem_and_bad_base64():
 def test_garbage_with_a_plausible_size_prefix():
     with pytest.raises(InvalidArgumentValueError, match="does not unmarshal"):
         parse_endorsement_key(b"\x00\x0e" + b"\xff" * 14)
+
+
+def test_device_output_that_is_not_base64_is_one_clean_error():
+    from azure.cli.core.azclierror import ValidationError
+    from azext_edgetpm.remote.session import Result
+    from azext_edgetpm.tpm.remote import parse_output
+    with pytest.raises(ValidationError, match="not what tpm2-tools prints"):
+        parse_output(Result(0, "@@CREATED\n@@EK not*base64\n", ""), "root@device:22", None)
