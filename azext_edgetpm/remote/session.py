@@ -194,6 +194,12 @@ class RemoteSession:
                     "on the device.") from exc
             except (paramiko.SSHException, EOFError, ConnectionResetError) as exc:
                 client.close()
+                if "No authentication methods available" in str(exc):
+                    raise UnauthorizedError(
+                        f"No SSH key to offer {target.display}: none was given, ssh-agent holds none, and "
+                        "there is no ~/.ssh/id_* key.",
+                        "Pass --ssh-key, add the key to ssh-agent (ssh-add KEY), or set IdentityFile for the "
+                        "host in ~/.ssh/config.") from exc
                 unusable = _unusable_key_files(target.key_filenames)
                 if unusable and len(unusable) == len(target.key_filenames):
                     # paramiko reports a key file it cannot load only once authentication ran out of

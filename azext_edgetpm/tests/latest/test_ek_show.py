@@ -5,6 +5,7 @@ import hashlib
 import os
 import socket
 import subprocess
+import sys
 import threading
 
 import pytest
@@ -340,3 +341,67 @@ def test_local_tpm(host_swtpm, tmp_path):
     assert second.out["created"] is False and second.out["registrationId"] == first.out["registrationId"]
     both = az("edge-tpm", "ek", "show", "--local", "--host", "x")
     assert both.rc != 0 and "cannot be used together" in both.message
+
+
+def test_key_from_ssh_agent(rig, tmp_path):
+    """No --ssh-key and no key files: the key comes from a real ssh-agent."""
+    dev = rig.by_variant("mfg")
+    sock = str(tmp_path / "agent.sock")
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", sock], stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if os.path.exists(sock):
+                break
+            threading.Event().wait(0.02)
+        env = {"SSH_AUTH_SOCK": sock, "HOME": str(tmp_path)}  # an empty home: no ~/.ssh/id_* to fall back on
+        subprocess.run(["ssh-add", dev.key()], env=dict(os.environ, **env), check=True, capture_output=True)
+        result = az("edge-tpm", "ek", "show", "--host", f"root@{dev.host}:{dev.port}", "--known-hosts",
+                    dev.known_hosts, "--tcti", dev.tcti, "--no-create", env=env)
+        assert result.rc == 0, result.stderr
+        assert result.out["registrationId"] == by_hand(dev)[0]
+        without = az("edge-tpm", "ek", "show", "--host", f"root@{dev.host}:{dev.port}", "--known-hosts",
+                     dev.known_hosts, "--tcti", dev.tcti, "--no-create",
+                     env={"SSH_AUTH_SOCK": str(tmp_path / "none.sock"), "HOME": str(tmp_path)})
+        assert without.rc != 0 and "No SSH key to offer" in without.message
+        assert "ssh-add" in without.recommendation
+    finally:
+        agent.terminate()
+        agent.wait()
+
+
+PROMPT_RUN = """
+import os, pty, sys
+pid, fd = pty.fork()
+if pid == 0:
+    from azure.cli.core import get_default_cli
+    os._exit(get_default_cli().invoke(sys.argv[2:]))
+seen = b""
+while b"sudo password for" not in seen:
+    seen += os.read(fd, 1024)
+os.write(fd, sys.argv[1].encode() + b"\\n")
+out = b""
+while True:
+    try:
+        chunk = os.read(fd, 65536)
+    except OSError:
+        break
+    if not chunk:
+        break
+    out += chunk
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(out.decode("utf-8", "replace"))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_sudo_password_asked_on_a_terminal(rig):
+    """On a terminal (a real pseudo-terminal here), the sudo password is prompted for, and the
+    typed password is neither echoed nor printed."""
+    dev = rig.by_variant("mfg")
+    password = dev.users["pwadmin"]["password"]
+    env = {k: v for k, v in os.environ.items() if k != SUDO_ENV}
+    proc = subprocess.run([sys.executable, "-c", PROMPT_RUN, password, *ek_args(dev, user="pwadmin"),
+                           "--no-create", "-o", "json"], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert by_hand(dev)[0] in proc.stdout
+    assert password not in proc.stdout
