@@ -155,11 +155,12 @@ class DpsClient:
     def _request(self, method: str, path: str, operation: str, body=None, headers=None, ok=(200,)):
         from azure.core.exceptions import ServiceRequestError, ServiceResponseError
         from azure.core.rest import HttpRequest
+        from requests.exceptions import RequestException  # a bearer token fetched by MSAL on first use
         request = HttpRequest(method, self.endpoint + path, params={"api-version": API_VERSION},
                               headers=dict(headers or {}), json=body)
         try:
             response = self._client.send_request(request)
-        except (ServiceRequestError, ServiceResponseError) as exc:
+        except (ServiceRequestError, ServiceResponseError, RequestException) as exc:
             raise _connection_error(self.target, exc) from exc
         if response.status_code not in ok:
             raise error_from_response(response, operation, self.target)

@@ -159,9 +159,11 @@ def _mgmt_client(cmd):
 
 @contextmanager
 def _az_login_needed():
-    """az's own "Please run 'az login'" (a bare knack CLIError) as an error with a way out."""
-    from azure.cli.core.azclierror import AzCLIError, AuthenticationError
+    """az's own "Please run 'az login'" (a bare knack CLIError) as an error with a way out; and the
+    sign-in endpoint out of reach (MSAL's requests fail while the az login identity is set up)."""
+    from azure.cli.core.azclierror import AzCLIError, AuthenticationError, AzureConnectionError
     from knack.util import CLIError
+    from requests.exceptions import RequestException
     try:
         yield
     except AzCLIError:
@@ -170,6 +172,11 @@ def _az_login_needed():
         raise AuthenticationError(
             str(exc), recommendation="Run `az login` (in a pipeline: az login --service-principal or --identity), "
             "or pass the DPS connection string with --login, which needs no az login.") from exc
+    except RequestException as exc:
+        raise AzureConnectionError(
+            f"Could not reach the sign-in endpoint of az login: {exc}",
+            "Check the network path to it (HTTPS_PROXY/NO_PROXY, DNS, firewall), or use --login with the DPS "
+            "connection string, which needs neither az login nor ARM.") from exc
 
 
 def _resource_group_of(resource_id: str) -> Optional[str]:
@@ -185,6 +192,7 @@ def find_resource(cmd, dps_name: str, resource_group: Optional[str] = None):
     when no group is given)."""
     from azure.core.exceptions import (
         HttpResponseError, ResourceNotFoundError as CoreNotFound, ServiceRequestError, ServiceResponseError)
+    from requests.exceptions import RequestException  # the az login token, fetched by MSAL on first use
     client = _mgmt_client(cmd)
     try:
         if resource_group:
@@ -200,7 +208,7 @@ def find_resource(cmd, dps_name: str, resource_group: Optional[str] = None):
             "whole subscription.") from exc
     except HttpResponseError as exc:
         raise _arm_error(exc, dps_name) from exc
-    except (ServiceRequestError, ServiceResponseError) as exc:
+    except (ServiceRequestError, ServiceResponseError, RequestException) as exc:
         raise _arm_unreachable(cmd, exc, dps_name) from exc
     if not matches:
         raise ResourceNotFoundError(
@@ -234,7 +242,7 @@ def _arm_unreachable(cmd, exc, dps_name):
     arm = getattr(getattr(getattr(cmd, "cli_ctx", None), "cloud", None), "endpoints", None)
     arm = getattr(arm, "resource_manager", None) or "Azure Resource Manager"
     return AzureConnectionError(
-        f"Could not reach {arm} to look up the DPS {dps_name!r}: {exc}",
+        f"Could not reach {arm} (or the sign-in endpoint of az login) to look up the DPS {dps_name!r}: {exc}",
         "Check the network path to it (HTTPS_PROXY/NO_PROXY, DNS, firewall; REQUESTS_CA_BUNDLE behind a "
         "TLS-inspecting proxy), or use --login with the DPS connection string, which needs no ARM call.")
 

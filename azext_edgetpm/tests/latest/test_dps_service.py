@@ -83,6 +83,13 @@ def test_arm_unreachable_or_no_az_login_is_one_clear_error(dps, arm_login, tmp_p
         assert type(cut.error).__name__ == "AzureConnectionError", (extra, type(cut.error), cut.message)
         assert "Could not reach" in cut.message and dps.section["dps_name"] in cut.message
         assert "HTTPS_PROXY" in cut.recommendation and "--login" in cut.recommendation
+    # The sign-in side out of reach: with instance discovery on, MSAL's first request (to the
+    # public cloud's discovery endpoint) goes to the dead proxy and fails (nothing leaves this machine).
+    for extra in ((), ("--auth-type", "login")):
+        cut = az("edge-tpm", "enrollment", "list", *dps.arm, *extra,
+                 env=dict(no_proxy, AZURE_CORE_INSTANCE_DISCOVERY="true"))
+        assert type(cut.error).__name__ == "AzureConnectionError", (extra, type(cut.error), cut.message)
+        assert "sign-in endpoint" in cut.message and "--login" in cut.recommendation
     fresh = dict(os.environ, AZURE_CONFIG_DIR=str(tmp_path))  # a real az process that never logged in
     proc = subprocess.run([sys.executable, "-m", "azure.cli", "edge-tpm", "enrollment", "list", "-n", "x"],
                           capture_output=True, text=True, timeout=120, env=fresh, check=False)
