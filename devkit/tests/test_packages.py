@@ -7,9 +7,8 @@ Three layers:
   ``unshare --mount --pid`` + chroot, no simulated-device rig needed) where the packages are
   apt-installed from the served repository and `iotedge` runs for real, against a swtpm.
 
-Registration: until the devkit's TPM registration client exists, the throwaway root uses a
-fake client (``FAKE_CLIENT`` below, test-only, via the stand-in's AZIOT_STANDIN_TPM_CLIENT
-hook); the TCTI is still opened for real on a swtpm.
+Registration runs for real: the stand-in calls the devkit's TPM client, which answers the
+DPS emulator's TPM challenge with a swtpm; the emulator's CA is in the root's trust store.
 """
 import gzip
 import os
@@ -199,23 +198,6 @@ class ThrowawayRoot:
         os.chmod(dest, mode)
 
 
-FAKE_CLIENT = '''
-# TEST-ONLY fake of devkit.tpmclient.register (the real client talks to the DPS emulator).
-import json
-def register(tcti, endpoint, id_scope, registration_id, ca_bundle=None, payload=None,
-             auth_key_index=0x100):
-    with open("/root/fake-register-calls.jsonl", "a") as f:
-        f.write(json.dumps({"tcti": tcti, "endpoint": endpoint, "id_scope": id_scope,
-                            "registration_id": registration_id, "payload": payload,
-                            "auth_key_index": auth_key_index}) + "\\n")
-    if registration_id == "unknown-device":
-        raise RuntimeError("DPS answered 401: {\\"errorCode\\": 401002}")
-    return {"registrationId": registration_id, "status": "assigned",
-            "assignedHub": "hub-1.azure-devices.net", "deviceId": registration_id}
-'''
-FAKE_ENV = {"AZIOT_STANDIN_TPM_CLIENT": "/root/fake_tpmclient.py"}
-
-
 @pytest.fixture(scope="module")
 def swtpm(tmp_path_factory):
     """A software TPM on 127.0.0.1; yields its TCTI string."""
@@ -251,7 +233,6 @@ def device(served, tmp_path_factory):
     root = ThrowawayRoot(str(tmp_path_factory.mktemp("root")))
     with urllib.request.urlopen(served["config_package_url"], timeout=5) as resp:
         root.put("/root/packages-microsoft-prod.deb", resp.read())
-    root.put("/root/fake_tpmclient.py", FAKE_CLIENT)
     root.run("rm -rf /etc/apt/sources.list /etc/apt/sources.list.d/* /var/lib/apt/lists/*"
              " && dpkg -i /root/packages-microsoft-prod.deb >/dev/null && apt-get update -q")
     return root
@@ -316,6 +297,58 @@ def test_tpm2_tools_installs_from_the_repo(device):
     device.run("apt-get install -y -q tpm2-tools && command -v tpm2_createek")
 
 
+# --------------------------------------------------------------------------------------
+# Registration: the real TPM client against the DPS emulator, trusted via the system store
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    """The devkit DPS emulator on 127.0.0.1 (in this process)."""
+    dps = pytest.importorskip("devkit.dps")
+    emu = dps.Emulator(str(tmp_path_factory.mktemp("dps")), host_ips=["127.0.0.1"], port=0,
+                       assignment_delay_s=0.0, operation_retry_after_s=1, persist=False)
+    emu.start()
+    yield emu
+    emu.stop()
+
+
+def _provision_ek_srk(tcti, workdir):
+    """Persist an EK (0x81010001) and an SRK (0x81000001) in the swtpm; return ek.pub bytes."""
+    env = dict(os.environ, TPM2TOOLS_TCTI=tcti)
+    ek_pub = os.path.join(workdir, "ek.pub")
+    for argv in (["tpm2_createek", "-c", "0x81010001", "-G", "rsa", "-u", ek_pub],
+                 ["tpm2_createprimary", "-C", "o", "-G", "rsa", "-c",
+                  os.path.join(workdir, "srk.ctx")],
+                 ["tpm2_evictcontrol", "-C", "o", "-c", os.path.join(workdir, "srk.ctx"),
+                  "0x81000001"]):
+        subprocess.run(argv, env=env, cwd=workdir, check=True, capture_output=True)
+    with open(ek_pub, "rb") as f:
+        return f.read()
+
+
+@pytest.fixture(scope="module")
+def enrolled(device, swtpm, emulator, tmp_path_factory):
+    """The swtpm's EK enrolled in the emulator; the emulator's CA trusted by the throwaway
+    root. Returns the registration ID."""
+    import base64
+    import hashlib
+    ek = _provision_ek_srk(swtpm, str(tmp_path_factory.mktemp("ek")))
+    rid = hashlib.sha256(ek).hexdigest()
+    emulator.store.put_enrollment(rid, {
+        "registrationId": rid, "capabilities": {"iotEdge": True},
+        "attestation": {"type": "tpm", "tpm": {"endorsementKey": base64.b64encode(ek).decode()}},
+    }, None)
+    with open(emulator.ca_bundle, "rb") as f:
+        device.put("/usr/local/share/ca-certificates/devkit-dps.crt", f.read())
+    device.run("update-ca-certificates >/dev/null 2>&1")
+    return rid
+
+
+def _good_config(emulator, swtpm, rid):
+    return (GOOD.replace("https://127.0.0.1:1", emulator.device_endpoint)
+            .replace("0ne00000001", emulator.id_scope).replace("dev-1", rid).replace("TCTI", swtpm))
+
+
 def _apply(device, config, env=None):
     device.put("/etc/aziot/config.toml", config, 0o600)
     return device.run("iotedge config apply", check=False, env=env)
@@ -346,7 +379,7 @@ def test_config_apply_refusals(device, installed):
 
 def test_config_apply_device_tcti_fails_like_the_real_runtime(device, installed):
     """tcti "device" without /dev/tpmrm0: tpmd Down, TSS diagnostics in the logs."""
-    out = _apply(device, GOOD.replace("TCTI", "device"), env=FAKE_ENV)
+    out = _apply(device, GOOD.replace("TCTI", "device"))
     assert out.returncode == 0, out.stderr
     status = device.run("iotedge system status").stdout
     assert "    aziot-tpmd              Down - failed" in status
@@ -361,44 +394,54 @@ def test_config_apply_device_tcti_fails_like_the_real_runtime(device, installed)
     assert checks["tpmd-config-well-formed"]["result"] == {"result": "ok"}
 
 
-def test_config_apply_registers_and_reports(device, installed, swtpm):
+def test_config_apply_registers_and_reports(device, installed, swtpm, emulator, enrolled):
     """A good config: service files written 0600, registration recorded, status/list/check."""
-    config = GOOD.replace("TCTI", swtpm)
+    import json
+    config = _good_config(emulator, swtpm, enrolled)
     cmd = ("systemctl start docker && iotedge config apply && iotedge system status"
            " && iotedge list && iotedge check --output json; echo rc=$?")
     device.put("/etc/aziot/config.toml", config, 0o600)
-    out = device.run(cmd, env=FAKE_ENV).stdout
+    out = device.run(cmd).stdout
     assert "Azure IoT Edge has been configured successfully!" in out
     for unit in ("aziot-edged", "aziot-identityd", "aziot-keyd", "aziot-certd", "aziot-tpmd"):
         assert "    %-24sRunning" % unit in out
     assert "edgeAgent        running" in out
-    import json
     check_line = [line for line in out.splitlines() if line.startswith('{"additional_info"')][0]
     checks = json.loads(check_line)["checks"]
     assert checks["container-engine-uri"]["result"] == {"result": "ok"}
-    assert checks["host-connect-dps-endpoint"]["result"]["result"] == "error"  # nothing on :1
-    assert out.rstrip().endswith("rc=1")
+    assert checks["host-connect-dps-endpoint"]["result"] == {"result": "ok"}
+    assert out.rstrip().endswith("rc=0"), out
     files = device.run("stat -c '%n %U %a' /etc/aziot/*/config.d/00-super.toml").stdout
     assert "/etc/aziot/tpmd/config.d/00-super.toml aziottpm 600" in files
     assert "/etc/aziot/edged/config.d/00-super.toml iotedge 600" in files
+    state = emulator.store.get_registration(enrolled)
+    assert state["status"] == "assigned"
     logs = device.run("iotedge system logs").stdout
     assert "DPS registration complete." in logs
-    assert "Assigned to IoT hub: hub-1.azure-devices.net" in logs
-    calls = device.run("cat /root/fake-register-calls.jsonl").stdout.splitlines()
-    assert json.loads(calls[-1])["tcti"] == swtpm
+    assert "Assigned to IoT hub: %s" % state["assignedHub"] in logs
     # Dynamic: a second apply reuses the provisioning backup, AlwaysOnStartup registers again.
-    device.run("iotedge config apply", env=FAKE_ENV)
-    assert len(device.run("cat /root/fake-register-calls.jsonl").stdout.splitlines()) == len(calls)
+    registered_at = state["lastUpdatedDateTimeUtc"]
+    device.run("iotedge config apply")
+    assert emulator.store.get_registration(enrolled)["lastUpdatedDateTimeUtc"] == registered_at
     device.put("/etc/aziot/config.toml", config.replace('"Dynamic"', '"AlwaysOnStartup"'), 0o600)
-    device.run("iotedge config apply", env=FAKE_ENV)
-    assert len(device.run("cat /root/fake-register-calls.jsonl").stdout.splitlines()) == \
-        len(calls) + 1
+    device.run("iotedge config apply")
+    again = emulator.store.get_registration(enrolled)
+    assert again["status"] == "assigned" and again["lastUpdatedDateTimeUtc"] != registered_at
 
 
-def test_registration_failure_is_reported(device, installed, swtpm):
-    """A refused registration: identityd logs DPS client error, edged is not up."""
-    config = GOOD.replace("TCTI", swtpm).replace("dev-1", "unknown-device")
-    out = _apply(device, config, env=FAKE_ENV)
+def test_registration_failure_is_reported(device, installed, swtpm, emulator, enrolled):
+    """A refused registration (the enrollment holds another TPM's EK): identityd logs the DPS
+    client error, edged is not up."""
+    import base64
+    from tpm2_pytss.internal.templates import ek_rsa2048
+    from tpm2_pytss.types import TPM2B_PUBLIC
+    other = TPM2B_PUBLIC(publicArea=ek_rsa2048.template.publicArea)
+    other.publicArea.unique.rsa = os.urandom(256)
+    emulator.store.put_enrollment("someone-else", {
+        "registrationId": "someone-else", "capabilities": {"iotEdge": True},
+        "attestation": {"type": "tpm", "tpm": {"endorsementKey": base64.b64encode(other.marshal()).decode()}},
+    }, None)
+    out = _apply(device, _good_config(emulator, swtpm, "someone-else"))
     assert out.returncode == 0
     status = device.run("iotedge system status").stdout
     assert "aziot-edged             Down - activating" in status
@@ -407,53 +450,10 @@ def test_registration_failure_is_reported(device, installed, swtpm):
     assert device.run("iotedge list", check=False).returncode == 1
 
 
-# --------------------------------------------------------------------------------------
-# End to end: the real TPM client against the DPS emulator, trusted via the system store
-
-
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
-    """The devkit DPS emulator on 127.0.0.1 (in this process)."""
-    dps = pytest.importorskip("devkit.dps")
-    emu = dps.Emulator(str(tmp_path_factory.mktemp("dps")), host_ips=["127.0.0.1"], port=0,
-                       assignment_delay_s=0.0, operation_retry_after_s=1, persist=False)
-    emu.start()
-    yield emu
-    emu.stop()
-
-
-def _provision_ek_srk(tcti, workdir):
-    """Persist an EK (0x81010001) and an SRK (0x81000001) in the swtpm; return ek.pub bytes."""
-    env = dict(os.environ, TPM2TOOLS_TCTI=tcti)
-    ek_pub = os.path.join(workdir, "ek.pub")
-    for argv in (["tpm2_createek", "-c", "0x81010001", "-G", "rsa", "-u", ek_pub],
-                 ["tpm2_createprimary", "-C", "o", "-G", "rsa", "-c",
-                  os.path.join(workdir, "srk.ctx")],
-                 ["tpm2_evictcontrol", "-C", "o", "-c", os.path.join(workdir, "srk.ctx"),
-                  "0x81000001"]):
-        subprocess.run(argv, env=env, cwd=workdir, check=True, capture_output=True)
-    with open(ek_pub, "rb") as f:
-        return f.read()
-
-
-def test_end_to_end_registration_with_emulator(device, installed, swtpm, emulator, tmp_path):
+def test_end_to_end_registration_with_emulator(device, installed, swtpm, emulator, enrolled):
     """Real client + emulator: the enrollment turns assigned; CA trusted via the trust store."""
-    import base64
-    import hashlib
     import json
-    ek = _provision_ek_srk(swtpm, str(tmp_path))
-    rid = hashlib.sha256(ek).hexdigest()
-    emulator.store.put_enrollment(rid, {
-        "registrationId": rid, "capabilities": {"iotEdge": True},
-        "attestation": {"type": "tpm", "tpm": {"endorsementKey": base64.b64encode(ek).decode()}},
-    }, None)
-    with open(emulator.ca_bundle, "rb") as f:
-        device.put("/usr/local/share/ca-certificates/devkit-dps.crt", f.read())
-    device.run("update-ca-certificates >/dev/null 2>&1")
-    config = (GOOD.replace("https://127.0.0.1:1", emulator.device_endpoint)
-              .replace("0ne00000001", emulator.id_scope).replace("dev-1", rid)
-              .replace("TCTI", swtpm))
-    device.put("/etc/aziot/config.toml", config, 0o600)
+    device.put("/etc/aziot/config.toml", _good_config(emulator, swtpm, enrolled), 0o600)
     out = device.run("systemctl start docker && iotedge config apply && iotedge system status"
                      " && iotedge check --output json; echo rc=$?").stdout
     assert "    aziot-edged             Running" in out, out
@@ -461,7 +461,7 @@ def test_end_to_end_registration_with_emulator(device, installed, swtpm, emulato
                          if line.startswith('{"additional_info"')][0])["checks"]
     assert checks["host-connect-dps-endpoint"]["result"] == {"result": "ok"}
     assert out.rstrip().endswith("rc=0"), out
-    state = emulator.store.get_registration(rid)
+    state = emulator.store.get_registration(enrolled)
     assert state["status"] == "assigned"
     logs = device.run("iotedge system logs").stdout
     assert "DPS registration complete." in logs

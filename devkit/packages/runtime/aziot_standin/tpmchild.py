@@ -13,25 +13,13 @@ Requests:
 Answer: ``{"ok": true, ...}`` or ``{"ok": false, "stage": "tcti"|"client"|"register",
 "error": text, "type": exception class name}``.
 """
-import importlib.util
 import json
 import os
 import sys
 
 
 def _load_client(devkit_root):
-    """Import the TPM registration client.
-
-    ``AZIOT_STANDIN_TPM_CLIENT`` (a path to a .py file with a ``register`` function) is a
-    test-only hook for exercising the stand-in before/without the real client; the packaged
-    runtime uses ``devkit.tpmclient`` from the devkit checkout recorded at build time.
-    """
-    override = os.environ.get("AZIOT_STANDIN_TPM_CLIENT")
-    if override:
-        spec = importlib.util.spec_from_file_location("standin_tpm_client", override)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
+    """Import the devkit's TPM registration client from the checkout recorded at build time."""
     if devkit_root and devkit_root not in sys.path:
         sys.path.insert(0, devkit_root)
     from devkit import tpmclient  # pylint: disable=import-outside-toplevel
