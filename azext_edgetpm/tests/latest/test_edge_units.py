@@ -240,7 +240,11 @@ def test_facts_parse():
 
 
 class _FakeCtx:
-    """Just what TpmAccessStep.check and RuntimeStep._judge read."""
+    """Just what TpmAccessStep.check and RuntimeStep._judge read.
+
+    Synthetic device state, because it cannot run here: our machines (and so the dev kit's
+    devices) have no /dev/tpm* character devices, no udev and no systemd, so the udev,
+    tss-group and root plans are checked on the facts such a device would report."""
 
     def __init__(self, facts_obj, tcti=None, mode="udev", dry_run=False):
         from azext_edgetpm.edge.plan import InstallSettings
