@@ -13,6 +13,8 @@ COMMANDS = {
     "up": "devkit.cli:UP",
     "down": "devkit.cli:DOWN",
     "status": "devkit.cli:STATUS",
+    "add": "devkit.cli:ADD",
+    "power-cycle": "devkit.cli:POWER_CYCLE",
     "exec": "devkit.cli:EXEC",
     "ssh": "devkit.cli:SSH",
     "variants": "devkit.cli:VARIANTS",

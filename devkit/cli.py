@@ -1,4 +1,4 @@
-"""The rig commands of ``python -m devkit``: up, down, status, exec, ssh, variants, gc."""
+"""The rig commands of ``python -m devkit``: up, down, status, add, power-cycle, exec, ssh, variants, gc."""
 import argparse
 import json
 import os
@@ -222,6 +222,58 @@ def _run_ssh(args):
 
 
 SSH = Command("log into a device with OpenSSH (known_hosts enforced)", _configure_ssh, _run_ssh)
+
+
+# ---- add / power-cycle
+
+
+def _configure_add(p):
+    _dir_arg(p)
+    p.add_argument("variants", nargs="+", metavar="VARIANT",
+                   help="variant of each new device (space- or comma-separated)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for SSH")
+
+
+def _run_add(args):
+    if not _check_machine():
+        return 2
+    try:
+        rig = Rig.load(args.dir)
+        added = rig.add_devices(_split(args.variants), timeout=args.timeout)
+    except (DevkitError, ValueError, netns.NetError) as exc:
+        sys.stderr.write("devkit add failed: %s\n" % exc)
+        return 1
+    print("devkit: added %s" % ", ".join(d.name for d in added))
+    _print_devices(rig)
+    return 0
+
+
+ADD = Command("start more devices in a running rig (they trust its services, as the first ones)",
+              _configure_add, _run_add)
+
+
+def _configure_power_cycle(p):
+    _dir_arg(p)
+    p.add_argument("devices", nargs="+", metavar="DEVICE", help="device names, e.g. d1")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for SSH again")
+
+
+def _run_power_cycle(args):
+    rig = Rig.load(args.dir)
+    for name in args.devices:
+        start = time.monotonic()
+        try:
+            dev = rig.power_cycle(name, timeout=args.timeout)
+        except DevkitError as exc:
+            sys.stderr.write("devkit power-cycle: %s\n" % exc)
+            return 1
+        print("devkit: %s power cycled in %.1fs (pid %d); disk and TPM state kept"
+              % (dev.name, time.monotonic() - start, dev.pid))
+    return 0
+
+
+POWER_CYCLE = Command("cut a device's power and boot it again on the same disk and TPM state",
+                      _configure_power_cycle, _run_power_cycle)
 
 
 # ---- variants / gc

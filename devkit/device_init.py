@@ -9,8 +9,10 @@ so it is PID 1 of a fresh PID namespace, in a private mount namespace, inside th
 device's network namespace. From the spec (written by ``devkit.devices``) it:
 
 1. sets the hostname;
-2. mounts a tmpfs holding the upper layer of an overlay whose lower layer is the host's
-   ``/``, then proc, sysfs, ``/dev`` (rbind), a private devpts, and tmpfs on ``/dev/shm``,
+2. mounts an overlay whose lower layer is the host's ``/`` and whose upper layer is in a
+   tmpfs (the spec's ``state`` directory on the host's /dev/shm when the device can be power
+   cycled: ``resume`` then boots again on it and skips step 3 and the host keys), then
+   proc, sysfs, ``/dev`` (rbind), a private devpts, and tmpfs on ``/dev/shm``,
    ``/run`` and ``/tmp`` inside it, and ``chroot``s into it;
 3. removes files (host keys, stale apt lists), writes files (users, sshd_config, ...) and
    runs the variant's commands;
@@ -57,12 +59,18 @@ def mount(*args):
     run(["mount", *args])
 
 
-def build_root(mnt):
-    """Mount the private root under ``mnt`` (already private to us) and return its path."""
+def build_root(mnt, state=None):
+    """Mount the private root under ``mnt`` (already private to us) and return its path.
+
+    ``state``: a directory on a host tmpfs other than ``/``'s file system that holds the
+    overlay's upper and work directories, so that they outlive this boot (a power cycle boots
+    again on them); without it they live in a tmpfs private to this boot.
+    """
     mount("-t", "tmpfs", "-o", "mode=0755", "devkit-root", mnt)
-    upper, work, root = (os.path.join(mnt, d) for d in ("upper", "work", "root"))
+    base = state or mnt
+    upper, work, root = os.path.join(base, "upper"), os.path.join(base, "work"), os.path.join(mnt, "root")
     for d in (upper, work, root):
-        os.mkdir(d, 0o755)
+        os.makedirs(d, 0o755, exist_ok=True)
     mount("-t", "overlay", "devkit-overlay", "-o",
           "lowerdir=/,upperdir=%s,workdir=%s" % (upper, work), root)
     mount("-t", "proc", "proc", os.path.join(root, "proc"))
@@ -205,22 +213,27 @@ def main(spec_path):
     with open(spec_path, "r", encoding="utf-8") as f:
         spec = json.load(f)
     socket.sethostname(spec["hostname"])
-    root = build_root(spec["mnt"])
+    root = build_root(spec["mnt"], spec.get("state"))
     os.chroot(root)
     os.chdir("/")
     os.environ.clear()
     os.environ.update({"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                        "HOME": "/root", "LANG": "C.UTF-8"})
-    remove_paths(spec.get("remove", []))
-    make_dirs(spec.get("dirs", []))
-    write_files(spec.get("files", []))
-    for argv in spec.get("commands", []):
-        log("run: %s" % " ".join(argv))
-        run(argv)
-    for key_type in spec.get("host_key_types", ["ed25519"]):
-        path = "/etc/ssh/ssh_host_%s_key" % key_type
-        run(["ssh-keygen", "-q", "-t", key_type, "-N", "", "-C", "root@" + spec["hostname"],
-             "-f", path])
+    if spec.get("resume"):
+        # power on again after a power cycle: disk (upper layer) and TPM state are kept, so
+        # are host keys and users; /run and /tmp start empty, as after a reboot
+        log("booting on the kept disk and TPM state")
+    else:
+        remove_paths(spec.get("remove", []))
+        make_dirs(spec.get("dirs", []))
+        write_files(spec.get("files", []))
+        for argv in spec.get("commands", []):
+            log("run: %s" % " ".join(argv))
+            run(argv)
+        for key_type in spec.get("host_key_types", ["ed25519"]):
+            path = "/etc/ssh/ssh_host_%s_key" % key_type
+            run(["ssh-keygen", "-q", "-t", key_type, "-N", "", "-C", "root@" + spec["hostname"],
+                 "-f", path])
     init = Init()
     tpm = spec.get("swtpm")
     if tpm:

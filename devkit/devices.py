@@ -17,6 +17,7 @@ Typical use::
 ``Rig.load(dir)`` gives the same object in another process (what ``down`` and ``status``
 use); ``Rig(dir).down()`` also cleans up after a run that crashed before writing anything.
 """
+import hashlib
 import json
 import os
 import shutil
@@ -39,6 +40,17 @@ INIT_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "device_i
 TPM_STATE_DIR = "/var/lib/devkit/swtpm"
 SSH_PORT = 22
 DEVICE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Where devices keep their disk (the overlay's upper layer) across a power cycle: a tmpfs that
+# is not the file system of "/" (an upper layer inside the lower one would overlap it).
+STATE_BASE = "/dev/shm/devkit-state"
+
+
+def state_supported():
+    """Whether STATE_BASE's file system can hold upper layers (a tmpfs apart from "/")."""
+    try:
+        return os.stat(os.path.dirname(STATE_BASE)).st_dev != os.stat("/").st_dev
+    except OSError:
+        return False
 
 
 class DevkitError(RuntimeError):
@@ -402,6 +414,14 @@ class Rig:
     def _device_dir(self, name):
         return os.path.join(self.dir, "devices", name)
 
+    @property
+    def _state_root(self):
+        return os.path.join(STATE_BASE, hashlib.sha256(self.dir.encode()).hexdigest()[:16])
+
+    def _state_dir(self, name):
+        """The device's kept disk on the host (None where power cycles are unsupported)."""
+        return os.path.join(self._state_root, name) if state_supported() else None
+
     def _base_spec(self, name, index):
         """Users, sshd, network identity and hygiene common to every device."""
         addr = netns.device_ip(self.slot, index)
@@ -456,7 +476,11 @@ class Rig:
                 spec.write_file(TPM_STATE_DIR + "/" + fname, data, 0o600)
         elif spec.tpm not in (None, variants.TPM_FRESH):
             raise DevkitError("unknown tpm mode %r" % spec.tpm)
-        return {"hostname": spec.hostname, "mnt": os.path.join(dev_dir, "mnt"),
+        state = self._state_dir(spec.name)
+        if state:
+            shutil.rmtree(state, ignore_errors=True)  # a device name reused after a crash
+            os.makedirs(state, mode=0o700)
+        return {"hostname": spec.hostname, "mnt": os.path.join(dev_dir, "mnt"), "state": state,
                 "remove": spec.remove_globs, "dirs": spec.dirs,
                 "files": list(spec.files.values()), "commands": spec.commands,
                 "host_key_types": spec.host_key_types, "swtpm": tpm,
@@ -482,17 +506,7 @@ class Rig:
         pid = None
         try:
             ns, veth, addr = netns.add_device(self.slot, index)
-            with open(log_path, "wb") as log:
-                launcher = subprocess.Popen(
-                    ["ip", "netns", "exec", ns, "unshare", "--mount", "--pid", "--uts",
-                     "--fork", "--kill-child", "--propagation", "private",
-                     sys.executable, "-I", INIT_SCRIPT, spec_path],
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    start_new_session=True, env={"PATH": DEVICE_PATH, "LANG": "C.UTF-8"})
-            with self._lock:
-                self._launchers[name] = launcher
-            pid = self._wait_init_pid(launcher, deadline)
-            wait_ssh_banner(addr, SSH_PORT, deadline, lambda: launcher.poll() is None)
+            launcher, pid = self._boot(name, ns, addr, spec_path, log_path, deadline)
             host_keys = self._read_host_keys(pid, spec.host_key_types)
         except Exception as exc:
             self._kill_device(ns, pid, launcher)
@@ -514,6 +528,62 @@ class Rig:
             svc = self.service(svc_name)
             if hasattr(svc, "device_ready"):
                 svc.device_ready(self, dev)
+        return dev
+
+    def _boot(self, name, ns, addr, spec_path, log_path, deadline, mode="wb"):
+        """Start the device's init in its network namespace; wait until sshd answers."""
+        launcher = None
+        with open(log_path, mode) as log:
+            launcher = subprocess.Popen(
+                ["ip", "netns", "exec", ns, "unshare", "--mount", "--pid", "--uts",
+                 "--fork", "--kill-child", "--propagation", "private",
+                 sys.executable, "-I", INIT_SCRIPT, spec_path],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, env={"PATH": DEVICE_PATH, "LANG": "C.UTF-8"})
+        with self._lock:
+            self._launchers[name] = launcher
+        pid = self._wait_init_pid(launcher, deadline)
+        wait_ssh_banner(addr, SSH_PORT, deadline, lambda: launcher.poll() is None)
+        return launcher, pid
+
+    def power_cycle(self, device, timeout=60.0):
+        """Cut the device's power and switch it on again: every process of the device is
+        killed at once (no shutdown: what was not on disk is lost, a command in flight dies
+        mid-way), then init boots again on the same disk (overlay upper layer, which holds the
+        swtpm state too) in the same network namespace. Host keys, users, installed packages
+        and TPM keys survive; /run and /tmp start empty. Returns the updated Device."""
+        name = device.name if isinstance(device, Device) else device
+        dev = self.device(name)
+        state = self._state_dir(name)
+        if not state or not os.path.isdir(os.path.join(state, "upper")):
+            raise DevkitError("device %s cannot be power cycled: its disk is not kept on a tmpfs "
+                              "apart from / (%s)" % (name, STATE_BASE))
+        with self._lock:
+            launcher = self._launchers.pop(name, None)
+        _kill_now(dev.netns)
+        if launcher is not None:
+            try:
+                launcher.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                launcher.kill()
+        spec_path = os.path.join(self._device_dir(name), "spec.json")
+        with open(spec_path, "r", encoding="utf-8") as f:
+            boot = json.load(f)
+        boot["resume"] = True
+        _atomic_write(spec_path, json.dumps(boot) + "\n", mode=0o600)
+        deadline = time.monotonic() + timeout
+        try:
+            _, pid = self._boot(name, dev.netns, dev.host, spec_path, dev.log, deadline, mode="ab")
+            host_keys = self._read_host_keys(pid, boot["host_key_types"])
+        except Exception as exc:
+            raise DevkitError("device %s did not come back after a power cycle: %s\n--- %s (tail) ---\n%s"
+                              % (name, exc, dev.log, _tail(dev.log))) from exc
+        if host_keys != dev.host_keys:
+            raise DevkitError("device %s came back with other host keys" % name)
+        with self._lock:
+            dev.pid = pid
+            dev.root_dir = "/proc/%d/root" % pid
+            self.write_json()
         return dev
 
     @staticmethod
@@ -549,6 +619,9 @@ class Rig:
         if dev is None:
             raise DevkitError("no device %r in %s" % (name, self.dir))
         self._kill_device(dev.netns, dev.pid, launcher)
+        state = self._state_dir(name)
+        if state:
+            shutil.rmtree(state, ignore_errors=True)
         self.write_json()
 
     @staticmethod
@@ -609,6 +682,7 @@ class Rig:
             self._launchers.clear()
             self._devices.clear()
             _unmount_under(self.dir)
+            shutil.rmtree(self._state_root, ignore_errors=True)
             for path in (self.json_path, self.known_hosts):
                 if os.path.exists(path):
                     os.unlink(path)
@@ -672,6 +746,19 @@ def _stop_netns(namespaces, init_pids, grace=1.5):
             return
         time.sleep(0.05)
     raise DevkitError("processes survive in %s" % ", ".join(namespaces))
+
+
+def _kill_now(ns):
+    """SIGKILL every process of a network namespace at once (a power cut); wait until gone."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        pids = netns.netns_pids(ns)
+        if not pids:
+            return
+        for pid in pids:
+            _signal(pid, signal.SIGKILL)
+        time.sleep(0.02)
+    raise DevkitError("processes survive in %s" % ns)
 
 
 def _unmount_under(path):

@@ -91,7 +91,9 @@ class AuthenticationKey:
 
 def parse_authentication_key(b64: str) -> AuthenticationKey:
     """Split TPM2B_ID_OBJECT || TPM2B_ENCRYPTED_SECRET || TPM2B_PRIVATE || TPM2B_ENCRYPTED_SECRET
-    || TPM2B_PUBLIC (a trailing zero-length field is ignored)."""
+    || TPM2B_PUBLIC || encUriData. The last field (a 2-byte size, then opaque bytes: 108-154 from
+    real DPS, which no client uses) is read and dropped, as Microsoft's device SDKs do; it may be
+    missing. Anything after it is refused."""
     try:
         buf = base64.b64decode(b64, validate=True)
         parts = []
@@ -101,8 +103,11 @@ def parse_authentication_key(b64: str) -> AuthenticationKey:
             buf = buf[used:]
     except (ValueError, TSS2_Exception) as exc:
         raise TpmClientError(f"malformed authenticationKey from DPS: {exc}") from exc
-    if buf.strip(b"\x00"):
-        raise TpmClientError("unexpected trailing bytes in the authenticationKey")
+    if buf:
+        # TPM2B_DATA of tpm2-pytss holds at most 64 bytes: read the size by hand.
+        size = int.from_bytes(buf[:2], "big") if len(buf) >= 2 else -1
+        if size < 0 or len(buf) != 2 + size:
+            raise TpmClientError("malformed encUriData at the end of the authenticationKey")
     return AuthenticationKey(*parts)
 
 

@@ -7,6 +7,7 @@ from typing import List, Optional
 from azure.cli.core.azclierror import ResourceNotFoundError, UnclassifiedUserFault, ValidationError
 
 from .properties import describe_tpm, from_capability
+from .remote import SRK_ATTRIBUTES
 
 EK_HANDLE = 0x81010001
 SRK_HANDLE = 0x81000001
@@ -73,7 +74,7 @@ def _read(ectx, create: bool) -> LocalEk:
     if _read_persistent(ectx, SRK_HANDLE) is None and create:
         srk_template = TPM2B_PUBLIC.parse(
             "rsa2048:aes128cfb",
-            objectAttributes="fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda|restricted|decrypt")
+            objectAttributes=SRK_ATTRIBUTES)
         handle, _, _, _, _ = ectx.create_primary(TPM2B_SENSITIVE_CREATE(), srk_template, ESYS_TR.OWNER)
         ectx.evict_control(ESYS_TR.OWNER, handle, SRK_HANDLE)
         ectx.flush_context(handle)

@@ -17,6 +17,10 @@ from .properties import describe_tpm, parse_fixed_properties  # noqa: F401  (des
 EK_HANDLE = "0x81010001"
 SRK_HANDLE = "0x81000001"
 EK_CERT_INDICES = ("0x01C00002", "0x01C0000A")  # RSA, ECC (TCG EK credential profile)
+# The SRK template of Microsoft's device SDKs (and of tpm/local.py): tpm2_createprimary's default
+# lacks noDA, and a DA-protected SRK makes registration fail (TPM_RC_LOCKOUT at
+# ActivateCredential) once anything drove the TPM into dictionary-attack lockout.
+SRK_ATTRIBUTES = "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda|restricted|decrypt"
 
 # Exit codes of the script, one per failure a user can meet.
 _RC_NO_TOOLS, _RC_NO_TPM, _RC_NO_EK, _RC_TPM_ERROR = 10, 11, 12, 13
@@ -46,7 +50,7 @@ fi
 if ! tpm2_readpublic -Q -c {srk} >/dev/null 2>&1; then
   if [ {create} = 1 ]; then
     flush
-    tpm2_createprimary -Q -C o -c "$D/srk.ctx" >/dev/null 2>"$D/err" || fail tpm2_createprimary
+    tpm2_createprimary -Q -C o -a '{srk_attributes}' -c "$D/srk.ctx" >/dev/null 2>"$D/err" || fail tpm2_createprimary
     tpm2_evictcontrol -Q -C o -c "$D/srk.ctx" {srk} >/dev/null 2>"$D/err" || fail tpm2_evictcontrol
     CREATED="$CREATED srk"
   else
@@ -80,7 +84,7 @@ def build_script(tcti: Optional[str], create: bool) -> str:
     """The shell script run on the device; every value in it is quoted."""
     tcti_line = f"export TPM2TOOLS_TCTI={shlex.quote(tcti)}" if tcti else ":"
     return _SCRIPT.format(tcti_line=tcti_line, ek=EK_HANDLE, srk=SRK_HANDLE, create=1 if create else 0,
-                          cert_indices=" ".join(EK_CERT_INDICES))
+                          cert_indices=" ".join(EK_CERT_INDICES), srk_attributes=SRK_ATTRIBUTES)
 
 
 def read_ek(session, tcti: Optional[str] = None, create: bool = True, install_tools: bool = False) -> RemoteEk:

@@ -1,7 +1,8 @@
 """DPS device API (api-version 2021-06-01) handlers with the TPM attestation flow.
 
 1. ``PUT /{idScope}/registrations/{id}/register`` with ``tpm`` and no Authorization: 401
-   ``{"authenticationKey": ...}`` (the TPM challenge), or a DPS error when the registration is
+   ``{"message", "authenticationKey", "unencryptedAuthenticationKey": null, "keyName":
+   "registration"}`` (the TPM challenge, shaped as real DPS answers), or a DPS error when the registration is
    unknown or the EK does not match the enrollment.
 2. The same PUT with ``Authorization: SharedAccessSignature ...`` signed by the imported key:
    202 ``{"operationId", "status": "assigning"}`` with Retry-After.
@@ -53,7 +54,7 @@ def register(emu: "Emulator", req: Request, scope: str, id: str) -> Response:  #
     if not auth:
         if not isinstance(body.get("tpm"), dict):
             raise DpsError(errors.UNAUTHORIZED, "Unauthorized: no credentials and no TPM attestation data.")
-        return Response(401, {"authenticationKey": store.tpm_challenge(id, body)})
+        return Response(401, store.tpm_challenge(id, body))
     op = store.start_registration(id, body.get("payload"))
     return Response(202, {"operationId": op.operation_id, "status": "assigning"},
                     _pending_headers(store, scope, id, op.operation_id))

@@ -44,6 +44,13 @@ class DpsService(ProcessService):
         """Make devices trust the emulator's CA system-wide, as real devices trust the public CA
         behind the real DPS: the runtime (and anything else) then verifies it with the default
         trust store, nothing configured per program."""
+        if not self._ca_pem:
+            # a rig loaded in another process (Rig.load(dir).add_device(), `python -m devkit
+            # add`): this instance did not start the server; its CA is in the saved section
+            bundle = (getattr(rig, "sections", {}).get(self.name) or {}).get("ca_bundle")
+            if bundle:
+                with open(bundle, "rb") as f:
+                    self._ca_pem = f.read()
         if self._ca_pem:
             spec.write_file(DEVICE_CA_PATH, self._ca_pem, mode=0o644)
             spec.run("update-ca-certificates", "--fresh")

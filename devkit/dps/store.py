@@ -444,10 +444,10 @@ class Store:
         if scope.lower() != self.id_scope.lower():
             raise DpsError(errors.NOT_FOUND, f"ID scope {scope} is not known to this service.")
 
-    def tpm_challenge(self, rid: str, body: Dict[str, Any]) -> str:
+    def tpm_challenge(self, rid: str, body: Dict[str, Any]) -> Dict[str, Any]:
         """First, unauthenticated register call: validate, compare the EK, issue the challenge.
 
-        Returns the base64 ``authenticationKey``; raises DpsError (401) when the registration is
+        Returns the 401 body (``authenticationKey`` and the other fields real DPS sends); raises DpsError (401) when the registration is
         unknown or the EK does not match (the latter is recorded as a failed registration).
         """
         tpm_body = body.get("tpm")
@@ -471,7 +471,7 @@ class Store:
             enr["attestation"]["tpm"]["storageRootKey"] = tpm_body["storageRootKey"].strip()
             self._challenge_blobs[reg_key(rid)] = challenge.authentication_key
             self.save()
-            return challenge.authentication_key
+            return challenge.response_body()
 
     def verify_device_sas(self, rid: str, header: Optional[str]) -> None:
         """Check the SAS of a TPM device, signed with the key imported from the challenge."""

@@ -20,6 +20,8 @@ from typing import Any, Dict, Optional
 
 from . import sas
 
+SRK_ATTRIBUTES = "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda|restricted|decrypt"
+
 
 def free_port_pair() -> int:
     """A port P with P and P+1 free on 127.0.0.1 (swtpm's server and control ports)."""
@@ -90,7 +92,8 @@ class SoftTpm:
                     raise RuntimeError("swtpm did not start")
                 time.sleep(0.02)
         self._tools("tpm2_createek", "-c", "0x81010001", "-G", "rsa", "-u", "ek.pub")
-        self._tools("tpm2_createprimary", "-C", "o", "-c", "srk.ctx")
+        # the SRK template of Microsoft's device SDKs and of az edge-tpm (noDA)
+        self._tools("tpm2_createprimary", "-C", "o", "-a", SRK_ATTRIBUTES, "-c", "srk.ctx")
         self._tools("tpm2_evictcontrol", "-C", "o", "-c", "srk.ctx", "0x81000001")
         self._tools("tpm2_flushcontext", "-t")
         with open(os.path.join(self.directory, "ek.pub"), "rb") as f:

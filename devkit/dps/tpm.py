@@ -3,8 +3,10 @@
 * :func:`parse_endorsement_key` accepts only base64 of a marshalled TPM2B_PUBLIC (2-byte size
   prefix, then a TPMT_PUBLIC of an RSA or ECC restricted decryption key), as DPS does.
 * :func:`build_challenge` makes the ``authenticationKey`` blob of the first 401 answer: a random
-  HMAC-SHA256 keyedHash key K, a random 16-byte W, MakeCredential(EK, W, Name(SRK)) and a
-  software Duplicate of K to the SRK with W as inner wrap key (AES-128-CFB).
+  HMAC-SHA256 keyedHash key K (``sign | noDA | userWithAuth``, 0x00040440, as real DPS issues
+  it), a random 16-byte W, MakeCredential(EK, W, Name(SRK)), a software Duplicate of K to the
+  SRK with W as inner wrap key (AES-128-CFB), then a trailing ``encUriData`` field (a 2-byte
+  size and 108-154 opaque bytes, as real DPS sends; clients read and ignore it).
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ from tpm2_pytss.utils import make_credential, wrap
 from . import errors
 
 HMAC_KEY_BYTES = 32
+# Real DPS's key: sign | noDA | userWithAuth. noDA matters: a TPM in dictionary-attack lockout
+# still signs with it (a DA-protected key would fail with TPM_RC_LOCKOUT).
+AUTH_KEY_ATTRIBUTES = TPMA_OBJECT.SIGN_ENCRYPT | TPMA_OBJECT.NODA | TPMA_OBJECT.USERWITHAUTH
+# Real DPS ends the blob with a TPM2B "encUriData" of 108-154 bytes (seen in public captures).
+ENC_URI_DATA_SIZES = (108, 154)
 INNER_WRAP = TPMT_SYM_DEF_OBJECT(
     algorithm=TPM2_ALG.AES,
     keyBits=TPMU_SYM_KEY_BITS(sym=128),
@@ -83,12 +90,20 @@ def same_key(a: TPM2B_PUBLIC, b: TPM2B_PUBLIC) -> bool:
     return bytes(a.get_name()) == bytes(b.get_name())
 
 
+CHALLENGE_MESSAGE = "Authorization required, resend request using supplied key"
+
+
 @dataclass
 class Challenge:
     """What the emulator keeps (``hmac_key``) and what it sends (``authentication_key``)."""
 
     hmac_key: bytes
     authentication_key: str  # base64
+
+    def response_body(self) -> dict:
+        """The 401 body, with the fields real DPS sends (``keyName`` is the SAS ``skn``)."""
+        return {"message": CHALLENGE_MESSAGE, "authenticationKey": self.authentication_key,
+                "unencryptedAuthenticationKey": None, "keyName": "registration"}
 
 
 def build_challenge(ek: TPM2B_PUBLIC, srk: TPM2B_PUBLIC) -> Challenge:
@@ -99,18 +114,20 @@ def build_challenge(ek: TPM2B_PUBLIC, srk: TPM2B_PUBLIC) -> Challenge:
     sensitive, public = TPM2B_SENSITIVE.keyedhash_from_secret(
         key,
         nameAlg=TPM2_ALG.SHA256,
-        objectAttributes=TPMA_OBJECT.SIGN_ENCRYPT | TPMA_OBJECT.USERWITHAUTH,
+        objectAttributes=AUTH_KEY_ATTRIBUTES,
         scheme=scheme,
     )
     w = secrets.token_bytes(16)
     credential_blob, ek_secret = make_credential(ek, w, srk.get_name())
     _, duplicate, import_seed = wrap(srk.publicArea, public, sensitive, symkey=w, symdef=INNER_WRAP)
+    low, high = ENC_URI_DATA_SIZES
+    enc_uri_data = secrets.token_bytes(low + secrets.randbelow(high - low + 1))
     blob = (
         credential_blob.marshal()
         + ek_secret.marshal()
         + duplicate.marshal()
         + import_seed.marshal()
         + public.marshal()
-        + b"\x00\x00"
+        + len(enc_uri_data).to_bytes(2, "big") + enc_uri_data
     )
     return Challenge(hmac_key=key, authentication_key=base64.b64encode(blob).decode("ascii"))

@@ -53,6 +53,8 @@ def test_fresh_tpm_keys_created_exactly_once(new_device):
     assert first.out["tpm"]["manufacturer"] == "IBM"
     srk = dev.exec("tpm2_readpublic -c 0x81000001", env=dev.tpm_env)
     assert srk.returncode == 0 and "restricted" in srk.stdout
+    # noDA, as Microsoft's device SDKs make it: registration must survive dictionary-attack lockout
+    assert "noda" in srk.stdout.split("attributes:", 1)[1].split("\n")[1]
     assert dev.exec("tpm2_getcap handles-transient", env=dev.tpm_env).stdout.strip() == ""
     second = az(*ek_args(dev))
     assert second.rc == 0
