@@ -132,6 +132,7 @@ def load_arguments(self, _):
     with self.argument_context("edge-tpm install") as c:
         ssh_arguments(c)
         dps_arguments(c)
+        c.argument("id_format", id_format_type)
         c.argument("tcti", options_list=["--tcti"], arg_group="TPM",
                    help="TCTI of the device's TPM, written to [tpm] tcti of config.toml for aziot-tpmd and used by "
                         "tpm2-tools to read the EK: 'device' (/dev/tpmrm0), 'tabrmd', or "

@@ -126,7 +126,7 @@ class Demo:
         health = json.loads(status.stdout) if status.returncode == 0 and status.stdout.strip() else {}
         return {"device": dev.name, "registrationId": reg_id, "status": state.get("status", "failed"),
                 "assignedHub": state.get("assignedHub"), "deviceId": state.get("deviceId"),
-                "runtime": health.get("version") or health.get("runtimeVersion"),
+                "runtime": (health.get("runtime") or {}).get("version"),
                 "seconds": round(time.monotonic() - started, 1)}
 
     def summary(self, results):

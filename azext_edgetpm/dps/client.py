@@ -107,7 +107,8 @@ class DpsClient:
     """Service API calls for one DPS target."""
 
     def __init__(self, target: DpsTarget, cli_ctx=None, retry_total: int = 10, retry_backoff_factor: float = 0.8,
-                 connection_timeout: float = 20, read_timeout: float = 60, transport=None):
+                 connection_timeout: float = 20, read_timeout: float = 60, transport=None, budget=None,
+                 pool_size=None):
         from azure.core import PipelineClient
         from azure.core.pipeline.policies import (
             BearerTokenCredentialPolicy, HeadersPolicy, HttpLoggingPolicy, RequestIdPolicy, RetryPolicy,
@@ -136,6 +137,18 @@ class DpsClient:
             auth,
             http_logging,
         ]
+        if budget is not None:
+            # After the retry policy: every attempt takes a token of the run's shared DPS budget.
+            from azext_edgetpm.dps.ratelimit import RateLimitPolicy
+            policies.insert(4, RateLimitPolicy(budget))
+        self.budget = budget
+        if transport is None and pool_size:
+            import requests
+            session = requests.Session()
+            adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=int(pool_size))
+            session.mount("https://", adapter)
+            transport = RequestsTransport(session=session, session_owner=True,
+                                          connection_timeout=connection_timeout, read_timeout=read_timeout)
         self._client = PipelineClient(
             self.endpoint, policies=policies,
             transport=transport or RequestsTransport(connection_timeout=connection_timeout,

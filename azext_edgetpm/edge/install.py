@@ -17,7 +17,13 @@ def install(session, settings: InstallSettings, read_registration_id: Optional[C
     ctx = Context(session, settings, read_registration_id, progress, managed_files=steps.MANAGED_FILES)
     ctx.progress("Reading the device's state")
     ctx.refresh()
-    report = run_steps(ctx, [cls() for cls in STEPS])
+    failure = None
+    try:
+        report = run_steps(ctx, [cls() for cls in STEPS])
+    except Exception as exc:  # pylint: disable=broad-except  # run_steps' failure, with its report
+        if getattr(exc, "report", None) is None:
+            raise
+        failure, report = exc, exc.report
     changed = any(s["status"] == CHANGED for s in report)
     result = {
         "device": ctx.display,
@@ -35,6 +41,12 @@ def install(session, settings: InstallSettings, read_registration_id: Optional[C
     }
     if settings.dry_run:
         result["wouldChange"] = any(s["status"] == WOULD_CHANGE for s in report)
+    if failure is not None:
+        # As Ansible's fail_json: the error carries everything that was done before it.
+        result["failed"] = True
+        result["error"] = str(failure)
+        failure.result = result
+        raise failure
     return result
 
 

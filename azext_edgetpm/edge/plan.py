@@ -9,6 +9,7 @@ from typing import Callable, Dict, List, Optional, Set
 from azure.cli.core.azclierror import AzCLIError
 from knack.log import get_logger
 
+from azext_edgetpm.errors import EdgeTpmError
 from . import facts as facts_mod
 
 logger = get_logger(__name__)
@@ -128,9 +129,10 @@ class Context:
 
 def run_steps(ctx: Context, steps: List[Step]) -> List[dict]:
     """Run the steps in order; stop at the first failure (the rest are reported as skipped) and
-    raise that failure after logging what was done, so a re-run continues from there."""
+    raise that failure after logging what was done, so a re-run continues from there. The raised
+    error carries the step report as `.report`."""
     report: List[dict] = []
-    failure: Optional[AzCLIError] = None
+    failure: Optional[Exception] = None
     for step in steps:
         if failure is not None:
             report.append({"name": step.name, "status": SKIPPED, "detail": "not run: an earlier step failed"})
@@ -154,7 +156,7 @@ def run_steps(ctx: Context, steps: List[Step]) -> List[dict]:
                 extra = step.verify(ctx, found)
                 entry = {"name": step.name, "status": CHANGED,
                          "detail": "; ".join(d for d in (detail, extra) if d)}
-        except AzCLIError as exc:
+        except (AzCLIError, EdgeTpmError) as exc:
             failure = exc
             entry = {"name": step.name, "status": FAILED, "detail": str(exc)}
         entry["seconds"] = round(time.monotonic() - started, 2)
@@ -164,7 +166,12 @@ def run_steps(ctx: Context, steps: List[Step]) -> List[dict]:
         done = ", ".join(f"{e['name']} {e['status']}" for e in report)
         logger.warning("%s: %s", ctx.display, done)
         failed = next(e for e in report if e["status"] == FAILED)
-        failure.error_msg = f"Step {failed['name']} failed: {failure.error_msg}"
-        failure.args = (failure.error_msg,)
+        if isinstance(failure, EdgeTpmError):
+            failure.message = f"Step {failed['name']} failed: {failure.message}"
+            failure.args = (failure.message,)
+        else:
+            failure.error_msg = f"Step {failed['name']} failed: {failure.error_msg}"
+            failure.args = (failure.error_msg,)
+        failure.report = report
         raise failure
     return report

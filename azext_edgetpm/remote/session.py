@@ -127,6 +127,9 @@ class RemoteSession:
         self.close()
 
     def connect(self) -> "RemoteSession":
+        """Connect (once: a session that is connected already is returned as it is)."""
+        if self.client is not None:
+            return self
         sock = None
         if self.target.proxy_jump:
             sock = self._open_jump_channel()

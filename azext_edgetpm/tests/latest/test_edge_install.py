@@ -306,3 +306,49 @@ def test_install_before_the_enrollment_then_dps_assigns_it(device, repo, dps):
         assert third.rc == 0 and not third.out["changed"], third.out["summary"]
     finally:
         login.close()
+
+
+def accepted_logins(dev):
+    """SSH logins the device's sshd accepted so far (sshd -e logs them to the device's log)."""
+    with open(dev.log, encoding="utf-8", errors="replace") as handle:
+        return sum(1 for line in handle if "Accepted publickey for" in line)
+
+
+def test_one_ssh_connection_per_command(rig):
+    dev = rig.by_variant("mfg")
+    before = accepted_logins(dev)
+    ok("edge-tpm", "ek", "show", *host_args(dev, "root"), "--tcti", dev.tcti, "--no-create")
+    assert accepted_logins(dev) - before == 1
+    before = accepted_logins(dev)
+    result = az("edge-tpm", "status", *host_args(dev, "root"))  # (IoT Edge is not installed there: an error)
+    assert result.rc != 0 and "not installed" in result.message
+    assert accepted_logins(dev) - before == 1
+
+
+def test_failed_install_returns_its_steps_and_legacy_id_format_is_written(device, repo, dps):
+    from azext_edgetpm.edge.plan import InstallSettings
+    from azext_edgetpm.operations.device import SshOptions
+    from azext_edgetpm.operations.install import install as install_operation
+    dev = device()
+    # A version the mirror does not have: the iotedge step fails after earlier steps changed the device.
+    opts = SshOptions(host=f"admin@{dev.host}:{dev.port}", ssh_key=dev.key("admin"), known_hosts=dev.known_hosts)
+    settings = InstallSettings(id_scope=dps.section["id_scope"], global_endpoint=dps.section["device_endpoint"],
+                               package_source=repo["base_url"], edge_version="0.0.1", tcti=dev.tcti)
+    with opts.session() as session:
+        result = install_operation(session, settings)
+    assert result.failed and "Step iotedge failed" in str(result.failure)
+    report = {s["name"]: s["status"] for s in result.steps}
+    assert report["package-source"] == "changed" and report["iotedge"] == "failed"
+    assert report["config"] == "skipped" and report["runtime"] == "skipped"
+    assert result.to_output()["failed"] and result.to_output()["error"]
+
+    # --id-format legacy: enrolled and installed under the legacy (base32) ID, end to end.
+    legacy = ok("edge-tpm", "ek", "show", *host_args(dev), "--tcti", dev.tcti, "--id-format", "legacy").out
+    assert len(legacy["registrationId"]) == 52
+    ok("edge-tpm", "enrollment", "create", *host_args(dev), "--tcti", dev.tcti, "--id-format", "legacy", *dps.login)
+    done = install(dev, dps, "--package-source", repo["base_url"], "--id-format", "legacy")
+    assert done.rc == 0, done.message
+    assert done.out["registrationId"] == legacy["registrationId"]
+    data = tomllib.loads(read(dev, "/etc/aziot/config.toml"))
+    assert data["provisioning"]["attestation"]["registration_id"] == legacy["registrationId"]
+    assert done.out["runtime"]["provisioning"]["state"] == "assigned"

@@ -1,0 +1,49 @@
+"""Where `cmd` stops: arguments and the az context become SSH options, the DPS target and its
+client, and a progress callback. Command functions receive these ready; nothing below this
+module sees `cmd`.
+"""
+from contextlib import contextmanager
+
+
+def ssh_options(host, ssh_user=None, ssh_port=None, ssh_key=None, ssh_config=None, known_hosts=None,
+                accept_new_host_key=False, ssh_timeout=None, sudo_password=None):
+    from azext_edgetpm.operations.device import SshOptions
+    return SshOptions.from_args(host, ssh_user=ssh_user, ssh_port=ssh_port, ssh_key=ssh_key, ssh_config=ssh_config,
+                                known_hosts=known_hosts, accept_new_host_key=bool(accept_new_host_key),
+                                ssh_timeout=ssh_timeout, sudo_password=sudo_password)
+
+
+def dps_target(cmd, dps_name=None, resource_group_name=None, login=None, auth_type=None, rights=None):
+    """The DPS target (ARM lookup and keys, or a connection string), resolved once."""
+    from knack.log import get_logger
+    from azext_edgetpm.dps.discovery import ENROLLMENT_WRITE, resolve_target
+    target = resolve_target(cmd, dps_name=dps_name, resource_group=resource_group_name, login=login,
+                            auth_type=auth_type, rights=rights or ENROLLMENT_WRITE)
+    get_logger(__name__).info("DPS target: %s", target.describe())
+    return target
+
+
+def dps_client(cmd, target, budget=None, pool_size=None):
+    """One DPS service client for a target (share it between threads; `budget`: a dps.ratelimit.DpsBudget)."""
+    from azext_edgetpm.dps.client import DpsClient
+    return DpsClient(target, cli_ctx=cmd.cli_ctx, budget=budget, pool_size=pool_size)
+
+
+def device_endpoint(target, id_scope=None, global_endpoint=None):
+    """(ID scope, device endpoint) for config.toml: given ones win, else the resource's."""
+    scope = id_scope or (target.id_scope if target else None)
+    endpoint = global_endpoint
+    if not endpoint and target is not None and target.device_host:
+        endpoint = "https://" + target.device_host
+    return scope, endpoint
+
+
+@contextmanager
+def progress(cmd, message):
+    """A progress callback on az's progress controller (begin/end around the block)."""
+    controller = cmd.cli_ctx.get_progress_controller()
+    controller.begin(message=message)
+    try:
+        yield lambda text: controller.add(message=text)
+    finally:
+        controller.end()

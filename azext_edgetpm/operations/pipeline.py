@@ -1,0 +1,51 @@
+"""A per-device pipeline: steps that share one context (and one SSH connection).
+
+The fleet runner (fleet/runner.py) runs a pipeline for many devices in parallel and journals
+every step; `az edge-tpm provision --host` runs the same pipeline for one device.
+"""
+from dataclasses import dataclass, field
+from typing import Any, Dict
+
+OK, CHANGED, FAILED, SKIPPED = "ok", "changed", "failed", "skipped"
+DONE_STATES = (OK, CHANGED, SKIPPED)
+
+
+class Step:
+    """One step of a device pipeline. `run(ctx)` returns a dict for the journal (at least
+    "status": ok | changed | skipped, optionally "detail" and whatever a resumed run needs) or
+    raises. `reuse(ctx, recorded)` says whether a step an earlier run recorded as done may be
+    skipped now; it restores from `recorded` what later steps need."""
+    name = "step"
+
+    def run(self, ctx: "DeviceContext") -> dict:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def reuse(self, ctx: "DeviceContext", recorded: dict) -> bool:
+        return False
+
+
+@dataclass
+class DeviceContext:
+    """What the steps of one device share."""
+    job: Any                                   # the device's typed options (e.g. provision.DeviceJob)
+    services: Any                              # what the whole run shares (DPS client, budget, enroller)
+    record: dict                               # this device's journal record as the run started
+    data: Dict[str, Any] = field(default_factory=dict)   # results of the steps so far
+    _session: Any = None
+
+    @property
+    def key(self) -> str:
+        return self.job.key
+
+    def session(self):
+        """The device's one SSH connection, opened on first use."""
+        if self._session is None:
+            session = self.job.ssh.session()
+            session.connect()
+            self._session = session
+        return self._session
+
+    def close(self):
+        if self._session is not None:
+            self._session.close()
+            self._session = None
