@@ -17,6 +17,7 @@ COMMANDS = {
     "power-cycle": "devkit.cli:POWER_CYCLE",
     "exec": "devkit.cli:EXEC",
     "ssh": "devkit.cli:SSH",
+    "tpm-clear": "devkit.cli:TPM_CLEAR",
     "variants": "devkit.cli:VARIANTS",
     "gc": "devkit.cli:GC",
     "demo": "devkit.demo:COMMAND",

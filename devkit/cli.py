@@ -276,6 +276,26 @@ POWER_CYCLE = Command("cut a device's power and boot it again on the same disk a
                       _configure_power_cycle, _run_power_cycle)
 
 
+def _configure_tpm_clear(p):
+    _dir_arg(p)
+    p.add_argument("--keep-seed", action="store_true",
+                   help="only tpm2_clear: the EK made next is the same key again (default: also "
+                        "tpm2_changeeps, so the next EK is a new key, as after a replaced TPM)")
+    p.add_argument("device", help="device name, e.g. d1")
+
+
+def _run_tpm_clear(args):
+    dev = Rig.load(args.dir).device(args.device)
+    evicted = dev.clear_tpm(replace=not args.keep_seed)
+    print("%s: TPM cleared%s; evicted %s" % (dev.name, "" if args.keep_seed else " with a new endorsement seed",
+                                             ", ".join(evicted) or "nothing"))
+    return 0
+
+
+TPM_CLEAR = Command("clear a device's TPM (persistent keys gone; a new EK unless --keep-seed)",
+                    _configure_tpm_clear, _run_tpm_clear)
+
+
 # ---- variants / gc
 
 

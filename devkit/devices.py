@@ -147,6 +147,29 @@ class Device:
         return subprocess.run(full, input=input, capture_output=True, text=text,
                               timeout=timeout, check=check, env={"PATH": DEVICE_PATH})
 
+    def clear_tpm(self, replace=True, timeout=60):
+        """Clear the device's TPM; return the TPM's persistent handles before the clear.
+
+        ``tpm2_clear`` (lockout hierarchy, empty auth) is what an owner's "clear TPM" does: the
+        owner hierarchy is reset and every persistent handle is evicted (EK 0x81010001, SRK
+        0x81000001, the runtime's DPS key 0x81000100). It does NOT change the endorsement
+        primary seed, so the EK made next is the same key again. With ``replace`` (default)
+        ``tpm2_changeeps`` first gives the TPM a new endorsement seed: the next EK is a new key,
+        as after a replaced or fully reset TPM (and a manufacturer EK certificate no longer
+        matches). The device's swtpm keeps running; nothing else on the device changes.
+        """
+        if not self.tcti:
+            raise DevkitError("device %s has no TPM" % self.name)
+        before = self.exec(["tpm2_getcap", "handles-persistent"], env=self.tpm_env, timeout=timeout,
+                           check=True).stdout
+        steps = (["tpm2_changeeps"],) if replace else ()
+        for argv in steps + (["tpm2_clear"],):
+            proc = self.exec(argv, env=self.tpm_env, timeout=timeout)
+            if proc.returncode != 0:
+                raise DevkitError("%s on %s failed (rc=%d): %s"
+                                  % (argv[0], self.name, proc.returncode, proc.stderr.strip()))
+        return [line.strip("- ").strip() for line in before.splitlines() if line.strip()]
+
     def ssh_argv(self, user="root"):
         """An OpenSSH command line that logs into the device (known_hosts enforced)."""
         return ["ssh", "-i", self.key(user), "-p", str(self.port),

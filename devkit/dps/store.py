@@ -93,6 +93,11 @@ def normalize_etag(value: Optional[str]) -> Optional[str]:
     return v
 
 
+def _attested_key(enrollment: Dict[str, Any]) -> Tuple[Optional[str], Optional[str]]:
+    att = enrollment.get("attestation") or {}
+    return att.get("type"), (att.get("tpm") or {}).get("endorsementKey")
+
+
 def _bool(value: object, name: str) -> bool:
     if isinstance(value, bool):
         return value
@@ -314,9 +319,26 @@ class Store:
                     raise DpsError(errors.PRECONDITION_FAILED,
                                    f"Precondition failed: the etag does not match enrollment {rid}.")
             rec = self._normalize(body, rid, existing)
+            if existing is not None and _attested_key(existing) != _attested_key(rec):
+                # a new key means another TPM: what was issued to the old one stops working, so a
+                # device that still holds the old imported key must go through the challenge again
+                self._forget_device_keys(reg_key(rid))
             self._enrollments[reg_key(rid)] = rec
             self.save()
             return self._view(rec), existing is None
+
+    def _forget_device_keys(self, key: str) -> None:
+        self._auth_keys.pop(key, None)
+        self._challenge_blobs.pop(key, None)
+
+    def _supersede_pending(self, key: str) -> None:
+        """A newer attempt's outcome is the record's: unfinished older operations end without
+        touching it (they would otherwise resolve later and overwrite it)."""
+        for op in self._operations.values():
+            if op.reg_key == key and op.result is None:
+                op.result = {"registrationId": op.registration_id, "status": "failed",
+                             "errorCode": errors.UNAUTHORIZED,
+                             "errorMessage": "Superseded by a newer registration attempt."}
 
     def delete_enrollment(self, rid: str, if_match: Optional[str]) -> None:
         if_match = normalize_etag(if_match)
@@ -329,7 +351,7 @@ class Store:
                                f"Precondition failed: the etag does not match enrollment {rid}.")
             del self._enrollments[reg_key(rid)]
             self._registrations.pop(reg_key(rid), None)
-            self._auth_keys.pop(reg_key(rid), None)
+            self._forget_device_keys(reg_key(rid))
             self.save()
 
     def query_enrollments(self, query: object, max_items: Optional[int],
@@ -462,6 +484,7 @@ class Store:
             enrolled_ek = tpm.parse_endorsement_key(enr["attestation"]["tpm"]["endorsementKey"])
             if not tpm.same_key(enrolled_ek, presented_ek):
                 message = "The endorsement key presented by the device does not match the enrollment."
+                self._supersede_pending(reg_key(rid))
                 self._record(enr["registrationId"], status="failed", errorCode=errors.UNAUTHORIZED,
                              errorMessage=message, assignedHub=None, deviceId=None, substatus=None)
                 self.save()
@@ -507,6 +530,7 @@ class Store:
                 ready_at=time.time() + self.assignment_delay_s,
                 payload=payload,
             )
+            self._supersede_pending(op.reg_key)
             self._operations[op.operation_id] = op
             if payload is not None:
                 self._device_payloads[reg_key(rid)] = copy.deepcopy(payload)

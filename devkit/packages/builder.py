@@ -210,6 +210,23 @@ def identity_package(version, python, devkit_root):
         lines.append("    chmod 0700 /var/lib/aziot/%s\n" % short)
     lines.append("fi\n")
     pkg.scripts["postinst"] = "".join(lines)
+    # As the real package: services stopped before removal; a purge removes the services'
+    # configuration, state and users (the imported key in the TPM is not the package's).
+    units = " ".join(u for u in reversed(IDENTITY_UNITS))
+    pkg.scripts["prerm"] = (
+        'if [ "$1" = remove ] || [ "$1" = deconfigure ]; then\n'
+        "    for unit in %s; do /etc/init.d/$unit stop >/dev/null 2>&1 || true; done\n"
+        "fi\n" % units)
+    shorts = " ".join(short for short, _user in SERVICE_DIRS.values())
+    users = " ".join(user for _short, user in SERVICE_DIRS.values())
+    pkg.scripts["postrm"] = (
+        'if [ "$1" = purge ]; then\n'
+        "    for d in %s; do rm -rf /etc/aziot/$d /var/lib/aziot/$d; done\n"
+        "    rm -rf /var/lib/aziot/standin\n"
+        "    for u in %s; do userdel $u >/dev/null 2>&1 || true; "
+        "groupdel $u >/dev/null 2>&1 || true; done\n"
+        "    rmdir /var/lib/aziot 2>/dev/null || true\n"
+        "fi\n" % (shorts, users))
     return pkg
 
 
@@ -242,6 +259,18 @@ def edge_package(version):
         '        getent group "$g" >/dev/null && usermod -aG "$g" iotedge || true\n'
         "    done\n"
         "    chown -R iotedge:iotedge /etc/aziot/edged /var/lib/aziot/edged\n"
+        "fi\n")
+    pkg.scripts["prerm"] = (
+        'if [ "$1" = remove ] || [ "$1" = deconfigure ]; then\n'
+        "    /etc/init.d/aziot-edged stop >/dev/null 2>&1 || true\n"
+        "fi\n")
+    # As the real package's purge: edged's config and state, the super config and the user go.
+    pkg.scripts["postrm"] = (
+        'if [ "$1" = purge ]; then\n'
+        "    rm -rf /etc/aziot/edged /var/lib/aziot/edged /var/log/aziot/edged\n"
+        "    rm -f /etc/aziot/config.toml\n"
+        "    userdel iotedge >/dev/null 2>&1 || true\n"
+        "    groupdel iotedge >/dev/null 2>&1 || true\n"
         "fi\n")
     return pkg
 

@@ -8,7 +8,8 @@ Everything lives where the real runtime keeps its own state (under /var/lib/azio
 - /var/lib/aziot/standin/services.json   {unit: {"state": "active"|"inactive"|"failed"|
                                           "activating", "pid": n, "since": epoch}}
 - /var/lib/aziot/standin/modules.json    [{"name", "status", "image", "since"}]
-- /var/lib/aziot/identityd/standin-provisioning.json   the provisioning backup
+- /var/lib/aziot/identityd/device_info   the provisioning backup (where the real identityd
+                                          keeps it, so a reset that removes it works on both)
 - /var/log/aziot/standin-journal.jsonl   the journal that `iotedge system logs` prints
 """
 import json
@@ -21,7 +22,7 @@ LIB_DIR = "/usr/lib/aziot-standin"
 STATE_DIR = "/var/lib/aziot/standin"
 SERVICES_FILE = STATE_DIR + "/services.json"
 MODULES_FILE = STATE_DIR + "/modules.json"
-BACKUP_FILE = "/var/lib/aziot/identityd/standin-provisioning.json"
+BACKUP_FILE = "/var/lib/aziot/identityd/device_info"
 JOURNAL_FILE = "/var/log/aziot/standin-journal.jsonl"
 
 AZIOT_UNITS = ("aziot-edged", "aziot-identityd", "aziot-keyd", "aziot-certd", "aziot-tpmd")
