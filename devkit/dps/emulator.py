@@ -75,6 +75,15 @@ def _new_key() -> str:
     return base64.b64encode(secrets.token_bytes(32)).decode("ascii")
 
 
+def _new_secret() -> str:
+    """A URL-safe client secret that never starts with `-` (a command line would read it as an
+    option: `az login -p -xyz` fails) nor with `@` (az would read it as a file name)."""
+    while True:
+        secret = secrets.token_urlsafe(30)
+        if secret[0].isalnum():
+            return secret
+
+
 def _write_private_json(path: str, data: Any) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -154,7 +163,7 @@ class Emulator:
         data.setdefault("id_scope", id_scope or "0ne" + secrets.token_hex(4).upper())
         if "sp" not in data:
             data["sp"] = {"app_id": str(uuid.uuid4()), "object_id": str(uuid.uuid4()),
-                          "secret": secrets.token_urlsafe(30)}
+                          "secret": _new_secret()}
             changed = True
         policies = data.setdefault("policies", {})
         for name, rights in DEFAULT_POLICIES.items():

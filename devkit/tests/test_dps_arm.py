@@ -140,7 +140,10 @@ def test_real_az_login_with_a_custom_cloud(emu, tmp_path):
              "--tenant", emu.tenant, check=False)
     assert bad.returncode != 0 and "AADSTS7000215" in bad.stderr
 
-    accounts = json.loads(az("login", "--service-principal", "-u", emu.sp.app_id, "-p", emu.sp.secret,
+    secret_file = tmp_path / "sp-secret.txt"  # @file: the secret on no command line, never read as an option
+    with os.fdopen(os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        f.write(emu.sp.secret)
+    accounts = json.loads(az("login", "--service-principal", "-u", emu.sp.app_id, "-p", f"@{secret_file}",
                              "--tenant", emu.tenant).stdout)
     assert [(a["id"], a["tenantId"], a["user"]["type"]) for a in accounts] == [
         (emu.subscription, emu.tenant, "servicePrincipal")]

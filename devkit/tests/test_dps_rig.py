@@ -7,6 +7,7 @@ import base64
 import hashlib
 import json
 import os
+import sys
 
 import pytest
 import requests
@@ -17,6 +18,8 @@ from devkit.dps import sas
 from devkit.pytest_plugin import require_devices
 
 pytestmark = pytest.mark.devkit
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +56,12 @@ def test_device_registers_from_its_namespace(dps_rig, monkeypatch):
     assert requests.put(url, json=body, headers={"Authorization": auth}, timeout=10).status_code == 200
 
     # the SRK's transient copy is still loaded: the client flushes orphans when the TPM is full
-    r = dev.exec(["/work/main/.venv/bin/python", "-m", "devkit.tpmclient", "register", "--tcti", dev.tcti,
+    # The device's root is an overlay over the host's: this checkout and its interpreter are
+    # visible inside at the same paths (this clone's code, wherever it lives).
+    r = dev.exec([sys.executable, "-m", "devkit.tpmclient", "register", "--tcti", dev.tcti,
                   "--endpoint", section["device_endpoint"], "--id-scope", section["id_scope"],
                   "--registration-id", rid, "--ca-bundle", section["device_ca_bundle"]],
-                 user="root", env={**dev.tpm_env, "PYTHONPATH": "/work/main"})
+                 user="root", env={**dev.tpm_env, "PYTHONPATH": REPO})
     out = r.stdout if isinstance(r.stdout, str) else r.stdout.decode()
     assert r.returncode == 0, out + str(r.stderr)
     state = json.loads(out)

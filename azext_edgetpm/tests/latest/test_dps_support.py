@@ -54,8 +54,10 @@ class EmulatorEnv:
         d = emu.directory
         self.cs_file = os.path.join(d, "owner-connection-string.txt")
         self.read_cs_file = os.path.join(d, "read-connection-string.txt")
+        self.sp_secret_file = os.path.join(d, "sp-secret.txt")
         for path, text in ((self.cs_file, self.section["connection_string"]),
-                           (self.read_cs_file, self.section["read_connection_string"])):
+                           (self.read_cs_file, self.section["read_connection_string"]),
+                           (self.sp_secret_file, self.section["sp"]["secret"])):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(text)
@@ -103,8 +105,10 @@ class ArmLogin:
         # MSAL would otherwise ask login.microsoftonline.com whether the custom authority is known.
         ok("config", "set", "core.instance_discovery=false")
         ok("cloud", "set", "-n", self.cloud)
-        # (in-process: the secret is on no process command line)
-        ok("login", "--service-principal", "-u", s["sp"]["app_id"], "-p", s["sp"]["secret"], "--tenant", s["tenant"])
+        # The secret as @file, as a user should pass it (and as the demo does): never on a command
+        # line, and a secret that starts with `-` is not read as an option.
+        ok("login", "--service-principal", "-u", s["sp"]["app_id"], "-p", "@" + env.sp_secret_file,
+           "--tenant", s["tenant"])
 
     def close(self):
         # (`az logout` and `az account clear` fail here: MSAL asks the emulator for the

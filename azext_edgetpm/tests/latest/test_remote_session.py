@@ -1,13 +1,12 @@
 """The SSH session against a simulated device whose sshd is set up the way hardened or embedded
 devices are: what paramiko raises while a command runs or a file is copied reaches the user
 as one az error with a recommendation, never as a traceback."""
-import time
-
 import pytest
 from azure.cli.core.azclierror import AzCLIError, AzureConnectionError, FileOperationError, ForbiddenError
 
 from azext_edgetpm.remote.session import RemoteSession
 from azext_edgetpm.remote.target import resolve_target
+from devkit.wait import wait_until
 
 
 def _session(dev):
@@ -15,10 +14,22 @@ def _session(dev):
     return RemoteSession(target, known_hosts=dev.known_hosts).connect()
 
 
+def _listening_sockets(dev):
+    """The inodes of the sockets sshd listens on inside the device."""
+    port = "%04X" % dev.port
+    out = dev.exec(f"awk '$4 == \"0A\" && $2 ~ /:{port}$/ {{print $10}}' /proc/net/tcp /proc/net/tcp6").stdout
+    return set(out.split())
+
+
 def _reconfigure_sshd(dev, sed_expr):
     """Edit the device's sshd_config and have sshd re-read it (existing connections stay)."""
+    before = _listening_sockets(dev)
+    assert before, "sshd listens on no socket"
     dev.exec(f"sed -i {sed_expr} /etc/ssh/sshd_config && kill -HUP $(cat /run/sshd.pid)", check=True)
-    time.sleep(1.0)  # sshd re-executes itself on SIGHUP
+    # On SIGHUP sshd closes its listening sockets and re-executes itself: it has read the new
+    # configuration once it listens again, on new sockets.
+    wait_until(lambda: (lambda now: now and not now & before)(_listening_sockets(dev)), timeout=15,
+               what="sshd listening again after SIGHUP")
 
 
 def test_no_sftp_subsystem_is_one_clear_error(new_device):
