@@ -58,7 +58,17 @@ def _dps_details(response) -> dict:
         body = {"message": (response.text() or "")[:300] or response.reason}
     return {"status": response.status_code, "errorCode": body.get("errorCode"),
             "message": body.get("message") or body.get("Message") or response.reason,
-            "trackingId": body.get("trackingId") or response.headers.get("x-ms-request-id")}
+            "trackingId": body.get("trackingId") or response.headers.get("x-ms-request-id"),
+            "retryAfter": _retry_after(response.headers.get("Retry-After"))}
+
+
+def _retry_after(value) -> Optional[float]:
+    """Retry-After in seconds (DPS sends delta-seconds), None when absent or not a number."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    return seconds if 0 <= seconds <= 3600 else None
 
 
 def error_from_response(response, operation: str, target: Optional[DpsTarget] = None) -> Exception:
@@ -165,14 +175,16 @@ class DpsClient:
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    def _request(self, method: str, path: str, operation: str, body=None, headers=None, ok=(200,)):
+    def _request(self, method: str, path: str, operation: str, body=None, headers=None, ok=(200,), **options):
+        """One call through the pipeline; `options` are azure-core's per-call settings
+        (retry_total, connection_timeout, read_timeout)."""
         from azure.core.exceptions import ServiceRequestError, ServiceResponseError
         from azure.core.rest import HttpRequest
         from requests.exceptions import RequestException  # a bearer token fetched by MSAL on first use
         request = HttpRequest(method, self.endpoint + path, params={"api-version": API_VERSION},
                               headers=dict(headers or {}), json=body)
         try:
-            response = self._client.send_request(request)
+            response = self._client.send_request(request, **options)
         except (ServiceRequestError, ServiceResponseError, RequestException) as exc:
             raise _connection_error(self.target, exc) from exc
         if response.status_code not in ok:
@@ -193,9 +205,9 @@ class DpsClient:
 
     # -- individual enrollments ------------------------------------------------------------
 
-    def _get(self, path: str, operation: str, missing_ok: bool = False):
+    def _get(self, path: str, operation: str, missing_ok: bool = False, **options):
         try:
-            return self._json(self._request("GET", path, operation))
+            return self._json(self._request("GET", path, operation, **options))
         except ResourceNotFoundError:
             if missing_ok:
                 return None
@@ -255,27 +267,36 @@ class DpsClient:
 
     # -- registration state ---------------------------------------------------------------
 
-    def get_registration(self, registration_id: str, missing_ok: bool = False) -> Optional[dict]:
+    def get_registration(self, registration_id: str, missing_ok: bool = False, **options) -> Optional[dict]:
         return self._get("/registrations/" + _quote(registration_id),
-                         f"read the registration state of {registration_id!r}", missing_ok)
+                         f"read the registration state of {registration_id!r}", missing_ok, **options)
 
-    def find_registration(self, registration_id: str) -> Optional[dict]:
-        """The registration state, or None while the device has not tried to register."""
-        return self.get_registration(registration_id, missing_ok=True)
+    def find_registration(self, registration_id: str, **options) -> Optional[dict]:
+        """The registration state, or None while the device has not tried to register.
+        `options`: azure-core per-call settings, e.g. retry_total=0 for a caller that retries itself."""
+        return self.get_registration(registration_id, missing_ok=True, **options)
 
 
 def _quote(value: str) -> str:
+    """One URL path segment: everything but unreserved characters percent-encoded, and a segment
+    of dots too (`.` and `..` would otherwise be resolved away by URL normalisation)."""
     import urllib.parse
-    return urllib.parse.quote(value, safe="")
+    quoted = urllib.parse.quote(value, safe="")
+    return quoted.replace(".", "%2E") if quoted and not quoted.strip(".") else quoted
 
 
 def _connection_error(target: DpsTarget, exc: Exception) -> Exception:
+    """`.transient` says whether trying again later may help (an unreachable DPS) or not (TLS)."""
     text = str(exc)
     if "CERTIFICATE_VERIFY_FAILED" in text or "SSLError" in text or "certificate" in text.lower():
-        return AzureConnectionError(
+        err = AzureConnectionError(
             f"The TLS certificate of {target.host} could not be verified: {text}",
             "If the DPS is reached through a TLS-inspecting proxy or a private endpoint with its own CA, point "
             "REQUESTS_CA_BUNDLE at a bundle that holds that CA. Verification is never turned off.")
-    return AzureConnectionError(f"Could not reach the DPS at {target.host}: {text}",
-                                "Check the network path (proxy settings, DNS, firewall) to the DPS and retry.")
+        err.transient = False
+        return err
+    err = AzureConnectionError(f"Could not reach the DPS at {target.host}: {text}",
+                               "Check the network path (proxy settings, DNS, firewall) to the DPS and retry.")
+    err.transient = True
+    return err
 

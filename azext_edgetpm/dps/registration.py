@@ -1,14 +1,15 @@
 """Registration state, and waiting until DPS has assigned a device.
 
 The wait polls `GET /registrations/{id}` every `interval` seconds (5 by default: 12 service
-operations a minute, far inside DPS's 1,000 per minute). Throttling (429 with Retry-After) and
-server errors are absorbed by the client's retry policy; when they outlast it, the wait backs off
-and goes on until its timeout instead of failing.
+operations a minute, far inside DPS's 1,000 per minute). A DPS that cannot be reached, throttles
+(429 with Retry-After) or fails (5xx) is polled again with back-off until the timeout, and a wait
+that times out that way names the last error DPS (or the network) gave.
 """
 import time
 from typing import Callable, Optional
 
-from azure.cli.core.azclierror import AzureInternalError, AzureResponseError, UnclassifiedUserFault
+from azure.cli.core.azclierror import (
+    AzCLIError, AzureConnectionError, AzureInternalError, AzureResponseError, UnclassifiedUserFault)
 from knack.log import get_logger
 
 from azext_edgetpm.dps.client import DpsClient, DpsThrottledError
@@ -18,6 +19,7 @@ logger = get_logger(__name__)
 DEFAULT_TIMEOUT = 300.0
 DEFAULT_INTERVAL = 5.0
 MIN_INTERVAL = 1.0
+MAX_BACKOFF = 60.0
 FAILED_STATES = ("failed", "disabled")
 
 
@@ -53,40 +55,81 @@ def _failure(state: dict) -> RegistrationFailedError:
     return err
 
 
+def _transient(exc: Exception) -> bool:
+    """Errors a wait outlives: DPS unreachable, throttling, server errors (not TLS or auth)."""
+    if isinstance(exc, AzureConnectionError):
+        return getattr(exc, "transient", True)
+    return isinstance(exc, (DpsThrottledError, AzureInternalError))
+
+
+def _describe(exc: Exception) -> str:
+    dps = getattr(exc, "dps", None) or {}
+    if dps.get("status"):
+        code = f", errorCode {dps['errorCode']}" if dps.get("errorCode") else ""
+        return f"DPS answered HTTP {dps['status']}{code}: {dps.get('message')}"
+    return str(exc)
+
+
 def wait_for_assignment(client: DpsClient, registration_id: str, timeout: float = DEFAULT_TIMEOUT,
                         interval: float = DEFAULT_INTERVAL, progress: Optional[Callable[[str], None]] = None,
                         clock: Callable[[], float] = time.monotonic,
                         sleep: Callable[[float], None] = time.sleep) -> dict:
     """Poll until the registration is assigned (returned), failed or disabled (raised), or the
-    timeout passes (raised)."""
+    timeout passes (raised, naming the last state or the last DPS error).
+
+    Each poll is one request without the client's own retries, bounded by the time left: an
+    unreachable, throttling or failing DPS is polled again with back-off (honouring Retry-After)
+    until the timeout, which is kept within one poll interval."""
     interval = max(MIN_INTERVAL, float(interval))
-    deadline = clock() + float(timeout)
-    state, polls, last = None, 0, None
+    started = clock()
+    deadline = started + float(timeout)
+    state, polls, attempts, failures, last, last_error = None, 0, 0, 0, None, None
     while True:
-        delay = interval
+        remaining = max(deadline - clock(), MIN_INTERVAL)
+        attempts += 1
         try:
-            state = client.find_registration(registration_id)
+            state = client.find_registration(registration_id, retry_total=0,
+                                             connection_timeout=min(20.0, remaining),
+                                             read_timeout=min(60.0, remaining))
             polls += 1
-        except (DpsThrottledError, AzureInternalError) as exc:
-            logger.warning("DPS is busy (%s); trying again.", exc.dps.get("errorCode") or exc.dps.get("status"))
-            delay = max(interval, 10.0)
+            failures, last_error, delay = 0, None, interval
+        except AzCLIError as exc:
+            if not _transient(exc):
+                raise
+            failures += 1
+            last_error = exc
+            retry_after = (getattr(exc, "dps", None) or {}).get("retryAfter")
+            delay = max(interval, retry_after or 0.0, min(interval * 2 ** (failures - 1), MAX_BACKOFF))
+            logger.warning("DPS did not answer the poll (%s); trying again in %.0f s.", _describe(exc), delay)
         status = (state or {}).get("status")
         if status == "assigned":
             return state
         if status in FAILED_STATES:
             raise _failure(state)
-        now_text = "has not registered yet" if state is None else f"is {status}"
+        now_text = ("has not registered yet" if state is None else f"is {status}")
+        if last_error is not None:
+            now_text = f"cannot be read from DPS ({_describe(last_error)})"
         if now_text != last and progress:
             progress(f"Device {registration_id} {now_text}")
         last = now_text
         remaining = deadline - clock()
         if remaining <= 0:
-            err = RegistrationTimeoutError(
-                f"The device {registration_id!r} was not assigned within {timeout:g} s "
-                f"({polls} polls); it {now_text}.",
-                "Check that the device runs IoT Edge with this ID scope and registration ID "
-                "(`sudo iotedge system logs` / `iotedge check` on the device), or wait longer with --timeout.")
+            if last_error is not None:
+                seen = (f"; the last state it reported: {state.get('status')}" if state else "")
+                err = RegistrationTimeoutError(
+                    f"The device {registration_id!r} was not assigned within {timeout:g} s: the last of "
+                    f"{attempts} polls ({polls} answered) failed: {_describe(last_error)}{seen}.",
+                    list(getattr(last_error, "recommendations", None) or [])
+                    + ["Run `az edge-tpm registration wait` again once DPS answers; the device keeps "
+                       "registering on its own meanwhile."])
+            else:
+                err = RegistrationTimeoutError(
+                    f"The device {registration_id!r} was not assigned within {timeout:g} s "
+                    f"({polls} polls); it {now_text}.",
+                    "Check that the device runs IoT Edge with this ID scope and registration ID "
+                    "(`sudo iotedge system logs` / `iotedge check` on the device), or wait longer with --timeout.")
             err.state = state
+            err.last_error = last_error
             raise err
         sleep(min(delay, remaining))
 
