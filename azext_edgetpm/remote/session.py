@@ -53,13 +53,20 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
     the key is appended to the known_hosts file. Changed keys never reach this policy: paramiko
     raises BadHostKeyException for them, and we always refuse those."""
 
-    def __init__(self, accept_new: bool, known_hosts: str, target: SshTarget):
+    def __init__(self, accept_new: bool, known_hosts: str, target: SshTarget, is_revoked=lambda key: False):
         self.accept_new = accept_new
         self.known_hosts = known_hosts
         self.target = target
+        self.is_revoked = is_revoked
 
     def missing_host_key(self, client, hostname, key):
         fp = fingerprint(key)
+        if self.is_revoked(key):
+            raise ValidationError(
+                f"The host key of {self.target.display} ({key.get_name()} {fp}) is marked @revoked in "
+                f"{self.known_hosts}; refusing to connect.",
+                "A revoked key is never accepted: the device must get a new host key (ssh-keygen -A after "
+                "removing the old one), which you then add to known_hosts.")
         if not self.accept_new:
             raise ValidationError(
                 f"The host key of {self.target.display} is not known ({key.get_name()} {fp}); "
@@ -147,16 +154,17 @@ class RemoteSession:
         return self.target.user == "root"
 
     def _new_client(self, target: SshTarget) -> paramiko.SSHClient:
+        from .known_hosts import KnownHosts, load_known_hosts
         client = paramiko.SSHClient()
+        known = KnownHosts()
         if os.path.isfile(self.known_hosts):
-            try:
-                client.load_host_keys(self.known_hosts)
-            except (OSError, paramiko.SSHException, paramiko.hostkeys.InvalidHostKey) as exc:
-                raise FileOperationError(f"Cannot read known hosts file {self.known_hosts}: {exc}",
-                                         "Fix or replace the file given with --known-hosts.") from exc
+            known = load_known_hosts(self.known_hosts)
+            # revoked keys are left out, so that paramiko hands them to the policy, which refuses them
+            known.fill(client.get_host_keys())
         elif not self.accept_new_host_key:
             logger.info("Known hosts file %s does not exist.", self.known_hosts)
-        client.set_missing_host_key_policy(_HostKeyPolicy(self.accept_new_host_key, self.known_hosts, target))
+        client.set_missing_host_key_policy(_HostKeyPolicy(self.accept_new_host_key, self.known_hosts, target,
+                                                          known.is_revoked))
         return client
 
     def _connect_client(self, target: SshTarget, sock) -> paramiko.SSHClient:
