@@ -3,8 +3,59 @@ from azure.cli.core.azclierror import MutuallyExclusiveArgumentError, RequiredAr
 from azure.cli.core.azclierror import InvalidArgumentValueError
 
 
+# The longest value accepted per argument (characters). Every value that reaches a device (a
+# command line, a file on it) or DPS is bounded, so that a pasted file or a runaway variable is
+# refused at once with one error instead of hanging a device's apt (issue 8).
+MAX_LENGTHS = {
+    "host": 300, "ssh_user": 64, "ssh_key": 4096, "ssh_config": 4096, "known_hosts": 4096,
+    "tcti": 256, "id_scope": 64, "registration_id": 128, "device_id": 128, "edge_version": 64,
+    "log_driver": 64, "package_source": 1024, "global_endpoint": 256, "payload": 4096,
+    "offline_packages": 4096, "endorsement_key": 2048, "dps_name": 64, "resource_group_name": 90,
+}
+# --payload is sent to DPS at every registration: a small JSON document.
+MAX_PAYLOAD_BYTES = 64 * 1024
+# Values that become a single line on the device (a command argument, a config.toml string).
+_ONE_LINE = ("host", "ssh_user", "tcti", "id_scope", "registration_id", "device_id", "edge_version", "log_driver",
+             "package_source", "global_endpoint")
+_OPTION_NAMES = {"resource_group_name": "--resource-group"}
+
+
+def option_name(dest: str, namespace=None) -> str:
+    if dest == "registration_id" and namespace is not None and hasattr(namespace, "endorsement_key"):
+        return "--enrollment-id/--registration-id"
+    return _OPTION_NAMES.get(dest, "--" + dest.replace("_", "-"))
+
+
+def check_values(namespace):
+    """Bound the length of every value of MAX_LENGTHS, and refuse control characters (NUL, line
+    breaks) in values that become one line on the device; each with one clear error."""
+    import re
+    from azext_edgetpm.echo import control_character, shown
+    for dest, limit in MAX_LENGTHS.items():
+        value = getattr(namespace, dest, None)
+        values = value if isinstance(value, list) else [value]
+        for item in values:
+            if not isinstance(item, str):
+                continue
+            name = option_name(dest, namespace)
+            # a URL with user:password@ is never echoed
+            echo = "" if re.search(r"://[^/\s@]*@", item) else f": {shown(item)}"
+            if len(item) > limit:
+                raise InvalidArgumentValueError(
+                    f"{name} is {len(item):,} characters long; at most {limit:,} are accepted{echo}",
+                    f"Check the value of {name} (a file's content pasted by mistake, or a variable that "
+                    "grew in a script?).")
+            bad = control_character(item) if dest in _ONE_LINE else None
+            if bad:
+                raise InvalidArgumentValueError(
+                    f"{name} contains {bad[1]} (at position {bad[0] + 1}), which cannot be passed on to the "
+                    f"device{echo}",
+                    f"Give {name} as one line of printable text.")
+
+
 def validate_device_source(namespace):
-    """Exactly one of --host and --local."""
+    """Exactly one of --host and --local; every value bounded."""
+    check_values(namespace)
     if getattr(namespace, "local", False) and getattr(namespace, "host", None):
         raise MutuallyExclusiveArgumentError("--host and --local cannot be used together.",
                                              "Use --host for a device over SSH, or --local for this machine.")
@@ -21,14 +72,15 @@ def _json_object(value, option):
     from knack.util import CLIError
     if value is None or isinstance(value, dict):
         return value
+    from azext_edgetpm.echo import shown
     if value.startswith("@"):  # az leaves @file as it was when it cannot read the file
-        raise FileOperationError(f"{option} {value}: the file cannot be read.",
+        raise FileOperationError(f"{option} {shown(value)}: the file cannot be read.",
                                  "Check the path after @ and that the file is readable.")
     if os.path.isfile(value):
         try:
             value = read_file_content(value)
         except (OSError, UnicodeError) as exc:
-            raise FileOperationError(f"{option}: cannot read {value!r}: {exc}",
+            raise FileOperationError(f"{option}: cannot read {shown(value)}: {exc}",
                                      "Give a readable UTF-8 JSON file.") from exc
     example = f"For example: {option} '{{\"location\": \"plant-1\"}}' or {option} @tags.json."
     try:
@@ -42,8 +94,9 @@ def _json_object(value, option):
 
 
 def validate_enrollment_create(namespace):
-    """Exactly one of --host and --endorsement-key; hubs, allocation and twin JSON checked."""
-    from azext_edgetpm.dps.enrollment import normalize_registration_id
+    """Exactly one of --host and --endorsement-key; IDs, hubs, allocation and twin JSON checked."""
+    from azext_edgetpm.dps.enrollment import normalize_registration_id, validate_device_id
+    check_values(namespace)
     host, key = getattr(namespace, "host", None), getattr(namespace, "endorsement_key", None)
     if host and key:
         raise MutuallyExclusiveArgumentError("--host and --endorsement-key cannot be used together.",
@@ -55,6 +108,8 @@ def validate_enrollment_create(namespace):
                                            "--endorsement-key <base64 of ek.pub>.")
     if namespace.registration_id:
         namespace.registration_id = normalize_registration_id(namespace.registration_id, "--enrollment-id")
+    if getattr(namespace, "device_id", None) is not None:
+        namespace.device_id = validate_device_id(namespace.device_id)
     if namespace.iot_hubs is not None:
         hubs = [h for item in namespace.iot_hubs for h in item.replace(",", " ").split()]
         namespace.iot_hubs = hubs
@@ -73,8 +128,10 @@ def validate_edge_install(namespace):
     import os
     import re
     from azure.cli.core.azclierror import ArgumentUsageError
+    from azext_edgetpm.echo import shown
     if not getattr(namespace, "host", None):
         raise RequiredArgumentMissingError("No device given.", "Pass --host [user@]host[:port].")
+    check_values(namespace)
     scope, dps_name, login = namespace.id_scope, namespace.dps_name, namespace.login
     if scope and dps_name:
         raise MutuallyExclusiveArgumentError("--id-scope and --dps-name cannot be used together.",
@@ -87,29 +144,23 @@ def validate_edge_install(namespace):
     for name, value in (("--id-scope", scope), ("--tcti", namespace.tcti), ("--edge-version", namespace.edge_version),
                         ("--log-driver", namespace.log_driver), ("--package-source", namespace.package_source),
                         ("--global-endpoint", namespace.global_endpoint)):
-        if value is not None and (not str(value).strip() or re.search(r"[\x00-\x1f]", str(value))):
-            raise InvalidArgumentValueError(f"{name} must be one line of text.", f"Check the value of {name}.")
+        if value is not None and not str(value).strip():
+            raise InvalidArgumentValueError(f"{name} is empty.", f"Give a value for {name}, or leave it out.")
     if scope and not re.fullmatch(r"[A-Za-z0-9]{1,64}", scope):
-        raise InvalidArgumentValueError(f"--id-scope {scope!r} is not a DPS ID scope.",
+        raise InvalidArgumentValueError(f"--id-scope {shown(scope)} is not a DPS ID scope.",
                                         "Copy the ID scope (e.g. 0ne00ABCDEF) from the DPS overview page.")
     if namespace.registration_id:
         from azext_edgetpm.dps.enrollment import normalize_registration_id
         namespace.registration_id = normalize_registration_id(namespace.registration_id)
     endpoint = namespace.global_endpoint
     if endpoint and not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(?::\d{1,5})?/?", endpoint):
-        raise InvalidArgumentValueError(f"--global-endpoint {endpoint!r} is not an https:// URL of a host.",
+        raise InvalidArgumentValueError(f"--global-endpoint {shown(endpoint)} is not an https:// URL of a host.",
                                         "Use https://global.azure-devices-provisioning.net (the default), or the "
                                         "device endpoint of your DPS.")
     source, offline = namespace.package_source, namespace.offline_packages
     if source and offline:
         raise MutuallyExclusiveArgumentError("--package-source and --offline-packages cannot be used together.",
                                              "Use a mirror (--package-source) or .deb files (--offline-packages).")
-    if source and not (source.split(" ", 1)[0] in ("deb", "deb-src") or
-                       re.fullmatch(r"(https?|file)://\S+", source)):
-        raise InvalidArgumentValueError(
-            f"--package-source {source!r} is neither an apt line nor a URL.",
-            "Give a mirror of packages.microsoft.com as its base URL (https://mirror.example.com/microsoft), the URL "
-            "of a packages-microsoft-prod.deb, or a sources.list line ('deb [signed-by=...] https://... ./').")
     if source and re.search(r"[a-z]+://[^/\s@]*@", source):
         # Never echo it: the part before @ is a user name and password.
         raise InvalidArgumentValueError(
@@ -117,17 +168,30 @@ def validate_edge_install(namespace):
             "and in messages.",
             "Give the URL without user:password@ and put the credentials in /etc/apt/auth.conf.d/ on the device "
             "(apt's own place for them).")
+    if source and source.strip().split(" ", 1)[0] in ("deb", "deb-src"):
+        from azext_edgetpm.edge.apt import check_apt_line
+        check_apt_line(source)
+    elif source and not re.fullmatch(r"(https?|file)://\S+", source):
+        raise InvalidArgumentValueError(
+            f"--package-source {shown(source)} is neither an apt line nor a URL.",
+            "Give a mirror of packages.microsoft.com as its base URL (https://mirror.example.com/microsoft), the URL "
+            "of a packages-microsoft-prod.deb, or a sources.list line ('deb [signed-by=...] https://... ./').")
     if offline and not os.path.isdir(os.path.expanduser(offline)):
-        raise InvalidArgumentValueError(f"--offline-packages {offline!r} is not a directory.",
+        raise InvalidArgumentValueError(f"--offline-packages {shown(offline)} is not a directory.",
                                         "Give a directory holding the .deb files to install.")
     if namespace.edge_version and not re.fullmatch(r"[0-9][0-9A-Za-z.+~:\-]*", namespace.edge_version):
-        raise InvalidArgumentValueError(f"--edge-version {namespace.edge_version!r} is not a package version.",
+        raise InvalidArgumentValueError(f"--edge-version {shown(namespace.edge_version)} is not a package version.",
                                         "Use a version such as 1.5.10 or 1.5.10-1.")
     if namespace.log_driver and not re.fullmatch(r"[A-Za-z0-9_.:/\-]+", namespace.log_driver):
-        raise InvalidArgumentValueError(f"--log-driver {namespace.log_driver!r} is not a log driver name.",
+        raise InvalidArgumentValueError(f"--log-driver {shown(namespace.log_driver)} is not a log driver name.",
                                         "Use local (default), json-file, journald, ... or keep.")
     if namespace.payload and not os.path.isfile(os.path.expanduser(namespace.payload)):
-        raise InvalidArgumentValueError(f"--payload {namespace.payload!r} is not a file.",
+        raise InvalidArgumentValueError(f"--payload {shown(namespace.payload)} is not a file.",
                                         "Give the path of a JSON file to send to DPS at registration.")
+    if namespace.payload and os.path.getsize(os.path.expanduser(namespace.payload)) > MAX_PAYLOAD_BYTES:
+        raise InvalidArgumentValueError(
+            f"--payload {shown(namespace.payload)} is {os.path.getsize(os.path.expanduser(namespace.payload)):,} "
+            f"bytes; at most {MAX_PAYLOAD_BYTES:,} are accepted.",
+            "DPS receives the payload at every registration: keep it a small JSON document.")
     if getattr(namespace, "resource_group_name", None) and not dps_name:
         raise ArgumentUsageError("--resource-group only goes with --dps-name.", "Add --dps-name, or drop -g.")

@@ -6,6 +6,7 @@ from azext_edgetpm._validators import validate_enrollment_create
 from azext_edgetpm._format import edge_install_table, edge_status_table
 from azext_edgetpm._validators import validate_edge_install
 from azext_edgetpm._error_map import exception_handler
+from azext_edgetpm._validators import check_values
 
 
 def load_command_table(self, _):
@@ -15,15 +16,16 @@ def load_command_table(self, _):
     with self.command_group("edge-tpm enrollment", is_preview=True, exception_handler=exception_handler) as g:
         g.custom_command("create", "enrollment_create", table_transformer=enrollment_table,
                          validator=validate_enrollment_create)
-        g.custom_show_command("show", "enrollment_show", table_transformer=enrollment_table)
-        g.custom_command("list", "enrollment_list", table_transformer=enrollment_table)
-        g.custom_command("delete", "enrollment_delete", confirmation=True)
+        g.custom_show_command("show", "enrollment_show", table_transformer=enrollment_table, validator=check_values)
+        g.custom_command("list", "enrollment_list", table_transformer=enrollment_table, validator=check_values)
+        g.custom_command("delete", "enrollment_delete", confirmation=True, validator=check_values)
 
     with self.command_group("edge-tpm registration", is_preview=True, exception_handler=exception_handler) as g:
-        g.custom_show_command("show", "registration_show", table_transformer=registration_table)
-        g.custom_command("wait", "registration_wait", table_transformer=registration_table)
+        g.custom_show_command("show", "registration_show", table_transformer=registration_table,
+                              validator=check_values)
+        g.custom_command("wait", "registration_wait", table_transformer=registration_table, validator=check_values)
 
     with self.command_group("edge-tpm", is_preview=True, exception_handler=exception_handler) as g:
         g.custom_command("install", "edge_install", table_transformer=edge_install_table,
                          validator=validate_edge_install)
-        g.custom_show_command("status", "edge_status", table_transformer=edge_status_table)
+        g.custom_show_command("status", "edge_status", table_transformer=edge_status_table, validator=check_values)

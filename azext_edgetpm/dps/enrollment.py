@@ -26,7 +26,11 @@ REPROVISION_POLICIES = {
 ALLOCATION_POLICIES = ("hashed", "geoLatency", "static")
 PROVISIONING_STATUSES = ("enabled", "disabled")
 
-_REGISTRATION_ID = re.compile(r"^[a-z0-9\-._:]{1,128}$")
+# DPS: a case-insensitive string of at most 128 characters, alphanumerics and - . _ : , whose last
+# character is alphanumeric or a dash (so "." and ".." are not registration IDs).
+_REGISTRATION_ID = re.compile(r"^[a-z0-9\-._:]{0,127}[a-z0-9\-]$")
+# IoT Hub device IDs: case-sensitive, at most 128 ASCII characters: alphanumerics and - . % _ * ? ! ( ) , : = @ $ '
+_DEVICE_ID = re.compile(r"^[A-Za-z0-9\-.%_*?!(),:=@$']{1,128}$")
 
 # What DPS keeps about an enrollment but a client never sends back.
 _READ_ONLY = ("registrationState", "createdDateTimeUtc", "lastUpdatedDateTimeUtc")
@@ -48,12 +52,25 @@ _COMPARED = (
 
 def normalize_registration_id(value: str, what: str = "--registration-id") -> str:
     """Registration IDs compare case-insensitively in DPS; lower case is the safe form."""
+    from azext_edgetpm.echo import shown
     rid = (value or "").strip().lower()
     if not _REGISTRATION_ID.match(rid):
         raise InvalidArgumentValueError(
-            f"{what} {value!r} is not a valid DPS registration ID.",
-            "Use at most 128 characters: letters, digits and - . _ : (or omit it to derive the ID from the EK).")
+            f"{what} {shown(value)} is not a valid DPS registration ID.",
+            "Use at most 128 characters: letters, digits and - . _ : , ending in a letter, a digit or - "
+            "(or omit it to derive the ID from the EK).")
     return rid
+
+
+def validate_device_id(value: str, what: str = "--device-id") -> str:
+    """IoT Hub's device ID rules, checked before DPS stores an ID the hub would refuse."""
+    from azext_edgetpm.echo import shown
+    if not _DEVICE_ID.match(value or ""):
+        raise InvalidArgumentValueError(
+            f"{what} {shown(value)} is not a valid IoT Hub device ID.",
+            "Use at most 128 ASCII characters: letters, digits and - . % _ * ? ! ( ) , : = @ $ ' "
+            "(or omit it: the device ID is then the registration ID).")
+    return value
 
 
 def _ek_bytes(value) -> Optional[bytes]:
@@ -179,6 +196,9 @@ def _marked(enrollment: dict, result: str, changes=None) -> dict:
 
 def create_enrollment(client: DpsClient, spec: EnrollmentSpec, force: bool = False) -> dict:
     """Create, update or leave alone the enrollment `spec` describes; see the module doc."""
+    normalize_registration_id(spec.registration_id)
+    if spec.device_id is not None:
+        validate_device_id(spec.device_id)
     existing = client.find_enrollment(spec.registration_id)
     if existing is None:
         try:

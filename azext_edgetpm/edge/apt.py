@@ -134,6 +134,61 @@ def raise_for(result, what: str, display: str) -> None:
                                 "Run the command again with --debug, or run it on the device to see apt's output.")
 
 
+# URI schemes of apt's transports (apt-transport-*: http, https, file, copy, cdrom, mirror,
+# tor; `ftp`, `rsh` and `ssh` of older releases; `mirror+http` style combinations).
+APT_SCHEMES = ("http", "https", "file", "copy", "cdrom", "mirror", "mirror+http", "mirror+https", "mirror+file",
+               "mirror+copy", "tor+http", "tor+https", "ftp", "rsh", "ssh", "spacewalk", "s3")
+
+
+def check_apt_line(line: str) -> None:
+    """Raise InvalidArgumentValueError unless `line` is one sources.list entry apt can parse:
+    `deb|deb-src [ [key=value ...] ] URI suite [component ...]` (a suite ending in / takes no
+    components; any other suite needs at least one)."""
+    from azext_edgetpm.echo import shown
+
+    def bad(why: str):
+        return InvalidArgumentValueError(
+            f"--package-source {shown(line)} is not a valid apt line: {why}.",
+            "Write it as in /etc/apt/sources.list.d/: deb [signed-by=/usr/share/keyrings/KEY.gpg] "
+            "https://mirror.example.com/microsoft/ubuntu/22.04/prod jammy main (or 'deb [trusted=yes] URL ./').")
+
+    text = (line or "").strip()
+    if "\n" in text or "\r" in text:
+        raise bad("it has more than one line")
+    kind, _, rest = text.partition(" ")
+    if kind not in ("deb", "deb-src"):
+        raise bad("it starts neither with deb nor with deb-src")
+    rest = rest.strip()
+    if rest.startswith("["):
+        if rest.count("[") != 1 or "]" not in rest:
+            raise bad("the options bracket [ is not closed by one ]" if "]" not in rest
+                      else "it has more than one [")
+        options, _, rest = rest[1:].partition("]")
+        if "[" in options or "]" in rest:
+            raise bad("its [options] are not balanced")
+        for option in options.split():
+            key, eq, value = option.partition("=")
+            if not eq or not value or not re.fullmatch(r"[A-Za-z][A-Za-z0-9.\-]*[+-]?", key):
+                raise bad(f"the option {shown(option, 40)} is not key=value")
+        rest = rest.strip()
+    elif "[" in rest or "]" in rest:
+        raise bad("its [options] must come right after " + kind)
+    words = rest.split()
+    if len(words) < 2:
+        raise bad("it needs a URI and a suite (e.g. ./ or jammy main)")
+    uri, suite, components = words[0], words[1], words[2:]
+    match = re.match(r"^([a-z][a-z0-9+.\-]*):", uri)
+    if not match or match.group(1) not in APT_SCHEMES:
+        raise bad(f"{shown(uri, 40)} is not a URI apt can fetch from (http://, https://, file:/, ...)")
+    local = match.group(1) in ("file", "copy", "cdrom", "mirror+file", "mirror+copy")
+    if not (re.match(r"^[a-z+]+:/", uri) if local else re.match(r"^[a-z+]+://[^/\s]+", uri)):
+        raise bad(f"{shown(uri, 40)} names no " + ("path" if local else "host"))
+    if suite.endswith("/") and components:
+        raise bad("a suite ending in / (an exact path such as ./) takes no components")
+    if not suite.endswith("/") and not components:
+        raise bad(f"the suite {shown(suite, 40)} needs at least one component (e.g. main)")
+
+
 def source_uris(text: str) -> List[str]:
     """The repository URIs of sources.list lines and deb822 .sources files."""
     uris = []

@@ -12,6 +12,7 @@ from azure.cli.core.azclierror import InvalidArgumentValueError
 
 DEFAULT_SSH_CONFIG = os.path.join("~", ".ssh", "config")
 DEFAULT_KNOWN_HOSTS = os.path.join("~", ".ssh", "known_hosts")
+MAX_HOST_LENGTH = 300  # user (32) @ host name (253) : port
 
 _HOST_RE = re.compile(
     r"^(?:(?P<user>[^@\s]+)@)?"
@@ -50,10 +51,19 @@ class SshTarget:
 
 def split_host(value: str):
     """Split `user@host[:port]` (IPv6 as `[addr]:port`) into (user, host, port)."""
+    from azext_edgetpm.echo import shown
+    if len(value or "") > MAX_HOST_LENGTH:
+        raise InvalidArgumentValueError(
+            f"--host is {len(value):,} characters long; at most {MAX_HOST_LENGTH} are accepted: {shown(value)}",
+            "Give [user@]host[:port]: a host name has at most 253 characters.")
     match = _HOST_RE.match((value or "").strip())
+    name = match and (match.group("v6") or match.group("name"))
+    if name and (len(name) > 253 or any(len(label) > 63 for label in name.split("."))):
+        raise InvalidArgumentValueError(f"--host {shown(value)} names no valid host: a host name has at most 253 "
+                                        "characters, 63 per dot-separated label.", "Check the spelling of --host.")
     if not match:
         raise InvalidArgumentValueError(
-            f"--host {value!r} is not of the form [user@]host[:port].",
+            f"--host {shown(value)} is not of the form [user@]host[:port].",
             "Give a host name, an IP address (IPv6 in brackets: [fd00::1]:22) or a Host alias "
             "from ~/.ssh/config, optionally preceded by user@ and followed by :port.")
     port = match.group("port")
@@ -80,7 +90,8 @@ def resolve_target(host: str, ssh_user: Optional[str] = None, ssh_port: Optional
     keys = [os.path.expanduser(ssh_key)] if ssh_key else [
         os.path.expanduser(k) for k in cfg.get("identityfile", []) if os.path.exists(os.path.expanduser(k))]
     if ssh_key and not os.path.isfile(keys[0]):
-        raise InvalidArgumentValueError(f"SSH key file {ssh_key!r} does not exist.",
+        from azext_edgetpm.echo import shown
+        raise InvalidArgumentValueError(f"SSH key file {shown(ssh_key)} does not exist.",
                                         "Check the path given with --ssh-key.")
     proxy = cfg.get("proxyjump")
     if proxy and proxy.lower() == "none":

@@ -21,6 +21,7 @@ ID_FORMATS = ("sha256", "legacy")
 # TPM 2.0 constants (TCG "Trusted Platform Module Library" Part 2), used only by the
 # structural check when tpm2-pytss is missing.
 _ALG_RSA, _ALG_ECC = 0x0001, 0x0023
+_ALG_AES, _ALG_CFB, _ALG_NULL = 0x0006, 0x0043, 0x0010
 _FIXED_TPM, _FIXED_PARENT, _SENSITIVE_DATA_ORIGIN = 0x2, 0x10, 0x20
 _USER_WITH_AUTH, _ADMIN_WITH_POLICY, _RESTRICTED, _DECRYPT, _SIGN = 0x40, 0x80, 0x10000, 0x20000, 0x40000
 _EK_REQUIRED = _FIXED_TPM | _FIXED_PARENT | _SENSITIVE_DATA_ORIGIN | _ADMIN_WITH_POLICY | _RESTRICTED | _DECRYPT
@@ -122,6 +123,12 @@ def _parse_with_tss(blob: bytes) -> EndorsementKey:
             f"{len(blob)} bytes).", _HOW_TO_READ)
     area = public.publicArea
     _check_attributes(int(area.objectAttributes))
+    if area.type in (TPM2_ALG.RSA, TPM2_ALG.ECC):
+        detail = area.parameters.rsaDetail if area.type == TPM2_ALG.RSA else area.parameters.eccDetail
+        symmetric = detail.symmetric
+        algorithm = int(symmetric.algorithm)
+        _check_symmetric(algorithm, int(symmetric.keyBits.sym) if algorithm != _ALG_NULL else None,
+                         int(symmetric.mode.sym) if algorithm != _ALG_NULL else None)
     if area.type == TPM2_ALG.RSA:
         bits = int(area.parameters.rsaDetail.keyBits)
         if bits != 2048:
@@ -142,11 +149,41 @@ def _parse_with_tss(blob: bytes) -> EndorsementKey:
 def _parse_structure(blob: bytes) -> EndorsementKey:
     key_type, _name_alg, attributes = struct.unpack(">HHI", blob[2:10])
     _check_attributes(attributes)
+    if key_type in (_ALG_RSA, _ALG_ECC):
+        # TPMT_PUBLIC: type, nameAlg, objectAttributes, authPolicy (TPM2B), then the parameters,
+        # which start with the symmetric definition: algorithm [, keyBits, mode].
+        offset = 10
+        if len(blob) < offset + 2:
+            raise InvalidArgumentValueError("The endorsement key ends before its parameters.", _HOW_TO_READ)
+        offset += 2 + struct.unpack(">H", blob[offset:offset + 2])[0]
+        if len(blob) < offset + 2:
+            raise InvalidArgumentValueError("The endorsement key ends before its parameters.", _HOW_TO_READ)
+        algorithm = struct.unpack(">H", blob[offset:offset + 2])[0]
+        bits = mode = None
+        if algorithm != _ALG_NULL:
+            if len(blob) < offset + 6:
+                raise InvalidArgumentValueError("The endorsement key ends inside its parameters.", _HOW_TO_READ)
+            bits, mode = struct.unpack(">HH", blob[offset + 2:offset + 6])
+        _check_symmetric(algorithm, bits, mode)
     if key_type == _ALG_RSA:
         return EndorsementKey(blob, "RSA-2048", "structure")
     if key_type == _ALG_ECC:
         return EndorsementKey(blob, "ECC-NIST-P256", "structure")
     raise InvalidArgumentValueError("The endorsement key is neither an RSA nor an ECC key.", _HOW_TO_READ)
+
+
+def _check_symmetric(algorithm: int, bits: Optional[int], mode: Optional[int]) -> None:
+    """DPS wraps the credential of its TPM challenge with the EK's symmetric definition and takes
+    only the TCG EK templates' AES-128-CFB (a restricted decryption key always has one)."""
+    if (algorithm, bits, mode) != (_ALG_AES, 128, _ALG_CFB):
+        names = {_ALG_AES: "AES", _ALG_NULL: "none", 0x0026: "SM4", 0x0025: "Camellia"}
+        what = names.get(algorithm, f"algorithm 0x{algorithm:04x}")
+        if algorithm != _ALG_NULL:
+            what += f"-{bits}" + ("-CFB" if mode == _ALG_CFB else f" in mode 0x{(mode or 0):04x}")
+        raise InvalidArgumentValueError(
+            f"The endorsement key's symmetric algorithm is {what}; DPS requires AES-128-CFB (the TCG EK "
+            "template's), so its TPM attestation would fail.",
+            "Use the TPM's EK made from the TCG default template (tpm2_createek -G rsa, handle 0x81010001).")
 
 
 def _check_attributes(attributes: int) -> None:
