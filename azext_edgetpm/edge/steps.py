@@ -221,8 +221,7 @@ class PackageSourceStep(Step):
                         "from the uploaded .deb files")
         if "list" in check.data and (ctx.facts.file(APT_LIST) is None or
                                      ctx.facts.file(APT_LIST).text != check.data["list"]):
-            ctx.session.install_file(check.data["list"].encode(), APT_LIST, 0o644)
-            update_sources(ctx, [APT_LIST])
+            self._write_list(ctx, check.data["list"])
             done.append(f"wrote {APT_LIST}; apt-get update")
         if "url" in check.data and not ctx.facts.installed("packages-microsoft-prod"):
             self._install_config_package(ctx, check.data["url"])
@@ -247,6 +246,25 @@ class PackageSourceStep(Step):
             raise UnclassifiedUserFault(f"After installing, {', '.join(missing)} is still not installed on "
                                         f"{ctx.display}.", "Run apt-get install on the device to see why.")
         return None
+
+    @staticmethod
+    def _write_list(ctx, text):
+        """Write our apt list and update from it; when apt rejects it (or cannot fetch from it),
+        put back the file that was there, or remove ours, so that the device's other apt
+        commands keep working."""
+        previous = ctx.facts.file(APT_LIST)
+        ctx.session.install_file(text.encode(), APT_LIST, 0o644)
+        try:
+            update_sources(ctx, [APT_LIST])
+            # a line apt cannot parse also fails every other apt command: check with all sources
+            result = ctx.run("LC_ALL=C apt-cache policy >/dev/null", timeout=120)
+            apt.raise_for(result, "Reading the package sources", ctx.display)
+        except BaseException:
+            if previous is not None:
+                ctx.session.install_file(previous.data, APT_LIST, previous.mode, previous.owner, previous.group)
+            else:
+                ctx.run(f"rm -f -- {shlex.quote(APT_LIST)}")
+            raise
 
     @staticmethod
     def _install_config_package(ctx, url):
