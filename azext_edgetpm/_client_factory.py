@@ -47,3 +47,31 @@ def progress(cmd, message):
         yield lambda text: controller.add(message=text)
     finally:
         controller.end()
+
+
+def fail_after_output(cmd, error):
+    """Let az print the command's result first, then fail with `error` (non-zero exit): a fleet's
+    per-device results are printed even when some devices failed."""
+    from knack.events import EVENT_CLI_SUCCESSFUL_EXECUTE
+    cli_ctx = cmd.cli_ctx
+
+    def raise_error(_cli_ctx, **_kwargs):
+        cli_ctx.unregister_event(EVENT_CLI_SUCCESSFUL_EXECUTE, raise_error)
+        raise error
+
+    cli_ctx.register_event(EVENT_CLI_SUCCESSFUL_EXECUTE, raise_error)
+
+
+def progress_reporter(cmd, total):
+    """A fleet progress reporter: az's progress bar on a terminal, plain lines in a pipeline log."""
+    import sys
+    from azext_edgetpm.fleet.summary import StderrReporter
+    if not sys.stderr.isatty():
+        return StderrReporter(sys.stderr), None
+    controller = cmd.cli_ctx.get_progress_controller(det=True)
+    controller.begin(message=f"Provisioning {total} devices")
+
+    def report(progress, text):
+        finished = progress.done + progress.failed + progress.skipped
+        controller.add(message=f"{progress.line()}; {text}", value=finished, total_val=max(1, progress.total))
+    return report, controller

@@ -70,3 +70,25 @@ def edge_status_table(result):
         "AssignedHub": prov.get("assignedHub"),
         "Checks": " ".join(f"{k}:{v}" for k, v in sorted(counts.items())),
     }
+
+
+def _provision_row(r):
+    return {
+        "Host": r.get("host"),
+        "Status": r.get("status") + (" (earlier run)" if r.get("doneEarlier") else ""),
+        "RegistrationId": r.get("registrationId"),
+        "AssignedHub": r.get("assignedHub"),
+        "EdgeVersion": r.get("edgeVersion"),
+        "Seconds": r.get("seconds"),
+        "Error": ((r.get("failedStep") + ": ") if r.get("failedStep") else "") + (r.get("error") or "")
+        if r.get("error") else "",
+    }
+
+
+def provision_table(result):
+    """One row per device (one device: its steps)."""
+    if isinstance(result, list):
+        return [_provision_row(r) for r in result]
+    r = result or {}
+    return [{"Step": s.get("name"), "Status": s.get("status"), "Seconds": s.get("seconds"),
+             "Detail": s.get("detail")} for s in r.get("steps") or []] or [_provision_row(r)]

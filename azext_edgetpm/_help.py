@@ -206,3 +206,37 @@ examples:
   - name: Only the hub the device is assigned to.
     text: az edge-tpm status --host edge-01 --query provisioning.assignedHub -o tsv
 """
+
+helps["edge-tpm provision"] = """
+type: command
+short-summary: Provision one device or a whole fleet end to end - EK, enrollment, IoT Edge, assignment, health.
+long-summary: |
+    Runs, per device: identify (read or create the EK, derive the registration ID), enroll (create
+    the individual enrollment or confirm it; an enrollment holding another EK is a conflict unless
+    --force), install (IoT Edge, as `az edge-tpm install`), wait (until the device is assigned to an
+    IoT hub: the device's own report, else DPS's registration state) and status. Each device uses
+    ONE SSH connection for all of its steps.
+    A fleet (--inventory) runs --max-parallel devices at a time in this one process, sharing one DPS
+    client and one DPS budget (--dps-ops-per-minute, --dps-registrations-per-minute; 429 answers and
+    their Retry-After hold the whole run back). New enrollments go to DPS in bulk calls of ten. The
+    inventory is checked as a whole before anything starts; one device failing does not stop the
+    others. With --state FILE every step is recorded as it ends, so a re-run (after Ctrl-C, a killed
+    process or a reboot) skips finished devices and continues the rest; --retry-failed runs only the
+    failed ones. --shard i/n splits the inventory between parallel pipeline jobs.
+    Progress goes to stderr; the output is one result per device (-o table: a summary table). The
+    exit code is non-zero when any device failed, and the error lists the failed devices and why.
+    Sudo passwords: with --host as for the other commands (AZ_EDGETPM_SUDO_PASSWORD, or a prompt); in
+    a fleet never a prompt: the environment variable named by the row's sudo_password_env column, else
+    AZ_EDGETPM_SUDO_PASSWORD.
+examples:
+  - name: One device, end to end.
+    text: az edge-tpm provision --host admin@192.168.1.20 --dps-name my-dps -g my-rg
+  - name: A fleet from a CSV inventory, 20 devices at a time, resumable.
+    text: az edge-tpm provision --inventory fleet.csv --dps-name my-dps -g my-rg --max-parallel 20 --state fleet-state.json -o table
+  - name: An Ansible inventory, only the group 'plant7', SSH key and known hosts for all rows.
+    text: az edge-tpm provision --inventory hosts.ini --limit plant7 --dps-name my-dps -g my-rg --ssh-key ~/.ssh/fleet --known-hosts ./known_hosts
+  - name: Re-run only the devices that failed last time.
+    text: az edge-tpm provision --inventory fleet.csv --dps-name my-dps -g my-rg --state fleet-state.json --retry-failed
+  - name: The second of four parallel pipeline jobs, sharing the DPS's budget with the others.
+    text: az edge-tpm provision --inventory fleet.yml --dps-name my-dps -g my-rg --shard 2/4 --dps-ops-per-minute 250 --state state-2.json
+"""

@@ -51,6 +51,83 @@ def dps_arguments(c):
                     "Service Data Contributor' role). Default: key.")
 
 
+def enrollment_arguments(c):
+    """What a new or updated enrollment should hold (enrollment create, provision)."""
+    from azure.cli.core.commands.parameters import get_enum_type, get_three_state_flag
+    c.argument("device_id", options_list=["--device-id"],
+               help="IoT Hub device ID the device gets. Default: the registration ID.")
+    c.argument("edge_enabled", options_list=["--edge-enabled"], arg_type=get_three_state_flag(), default=True,
+               help="Whether the device is an IoT Edge device. Default: true.")
+    c.argument("iot_hubs", options_list=["--iot-hubs"], nargs="+",
+               help="Host names of the IoT hubs the device may be assigned to (space- or comma-separated). "
+                    "Default: all hubs linked to the DPS.")
+    c.argument("allocation_policy", options_list=["--allocation-policy"],
+               arg_type=get_enum_type(["hashed", "geoLatency", "static"]),
+               help="How DPS picks the hub: hashed (evenly), geoLatency (nearest) or static (the one hub of "
+                    "--iot-hubs). Default: the DPS's own policy.")
+    c.argument("initial_twin_tags", options_list=["--initial-twin-tags"],
+               help="Initial device twin tags: a JSON object, or @file with one.")
+    c.argument("initial_twin_properties", options_list=["--initial-twin-properties"],
+               help="Initial desired properties of the device twin: a JSON object, or @file with one.")
+    c.argument("reprovision_policy", options_list=["--reprovision-policy"],
+               arg_type=get_enum_type(["reprovisionandmigratedata", "reprovisionandresetdata", "never"]),
+               help="What happens when the device registers again: reprovisionandmigratedata (DPS default), "
+                    "reprovisionandresetdata or never.")
+    c.argument("force", options_list=["--force"], action="store_true",
+               help="Replace the endorsement key of an existing enrollment that holds another key (an update "
+                    "guarded by the etag just read; it fails if the enrollment changes meanwhile).")
+
+
+def install_arguments(c):
+    """How IoT Edge is installed and configured on a device (install, provision)."""
+    from azure.cli.core.commands.parameters import get_enum_type
+    c.argument("tcti", options_list=["--tcti"], arg_group="TPM",
+               help="TCTI of the device's TPM, written to [tpm] tcti of config.toml for aziot-tpmd and used by "
+                    "tpm2-tools to read the EK: 'device' (/dev/tpmrm0), 'tabrmd', or "
+                    "'swtpm:host=127.0.0.1,port=2321' for a TPM simulator. Default: device (an existing "
+                    "config.toml's value is kept).")
+    c.argument("id_scope", options_list=["--id-scope"], arg_group="DPS",
+               help="ID scope of the DPS (its overview page shows it). Not needed with --dps-name.")
+    c.argument("global_endpoint", options_list=["--global-endpoint"], arg_group="DPS",
+               help="DPS device endpoint written to config.toml. Default: the --dps-name resource's device "
+                    "endpoint, else https://global.azure-devices-provisioning.net.")
+    c.argument("package_source", options_list=["--package-source"], arg_group="Packages",
+               help="Where apt gets IoT Edge from, for networks that cannot reach packages.microsoft.com: the "
+                    "base URL of a mirror of packages.microsoft.com (its config/<distro>/<version>/"
+                    "packages-microsoft-prod.deb is installed), the URL of such a .deb, or an apt sources.list "
+                    "line ('deb [signed-by=...] URL SUITE COMPONENT'), written to "
+                    "/etc/apt/sources.list.d/edge-tpm.list. Default: Microsoft's packages-microsoft-prod.deb "
+                    "for the device's distribution and version.")
+    c.argument("offline_packages", options_list=["--offline-packages"], arg_group="Packages",
+               help="Directory on this machine holding .deb files (moby-engine, aziot-identity-service, "
+                    "aziot-edge, optionally tpm2-tools and its libraries): those not installed at their "
+                    "version are uploaded over SFTP and installed with apt-get. No package source is configured.")
+    c.argument("edge_version", options_list=["--edge-version"], arg_group="Packages",
+               help="Install this IoT Edge version (e.g. 1.5.10 or 1.5.10-1), with the matching "
+                    "aziot-identity-service; downgrades too. Default: the latest, and an installed version is "
+                    "left as it is.")
+    c.argument("log_driver", options_list=["--log-driver"], arg_group="Packages",
+               help="Docker log driver set in /etc/docker/daemon.json (other keys are kept; the engine restarts "
+                    "only when the file changes), or 'keep' to leave the file alone. local (rotated logs) is "
+                    "what IoT Edge recommends.")
+    c.argument("payload", options_list=["--payload"], arg_group="DPS",
+               help="JSON file sent to DPS at registration (e.g. for custom allocation by IoT Plug and Play "
+                    "model ID); uploaded to /var/secrets/aziot/identityd/dps-additional-data.json (root-owned, "
+                    "readable by the identity service only) and referenced as a file:// URI in config.toml. "
+                    "Without it, a payload the file already names is kept.")
+    c.argument("auto_reprovisioning_mode", options_list=["--auto-reprovisioning-mode"], arg_group="DPS",
+               arg_type=get_enum_type(["Dynamic", "AlwaysOnStartup", "OnErrorOnly"]),
+               help="When the device provisions again with DPS; written as a top-level key of config.toml. "
+                    "Default: the file's current value (the runtime's default is Dynamic).")
+    c.argument("tpm_access", options_list=["--tpm-access"], arg_group="TPM",
+               arg_type=get_enum_type(["udev", "tss-group", "root"]),
+               help="How the aziottpm service user gets access to /dev/tpm0 and /dev/tpmrm0: udev (a udev rule "
+                    "making it the owner, as the IoT Edge documentation shows), tss-group (membership of the tss "
+                    "group, which tpm2-tss's rule gives the devices), or root (aziot-tpmd runs as root through a "
+                    "systemd override; least preferred). Skipped when the device has no /dev/tpm* (a TPM over "
+                    "TCP).")
+
+
 def load_arguments(self, _):
     from azure.cli.core.commands.parameters import get_enum_type
 
@@ -77,8 +154,8 @@ def load_arguments(self, _):
                         "ID (case-insensitive; shown in lower case).")
 
     with self.argument_context("edge-tpm enrollment create") as c:
-        from azure.cli.core.commands.parameters import get_three_state_flag
         ssh_arguments(c)
+        enrollment_arguments(c)
         c.argument("id_format", id_format_type)
         c.argument("registration_id", options_list=["--enrollment-id", "--registration-id"],
                    help="ID of the enrollment (= the device's registration ID). Default: derived from the EK as "
@@ -86,32 +163,10 @@ def load_arguments(self, _):
         c.argument("endorsement_key", options_list=["--endorsement-key"], arg_group="TPM",
                    help="The device's EK as DPS takes it: base64 of the marshalled TPM2B_PUBLIC (`tpm2_readpublic "
                         "-c 0x81010001 -o ek.pub; base64 -w0 ek.pub`). Instead of --host.")
-        c.argument("device_id", options_list=["--device-id"],
-                   help="IoT Hub device ID the device gets. Default: the registration ID.")
-        c.argument("edge_enabled", options_list=["--edge-enabled"], arg_type=get_three_state_flag(), default=True,
-                   help="Whether the device is an IoT Edge device. Default: true.")
-        c.argument("iot_hubs", options_list=["--iot-hubs"], nargs="+",
-                   help="Host names of the IoT hubs the device may be assigned to (space- or comma-separated). "
-                        "Default: all hubs linked to the DPS.")
-        c.argument("allocation_policy", options_list=["--allocation-policy"],
-                   arg_type=get_enum_type(["hashed", "geoLatency", "static"]),
-                   help="How DPS picks the hub: hashed (evenly), geoLatency (nearest) or static (the one hub of "
-                        "--iot-hubs). Default: the DPS's own policy.")
-        c.argument("initial_twin_tags", options_list=["--initial-twin-tags"],
-                   help="Initial device twin tags: a JSON object, or @file with one.")
-        c.argument("initial_twin_properties", options_list=["--initial-twin-properties"],
-                   help="Initial desired properties of the device twin: a JSON object, or @file with one.")
         c.argument("provisioning_status", options_list=["--provisioning-status"],
                    arg_type=get_enum_type(["enabled", "disabled"]),
                    help="Whether the device may register. Default: enabled for a new enrollment, unchanged for an "
                         "existing one.")
-        c.argument("reprovision_policy", options_list=["--reprovision-policy"],
-                   arg_type=get_enum_type(["reprovisionandmigratedata", "reprovisionandresetdata", "never"]),
-                   help="What happens when the device registers again: reprovisionandmigratedata (DPS default), "
-                        "reprovisionandresetdata or never.")
-        c.argument("force", options_list=["--force"], action="store_true",
-                   help="Replace the endorsement key of an existing enrollment that holds another key (an update "
-                        "guarded by the etag just read; it fails if the enrollment changes meanwhile).")
 
     with self.argument_context("edge-tpm enrollment list") as c:
         c.argument("top", options_list=["--top"], type=int,
@@ -132,60 +187,68 @@ def load_arguments(self, _):
     with self.argument_context("edge-tpm install") as c:
         ssh_arguments(c)
         dps_arguments(c)
+        install_arguments(c)
         c.argument("id_format", id_format_type)
-        c.argument("tcti", options_list=["--tcti"], arg_group="TPM",
-                   help="TCTI of the device's TPM, written to [tpm] tcti of config.toml for aziot-tpmd and used by "
-                        "tpm2-tools to read the EK: 'device' (/dev/tpmrm0), 'tabrmd', or "
-                        "'swtpm:host=127.0.0.1,port=2321' for a TPM simulator. Default: device (an existing "
-                        "config.toml's value is kept).")
-        c.argument("id_scope", options_list=["--id-scope"], arg_group="DPS",
-                   help="ID scope of the DPS (its overview page shows it). Not needed with --dps-name.")
         c.argument("registration_id", options_list=["--registration-id"], arg_group="DPS",
                    help="Registration ID to provision with; it must equal the enrollment's. Default: derived from "
                         "the TPM's endorsement key, as `az edge-tpm ek show` shows it.")
         c.argument("login", options_list=["--login", "-l"], arg_group="DPS",
                    help="Connection string of the DPS (or @file). It carries no ID scope, so --id-scope is needed "
                         "with it; prefer --dps-name, which looks the ID scope and device endpoint up.")
-        c.argument("global_endpoint", options_list=["--global-endpoint"], arg_group="DPS",
-                   help="DPS device endpoint written to config.toml. Default: the --dps-name resource's device "
-                        "endpoint, else https://global.azure-devices-provisioning.net.")
-        c.argument("package_source", options_list=["--package-source"], arg_group="Packages",
-                   help="Where apt gets IoT Edge from, for networks that cannot reach packages.microsoft.com: the "
-                        "base URL of a mirror of packages.microsoft.com (its config/<distro>/<version>/"
-                        "packages-microsoft-prod.deb is installed), the URL of such a .deb, or an apt sources.list "
-                        "line ('deb [signed-by=...] URL SUITE COMPONENT'), written to "
-                        "/etc/apt/sources.list.d/edge-tpm.list. Default: Microsoft's packages-microsoft-prod.deb "
-                        "for the device's distribution and version.")
-        c.argument("offline_packages", options_list=["--offline-packages"], arg_group="Packages",
-                   help="Directory on this machine holding .deb files (moby-engine, aziot-identity-service, "
-                        "aziot-edge, optionally tpm2-tools and its libraries): those not installed at their "
-                        "version are uploaded over SFTP and installed with apt-get. No package source is configured.")
-        c.argument("edge_version", options_list=["--edge-version"], arg_group="Packages",
-                   help="Install this IoT Edge version (e.g. 1.5.10 or 1.5.10-1), with the matching "
-                        "aziot-identity-service; downgrades too. Default: the latest, and an installed version is "
-                        "left as it is.")
-        c.argument("log_driver", options_list=["--log-driver"], arg_group="Packages",
-                   help="Docker log driver set in /etc/docker/daemon.json (other keys are kept; the engine restarts "
-                        "only when the file changes), or 'keep' to leave the file alone. local (rotated logs) is "
-                        "what IoT Edge recommends.")
-        c.argument("payload", options_list=["--payload"], arg_group="DPS",
-                   help="JSON file sent to DPS at registration (e.g. for custom allocation by IoT Plug and Play "
-                        "model ID); uploaded to /var/secrets/aziot/identityd/dps-additional-data.json (root-owned, "
-                        "readable by the identity service only) and referenced as a file:// URI in config.toml. "
-                        "Without it, a payload the file already names is kept.")
-        c.argument("auto_reprovisioning_mode", options_list=["--auto-reprovisioning-mode"], arg_group="DPS",
-                   arg_type=get_enum_type(["Dynamic", "AlwaysOnStartup", "OnErrorOnly"]),
-                   help="When the device provisions again with DPS; written as a top-level key of config.toml. "
-                        "Default: the file's current value (the runtime's default is Dynamic).")
-        c.argument("tpm_access", options_list=["--tpm-access"], arg_group="TPM",
-                   arg_type=get_enum_type(["udev", "tss-group", "root"]),
-                   help="How the aziottpm service user gets access to /dev/tpm0 and /dev/tpmrm0: udev (a udev rule "
-                        "making it the owner, as the IoT Edge documentation shows), tss-group (membership of the tss "
-                        "group, which tpm2-tss's rule gives the devices), or root (aziot-tpmd runs as root through a "
-                        "systemd override; least preferred). Skipped when the device has no /dev/tpm* (a TPM over "
-                        "TCP).")
         c.argument("dry_run", options_list=["--dry-run"], action="store_true",
                    help="Show which steps would change what, without changing anything on the device.")
 
     with self.argument_context("edge-tpm status") as c:
         ssh_arguments(c)
+
+    with self.argument_context("edge-tpm provision") as c:
+        ssh_arguments(c)
+        dps_arguments(c)
+        enrollment_arguments(c)
+        install_arguments(c)
+        c.argument("id_format", id_format_type)
+        c.argument("host", options_list=["--host"], arg_group="Device",
+                   help="One device: [user@]host[:port] or a Host alias from ~/.ssh/config. Instead of --inventory.")
+        c.argument("registration_id", options_list=["--registration-id"], arg_group="DPS",
+                   help="With --host: the registration ID (= enrollment ID). Default: derived from the EK as "
+                        "--id-format says. In an inventory: the registration_id column.")
+        c.argument("device_id", options_list=["--device-id"],
+                   help="With --host: the IoT Hub device ID. Default: the registration ID. In an inventory: the "
+                        "device_id column.")
+        c.argument("wait_timeout", options_list=["--wait-timeout"], type=float,
+                   help="Seconds to wait per device for DPS to assign it. Default: 300.")
+        c.argument("inventory", options_list=["--inventory", "-i"], arg_group="Fleet",
+                   help="A fleet: a CSV file (header row; columns host, port, user, ssh_key, registration_id, "
+                        "device_id, tags (JSON), iot_hubs, tcti, edge_version, sudo_password_env), a YAML or JSON "
+                        "file (a list of such devices, or {defaults: {...}, devices: [...]}), or an Ansible "
+                        "inventory (INI or YAML, read with ansible-inventory: ansible_host, ansible_user, "
+                        "ansible_port, ansible_ssh_private_key_file). The whole file is checked before anything "
+                        "starts. The SSH, TPM and package options act as defaults for every row.")
+        c.argument("inventory_format", options_list=["--inventory-format"], arg_group="Fleet",
+                   arg_type=get_enum_type(["csv", "yaml", "json", "ansible"]),
+                   help="Format of --inventory. Default: from the file name (.csv, .json, .yml/.yaml; an Ansible "
+                        "inventory otherwise, or a YAML file with Ansible's groups).")
+        c.argument("limit", options_list=["--limit"], arg_group="Fleet",
+                   help="Ansible inventories: only the hosts of these groups or hosts (comma-separated), as "
+                        "ansible's --limit.")
+        c.argument("max_parallel", options_list=["--max-parallel"], type=int, arg_group="Fleet",
+                   help="Devices worked on at the same time (one SSH connection each). Default: 10.")
+        c.argument("state", options_list=["--state"], arg_group="Fleet",
+                   help="JSON file recording every device's steps as they end (written atomically). A re-run with "
+                        "the same file skips finished devices (no enrollment write, no install) and continues "
+                        "the rest.")
+        c.argument("retry_failed", options_list=["--retry-failed"], action="store_true", arg_group="Fleet",
+                   help="With --state: run only the devices that failed (or were interrupted) in the earlier run.")
+        c.argument("only", options_list=["--only"], nargs="+", arg_group="Fleet",
+                   help="Only these devices of the inventory (host or host:port; space- or comma-separated).")
+        c.argument("shard", options_list=["--shard"], arg_group="Fleet",
+                   help="i/n: only the devices of shard i of n (a stable hash of the registration ID or host:port, "
+                        "independent of the row order), e.g. --shard $(System.JobPositionInPhase)/"
+                        "$(System.TotalJobsInPhase) in parallel pipeline jobs.")
+        c.argument("dps_ops_per_minute", options_list=["--dps-ops-per-minute"], type=float, arg_group="Fleet",
+                   help="DPS service operations per minute this run may use (all devices together; retries "
+                        "included). Default: 1000, DPS's per-instance limit; lower it when other jobs share the DPS.")
+        c.argument("dps_registrations_per_minute", options_list=["--dps-registrations-per-minute"], type=float,
+                   arg_group="Fleet",
+                   help="Device registrations per minute this run may start (the devices register with DPS at the "
+                        "end of their install). Default: 1000, DPS's per-instance limit.")

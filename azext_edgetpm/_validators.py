@@ -125,10 +125,7 @@ def validate_enrollment_create(namespace):
 def validate_edge_install(namespace):
     """`edge-tpm install`: where the DPS comes from, and the shape of every value that will be
     written into a file or a command on the device (checked before anything connects)."""
-    import os
-    import re
     from azure.cli.core.azclierror import ArgumentUsageError
-    from azext_edgetpm.echo import shown
     if not getattr(namespace, "host", None):
         raise RequiredArgumentMissingError("No device given.", "Pass --host [user@]host[:port].")
     check_values(namespace)
@@ -141,6 +138,17 @@ def validate_edge_install(namespace):
             "No DPS given.", "Pass --id-scope (the DPS overview page shows it), or --dps-name [-g] to look it up "
             "with your az login identity." if not login else
             "A DPS connection string (--login) carries no ID scope: add --id-scope, or use --dps-name [-g].")
+    _install_values(namespace)
+    if getattr(namespace, "resource_group_name", None) and not dps_name:
+        raise ArgumentUsageError("--resource-group only goes with --dps-name.", "Add --dps-name, or drop -g.")
+
+
+def _install_values(namespace):
+    """The shape of every install value that will be written into a file or a command on a device."""
+    import os
+    import re
+    from azext_edgetpm.echo import shown
+    scope = namespace.id_scope
     for name, value in (("--id-scope", scope), ("--tcti", namespace.tcti), ("--edge-version", namespace.edge_version),
                         ("--log-driver", namespace.log_driver), ("--package-source", namespace.package_source),
                         ("--global-endpoint", namespace.global_endpoint)):
@@ -193,5 +201,63 @@ def validate_edge_install(namespace):
             f"--payload {shown(namespace.payload)} is {os.path.getsize(os.path.expanduser(namespace.payload)):,} "
             f"bytes; at most {MAX_PAYLOAD_BYTES:,} are accepted.",
             "DPS receives the payload at every registration: keep it a small JSON document.")
-    if getattr(namespace, "resource_group_name", None) and not dps_name:
-        raise ArgumentUsageError("--resource-group only goes with --dps-name.", "Add --dps-name, or drop -g.")
+
+
+def validate_provision(namespace):
+    """`edge-tpm provision`: one device (--host) or an inventory, the DPS, and the install values."""
+    from azure.cli.core.azclierror import ArgumentUsageError
+    check_values(namespace)
+    host, inventory = namespace.host, namespace.inventory
+    if host and inventory:
+        raise MutuallyExclusiveArgumentError("--host and --inventory cannot be used together.",
+                                             "Use --host for one device, or --inventory for a fleet.")
+    if not host and not inventory:
+        raise RequiredArgumentMissingError("No device given.", "Pass --host [user@]host[:port] for one device, or "
+                                           "--inventory FILE for a fleet.")
+    fleet_only = [flag for flag, value in (("--limit", namespace.limit), ("--shard", namespace.shard),
+                                           ("--only", namespace.only), ("--retry-failed", namespace.retry_failed),
+                                           ("--inventory-format", namespace.inventory_format)) if value]
+    if host and fleet_only:
+        raise ArgumentUsageError(f"{', '.join(fleet_only)} only go(es) with --inventory.",
+                                 "Drop it, or provision a fleet with --inventory FILE.")
+    single_only = [flag for flag, value in (("--registration-id", namespace.registration_id),
+                                            ("--device-id", namespace.device_id)) if value]
+    if inventory and single_only:
+        raise ArgumentUsageError(f"{', '.join(single_only)} only go(es) with --host.",
+                                 "Give per-device IDs in the inventory's registration_id and device_id columns.")
+    if namespace.retry_failed and not namespace.state:
+        raise RequiredArgumentMissingError("--retry-failed needs the --state file of the earlier run.",
+                                           "Add --state FILE (the file the earlier run wrote).")
+    if not namespace.dps_name and not namespace.login:
+        raise RequiredArgumentMissingError("No DPS given.", "Pass --dps-name/-n [-g] (found through ARM with your az "
+                                           "login identity), or --login with the DPS connection string (@file).")
+    if namespace.id_scope and namespace.dps_name:
+        raise MutuallyExclusiveArgumentError("--id-scope and --dps-name cannot be used together.",
+                                             "The ID scope of --dps-name comes from the DPS resource; drop one.")
+    for flag, value in (("--max-parallel", namespace.max_parallel), ("--dps-ops-per-minute", namespace.dps_ops_per_minute),
+                        ("--dps-registrations-per-minute", namespace.dps_registrations_per_minute),
+                        ("--wait-timeout", namespace.wait_timeout)):
+        if value is not None and value <= 0:
+            raise InvalidArgumentValueError(f"{flag} must be positive.", f"Give a number above 0 for {flag}.")
+    if namespace.max_parallel is not None and namespace.max_parallel > 200:
+        raise InvalidArgumentValueError("--max-parallel is at most 200.",
+                                        "Run more devices at once with --shard over several jobs.")
+    if namespace.shard:
+        from azext_edgetpm.errors import EdgeTpmError
+        from azext_edgetpm.fleet.inventory import parse_shard
+        try:
+            parse_shard(namespace.shard)
+        except EdgeTpmError as exc:
+            raise InvalidArgumentValueError(f"--shard: {exc.message}", exc.hint) from exc
+    if namespace.registration_id:
+        from azext_edgetpm.dps.enrollment import normalize_registration_id
+        namespace.registration_id = normalize_registration_id(namespace.registration_id)
+    if namespace.iot_hubs is not None:
+        namespace.iot_hubs = [h for item in namespace.iot_hubs for h in item.replace(",", " ").split()]
+    if namespace.allocation_policy == "static" and len(namespace.iot_hubs or []) != 1:
+        raise InvalidArgumentValueError("--allocation-policy static needs exactly one IoT hub.",
+                                        "Add --iot-hubs <hub>.azure-devices.net with a single hub, or use "
+                                        "--allocation-policy hashed for several.")
+    namespace.initial_twin_tags = _json_object(namespace.initial_twin_tags, "--initial-twin-tags")
+    namespace.initial_twin_properties = _json_object(namespace.initial_twin_properties, "--initial-twin-properties")
+    _install_values(namespace)

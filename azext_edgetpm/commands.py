@@ -3,8 +3,8 @@ from azext_edgetpm._format import ek_table
 from azext_edgetpm._format import enrollment_table, registration_table
 from azext_edgetpm._validators import validate_device_source
 from azext_edgetpm._validators import validate_enrollment_create
-from azext_edgetpm._format import edge_install_table, edge_status_table
-from azext_edgetpm._validators import validate_edge_install
+from azext_edgetpm._format import edge_install_table, edge_status_table, provision_table
+from azext_edgetpm._validators import validate_edge_install, validate_provision
 from azext_edgetpm._error_map import exception_handler
 from azext_edgetpm._validators import check_values
 
@@ -29,3 +29,4 @@ def load_command_table(self, _):
         g.custom_command("install", "edge_install", table_transformer=edge_install_table,
                          validator=validate_edge_install)
         g.custom_show_command("status", "edge_status", table_transformer=edge_status_table, validator=check_values)
+        g.custom_command("provision", "provision", table_transformer=provision_table, validator=validate_provision)

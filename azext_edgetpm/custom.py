@@ -165,3 +165,141 @@ def edge_status(cmd, host, ssh_user=None, ssh_port=None, ssh_key=None, ssh_confi
                                ssh_timeout)
     with opts.session() as session:
         return status(session).to_output()
+
+
+# -- provision: the whole procedure, for one device or a fleet -----------------------------------
+
+def provision(cmd, host=None, inventory=None, inventory_format=None, limit=None, dps_name=None,
+              resource_group_name=None, login=None, auth_type=None, id_scope=None, global_endpoint=None,
+              ssh_user=None, ssh_port=None, ssh_key=None, ssh_config=None, known_hosts=None,
+              accept_new_host_key=False, ssh_timeout=None, tcti=None, id_format="sha256", registration_id=None,
+              device_id=None, edge_enabled=True, iot_hubs=None, allocation_policy=None, initial_twin_tags=None,
+              initial_twin_properties=None, reprovision_policy=None, force=False, package_source=None,
+              offline_packages=None, edge_version=None, log_driver="local", payload=None,
+              auto_reprovisioning_mode=None, tpm_access="udev", max_parallel=None, state=None, retry_failed=False,
+              only=None, shard=None, dps_ops_per_minute=None, dps_registrations_per_minute=None,
+              wait_timeout=None):
+    import dataclasses
+    from azure.cli.core.azclierror import RequiredArgumentMissingError
+    from azext_edgetpm.dps.discovery import ENROLLMENT_WRITE
+    from azext_edgetpm.dps.ratelimit import (
+        DEFAULT_REGISTRATIONS_PER_MINUTE, DEFAULT_SERVICE_OPS_PER_MINUTE, DpsBudget)
+    from azext_edgetpm.fleet import inventory as inv, summary
+    from azext_edgetpm.fleet.batch import BulkEnroller
+    from azext_edgetpm.fleet.jobs import FleetDefaults, job_for
+    from azext_edgetpm.fleet.runner import Progress, Runner
+    from azext_edgetpm.fleet.state import Journal
+    from azext_edgetpm.operations.enroll import EnrollOptions
+    from azext_edgetpm.operations.provision import ProvisionServices, pipeline
+
+    # Everything local is checked before anything remote starts: the inventory first.
+    row_defaults = {"user": ssh_user, "port": ssh_port, "ssh_key": ssh_key, "tcti": tcti, "edge_version": edge_version,
+                    "iot_hubs": iot_hubs, "tags": initial_twin_tags}
+    if inventory:
+        devices = inv.read_inventory(inventory, inventory_format, limit, row_defaults)
+    else:
+        row = dict(row_defaults, host=host, registration_id=registration_id, device_id=device_id)
+        devices = inv.validate([("--host", row)], {}, base_dir=".")
+    if shard:
+        devices = inv.select_shard(devices, *inv.parse_shard(shard))
+    if only:
+        devices = _only(devices, only)
+
+    target = factory.dps_target(cmd, dps_name, resource_group_name, login, auth_type, ENROLLMENT_WRITE)
+    id_scope, global_endpoint = factory.device_endpoint(target, id_scope, global_endpoint)
+    if not id_scope:
+        raise RequiredArgumentMissingError("The DPS's ID scope is not known: a connection string (--login) carries "
+                                           "none.", "Add --id-scope (the DPS overview page shows it), or name the "
+                                           "DPS with --dps-name [-g].")
+    defaults = FleetDefaults(
+        enroll=EnrollOptions(edge_enabled=edge_enabled, iot_hubs=tuple(iot_hubs) if iot_hubs else None,
+                             allocation_policy=allocation_policy, initial_twin_tags=initial_twin_tags,
+                             initial_twin_properties=initial_twin_properties, reprovision_policy=reprovision_policy,
+                             force=bool(force)),
+        install=install_settings(id_scope, global_endpoint, None, package_source, offline_packages, edge_version,
+                                 log_driver, payload, auto_reprovisioning_mode, tpm_access, tcti),
+        ssh_config=ssh_config, known_hosts=known_hosts, accept_new_host_key=bool(accept_new_host_key),
+        ssh_timeout=ssh_timeout, id_format=str(id_format or "sha256"), tcti=tcti,
+        wait_timeout=float(wait_timeout or 300))
+    jobs = [job_for(d, defaults) for d in devices]
+    if not inventory:
+        # One device in the foreground: sudo may ask on the terminal, as the other commands do.
+        jobs = [dataclasses.replace(jobs[0], ssh=dataclasses.replace(jobs[0].ssh, sudo_password=None))]
+
+    journal = Journal(state, meta={"shard": shard, "devices": len(jobs)} if state else None)
+    if retry_failed:
+        jobs = [j for j in jobs if journal.record(j.key).get("status") in ("failed", "interrupted", "running")]
+    parallel = max(1, int(max_parallel or 10))
+    budget = DpsBudget(service_per_minute=dps_ops_per_minute or DEFAULT_SERVICE_OPS_PER_MINUTE,
+                       registrations_per_minute=dps_registrations_per_minute or DEFAULT_REGISTRATIONS_PER_MINUTE)
+    todo = sum(1 for j in jobs if journal.record(j.key).get("status") != "done")
+    report, controller = factory.progress_reporter(cmd, len(jobs))
+    progress = Progress(len(jobs), report)
+    with factory.dps_client(cmd, target, budget=budget, pool_size=parallel + 2) as client:
+        services = ProvisionServices(client=client, enroller=BulkEnroller(client, expected=todo), budget=budget)
+        runner = Runner(pipeline(), services, journal, max_parallel=parallel, progress=progress)
+        try:
+            with _stop_on_sigterm():
+                outcomes = runner.run(jobs, skip=lambda record: record.get("status") == "done")
+        finally:
+            if controller is not None:
+                controller.end()
+    results = summary.results(outcomes, journal)
+    counted = summary.counts(results)
+    logger.warning("Provisioned %d of %d devices (%d done in an earlier run), %d failed; DPS: %s",
+                   counted["assigned"], counted["devices"], counted["doneEarlier"], counted["failed"],
+                   ", ".join(f"{k} {v}" for k, v in budget.stats().items()))
+    if counted["failed"]:
+        _fail_with(cmd, results, state, inventory)
+    if not inventory:
+        return results[0].to_output() if results else None
+    return [r.to_output() for r in results]
+
+
+def _only(devices, only):
+    from azext_edgetpm.errors import UserInputError
+    items = [only] if isinstance(only, str) else list(only)
+    wanted = {w.strip().lower() for item in items for w in item.replace(",", " ").split() if w.strip()}
+    chosen = [d for d in devices if {d.key, d.host.lower(), d.ssh_host.lower(), d.source.lower()} & wanted]
+    names = {n for d in chosen for n in (d.key, d.host.lower(), d.ssh_host.lower(), d.source.lower())}
+    missing = sorted(w for w in wanted if w not in names)
+    if missing:
+        raise UserInputError(f"Not in the inventory (or not in this shard): {', '.join(missing)}.",
+                             "Name devices as the inventory does (host, or host:port).", "only")
+    return chosen
+
+
+def _fail_with(cmd, results, state, inventory):
+    from azure.cli.core.azclierror import UnclassifiedUserFault
+    from azext_edgetpm.fleet.summary import failure_text
+    failed = [r for r in results if r.status != "assigned"]
+    if not inventory and failed:
+        how = failed[0].recommendation or "Fix the cause, then run the command again."
+    else:
+        how = ("Fix the causes named above, then run the same command again"
+               + (f" with --state {state}: finished devices are skipped (--retry-failed runs only the failed ones)."
+                  if state else "; add --state FILE so that a re-run skips the devices that are done."))
+    factory.fail_after_output(cmd, UnclassifiedUserFault(failure_text(results) if inventory else
+                                                         f"{failed[0].host}: {failed[0].error}", how))
+
+
+def _stop_on_sigterm():
+    """SIGTERM stops the run as Ctrl-C does (the journal keeps what was done)."""
+    import contextlib
+    import signal
+    import threading
+
+    @contextlib.contextmanager
+    def handler():
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def interrupt(_signum, _frame):
+            raise KeyboardInterrupt()
+        previous = signal.signal(signal.SIGTERM, interrupt)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    return handler()

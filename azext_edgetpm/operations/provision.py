@@ -1,0 +1,182 @@
+"""`az edge-tpm provision`: identify -> enroll (create or confirm) -> install -> wait -> status,
+as a per-device pipeline (operations/pipeline.py) that one device and a fleet share.
+
+The steps record in the journal what a resumed run needs: a device whose enrollment is
+recorded for the same registration ID and EK is not enrolled again.
+"""
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from azext_edgetpm.operations.pipeline import CHANGED, OK, DeviceContext, Step
+
+STEP_NAMES = ("identify", "enroll", "install", "wait", "status")
+
+
+@dataclass(frozen=True)
+class DeviceJob:
+    """One device to provision, with every option resolved (typed)."""
+    key: str                          # stable identity in journals and shards: host:port
+    host: str                         # as the user wrote it
+    ssh: object                       # operations.device.SshOptions
+    enroll: object                    # operations.enroll.EnrollOptions
+    install: object                   # edge.plan.InstallSettings (registration_id: None = derived)
+    id_format: str = "sha256"
+    tcti: Optional[str] = None
+    wait_timeout: float = 300.0
+    source: Optional[str] = None      # where it was defined ("row 3 of fleet.csv")
+
+
+class SingleEnroller:
+    """Enrollment one device at a time (create_enrollment: read, compare, write if needed)."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def enroll(self, identity, options):
+        from azext_edgetpm.operations.enroll import enroll
+        return enroll(self.client, identity, options)
+
+
+@dataclass
+class ProvisionServices:
+    """What every device of a run shares: ONE DPS client (and its budget), the enroller."""
+    client: object
+    enroller: object
+    budget: object = None
+    wait_interval: float = 5.0
+
+
+def _ek_digest(identity) -> str:
+    return hashlib.sha256(identity.endorsement_key.encode("ascii")).hexdigest()[:16]
+
+
+def _rid(ctx: DeviceContext) -> str:
+    return (ctx.job.enroll.registration_id or ctx.data["identity"].registration_id).lower()
+
+
+class IdentifyStep(Step):
+    name = "identify"
+
+    def run(self, ctx):
+        from azext_edgetpm.operations.identify import identify
+        identity = identify(ctx.session(), tcti=ctx.job.tcti, create=True, id_format=ctx.job.id_format)
+        ctx.data["identity"] = identity
+        return {"status": CHANGED if identity.created else OK, "registrationId": _rid(ctx),
+                "ekSha256": _ek_digest(identity), "keyType": identity.key_type,
+                "detail": ("created " + ", ".join(identity.created_keys)) if identity.created else "EK read"}
+
+
+class EnrollStep(Step):
+    name = "enroll"
+
+    def reuse(self, ctx, recorded):
+        identity = ctx.data.get("identity")
+        return bool(identity and recorded.get("registrationId") == _rid(ctx)
+                    and recorded.get("ekSha256") == _ek_digest(identity))
+
+    def run(self, ctx):
+        result = ctx.services.enroller.enroll(ctx.data["identity"], ctx.job.enroll)
+        return {"status": CHANGED if result.result in ("created", "updated") else OK,
+                "detail": result.result + (f" ({', '.join(result.changes)})" if result.changes else ""),
+                "result": result.result, "registrationId": _rid(ctx), "deviceId": result.device_id,
+                "ekSha256": _ek_digest(ctx.data["identity"])}
+
+
+class InstallStep(Step):
+    name = "install"
+
+    def run(self, ctx):
+        from azext_edgetpm.operations.install import install
+        budget = getattr(ctx.services, "budget", None)
+        if budget is not None:
+            budget.registrations.take()   # the runtime registers with DPS at the end of this step
+        settings = dataclasses.replace(ctx.job.install, registration_id=_rid(ctx))
+        result = install(ctx.session(), settings, id_format=ctx.job.id_format)
+        ctx.data["install"] = result
+        steps = {s["name"]: s["status"] for s in result.steps}
+        if result.failed:
+            result.failure.journal = {"steps": steps}
+            raise result.failure
+        return {"status": CHANGED if result.changed else OK, "detail": result.report.get("summary"),
+                "steps": steps, "edgeVersion": result.runtime_version}
+
+
+class WaitStep(Step):
+    name = "wait"
+
+    def run(self, ctx):
+        from azext_edgetpm.operations.wait import from_device, wait
+        installed = ctx.data.get("install")
+        result = from_device(_rid(ctx), installed.provisioning) if installed else None
+        if result is None:
+            result = wait(ctx.services.client, _rid(ctx), timeout=ctx.job.wait_timeout,
+                          interval=ctx.services.wait_interval)
+        ctx.data["wait"] = result
+        return {"status": OK, "detail": f"assigned to {result.assigned_hub} (reported by {result.source})",
+                "assignedHub": result.assigned_hub, "deviceId": result.device_id, "source": result.source}
+
+
+class StatusStep(Step):
+    name = "status"
+
+    def run(self, ctx):
+        from azext_edgetpm.operations.status import status
+        result = status(ctx.session())
+        ctx.data["status"] = result
+        return {"status": OK, "detail": result.summary, "edgeVersion": result.runtime_version,
+                "healthy": result.healthy, "provisioning": result.provisioning_state}
+
+
+def pipeline() -> List[Step]:
+    return [IdentifyStep(), EnrollStep(), InstallStep(), WaitStep(), StatusStep()]
+
+
+@dataclass
+class ProvisionResult:
+    """One device's outcome, as `provision` prints it."""
+    host: str
+    status: str                          # assigned | failed | interrupted
+    registration_id: Optional[str] = None
+    device_id: Optional[str] = None
+    assigned_hub: Optional[str] = None
+    edge_version: Optional[str] = None
+    healthy: Optional[bool] = None
+    steps: List[dict] = field(default_factory=list)
+    error: Optional[str] = None
+    recommendation: Optional[str] = None
+    failed_step: Optional[str] = None
+    skipped: bool = False                # finished by an earlier run (--state)
+    seconds: float = 0.0
+
+    def to_output(self) -> dict:
+        return {"host": self.host, "status": self.status, "registrationId": self.registration_id,
+                "deviceId": self.device_id, "assignedHub": self.assigned_hub, "edgeVersion": self.edge_version,
+                "healthy": self.healthy, "failedStep": self.failed_step, "error": self.error,
+                "recommendation": self.recommendation, "doneEarlier": self.skipped,
+                "seconds": round(self.seconds, 1), "steps": self.steps}
+
+
+def result_from_record(host: str, record: dict, outcome_status: str, seconds: float = 0.0) -> ProvisionResult:
+    """A ProvisionResult from a device's journal record (this run's or an earlier one's)."""
+    steps = record.get("steps") or {}
+
+    def field_of(name, *step_names):
+        for step in step_names:
+            value = (steps.get(step) or {}).get(name)
+            if value is not None:
+                return value
+        return None
+
+    status = {"done": "assigned", "skipped": "assigned"}.get(outcome_status, outcome_status)
+    return ProvisionResult(
+        host=host, status=status, registration_id=field_of("registrationId", "enroll", "identify"),
+        device_id=field_of("deviceId", "wait", "enroll"), assigned_hub=field_of("assignedHub", "wait"),
+        edge_version=field_of("edgeVersion", "status", "install"), healthy=field_of("healthy", "status"),
+        steps=[{"name": n, "status": steps[n].get("status"), "seconds": steps[n].get("seconds"),
+                "detail": steps[n].get("detail")} for n in STEP_NAMES if n in steps],
+        error=record.get("error") if status != "assigned" else None,
+        recommendation=record.get("recommendation") if status != "assigned" else None,
+        failed_step=record.get("failedStep") if status != "assigned" else None,
+        skipped=outcome_status == "skipped", seconds=seconds)

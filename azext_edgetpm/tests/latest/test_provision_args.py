@@ -1,0 +1,97 @@
+"""`az edge-tpm provision` as az parses it, and inventories refused as a whole before anything
+starts (no SSH, no DPS request), each bad row named. Runs against the DPS emulator (no devices)."""
+import json
+import os
+
+import pytest
+
+from azext_edgetpm.tests.latest.azcli import az
+from azext_edgetpm.tests.latest.test_dps_support import dps  # noqa: F401  pylint: disable=unused-import
+
+
+def test_help_has_examples_and_every_parameter_explained(capsys):
+    result = az("edge-tpm", "provision", "-h", output=None)
+    text = capsys.readouterr().out
+    assert result.rc == 0 and "Examples" in text
+    lines = [line for line in text.splitlines() if line.startswith("    --")]
+    assert lines and all(":" in line and line.split(":", 1)[1].strip() for line in lines), lines
+    for flag in ("--inventory", "--max-parallel", "--state", "--retry-failed", "--only", "--shard",
+                 "--dps-ops-per-minute", "--limit"):
+        assert flag in text
+
+
+@pytest.mark.parametrize("args, words", [
+    ([], "No device given"),
+    (["--host", "h", "--inventory", "x.csv"], "cannot be used together"),
+    (["--host", "h", "--shard", "1/2"], "only go(es) with --inventory"),
+    (["--inventory", "x.csv", "--registration-id", "abc"], "only go(es) with --host"),
+    (["--host", "h", "--id-scope", "0ne00AAAAAA"], "No DPS given"),
+    (["--inventory", "x.csv", "--login", "@x", "--retry-failed"], "needs the --state file"),
+    (["--inventory", "x.csv", "--login", "@x", "--shard", "3/2"], "--shard"),
+    (["--inventory", "x.csv", "--login", "@x", "--max-parallel", "0"], "must be positive"),
+])
+def test_refused_by_the_validator(args, words):
+    result = az("edge-tpm", "provision", *args)
+    assert result.rc != 0 and words in result.message, result.message
+    assert result.recommendation and "Traceback" not in result.stderr
+
+
+def test_bad_inventory_is_refused_before_anything_starts_naming_each_row(dps, tmp_path):  # noqa: F811
+    key = tmp_path / "key"
+    key.write_text("not used")
+    rows = [
+        "host,user,ssh_key,registration_id,hots",                      # a misspelt column
+        f"10.0.0.1,root,{key},,x",
+        f"10.0.0.2,root,{key},Not Valid!,",                            # invalid registration ID
+        f"10.0.0.1:22,admin,{key},,",                                  # duplicate host
+        f"10.0.0.3,root,{tmp_path / 'missing-key'},,",                 # key file missing
+        f"10.0.0.4,root,{key},dev-a,",
+        f"10.0.0.5,root,{key},DEV-A,",                                 # duplicate registration ID (case-insensitive)
+        f"10.0.0.6,root,{key},dev-b,",                                 # a good row
+    ]
+    inventory = tmp_path / "fleet.csv"
+    inventory.write_text("\n".join(rows) + "\n")
+    dps.emu.reset_counters()
+    result = az("edge-tpm", "provision", "--inventory", str(inventory), *dps.login, "--id-scope", "0ne00AAAAAA",
+                "--state", str(tmp_path / "state.json"))
+    assert result.rc != 0
+    text = result.message
+    assert "nothing was started" in text
+    for line, words in ((1, "unknown column 'hots'"), (3, "not a valid DPS registration ID"),
+                        (4, "duplicate host 10.0.0.1:22"), (5, "does not exist"),
+                        (7, "duplicate registration_id dev-a")):
+        assert f"line {line}" in text and words in text, (line, text)
+    assert "line 8" not in text and "line 6" not in text.replace("also line 6", "")
+    assert "line 2" not in text.replace("also line 2", "")
+    assert result.recommendation and "Traceback" not in result.stderr
+    # Nothing started: no DPS request at all, and no state file.
+    assert dps.count("service.requests") == 0
+    assert not os.path.exists(tmp_path / "state.json")
+
+
+def test_yaml_and_json_inventories_with_defaults(dps, tmp_path):  # noqa: F811
+    from azext_edgetpm.fleet.inventory import read_inventory
+    key = tmp_path / "key"
+    key.write_text("k")
+    doc = {"defaults": {"user": "admin", "ssh_key": str(key), "tcti": "swtpm:port=2321"},
+           "devices": [{"host": "gw-1", "tags": {"site": "a"}}, {"host": "root@gw-2:2222", "iot_hubs": "h1 h2"}]}
+    (tmp_path / "fleet.json").write_text(json.dumps(doc))
+    (tmp_path / "fleet.yml").write_text("defaults:\n  user: admin\n  ssh_key: key\n  tcti: swtpm:port=2321\n"
+                                        "devices:\n  - host: gw-1\n    tags: {site: a}\n"
+                                        "  - host: root@gw-2:2222\n    iot_hubs: [h1, h2]\n")
+    for name in ("fleet.json", "fleet.yml"):
+        devices = read_inventory(str(tmp_path / name))
+        assert [(d.key, d.user, d.ssh_key, d.tcti) for d in devices] == [
+            ("gw-1:22", "admin", str(key), "swtpm:port=2321"), ("gw-2:2222", "root", str(key), "swtpm:port=2321")]
+        assert devices[0].tags == {"site": "a"} and devices[1].iot_hubs == ["h1", "h2"]
+
+
+def test_shards_are_a_stable_partition():
+    from azext_edgetpm.fleet.inventory import InventoryDevice, select_shard
+    devices = [InventoryDevice(source=f"row {i}", host=f"10.0.{i // 250}.{i % 250}") for i in range(200)]
+    parts = [select_shard(devices, i, 3) for i in (1, 2, 3)]
+    keys = [{d.key for d in p} for p in parts]
+    assert sum(len(k) for k in keys) == 200 and len(set().union(*keys)) == 200
+    assert all(len(k) > 40 for k in keys)
+    # Reordering the rows changes nothing.
+    assert {d.key for d in select_shard(list(reversed(devices)), 2, 3)} == keys[1]
