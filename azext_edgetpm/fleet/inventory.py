@@ -25,8 +25,6 @@ ANSIBLE_VARS = {"ansible_host": "host", "ansible_user": "user", "ansible_port": 
 
 _HOST_RE = re.compile(r"^(?:(?P<user>[^@\s]+)@)?(?:\[(?P<v6>[0-9A-Fa-f:.%]+)\]|(?P<name>[A-Za-z0-9_.\-]+))"
                       r"(?::(?P<port>\d{1,5}))?$")
-_REG_ID = re.compile(r"^[a-z0-9\-._:]{1,128}$")
-_DEVICE_ID = re.compile(r"^[A-Za-z0-9\-.%_*?!(),:=@$']{1,128}$")
 _VERSION = re.compile(r"^[0-9][0-9A-Za-z.+~:\-]*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -334,15 +332,19 @@ def _device(source, values, issues, base_dir) -> Optional[InventoryDevice]:
             key = os.path.join(base_dir, key)
         if not os.path.isfile(key):
             issues.append(f"ssh_key {key} does not exist")
+    from azext_edgetpm.dps.enrollment import normalize_registration_id, validate_device_id
     rid = _text(values["registration_id"])
     if rid:
-        rid = rid.lower()
-        if not _REG_ID.match(rid):
-            issues.append(f"registration_id {values['registration_id']!r} is not a valid DPS registration ID "
-                          "(at most 128 of a-z 0-9 - . _ :)")
+        try:
+            rid = normalize_registration_id(rid, "registration_id")
+        except Exception as exc:  # pylint: disable=broad-except  # DPS's rules, as the single commands apply them
+            issues.append(str(getattr(exc, "error_msg", exc)).rstrip("."))
     device_id = _text(values["device_id"])
-    if device_id and not _DEVICE_ID.match(device_id):
-        issues.append(f"device_id {device_id!r} is not a valid IoT Hub device ID")
+    if device_id:
+        try:
+            device_id = validate_device_id(device_id, "device_id")
+        except Exception as exc:  # pylint: disable=broad-except  # IoT Hub's rules
+            issues.append(str(getattr(exc, "error_msg", exc)).rstrip("."))
     tags = values["tags"]
     if isinstance(tags, str) and tags.strip():
         try:
