@@ -173,7 +173,9 @@ def _rows(path: str, fmt: str):
 
 
 def _ansible_rows(path: str, limit: Optional[str]):
-    exe = shutil.which("ansible-inventory")
+    import sys
+    beside = os.path.join(os.path.dirname(sys.executable), "ansible-inventory")  # (a virtualenv not on PATH)
+    exe = shutil.which("ansible-inventory") or (beside if os.access(beside, os.X_OK) else None)
     if not exe:
         raise MissingInputError(
             f"{path} looks like an Ansible inventory, and ansible-inventory (Ansible) is not installed here.",

@@ -140,3 +140,86 @@ def test_fleet_all_assigned_in_one_run_one_unreachable_fails_alone(fleet, dps, r
     assert calls / FLEET <= 0.2
     state = json.loads((tmp_path / "state.json").read_text())
     assert sum(1 for r in state["devices"].values() if r["status"] == "done") == FLEET
+
+
+def az_process(args, env, **kwargs):
+    """The real az in a process of its own (so that it can be killed, or run beside another)."""
+    return subprocess.Popen([sys.executable, "-m", "azure.cli", *args, "-o", "json"], env=dict(os.environ, **env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, **kwargs)
+
+
+def read_state(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)["devices"]
+    except FileNotFoundError:
+        return {}
+
+
+def test_two_shards_run_concurrently_provision_every_device_exactly_once(fleet, dps, repo, tmp_path):
+    inventory = write_inventory(tmp_path / "fleet.csv", fleet)
+    logins = {dev.name: accepted_logins(dev) for dev in fleet}
+    procs = [az_process(provision_args(dps, repo, inventory, "--shard", f"{i}/2", "--state",
+                                       str(tmp_path / f"state-{i}.json")), sudo_env(fleet)) for i in (1, 2)]
+    outputs = [proc.communicate(timeout=600) for proc in procs]
+    for proc, (out, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err[-3000:]
+    results = [json.loads(out) for out, _err in outputs]
+    hosts = [{r["host"] for r in shard} for shard in results]
+    assert hosts[0] and hosts[1] and not hosts[0] & hosts[1]
+    assert len(hosts[0] | hosts[1]) == FLEET
+    assert all(r["status"] == "assigned" for shard in results for r in shard)
+    states = [set(read_state(tmp_path / f"state-{i}.json")) for i in (1, 2)]
+    assert not states[0] & states[1] and len(states[0] | states[1]) == FLEET
+    # Each device was worked on by one shard only: exactly one SSH login each.
+    assert {dev.name: accepted_logins(dev) - logins[dev.name] for dev in fleet} == {dev.name: 1 for dev in fleet}
+
+
+def test_killed_half_way_then_resumed_with_the_same_state(rig, dps, repo, tmp_path):
+    devices = add_devices(rig, dps, 4)
+    try:
+        inventory = write_inventory(tmp_path / "fleet.csv", devices)
+        state = tmp_path / "state.json"
+        args = provision_args(dps, repo, inventory, "--max-parallel", "2", "--state", str(state))
+        proc = az_process(args, sudo_env(devices))
+        from devkit.wait import wait_until
+
+        def some_done():  # some devices done and some not: then a real SIGKILL
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            return [k for k, r in read_state(state).items() if r.get("status") == "done"]
+        wait_until(some_done, timeout=400, interval=0.2, what="a device finishing")
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+        records = read_state(state)
+        finished = {k for k, r in records.items() if r.get("status") == "done"}
+        assert 1 <= len(finished) < len(devices), records
+        by_key = {f"{dev.host}:{dev.port}": dev for dev in devices}
+        done_devs = [by_key[k] for k in finished]
+        rest = [dev for k, dev in by_key.items() if k not in finished]
+        etags = {k: dps.emu.store.get_enrollment(records[k]["steps"]["enroll"]["registrationId"])["etag"]
+                 for k in finished}
+        configs = {dev.name: dev.exec(["stat", "-c", "%Y %Z", "/etc/aziot/config.toml"], check=True).stdout
+                   for dev in done_devs}
+        logins = {dev.name: accepted_logins(dev) for dev in devices}
+        dps.emu.reset_counters()
+
+        again = az(*args, env=sudo_env(devices))
+        assert again.rc == 0, again.message
+        out = {r["host"].split("@", 1)[1]: r for r in again.out}
+        assert all(r["status"] == "assigned" for r in out.values())
+        for key in finished:
+            assert out[key]["doneEarlier"]
+            # No second enrollment write: the enrollment is the very one (same etag).
+            assert dps.emu.store.get_enrollment(out[key]["registrationId"])["etag"] == etags[key]
+        for dev in done_devs:
+            # Not one install step re-run: nobody even logged in, and config.toml is untouched.
+            assert accepted_logins(dev) == logins[dev.name]
+            assert dev.exec(["stat", "-c", "%Y %Z", "/etc/aziot/config.toml"], check=True).stdout == configs[dev.name]
+        for dev in rest:
+            assert accepted_logins(dev) - logins[dev.name] == 1
+            assert out[f"{dev.host}:{dev.port}"]["status"] == "assigned" and not out[f"{dev.host}:{dev.port}"]["doneEarlier"]
+        print(f"\nkilled with {len(finished)} of {len(devices)} done; resumed: DPS service calls "
+              f"{dps.count('service.requests')} for {len(rest)} devices")
+    finally:
+        for dev in devices:
+            rig.remove_device(dev)

@@ -95,3 +95,51 @@ def test_shards_are_a_stable_partition():
     assert all(len(k) > 40 for k in keys)
     # Reordering the rows changes nothing.
     assert {d.key for d in select_shard(list(reversed(devices)), 2, 3)} == keys[1]
+
+
+ANSIBLE_INI = """[plant7]
+gw-1 ansible_host=10.0.0.1 ansible_user=admin
+gw-2 ansible_host=10.0.0.2 ansible_port=2222 registration_id=dev-b tcti=swtpm:port=2321
+[plant8]
+gw-3 ansible_host=10.0.0.3
+[all:vars]
+ansible_ssh_private_key_file={key}
+"""
+
+
+def test_ansible_inventory_through_ansible_inventory(tmp_path):
+    from azext_edgetpm.errors import UserInputError
+    from azext_edgetpm.fleet.inventory import read_inventory
+    import shutil
+    import sys
+    if not (shutil.which("ansible-inventory") or os.path.exists(os.path.join(os.path.dirname(sys.executable),
+                                                                             "ansible-inventory"))):
+        pytest.skip("Ansible (ansible-core) is not installed")
+    key = tmp_path / "key"
+    key.write_text("k")
+    (tmp_path / "hosts.ini").write_text(ANSIBLE_INI.format(key=key))
+    devices = read_inventory(str(tmp_path / "hosts.ini"))
+    assert [(d.key, d.user, d.ssh_key) for d in devices] == [
+        ("10.0.0.1:22", "admin", str(key)), ("10.0.0.2:2222", None, str(key)), ("10.0.0.3:22", None, str(key))]
+    assert devices[1].registration_id == "dev-b" and devices[1].tcti == "swtpm:port=2321"
+    assert [d.host for d in read_inventory(str(tmp_path / "hosts.ini"), limit="plant7")] == ["10.0.0.1", "10.0.0.2"]
+    with pytest.raises(UserInputError, match="No group or host named plant9"):
+        read_inventory(str(tmp_path / "hosts.ini"), limit="plant9")
+
+
+def test_ansible_absent_is_said_clearly(tmp_path):
+    """In the interpreter without Ansible (.venv-notss, as on a machine where it is not installed)."""
+    import subprocess
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    python = os.path.join(repo, ".venv-notss", "bin", "python")
+    if not os.path.exists(python):
+        pytest.skip(".venv-notss (scripts/bootstrap.sh) is not there")
+    (tmp_path / "hosts.ini").write_text("[plant7]\ngw-1\n")
+    code = ("from azext_edgetpm.fleet.inventory import read_inventory\n"
+            "from azext_edgetpm.errors import MissingInputError\n"
+            f"try:\n    read_inventory({str(tmp_path / 'hosts.ini')!r})\n"
+            "except MissingInputError as exc:\n    print(exc.message, '|', exc.hint)\n")
+    proc = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60, cwd=repo,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": repo})
+    assert "ansible-inventory (Ansible) is not installed" in proc.stdout, proc.stderr
+    assert "pip install ansible-core" in proc.stdout
