@@ -145,6 +145,33 @@ def wait_listening(port, proc, timeout):
     raise RuntimeError("swtpm did not listen on port %d within %ss" % (port, timeout))
 
 
+# The stand-in packages' services, in the order a booting system starts them.
+BOOT_ORDER = ("docker", "aziot-keyd", "aziot-certd", "aziot-tpmd", "aziot-identityd", "aziot-edged")
+
+
+def start_installed_services():
+    """What an init system does at boot for enabled services: start the stand-in packages'
+    /etc/init.d scripts (marked "(devkit" in their header), e.g. after a power cycle. A failing
+    service is logged; the device boots anyway."""
+    found = []
+    for path in glob.glob("/etc/init.d/*"):
+        try:
+            with open(path, "r", encoding="utf-8", errors="replace") as f:
+                head = f.read(600)
+        except OSError:
+            continue
+        if "(devkit" in head:
+            name = os.path.basename(path)
+            found.append((BOOT_ORDER.index(name) if name in BOOT_ORDER else len(BOOT_ORDER), path))
+    for _, path in sorted(found):
+        try:
+            proc = subprocess.run([path, "start"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, timeout=60, check=False)
+            log("boot: %s start -> %d %s" % (path, proc.returncode, proc.stdout.strip()[-200:]))
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log("boot: %s start failed: %s" % (path, exc))
+
+
 class Init:
     """The supervisor loop: children by pid, exit when sshd ends or a stop signal comes."""
 
@@ -246,6 +273,8 @@ def main(spec_path):
             "--tpmstate", "dir=%s" % tpm["state_dir"],
             "--flags", "not-need-init,startup-clear"])
         wait_listening(port, swtpm, 10.0)
+    if spec.get("resume"):
+        start_installed_services()
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
     init.spawn("sshd", [SSHD, "-D", "-e", "-f", spec.get("sshd_config", "/etc/ssh/sshd_config")])
     log("ready")

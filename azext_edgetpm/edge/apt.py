@@ -17,6 +17,12 @@ APT_ENV = "DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=a"
 APT_OPTS = ("-y -q -o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef "
             "-o Dpkg::Options::=--force-confold")
 INSTALL_TIMEOUT = 1800.0
+DPKG_INTERRUPTED = "dpkg was interrupted"
+
+
+def configure_pending_command() -> str:
+    """`dpkg --configure -a`: finish what an interrupted dpkg run left unpacked or half configured."""
+    return f"{APT_ENV} dpkg --force-confdef --force-confold --configure -a"
 
 
 def install_command(specs: Iterable[str], allow_downgrades: bool = False) -> str:

@@ -122,6 +122,13 @@ def ensure_candidates(ctx: Context, names: List[str]) -> dict:
 def apt_install(ctx: Context, specs: List[str], what: str, allow_downgrades: bool = False) -> None:
     ctx.progress(f"installing {what}")
     result = ctx.run(apt.install_command(specs, allow_downgrades), timeout=apt.INSTALL_TIMEOUT)
+    if not result.ok and apt.DPKG_INTERRUPTED in result.stdout + result.stderr:
+        # A package installation stopped half way (power cut, killed connection, e.g. in an
+        # earlier run of this very command): finish it as apt asks, then install again.
+        ctx.progress("finishing an interrupted package installation (dpkg --configure -a)")
+        repair = ctx.run(apt.configure_pending_command(), timeout=apt.INSTALL_TIMEOUT)
+        apt.raise_for(repair, "Finishing the interrupted package installation (dpkg --configure -a)", ctx.display)
+        result = ctx.run(apt.install_command(specs, allow_downgrades), timeout=apt.INSTALL_TIMEOUT)
     apt.raise_for(result, f"Installing {what}", ctx.display)
 
 
