@@ -92,3 +92,28 @@ def provision_table(result):
     r = result or {}
     return [{"Step": s.get("name"), "Status": s.get("status"), "Seconds": s.get("seconds"),
              "Detail": s.get("detail")} for s in r.get("steps") or []] or [_provision_row(r)]
+
+
+def _rows(result, row):
+    return [row(r) for r in result] if isinstance(result, list) else row(result or {})
+
+
+def deprovision_table(result):
+    return _rows(result, lambda r: {
+        "Host": r.get("host"), "Status": r.get("status"), "RegistrationId": r.get("registrationId"),
+        "Enrollment": r.get("enrollment"), "Device": r.get("device"),
+        "Remains": len(r.get("remains") or []), "Error": r.get("error")})
+
+
+def reprovision_table(result):
+    return _rows(result, lambda r: {
+        "Host": r.get("host"), "Status": r.get("status"), "RegistrationId": r.get("registrationId"),
+        "PreviousHub": r.get("previousHub"), "AssignedHub": r.get("assignedHub"),
+        "DeviceReports": r.get("deviceReports"), "Error": r.get("error")})
+
+
+def rekey_table(result):
+    return _rows(result, lambda r: {
+        "Host": r.get("host"), "Status": r.get("status"), "RegistrationId": r.get("registrationId"),
+        "PreviousEk": r.get("previousEkSha256"), "Ek": r.get("ekSha256"), "AssignedHub": r.get("assignedHub"),
+        "Error": r.get("error")})

@@ -240,3 +240,66 @@ examples:
   - name: The second of four parallel pipeline jobs, sharing the DPS's budget with the others.
     text: az edge-tpm provision --inventory fleet.yml --dps-name my-dps -g my-rg --shard 2/4 --dps-ops-per-minute 250 --state state-2.json
 """
+
+helps["edge-tpm deprovision"] = """
+type: command
+short-summary: Retire a device - disable (or delete) its enrollment, delete its registration record, and stop and reset IoT Edge on it.
+long-summary: |
+    In order, each step checking first and changing only what differs (a second run, or a run after
+    an interruption, finishes the work and does nothing twice):
+    (1) identify: the registration ID (--registration-id, else the device's config.toml, else its EK);
+    (2) enrollment: --mode disable sets provisioningStatus disabled (the enrollment stays, the device
+    can no longer register), --mode delete deletes it; both guarded by the enrollment's etag;
+    (3) registration: the device's registration record in DPS is deleted (guarded by its etag);
+    (4) device: IoT Edge stopped (iotedge system stop), config.toml reset to unprovisioned (its
+    [provisioning] removed, a backup kept, every other setting kept), the configuration applied by
+    iotedge config apply and the identity service's provisioning state removed; with --uninstall the
+    aziot-edge and aziot-identity-service packages are purged too.
+    The cloud side comes first, so a device that cannot be reached still gets it (unless
+    --require-device); the result lists what remains where ("remains"). The device's identity in
+    its IoT hub is never deleted by DPS: the result names it with the command that removes it.
+    Asks for confirmation unless --yes; --dry-run shows the plan and changes nothing.
+examples:
+  - name: Retire a device, keeping its enrollment (disabled) for later.
+    text: az edge-tpm deprovision --host admin@edge-01 --dps-name my-dps -g my-rg
+  - name: Wipe a demo device completely - enrollment deleted, IoT Edge uninstalled - without a prompt.
+    text: az edge-tpm deprovision --host admin@edge-01 --login @dps.txt --mode delete --uninstall --yes
+  - name: Show the plan only.
+    text: az edge-tpm deprovision --host edge-01 --dps-name my-dps --dry-run -o table
+  - name: The device is gone - do the DPS side only.
+    text: az edge-tpm deprovision --host edge-01 --registration-id edge-01 --dps-name my-dps --keep-device --yes
+"""
+
+helps["edge-tpm reprovision"] = """
+type: command
+short-summary: Make a device register with DPS again (after an enrollment change such as a new hub) and report its new hub.
+long-summary: |
+    Optionally changes the enrollment first (--iot-hubs, --allocation-policy, --initial-twin-tags;
+    a write guarded by the enrollment's etag, through DPS's bulk API), then runs `iotedge system
+    reprovision` on the device, waits until DPS's registration record is a new one that says
+    assigned, and checks that the device itself reports that hub. Whether the device moves to a
+    new hub follows the enrollment's reprovision policy. An enrollment change asks for
+    confirmation unless --yes; --dry-run shows the plan.
+examples:
+  - name: Move a device to another hub.
+    text: az edge-tpm reprovision --host admin@edge-01 --dps-name my-dps --iot-hubs hub-west.azure-devices.net --allocation-policy static --yes
+  - name: Register again after the enrollment was changed elsewhere.
+    text: az edge-tpm reprovision --host edge-01 --login @dps.txt --query assignedHub -o tsv
+"""
+
+helps["edge-tpm rekey"] = """
+type: command
+short-summary: Give a device's enrollment the new endorsement key of its cleared or replaced TPM, and make it register again.
+long-summary: |
+    Reads the registration ID the device is configured with (its config.toml, or --registration-id)
+    and the EK its TPM holds now (creating the EK and SRK when the clear removed them, as `ek show`
+    does), then replaces the enrollment's EK - an update guarded by the etag just read, after a
+    confirmation that shows the old and the new key's SHA-256 (unless --yes) - runs `iotedge system
+    reprovision` and waits until the device is assigned again. A key that another enrollment holds
+    is refused. The old TPM can no longer register. --dry-run shows the plan.
+examples:
+  - name: Re-key a device after its TPM was cleared.
+    text: az edge-tpm rekey --host admin@edge-01 --dps-name my-dps -g my-rg
+  - name: Without a prompt, showing the old and the new key.
+    text: az edge-tpm rekey --host edge-01 --login @dps.txt --yes --query "{old: previousEkSha256, new: ekSha256}"
+"""

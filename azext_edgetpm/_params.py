@@ -128,6 +128,39 @@ def install_arguments(c):
                     "TCP).")
 
 
+def fleet_arguments(c):
+    """One device (--host) or an inventory, and how a fleet run goes (provision and the lifecycle commands)."""
+    from azure.cli.core.commands.parameters import get_enum_type
+    c.argument("inventory", options_list=["--inventory", "-i"], arg_group="Fleet",
+               help="A fleet: a CSV file (header row; columns host, port, user, ssh_key, registration_id, "
+                    "device_id, tags (JSON), iot_hubs, tcti, edge_version, sudo_password_env), a YAML or JSON "
+                    "file (a list of such devices, or {defaults: {...}, devices: [...]}), or an Ansible "
+                    "inventory (INI or YAML, read with ansible-inventory: ansible_host, ansible_user, "
+                    "ansible_port, ansible_ssh_private_key_file). The whole file is checked before anything "
+                    "starts. The SSH, TPM and package options act as defaults for every row.")
+    c.argument("inventory_format", options_list=["--inventory-format"], arg_group="Fleet",
+               arg_type=get_enum_type(["csv", "yaml", "json", "ansible"]),
+               help="Format of --inventory. Default: from the file name (.csv, .json, .yml/.yaml; an Ansible "
+                    "inventory otherwise, or a YAML file with Ansible's groups).")
+    c.argument("limit", options_list=["--limit"], arg_group="Fleet",
+               help="Ansible inventories: only the hosts of these groups or hosts (comma-separated), as "
+                    "ansible's --limit.")
+    c.argument("max_parallel", options_list=["--max-parallel"], type=int, arg_group="Fleet",
+               help="Devices worked on at the same time (one SSH connection each). Default: 10.")
+    c.argument("state", options_list=["--state"], arg_group="Fleet",
+               help="JSON file recording every device's steps as they end (written atomically). A re-run with "
+                    "the same file skips finished devices and finished steps (no DPS write, no device change "
+                    "made twice) and continues the rest.")
+    c.argument("retry_failed", options_list=["--retry-failed"], action="store_true", arg_group="Fleet",
+               help="With --state: run only the devices that failed (or were interrupted) in the earlier run.")
+    c.argument("only", options_list=["--only"], nargs="+", arg_group="Fleet",
+               help="Only these devices of the inventory (host or host:port; space- or comma-separated).")
+    c.argument("shard", options_list=["--shard"], arg_group="Fleet",
+               help="i/n: only the devices of shard i of n (a stable hash of the registration ID or host:port, "
+                    "independent of the row order), e.g. --shard $(System.JobPositionInPhase)/"
+                    "$(System.TotalJobsInPhase) in parallel pipeline jobs.")
+
+
 def load_arguments(self, _):
     from azure.cli.core.commands.parameters import get_enum_type
 
@@ -217,34 +250,7 @@ def load_arguments(self, _):
                         "device_id column.")
         c.argument("wait_timeout", options_list=["--wait-timeout"], type=float,
                    help="Seconds to wait per device for DPS to assign it. Default: 300.")
-        c.argument("inventory", options_list=["--inventory", "-i"], arg_group="Fleet",
-                   help="A fleet: a CSV file (header row; columns host, port, user, ssh_key, registration_id, "
-                        "device_id, tags (JSON), iot_hubs, tcti, edge_version, sudo_password_env), a YAML or JSON "
-                        "file (a list of such devices, or {defaults: {...}, devices: [...]}), or an Ansible "
-                        "inventory (INI or YAML, read with ansible-inventory: ansible_host, ansible_user, "
-                        "ansible_port, ansible_ssh_private_key_file). The whole file is checked before anything "
-                        "starts. The SSH, TPM and package options act as defaults for every row.")
-        c.argument("inventory_format", options_list=["--inventory-format"], arg_group="Fleet",
-                   arg_type=get_enum_type(["csv", "yaml", "json", "ansible"]),
-                   help="Format of --inventory. Default: from the file name (.csv, .json, .yml/.yaml; an Ansible "
-                        "inventory otherwise, or a YAML file with Ansible's groups).")
-        c.argument("limit", options_list=["--limit"], arg_group="Fleet",
-                   help="Ansible inventories: only the hosts of these groups or hosts (comma-separated), as "
-                        "ansible's --limit.")
-        c.argument("max_parallel", options_list=["--max-parallel"], type=int, arg_group="Fleet",
-                   help="Devices worked on at the same time (one SSH connection each). Default: 10.")
-        c.argument("state", options_list=["--state"], arg_group="Fleet",
-                   help="JSON file recording every device's steps as they end (written atomically). A re-run with "
-                        "the same file skips finished devices (no enrollment write, no install) and continues "
-                        "the rest.")
-        c.argument("retry_failed", options_list=["--retry-failed"], action="store_true", arg_group="Fleet",
-                   help="With --state: run only the devices that failed (or were interrupted) in the earlier run.")
-        c.argument("only", options_list=["--only"], nargs="+", arg_group="Fleet",
-                   help="Only these devices of the inventory (host or host:port; space- or comma-separated).")
-        c.argument("shard", options_list=["--shard"], arg_group="Fleet",
-                   help="i/n: only the devices of shard i of n (a stable hash of the registration ID or host:port, "
-                        "independent of the row order), e.g. --shard $(System.JobPositionInPhase)/"
-                        "$(System.TotalJobsInPhase) in parallel pipeline jobs.")
+        fleet_arguments(c)
         c.argument("dps_ops_per_minute", options_list=["--dps-ops-per-minute"], type=float, arg_group="Fleet",
                    help="DPS service operations per minute this run may use (all devices together; retries "
                         "included). Default: 1000, DPS's per-instance limit; lower it when other jobs share the DPS.")
@@ -252,3 +258,56 @@ def load_arguments(self, _):
                    arg_group="Fleet",
                    help="Device registrations per minute this run may start (the devices register with DPS at the "
                         "end of their install). Default: 1000, DPS's per-instance limit.")
+
+    load_lifecycle_arguments(self)
+
+
+def load_lifecycle_arguments(self):
+    """deprovision, reprovision and rekey."""
+    from azure.cli.core.commands.parameters import get_enum_type
+    for command in ("deprovision", "reprovision", "rekey"):
+        with self.argument_context(f"edge-tpm {command}") as c:
+            ssh_arguments(c)
+            dps_arguments(c)
+            fleet_arguments(c)
+            c.argument("host", options_list=["--host"], arg_group="Device",
+                       help="One device: [user@]host[:port] or a Host alias from ~/.ssh/config. Instead of "
+                            "--inventory.")
+            c.argument("id_format", options_list=["--id-format"], arg_type=get_enum_type(["sha256", "legacy"]),
+                       help="How a registration ID is derived from the EK when the device's config.toml names "
+                            "none: sha256 or legacy.")
+            c.argument("registration_id", options_list=["--registration-id", "--enrollment-id"],
+                       help="With --host: the device's registration ID (= its enrollment's ID). Default: the one in "
+                            "the device's /etc/aziot/config.toml" + (
+                                ", else derived from its EK." if command != "rekey" else
+                                " (the TPM's new EK names another ID).") + " In an inventory: the registration_id "
+                            "column.")
+            c.argument("dry_run", options_list=["--dry-run"], action="store_true",
+                       help="Show what would change in DPS and on the device, changing nothing.")
+            c.argument("yes", options_list=["--yes", "-y"], action="store_true",
+                       help="Do not ask for confirmation.")
+    with self.argument_context("edge-tpm deprovision") as c:
+        c.argument("mode", options_list=["--mode"], arg_type=get_enum_type(["disable", "delete"]),
+                   help="What happens to the enrollment: disable (provisioningStatus disabled: the device can no "
+                        "longer register, the enrollment stays for later) or delete.")
+        c.argument("uninstall", options_list=["--uninstall"], action="store_true", arg_group="Device",
+                   help="Also purge the IoT Edge packages (aziot-edge, aziot-identity-service) from the device. "
+                        "The container engine, the package source and the TPM's keys stay.")
+        c.argument("keep_device", options_list=["--keep-device"], action="store_true", arg_group="Device",
+                   help="Change only DPS; leave the device as it is.")
+        c.argument("require_device", options_list=["--require-device"], action="store_true", arg_group="Device",
+                   help="Change nothing in DPS unless the device can be reached (default: the cloud side is done "
+                        "even when the device is not reachable, and the result says what is left).")
+    for command in ("reprovision", "rekey"):
+        with self.argument_context(f"edge-tpm {command}") as c:
+            c.argument("timeout", options_list=["--timeout"], type=float,
+                       help="Seconds to wait for the device's new assignment. Default: 300.")
+    with self.argument_context("edge-tpm reprovision") as c:
+        c.argument("iot_hubs", options_list=["--iot-hubs"], nargs="+", arg_group="Enrollment change",
+                   help="Set the enrollment's IoT hubs (host names, space- or comma-separated) before the device "
+                        "registers again.")
+        c.argument("allocation_policy", options_list=["--allocation-policy"], arg_group="Enrollment change",
+                   arg_type=get_enum_type(["hashed", "geoLatency", "static"]),
+                   help="Set the enrollment's allocation policy (static needs exactly one hub).")
+        c.argument("initial_twin_tags", options_list=["--initial-twin-tags"], arg_group="Enrollment change",
+                   help="Set the enrollment's initial twin tags: a JSON object, or @file with one.")

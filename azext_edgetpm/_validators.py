@@ -203,10 +203,10 @@ def _install_values(namespace):
             "DPS receives the payload at every registration: keep it a small JSON document.")
 
 
-def validate_provision(namespace):
-    """`edge-tpm provision`: one device (--host) or an inventory, the DPS, and the install values."""
+def _fleet_values(namespace, single_flags):
+    """One device (--host) or an inventory, with the options that go with each; positive numbers;
+    a valid --shard (provision and the lifecycle commands)."""
     from azure.cli.core.azclierror import ArgumentUsageError
-    check_values(namespace)
     host, inventory = namespace.host, namespace.inventory
     if host and inventory:
         raise MutuallyExclusiveArgumentError("--host and --inventory cannot be used together.",
@@ -219,24 +219,17 @@ def validate_provision(namespace):
                                            ("--inventory-format", namespace.inventory_format)) if value]
     if host and fleet_only:
         raise ArgumentUsageError(f"{', '.join(fleet_only)} only go(es) with --inventory.",
-                                 "Drop it, or provision a fleet with --inventory FILE.")
-    single_only = [flag for flag, value in (("--registration-id", namespace.registration_id),
-                                            ("--device-id", namespace.device_id)) if value]
+                                 "Drop it, or give a fleet with --inventory FILE.")
+    single_only = [flag for flag in single_flags if getattr(namespace, flag[2:].replace("-", "_"), None)]
     if inventory and single_only:
         raise ArgumentUsageError(f"{', '.join(single_only)} only go(es) with --host.",
                                  "Give per-device IDs in the inventory's registration_id and device_id columns.")
     if namespace.retry_failed and not namespace.state:
         raise RequiredArgumentMissingError("--retry-failed needs the --state file of the earlier run.",
                                            "Add --state FILE (the file the earlier run wrote).")
-    if not namespace.dps_name and not namespace.login:
-        raise RequiredArgumentMissingError("No DPS given.", "Pass --dps-name/-n [-g] (found through ARM with your az "
-                                           "login identity), or --login with the DPS connection string (@file).")
-    if namespace.id_scope and namespace.dps_name:
-        raise MutuallyExclusiveArgumentError("--id-scope and --dps-name cannot be used together.",
-                                             "The ID scope of --dps-name comes from the DPS resource; drop one.")
-    for flag, value in (("--max-parallel", namespace.max_parallel), ("--dps-ops-per-minute", namespace.dps_ops_per_minute),
-                        ("--dps-registrations-per-minute", namespace.dps_registrations_per_minute),
-                        ("--wait-timeout", namespace.wait_timeout)):
+    for flag in ("--max-parallel", "--dps-ops-per-minute", "--dps-registrations-per-minute", "--wait-timeout",
+                 "--timeout"):
+        value = getattr(namespace, flag[2:].replace("-", "_"), None)
         if value is not None and value <= 0:
             raise InvalidArgumentValueError(f"{flag} must be positive.", f"Give a number above 0 for {flag}.")
     if namespace.max_parallel is not None and namespace.max_parallel > 200:
@@ -249,6 +242,18 @@ def validate_provision(namespace):
             parse_shard(namespace.shard)
         except EdgeTpmError as exc:
             raise InvalidArgumentValueError(f"--shard: {exc.message}", exc.hint) from exc
+
+
+def validate_provision(namespace):
+    """`edge-tpm provision`: one device (--host) or an inventory, the DPS, and the install values."""
+    check_values(namespace)
+    _fleet_values(namespace, ("--registration-id", "--device-id"))
+    if not namespace.dps_name and not namespace.login:
+        raise RequiredArgumentMissingError("No DPS given.", "Pass --dps-name/-n [-g] (found through ARM with your az "
+                                           "login identity), or --login with the DPS connection string (@file).")
+    if namespace.id_scope and namespace.dps_name:
+        raise MutuallyExclusiveArgumentError("--id-scope and --dps-name cannot be used together.",
+                                             "The ID scope of --dps-name comes from the DPS resource; drop one.")
     if namespace.registration_id:
         from azext_edgetpm.dps.enrollment import normalize_registration_id
         namespace.registration_id = normalize_registration_id(namespace.registration_id)
@@ -261,3 +266,31 @@ def validate_provision(namespace):
     namespace.initial_twin_tags = _json_object(namespace.initial_twin_tags, "--initial-twin-tags")
     namespace.initial_twin_properties = _json_object(namespace.initial_twin_properties, "--initial-twin-properties")
     _install_values(namespace)
+
+
+def validate_lifecycle(namespace):
+    """deprovision | reprovision | rekey: a device or an inventory, a valid registration ID, a
+    consistent enrollment change."""
+    from azext_edgetpm.dps.enrollment import normalize_registration_id
+    check_values(namespace)
+    _fleet_values(namespace, ("--registration-id",))
+    if not namespace.dps_name and not namespace.login:
+        raise RequiredArgumentMissingError("No DPS given.", "Pass --dps-name/-n [-g] (found through ARM with your az "
+                                           "login identity), or --login with the DPS connection string (@file).")
+    if getattr(namespace, "registration_id", None):
+        namespace.registration_id = normalize_registration_id(namespace.registration_id)
+    if getattr(namespace, "keep_device", False) and getattr(namespace, "uninstall", False):
+        raise MutuallyExclusiveArgumentError("--keep-device and --uninstall cannot be used together.",
+                                             "--keep-device leaves the device alone; --uninstall removes IoT Edge "
+                                             "from it. Choose one.")
+    if getattr(namespace, "keep_device", False) and getattr(namespace, "require_device", False):
+        raise MutuallyExclusiveArgumentError("--keep-device and --require-device cannot be used together.",
+                                             "--require-device needs the device reachable; --keep-device does not "
+                                             "touch it.")
+    if getattr(namespace, "iot_hubs", None) is not None:
+        namespace.iot_hubs = [h for item in namespace.iot_hubs for h in item.replace(",", " ").split()]
+        if getattr(namespace, "allocation_policy", None) == "static" and len(namespace.iot_hubs) != 1:
+            raise InvalidArgumentValueError("--allocation-policy static needs exactly one IoT hub.",
+                                            "Give --iot-hubs a single hub, or use --allocation-policy hashed.")
+    if hasattr(namespace, "initial_twin_tags"):
+        namespace.initial_twin_tags = _json_object(namespace.initial_twin_tags, "--initial-twin-tags")

@@ -5,6 +5,8 @@ from azext_edgetpm._validators import validate_device_source
 from azext_edgetpm._validators import validate_enrollment_create
 from azext_edgetpm._format import edge_install_table, edge_status_table, provision_table
 from azext_edgetpm._validators import validate_edge_install, validate_provision
+from azext_edgetpm._validators import validate_lifecycle
+from azext_edgetpm._format import deprovision_table, reprovision_table, rekey_table
 from azext_edgetpm._error_map import exception_handler
 from azext_edgetpm._validators import check_values
 
@@ -30,3 +32,8 @@ def load_command_table(self, _):
                          validator=validate_edge_install)
         g.custom_show_command("status", "edge_status", table_transformer=edge_status_table, validator=check_values)
         g.custom_command("provision", "provision", table_transformer=provision_table, validator=validate_provision)
+        g.custom_command("deprovision", "deprovision", table_transformer=deprovision_table,
+                         validator=validate_lifecycle)
+        g.custom_command("reprovision", "reprovision", table_transformer=reprovision_table,
+                         validator=validate_lifecycle)
+        g.custom_command("rekey", "rekey", table_transformer=rekey_table, validator=validate_lifecycle)

@@ -303,3 +303,207 @@ def _stop_on_sigterm():
         finally:
             signal.signal(signal.SIGTERM, previous)
     return handler()
+
+
+
+# -- Later in a device's life: deprovision, reprovision, rekey ----------------------------------
+
+def _confirm(question, yes):
+    """True when --yes, else the user's answer; without a terminal, a clear error."""
+    from azure.cli.core.azclierror import RequiredArgumentMissingError
+    from knack.prompting import NoTTYException, prompt_y_n
+    if yes:
+        return True
+    try:
+        return prompt_y_n(question, default="n")
+    except NoTTYException as exc:
+        raise RequiredArgumentMissingError(f"Confirmation needed: {question}",
+                                           "Add --yes to go ahead without a prompt (or --dry-run to see the plan).") \
+            from exc
+
+
+class _Fleet:
+    """The devices of a lifecycle command (--host, or an inventory with --shard/--only/--retry-failed),
+    its journal, and a runner over them; shared by deprovision, reprovision and rekey."""
+
+    def __init__(self, cmd, verb, host, inventory, inventory_format, limit, shard, only, retry_failed, state,
+                 max_parallel, registration_id, ssh, tcti, id_format, dry_run):
+        import dataclasses
+        from azext_edgetpm.fleet import inventory as inv
+        from azext_edgetpm.fleet.jobs import lifecycle_job_for
+        from azext_edgetpm.fleet.state import Journal
+        ssh_user, ssh_port, ssh_key, ssh_config, known_hosts, accept_new_host_key, ssh_timeout = ssh
+        row_defaults = {"user": ssh_user, "port": ssh_port, "ssh_key": ssh_key, "tcti": tcti}
+        if inventory:
+            devices = inv.read_inventory(inventory, inventory_format, limit, row_defaults)
+        else:
+            devices = inv.validate([("--host", dict(row_defaults, host=host, registration_id=registration_id))], {},
+                                   base_dir=".")
+        if shard:
+            devices = inv.select_shard(devices, *inv.parse_shard(shard))
+        if only:
+            devices = _only(devices, only)
+        self.jobs = [lifecycle_job_for(d, ssh_config, known_hosts, accept_new_host_key, ssh_timeout,
+                                       str(id_format or "sha256"), tcti) for d in devices]
+        if not inventory:  # one device in the foreground: sudo may ask on the terminal
+            self.jobs = [dataclasses.replace(j, ssh=dataclasses.replace(j.ssh, sudo_password=None))
+                         for j in self.jobs]
+        # a dry run never writes the state file: it plans, it does not finish anything
+        self.journal = Journal(None if dry_run else state,
+                               meta={"command": verb, "shard": shard, "devices": len(self.jobs)} if state else None)
+        if retry_failed:
+            self.jobs = [j for j in self.jobs
+                         if self.journal.record(j.key).get("status") in ("failed", "interrupted", "running")]
+        self.cmd, self.verb, self.inventory, self.state = cmd, verb, inventory, state
+        self.parallel = max(1, int(max_parallel or 10))
+
+    def run(self, steps, services, jobs=None, skip=lambda record: record.get("status") == "done"):
+        from azext_edgetpm.fleet.runner import Progress, Runner
+        jobs = self.jobs if jobs is None else jobs
+        report, controller = factory.progress_reporter(self.cmd, len(jobs))
+        try:
+            with _stop_on_sigterm():
+                return Runner(steps, services, self.journal, max_parallel=self.parallel,
+                              progress=Progress(len(jobs), report)).run(jobs, skip=skip)
+        finally:
+            if controller is not None:
+                controller.end()
+
+    def finish(self, outcomes, result_of, ok_status):
+        """Per-device results (inventory order); a failed device makes the command exit non-zero after
+        the results are printed, with what is left where."""
+        from azure.cli.core.azclierror import UnclassifiedUserFault
+        results = []
+        for outcome in outcomes:
+            host = outcome.context.job.host if outcome.context else outcome.key
+            result = result_of(host, self.journal.record(outcome.key), outcome.status, outcome.seconds)
+            if outcome.error and not result.error:
+                result.error, result.recommendation = outcome.error.get("error"), outcome.error.get("recommendation")
+            results.append(result)
+        failed = [r for r in results if r.status not in (ok_status, "planned")]
+        logger.warning("%s: %d of %d devices %s (%d done in an earlier run), %d failed", self.verb,
+                       len(results) - len(failed), len(results), ok_status, sum(r.skipped for r in results),
+                       len(failed))
+        for r in failed:
+            for line in getattr(r, "remains", None) or []:
+                logger.warning("%s: left: %s", r.host, line)
+        if failed:
+            lines = [f"{len(failed)} of {len(results)} devices failed:"] + [
+                f"  {r.host}{' at step ' + r.failed_step if r.failed_step else ''}: {r.error or r.status}"
+                for r in failed]
+            how = (failed[0].recommendation or "Fix the cause, then run the command again.") if not self.inventory \
+                else ("Fix the causes named above, then run the same command again"
+                      + (f" with --state {self.state}: finished devices are skipped." if self.state else "."))
+            factory.fail_after_output(self.cmd, UnclassifiedUserFault(
+                "\n".join(lines) if self.inventory else f"{failed[0].host}: {failed[0].error}", how))
+        if not self.inventory:
+            return results[0].to_output() if results else None
+        return [r.to_output() for r in results]
+
+
+def _lifecycle_client(cmd, dps_name, resource_group_name, login, auth_type, parallel):
+    from azext_edgetpm.dps.discovery import ENROLLMENT_WRITE
+    from azext_edgetpm.dps.ratelimit import DpsBudget
+    budget = DpsBudget()
+    target = factory.dps_target(cmd, dps_name, resource_group_name, login, auth_type, ENROLLMENT_WRITE)
+    return factory.dps_client(cmd, target, budget=budget, pool_size=parallel + 2), budget
+
+
+def _what(fleet, host):
+    return host if len(fleet.jobs) == 1 and not fleet.inventory else f"{len(fleet.jobs)} devices"
+
+
+def deprovision(cmd, host=None, inventory=None, inventory_format=None, limit=None, registration_id=None,
+                mode="disable", uninstall=False, keep_device=False, require_device=False, dry_run=False, yes=False,
+                dps_name=None, resource_group_name=None, login=None, auth_type=None, ssh_user=None, ssh_port=None,
+                ssh_key=None, ssh_config=None, known_hosts=None, accept_new_host_key=False, ssh_timeout=None,
+                tcti=None, id_format="sha256", max_parallel=None, state=None, retry_failed=False, only=None,
+                shard=None):
+    from azext_edgetpm.operations import deprovision as op
+    fleet = _Fleet(cmd, "deprovision", host, inventory, inventory_format, limit, shard, only, retry_failed, state,
+                   max_parallel, registration_id, (ssh_user, ssh_port, ssh_key, ssh_config, known_hosts,
+                                                   accept_new_host_key, ssh_timeout), tcti, id_format, dry_run)
+    device_part = ("leave the devices alone" if keep_device else
+                   "stop IoT Edge, reset its configuration and uninstall it" if uninstall else
+                   "stop IoT Edge and reset its configuration")
+    if not dry_run and not _confirm(f"Deprovision {_what(fleet, host)}: {mode} the enrollment, delete the "
+                                    f"registration record, {device_part}?", yes):
+        return None
+    client, budget = _lifecycle_client(cmd, dps_name, resource_group_name, login, auth_type, fleet.parallel)
+    services = op.DeprovisionServices(client=client, mode=str(mode), uninstall=bool(uninstall),
+                                      keep_device=bool(keep_device), require_device=bool(require_device),
+                                      dry_run=bool(dry_run), budget=budget)
+    with client:
+        outcomes = fleet.run(op.pipeline(require_device=bool(require_device)), services)
+    return fleet.finish(outcomes, lambda h, rec, status, secs: op.result_from_record(h, rec, status, services, secs),
+                        "done")
+
+
+def reprovision(cmd, host=None, inventory=None, inventory_format=None, limit=None, registration_id=None,
+                iot_hubs=None, allocation_policy=None, initial_twin_tags=None, timeout=None, dry_run=False, yes=False,
+                dps_name=None, resource_group_name=None, login=None, auth_type=None, ssh_user=None, ssh_port=None,
+                ssh_key=None, ssh_config=None, known_hosts=None, accept_new_host_key=False, ssh_timeout=None,
+                tcti=None, id_format="sha256", max_parallel=None, state=None, retry_failed=False, only=None,
+                shard=None):
+    from azext_edgetpm.operations import reprovision as op
+    fleet = _Fleet(cmd, "reprovision", host, inventory, inventory_format, limit, shard, only, retry_failed, state,
+                   max_parallel, registration_id, (ssh_user, ssh_port, ssh_key, ssh_config, known_hosts,
+                                                   accept_new_host_key, ssh_timeout), tcti, id_format, dry_run)
+    change = op.EnrollmentChange(iot_hubs=tuple(iot_hubs) if iot_hubs is not None else None,
+                                 allocation_policy=allocation_policy, initial_twin_tags=initial_twin_tags)
+    if change and not dry_run and not _confirm(f"Change the enrollment of {_what(fleet, host)} and make them "
+                                               "register again?", yes):
+        return None
+    client, budget = _lifecycle_client(cmd, dps_name, resource_group_name, login, auth_type, fleet.parallel)
+    services = op.ReprovisionServices(client=client, change=change, dry_run=bool(dry_run),
+                                      timeout=float(timeout or 300), budget=budget)
+
+    def finished(record):
+        return record.get("status") == "done" and "verify" in (record.get("steps") or {})
+    with client:
+        if change and fleet.inventory:
+            # Phase 1: every device's registration ID, then the enrollment changes in bulk (ten per call).
+            outcomes = fleet.run(op.identify_pipeline(), services, skip=finished)
+            found = {o.key: fleet.journal.record(o.key)["steps"]["identify"]["registrationId"]
+                     for o in outcomes if o.status == "done"}
+            todo = {k: r for k, r in found.items()
+                    if (fleet.journal.record(k).get("steps") or {}).get("enrollment", {}).get("status")
+                    not in ("ok", "changed")}
+            for rid, entry in op.enrollment_changes(services, sorted(set(todo.values()))).items():
+                for key in [k for k, r in todo.items() if r == rid]:
+                    fleet.journal.step(key, "enrollment", entry)
+            jobs = [j for j in fleet.jobs if j.key in found or finished(fleet.journal.record(j.key))]
+            outcomes = {o.key: o for o in outcomes if o.key not in found}
+            outcomes.update({o.key: o for o in fleet.run(op.pipeline(), services, jobs=jobs, skip=finished)})
+            outcomes = [outcomes[j.key] for j in fleet.jobs]
+        else:
+            outcomes = fleet.run(op.pipeline(), services, skip=finished)
+    return fleet.finish(outcomes, lambda h, rec, status, secs: op.result_from_record(
+        h, rec, status, dry_run=bool(dry_run), seconds=secs), "assigned")
+
+
+def rekey(cmd, host=None, inventory=None, inventory_format=None, limit=None, registration_id=None, timeout=None,
+          dry_run=False, yes=False, dps_name=None, resource_group_name=None, login=None, auth_type=None,
+          ssh_user=None, ssh_port=None, ssh_key=None, ssh_config=None, known_hosts=None, accept_new_host_key=False,
+          ssh_timeout=None, tcti=None, id_format="sha256", max_parallel=None, state=None, retry_failed=False,
+          only=None, shard=None):
+    from azext_edgetpm.operations import rekey as op
+    fleet = _Fleet(cmd, "rekey", host, inventory, inventory_format, limit, shard, only, retry_failed, state,
+                   max_parallel, registration_id, (ssh_user, ssh_port, ssh_key, ssh_config, known_hosts,
+                                                   accept_new_host_key, ssh_timeout), tcti, id_format, dry_run)
+    confirm = None
+    if not yes and not dry_run:
+        if fleet.inventory:   # parallel work never prompts: one question for the whole run
+            if not _confirm(f"Replace the enrollment's endorsement key of {len(fleet.jobs)} devices with the key "
+                            "their TPM holds now?", False):
+                return None
+        else:
+            def confirm(question):
+                return _confirm(question, False)
+    client, budget = _lifecycle_client(cmd, dps_name, resource_group_name, login, auth_type, fleet.parallel)
+    services = op.RekeyServices(client=client, dry_run=bool(dry_run), timeout=float(timeout or 300),
+                                confirm=confirm, budget=budget)
+    with client:
+        outcomes = fleet.run(op.pipeline(), services)
+    return fleet.finish(outcomes, lambda h, rec, status, secs: op.result_from_record(
+        h, rec, status, dry_run=bool(dry_run), seconds=secs), "assigned")

@@ -276,6 +276,13 @@ class DpsClient:
         `options`: azure-core per-call settings, e.g. retry_total=0 for a caller that retries itself."""
         return self.get_registration(registration_id, missing_ok=True, **options)
 
+    def delete_registration(self, registration_id: str, etag: Optional[str] = None) -> None:
+        """Delete a device's registration record (If-Match: its etag, else `*`). The enrollment
+        stays; the device's IoT hub identity is not DPS's to delete."""
+        self._request("DELETE", "/registrations/" + _quote(registration_id),
+                      f"delete the registration state of {registration_id!r}",
+                      headers={"If-Match": etag or "*"}, ok=(200, 204))
+
 
 def _quote(value: str) -> str:
     """One URL path segment: everything but unreserved characters percent-encoded, and a segment

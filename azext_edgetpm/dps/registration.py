@@ -73,13 +73,15 @@ def _describe(exc: Exception) -> str:
 def wait_for_assignment(client: DpsClient, registration_id: str, timeout: float = DEFAULT_TIMEOUT,
                         interval: float = DEFAULT_INTERVAL, progress: Optional[Callable[[str], None]] = None,
                         clock: Callable[[], float] = time.monotonic,
-                        sleep: Callable[[float], None] = time.sleep) -> dict:
+                        sleep: Callable[[float], None] = time.sleep, previous_etag: Optional[str] = None) -> dict:
     """Poll until the registration is assigned (returned), failed or disabled (raised), or the
     timeout passes (raised, naming the last state or the last DPS error).
 
     Each poll is one request without the client's own retries, bounded by the time left: an
     unreachable, throttling or failing DPS is polled again with back-off (honouring Retry-After)
-    until the timeout, which is kept within one poll interval."""
+    until the timeout, which is kept within one poll interval.
+    With `previous_etag`, the record with that etag does not count: the wait is for the
+    device's next registration (after a reprovision)."""
     interval = max(MIN_INTERVAL, float(interval))
     started = clock()
     deadline = started + float(timeout)
@@ -102,6 +104,8 @@ def wait_for_assignment(client: DpsClient, registration_id: str, timeout: float 
             delay = max(interval, retry_after or 0.0, min(interval * 2 ** (failures - 1), MAX_BACKOFF))
             logger.warning("DPS did not answer the poll (%s); trying again in %.0f s.", _describe(exc), delay)
         status = (state or {}).get("status")
+        if previous_etag is not None and state is not None and state.get("etag") == previous_etag:
+            status = "unchanged since the reprovision"
         if status == "assigned":
             return state
         if status in FAILED_STATES:

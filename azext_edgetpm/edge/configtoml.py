@@ -259,3 +259,14 @@ def summarize(text: str) -> dict:
         "tcti": tpm.get("tcti"),
         "authKeyIndex": tpm.get("auth_key_index"),
     }
+
+
+def unprovisioned(text: str, where: str = CONFIG_PATH) -> ConfigEdit:
+    """config.toml without its provisioning: `[provisioning]` (and its sub-tables) and the
+    top-level `auto_reprovisioning_mode` removed; comments and every other setting kept. The
+    runtime cannot provision from it until `az edge-tpm install` (or a person) writes them again."""
+    import tomlkit
+    doc = _parse(text, where)
+    changes: List[str] = []
+    _drop(doc, ("provisioning", "auto_reprovisioning_mode"), changes, "")
+    return ConfigEdit(tomlkit.dumps(doc) if changes else text, changes)

@@ -161,10 +161,11 @@ def parse(stdout: str) -> Facts:
 
 
 def gather(session, files: Iterable[str], init_scripts: Iterable[str] = ("docker",),
-           packages: Iterable[str] = ()) -> Facts:
+           packages: Iterable[str] = (), stat_files: Iterable[str] = APPLIED_CONFIGS) -> Facts:
     """Run the script on the device as root and parse it (`packages`: more package names whose
-    state to read, beyond PACKAGES)."""
-    result = session.run(build_script(files, init_scripts, packages=packages), sudo=True, timeout=120)
+    state to read, beyond PACKAGES; `stat_files`: paths whose existence and mtime to read)."""
+    result = session.run(build_script(files, init_scripts, stat_files=stat_files, packages=packages),
+                         sudo=True, timeout=120)
     if result.rc != 0 or "@@ARCH" not in result.stdout:
         raise ValidationError(
             f"Could not read the state of {session.target.display} (exit {result.rc}): "

@@ -1,0 +1,181 @@
+"""`az edge-tpm deprovision`: the enrollment disabled (or deleted), the device's registration
+record deleted, and on the device IoT Edge stopped and its configuration reset (optionally
+uninstalled), as a per-device pipeline that one device and a fleet share.
+
+identify -> enrollment -> registration -> device. The cloud side comes first, so that a device
+that cannot be reached still gets it (unless require_device); every step reads the current
+state and changes only what differs, so a re-run after an interruption finishes the work and
+does nothing twice.
+"""
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from azext_edgetpm.operations.lifecycle import SKIPPED, WOULD_CHANGE, ResolveStep, rid
+from azext_edgetpm.operations.pipeline import CHANGED, OK, Step
+
+MODES = ("disable", "delete")
+STEP_NAMES = ("identify", "enrollment", "registration", "device")
+
+
+@dataclass
+class DeprovisionServices:
+    """What every device of a run shares."""
+    client: object                       # ONE dps.client.DpsClient
+    mode: str = "disable"
+    uninstall: bool = False
+    keep_device: bool = False
+    require_device: bool = False
+    dry_run: bool = False
+    budget: object = None
+
+
+def _status(change) -> str:
+    return {"ok": OK, "changed": CHANGED, "would-change": WOULD_CHANGE}[change.status]
+
+
+class _CloudStep(Step):
+    def reuse(self, ctx, recorded):
+        return (recorded.get("registrationId") == ctx.data.get("registration_id")
+                and recorded.get("mode") == ctx.services.mode)
+
+
+class EnrollmentStep(_CloudStep):
+    name = "enrollment"
+
+    def run(self, ctx):
+        from azext_edgetpm.dps import lifecycle
+        act = lifecycle.disable_enrollment if ctx.services.mode == "disable" else lifecycle.delete_enrollment
+        change = act(ctx.services.client, rid(ctx), dry_run=ctx.services.dry_run)
+        return {"status": _status(change), "detail": change.detail, "registrationId": rid(ctx),
+                "mode": ctx.services.mode, "enrollment": change.data.get("enrollment")}
+
+
+class RegistrationStep(_CloudStep):
+    name = "registration"
+
+    def run(self, ctx):
+        from azext_edgetpm.dps import lifecycle
+        change = lifecycle.delete_registration_state(ctx.services.client, rid(ctx), dry_run=ctx.services.dry_run)
+        return {"status": _status(change), "detail": change.detail, "registrationId": rid(ctx),
+                "mode": ctx.services.mode, "registration": change.data.get("registration")}
+
+
+class DeviceStep(Step):
+    name = "device"
+
+    def reuse(self, ctx, recorded):
+        if recorded.get("status") == SKIPPED:     # --keep-device then; maybe not now
+            return ctx.services.keep_device
+        return bool(recorded.get("uninstalled")) or not ctx.services.uninstall
+
+    def run(self, ctx):
+        from azext_edgetpm.edge.deprovision import DeprovisionSettings, deprovision
+        if ctx.services.keep_device:
+            return {"status": SKIPPED, "detail": "left alone (--keep-device)"}
+        try:
+            report = deprovision(ctx.session(), DeprovisionSettings(uninstall=ctx.services.uninstall,
+                                                                    dry_run=ctx.services.dry_run))
+        except Exception as exc:  # pylint: disable=broad-except  # keeps the device's step report
+            if getattr(exc, "report", None) is not None:
+                exc.journal = {"steps": {s["name"]: s["status"] for s in exc.report}}
+            raise
+        steps = {s["name"]: s["status"] for s in report["steps"]}
+        status = WOULD_CHANGE if report["wouldChange"] else CHANGED if report["changed"] else OK
+        details = [f"{s['name']}: {s['detail']}" for s in report["steps"] if s["status"] != "skipped"]
+        return {"status": status, "steps": steps, "detail": "; ".join(details) or "nothing to do",
+                "configBackup": report.get("configBackup"), "uninstalled": ctx.services.uninstall}
+
+
+def pipeline(require_device: bool = False) -> List[Step]:
+    return [ResolveStep(derive=True, needs_device=require_device), EnrollmentStep(), RegistrationStep(),
+            DeviceStep()]
+
+
+@dataclass
+class DeprovisionResult:
+    """One device's outcome, and what is left where."""
+    host: str
+    status: str                          # done | planned | failed | interrupted
+    mode: str
+    registration_id: Optional[str] = None
+    enrollment: Optional[str] = None     # disabled | absent (after the run)
+    assigned_hub: Optional[str] = None   # the hub the device was assigned to
+    device_id: Optional[str] = None
+    device: Optional[str] = None         # reset | uninstalled | left alone | not reached
+    remains: List[str] = field(default_factory=list)
+    steps: List[dict] = field(default_factory=list)
+    error: Optional[str] = None
+    recommendation: Optional[str] = None
+    failed_step: Optional[str] = None
+    skipped: bool = False
+    seconds: float = 0.0
+
+    def to_output(self) -> dict:
+        return {"host": self.host, "status": self.status, "mode": self.mode,
+                "registrationId": self.registration_id, "enrollment": self.enrollment,
+                "assignedHub": self.assigned_hub, "deviceId": self.device_id, "device": self.device,
+                "remains": list(self.remains), "failedStep": self.failed_step, "error": self.error,
+                "recommendation": self.recommendation, "doneEarlier": self.skipped,
+                "seconds": round(self.seconds, 1), "steps": self.steps}
+
+
+def result_from_record(host: str, record: dict, outcome: str, services: DeprovisionServices,
+                       seconds: float = 0.0) -> DeprovisionResult:
+    """The result of one device from its journal record (this run's or an earlier one's)."""
+    steps = record.get("steps") or {}
+
+    def step(name):
+        return steps.get(name) or {}
+
+    def done(name):
+        return step(name).get("status") in (OK, CHANGED, SKIPPED)
+
+    registration = step("registration").get("registration") or {}
+    planned = services.dry_run and outcome == "done"
+    status = "planned" if planned else {"skipped": "done"}.get(outcome, outcome)
+    result = DeprovisionResult(
+        host=host, status=status, mode=services.mode, registration_id=step("identify").get("registrationId"),
+        enrollment=step("enrollment").get("enrollment"), assigned_hub=registration.get("assignedHub"),
+        device_id=registration.get("deviceId"),
+        steps=[{"name": n, "status": steps[n].get("status"), "seconds": steps[n].get("seconds"),
+                "detail": steps[n].get("detail")} for n in STEP_NAMES if n in steps],
+        skipped=outcome == "skipped", seconds=seconds)
+    if status not in ("done", "planned"):
+        result.error, result.recommendation = record.get("error"), record.get("recommendation")
+        result.failed_step = record.get("failedStep")
+    if services.keep_device:
+        result.device = "left alone"
+    elif done("device"):
+        result.device = "uninstalled" if step("device").get("uninstalled") else "reset"
+    else:
+        result.device = "not reached" if record.get("failedStep") in (None, "identify", "device") else "not started"
+    if not planned:
+        result.remains = _remains(result, step("device"), done("enrollment"), done("registration"))
+    return result
+
+
+def _remains(result: DeprovisionResult, device_step: dict, enrollment_done: bool, registration_done: bool) -> list:
+    """What is still there after this run, side by side (cloud, hub, device)."""
+    out = []
+    rid_text = result.registration_id or "the device's registration ID"
+    if not enrollment_done:
+        out.append(f"DPS: the enrollment {rid_text} is unchanged (the run stopped before it)")
+    elif result.mode == "disable":
+        out.append(f"DPS: the enrollment {rid_text}, disabled (--mode delete removes it)")
+    if not registration_done:
+        out.append(f"DPS: the registration record of {rid_text} (the run stopped before it)")
+    if result.assigned_hub and result.device_id:
+        hub_name = result.assigned_hub.split(".", 1)[0]
+        out.append(f"IoT hub: the device identity {result.device_id} in {result.assigned_hub} (DPS never deletes "
+                   f"it; az iot hub device-identity delete -n {hub_name} -d {result.device_id})")
+    if result.device == "left alone":
+        out.append("device: IoT Edge installed and configured (--keep-device)")
+    elif result.device in ("not reached", "not started"):
+        out.append("device: IoT Edge installed and configured as before (run again when the device is reachable)")
+    else:
+        if result.device == "reset":
+            out.append("device: the IoT Edge packages (--uninstall removes them)")
+        if device_step.get("configBackup"):
+            out.append(f"device: the previous configuration in {device_step['configBackup']}")
+        out.append("device: the container engine (moby-engine), the package source and the TPM's EK and SRK")
+    return out

@@ -1,0 +1,177 @@
+"""What `deprovision`, `reprovision` and `rekey` share: the job of one device, the step that
+finds its registration ID, and the steps that make it register again and check the outcome.
+
+The steps run in the per-device pipeline of operations/pipeline.py (one device, or a fleet
+through fleet/runner.py with its journal): each records what a resumed run needs, and a step
+recorded as done for the same registration ID is not run again.
+"""
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from azext_edgetpm.errors import ConflictError, DeviceError, MissingInputError, NotFoundError
+from azext_edgetpm.operations.pipeline import CHANGED, OK, Step
+
+WOULD_CHANGE, SKIPPED = "would-change", "skipped"
+
+
+@dataclass(frozen=True)
+class LifecycleJob:
+    """One device of a lifecycle command, with everything resolved."""
+    key: str                               # host:port, the journal's key
+    host: str
+    ssh: object                            # operations.device.SshOptions
+    registration_id: Optional[str] = None  # None: read from the device's config.toml
+    id_format: str = "sha256"
+    tcti: Optional[str] = None
+    source: Optional[str] = None           # "row 3 of fleet.csv"
+
+
+def ek_digest(endorsement_key: Optional[str]) -> Optional[str]:
+    """A short, comparable name of an EK (SHA-256 of its bytes, 16 hex digits)."""
+    import base64
+    import binascii
+    try:
+        blob = base64.b64decode("".join(str(endorsement_key or "").split()), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return hashlib.sha256(blob).hexdigest()[:16] if blob else None
+
+
+def configured_registration_id(session) -> Optional[str]:
+    """The registration ID in the device's /etc/aziot/config.toml (None when there is none)."""
+    import shlex
+    from azext_edgetpm.edge import configtoml
+    result = session.run(f"cat -- {shlex.quote(configtoml.CONFIG_PATH)} 2>/dev/null", sudo=True, timeout=60)
+    if result.rc != 0 or not result.stdout.strip():
+        return None
+    try:
+        summary = configtoml.summarize(result.stdout)
+    except ValueError:
+        return None
+    rid = summary.get("registrationId")
+    return str(rid).lower() if rid else None
+
+
+def rid(ctx) -> str:
+    return ctx.data["registration_id"]
+
+
+class ResolveStep(Step):
+    """The device's registration ID: given, else from its config.toml, else (when `derive`)
+    from its EK. `needs_device` opens the device's connection even when the ID is given (so a
+    device that cannot be reached fails before anything changes)."""
+    name = "identify"
+
+    def __init__(self, derive: bool = True, needs_device: bool = False):
+        self.derive, self.needs_device = derive, needs_device
+
+    def reuse(self, ctx, recorded):
+        if not recorded.get("registrationId") or self.needs_device:
+            return False
+        if ctx.job.registration_id and ctx.job.registration_id.lower() != recorded["registrationId"]:
+            return False
+        ctx.data["registration_id"] = recorded["registrationId"]
+        return True
+
+    def run(self, ctx):
+        if ctx.job.registration_id and not self.needs_device:
+            ctx.data["registration_id"] = ctx.job.registration_id.lower()
+            return {"status": OK, "registrationId": rid(ctx), "source": "argument", "detail": "given"}
+        session = ctx.session()
+        if ctx.job.registration_id:
+            found, source = ctx.job.registration_id.lower(), "argument"
+        else:
+            found, source = configured_registration_id(session), "config.toml"
+        if not found and self.derive:
+            from azext_edgetpm.operations.identify import identify
+            found = identify(session, tcti=ctx.job.tcti, create=False, id_format=ctx.job.id_format).registration_id
+            source = "endorsement key"
+        if not found:
+            raise MissingInputError(
+                f"{session.target.display} has no registration ID in its IoT Edge configuration.",
+                "Give the enrollment's registration ID (--registration-id, or registration_id in the inventory).",
+                "registration_id")
+        ctx.data["registration_id"] = found
+        return {"status": OK, "registrationId": found, "source": source, "detail": f"from {source}"}
+
+
+class ReregisterStep(Step):
+    """The device registers again (`iotedge system reprovision`); then DPS's record must be a new
+    one (another etag than before) that says assigned."""
+    name = "reregister"
+
+    def reuse(self, ctx, recorded):
+        if recorded.get("registrationId") != ctx.data.get("registration_id"):
+            return False
+        ctx.data["assignment"] = recorded
+        return True
+
+    def run(self, ctx):
+        from azext_edgetpm.dps.registration import wait_for_assignment
+        services = ctx.services
+        before = services.client.find_registration(rid(ctx)) or {}
+        if services.dry_run:
+            return {"status": WOULD_CHANGE, "registrationId": rid(ctx), "previousHub": before.get("assignedHub"),
+                    "detail": "would run iotedge system reprovision and wait for the new assignment"}
+        budget = getattr(services, "budget", None)
+        if budget is not None:
+            budget.registrations.take()   # the device registers with DPS now
+        session = ctx.session()
+        result = session.run("iotedge system reprovision", sudo=True, timeout=600)
+        if result.rc != 0:
+            raise DeviceError(f"iotedge system reprovision failed on {session.target.display} (exit {result.rc}): "
+                              f"{(result.stderr or result.stdout).strip()[-300:]}",
+                              "Check that IoT Edge is installed and configured (`az edge-tpm status`).")
+        state = wait_for_assignment(services.client, rid(ctx), timeout=services.timeout,
+                                    interval=services.wait_interval, previous_etag=before.get("etag"))
+        entry = {"status": CHANGED, "registrationId": rid(ctx), "previousHub": before.get("assignedHub"),
+                 "assignedHub": state.get("assignedHub"), "deviceId": state.get("deviceId"),
+                 "substatus": state.get("substatus"),
+                 "detail": f"assigned to {state.get('assignedHub')} ({state.get('substatus')})"}
+        ctx.data["assignment"] = entry
+        return entry
+
+
+class VerifyStep(Step):
+    """What the device itself reports: the hub DPS assigned."""
+    name = "verify"
+
+    def run(self, ctx):
+        from azext_edgetpm.edge import runtime
+        if ctx.services.dry_run:
+            return {"status": SKIPPED, "detail": "dry run"}
+        wanted = (ctx.data.get("assignment") or {}).get("assignedHub")
+        session = ctx.session()
+        deadline = time.monotonic() + ctx.services.timeout
+        while True:  # the runtime may report its new assignment a little after DPS made it
+            report = runtime.collect(session, with_check=False, log_lines=200)
+            prov = report.get("provisioning") or {}
+            matches = prov.get("state") == "assigned" and (
+                not wanted or (prov.get("assignedHub") or "").lower() == wanted.lower())
+            if matches or time.monotonic() >= deadline:
+                break
+            time.sleep(min(ctx.services.wait_interval, max(0.0, deadline - time.monotonic())))
+        if not matches:
+            raise DeviceError(f"{session.target.display} reports provisioning {prov.get('state')}"
+                              f"{' to ' + prov['assignedHub'] if prov.get('assignedHub') else ''}, "
+                              f"not the assignment DPS made ({wanted}).",
+                              "Look at `sudo iotedge system logs` on the device, then run the command again.")
+        return {"status": OK, "assignedHub": prov.get("assignedHub"), "deviceId": prov.get("deviceId"),
+                "healthy": report.get("healthy"), "detail": f"the device reports {prov.get('assignedHub')}"}
+
+
+def confirm_or_stop(confirm: Optional[Callable[[str], bool]], question: str) -> None:
+    """Ask (when a confirmation callback is given); a 'no' stops this device."""
+    if confirm is not None and not confirm(question):
+        raise ConflictError(f"Not confirmed: {question}", "Run the command again and confirm, or pass --yes.")
+
+
+def require_enrollment(enrollment: Optional[dict], registration_id: str) -> dict:
+    if enrollment is None:
+        raise NotFoundError(f"DPS has no enrollment {registration_id!r}.",
+                            "Enroll the device first: az edge-tpm provision (or enrollment create).",
+                            "registration_id")
+    return enrollment
+

@@ -1,0 +1,299 @@
+"""A device's later life on the dev kit: `reprovision` to another hub, `rekey` after a TPM clear,
+`deprovision` (disable; delete + uninstall) and a deprovision killed half-way then finished.
+
+One module rig: three devices provisioned once (enrollment + install, for real), then used by the
+tests in order (each test says what it leaves). DPS state is read from the emulator's store and
+counters, the devices' state from inside them (the rig's exec), never through the product.
+"""
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+
+import pytest
+import requests
+
+from azext_edgetpm.tests.latest.test_dps_support import REPO, EmulatorEnv, ok, start_emulator
+
+pytestmark = pytest.mark.devkit
+
+DEVICE_CA = "/usr/local/share/ca-certificates/devkit-dps-ca.crt"
+APPLIED = "/etc/aziot/identityd/config.d/00-super.toml"
+BACKUP = "/var/lib/aziot/identityd/device_info"
+
+
+@pytest.fixture(scope="module")
+def repo(rig):
+    from devkit.packages.service import AptService
+    service = AptService()
+    try:
+        section = service.up(rig)
+    except Exception as exc:  # pylint: disable=broad-except  # e.g. dpkg-dev missing
+        pytest.skip(f"stand-in package repository unavailable: {exc}")
+    yield section
+    service.down(rig, section)
+
+
+@pytest.fixture(scope="module")
+def dps(rig, tmp_path_factory):
+    env = EmulatorEnv(start_emulator(tmp_path_factory.mktemp("lifecycle-dps"), host_ips=[rig.host_ip],
+                                     assignment_delay_s=0.2))
+    yield env
+    env.close()
+
+
+class Device:
+    """A provisioned rig device and its registration ID."""
+
+    def __init__(self, dev, rid):
+        self.dev, self.rid = dev, rid
+
+    def ssh(self, user="admin"):
+        d = self.dev
+        return ["--host", f"{d.users[user]['user']}@{d.host}:{d.port}", "--ssh-key", d.key(user),
+                "--known-hosts", d.known_hosts, "--tcti", d.tcti]
+
+    def args(self, dps, user="admin"):
+        return [*self.ssh(user), *dps.login]
+
+    def sh(self, command, check=True):
+        return self.dev.exec(command, check=check).stdout
+
+    def exists(self, path):
+        return self.dev.exec(["test", "-e", path]).returncode == 0
+
+    def logged_hub(self):
+        """The last hub the device's identity service logged an assignment to."""
+        lines = [json.loads(line) for line in self.sh("cat /var/log/aziot/standin-journal.jsonl").splitlines()]
+        hubs = [line["msg"].split("Assigned to IoT hub: ", 1)[1] for line in lines
+                if "Assigned to IoT hub: " in line["msg"]]
+        return hubs[-1] if hubs else None
+
+
+def write_inventory(path, devices, user="admin"):
+    """A CSV inventory of rig devices (the csv module: a TCTI holds commas)."""
+    import csv
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, ["host", "ssh_key", "tcti"])
+        writer.writeheader()
+        for dev in devices:
+            writer.writerow({"host": f"{dev.users[user]['user']}@{dev.host}:{dev.port}", "ssh_key": dev.key(user),
+                             "tcti": dev.tcti})
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def devices(rig, repo, dps, tmp_path_factory):
+    """Three devices, provisioned (enrolled, installed, assigned) in one fleet run, for the whole module."""
+    started = rig.add_devices(["fresh"] * 3)
+    try:
+        with open(dps.section["ca_bundle"], encoding="ascii") as handle:
+            ca = handle.read()
+        for dev in started:
+            dev.exec(f"cat > {DEVICE_CA} && update-ca-certificates >/dev/null 2>&1", input=ca, check=True)
+        inventory = write_inventory(tmp_path_factory.mktemp("lifecycle") / "fleet.csv", started)
+        results = ok("edge-tpm", "provision", "--inventory", inventory, *dps.login, "--id-scope",
+                     dps.section["id_scope"], "--global-endpoint", dps.section["device_endpoint"],
+                     "--package-source", repo["base_url"], "--known-hosts", rig.known_hosts, "--max-parallel", "3").out
+        assert [r["status"] for r in results] == ["assigned"] * 3, results
+        yield [Device(dev, r["registrationId"]) for dev, r in zip(started, results)]
+    finally:
+        for dev in started:
+            rig.remove_device(dev)
+
+
+def enrollment(dps, rid):
+    return dps.emu.store.get_enrollment(rid)
+
+
+def record(dps, rid):
+    try:
+        return dps.emu.store.get_registration(rid)
+    except Exception:  # pylint: disable=broad-except  # DpsError 404: no record
+        return None
+
+
+def writes(dps):
+    """DPS service writes so far (successful enrollment PUTs and bulk calls, deletions), by route."""
+    out = {}
+    for key, count in dps.emu.counters().items():
+        if not key.startswith("endpoint.") or not key.endswith((".200", ".204")):
+            continue
+        route = key[len("endpoint."):].rsplit(".", 1)[0]
+        if route.startswith(("PUT /enrollments", "DELETE")) or route == "POST /enrollments":
+            out[route] = out.get(route, 0) + count
+    return out
+
+
+def test_reprovision_moves_three_devices_to_another_hub(devices, dps, rig, tmp_path):
+    target = dps.section["iot_hubs"][1]
+    before = {d.rid: record(dps, d.rid) for d in devices}
+    bulk_before = writes(dps).get("POST /enrollments", 0)
+    inventory = write_inventory(tmp_path / "fleet.csv", [d.dev for d in devices])
+    results = ok("edge-tpm", "reprovision", "--inventory", inventory, *dps.login, "--known-hosts", rig.known_hosts,
+                 "--iot-hubs", target, "--allocation-policy", "static", "--yes").out
+    assert [r["status"] for r in results] == ["assigned"] * 3, results
+    # the three enrollment changes went to DPS in ONE bulk call, each guarded by its etag
+    assert writes(dps).get("POST /enrollments", 0) - bulk_before == 1
+    for d, result in zip(devices, results):
+        assert result["registrationId"] == d.rid and result["assignedHub"] == target, result
+        assert result["deviceReports"] == target and result["previousHub"] == before[d.rid]["assignedHub"]
+        moved = before[d.rid]["assignedHub"] != target
+        assert result["substatus"] == ("deviceDataMigrated" if moved else "initialAssignment")
+        assert enrollment(dps, d.rid)["iotHubs"] == [target]
+        assert enrollment(dps, d.rid)["allocationPolicy"] == "static"
+        assert record(dps, d.rid)["assignedHub"] == target and record(dps, d.rid)["etag"] != before[d.rid]["etag"]
+        assert d.logged_hub() == target      # what the device's own identity service says
+
+    # one device again (--host): nothing to change in its enrollment; it registers again, same hub
+    again = ok("edge-tpm", "reprovision", *devices[0].args(dps), "--iot-hubs", target, "--yes").out
+    assert again["enrollment"] == "enrollment unchanged" and again["assignedHub"] == target
+
+
+def test_rekey_after_tpm_clear(devices, dps):
+    d = devices[2]
+    old_ek = enrollment(dps, d.rid)["attestation"]["tpm"]["endorsementKey"]
+    evicted = d.dev.clear_tpm()
+    assert "0x81010001" in evicted  # the EK (and the SRK, the DPS key) are gone
+
+    plan = ok("edge-tpm", "rekey", *d.args(dps), "--dry-run").out
+    assert plan["status"] == "planned"
+    assert enrollment(dps, d.rid)["attestation"]["tpm"]["endorsementKey"] == old_ek
+
+    result = ok("edge-tpm", "rekey", *d.args(dps), "--yes").out
+    assert result["status"] == "assigned" and result["registrationId"] == d.rid, result
+    assert result["previousEkSha256"] == hashlib.sha256(_b64(old_ek)).hexdigest()[:16]
+    new_ek = enrollment(dps, d.rid)["attestation"]["tpm"]["endorsementKey"]
+    assert new_ek != old_ek and result["ekSha256"] == hashlib.sha256(_b64(new_ek)).hexdigest()[:16]
+    device_ek = d.dev.exec("tpm2_readpublic -c 0x81010001 -o /tmp/ek.pub >/dev/null && base64 -w0 /tmp/ek.pub",
+                           env=d.dev.tpm_env, check=True).stdout
+    assert new_ek == device_ek                      # the enrollment holds the TPM's new EK
+    assert record(dps, d.rid)["status"] == "assigned" and d.logged_hub() == result["assignedHub"]
+
+    # The old EK can no longer register: DPS refuses its TPM challenge.
+    url = f"{dps.section['device_endpoint']}/{dps.section['id_scope']}/registrations/{d.rid}/register"
+    srk = enrollment(dps, d.rid)["attestation"]["tpm"]["storageRootKey"]
+    refused = requests.put(url, params={"api-version": "2021-06-01"},
+                           json={"registrationId": d.rid, "tpm": {"endorsementKey": old_ek, "storageRootKey": srk}},
+                           verify=dps.section["ca_bundle"], timeout=30)
+    assert refused.status_code == 401 and refused.json()["errorCode"] == 401002
+    assert "does not match" in record(dps, d.rid)["errorMessage"]
+
+    # A second run: the key is in place; the device registers again and is assigned.
+    puts = writes(dps).get("PUT /enrollments/{id}", 0)
+    again = ok("edge-tpm", "rekey", *d.args(dps), "--yes").out
+    assert again["status"] == "assigned" and again["enrollment"] == "the enrollment already holds the device's EK"
+    assert writes(dps).get("PUT /enrollments/{id}", 0) == puts
+    assert record(dps, d.rid)["status"] == "assigned"
+
+
+def _b64(text):
+    import base64
+    return base64.b64decode(text)
+
+
+def _snapshot(dps, d):
+    return (enrollment(dps, d.rid)["etag"], record(dps, d.rid)["etag"],
+            d.sh("sha256sum /etc/aziot/config.toml"), d.sh("cat /var/lib/aziot/standin/services.json"))
+
+
+def test_deprovision_disable_and_delete_uninstall_third_untouched(devices, dps):
+    a, b, c = devices
+    untouched = _snapshot(dps, c)
+    hub_a = record(dps, a.rid)["assignedHub"]
+
+    plan = ok("edge-tpm", "deprovision", *a.args(dps), "--dry-run").out
+    assert plan["status"] == "planned" and {s["status"] for s in plan["steps"]} >= {"would-change"}
+    assert enrollment(dps, a.rid)["provisioningStatus"] == "enabled" and record(dps, a.rid) is not None
+
+    # A: disable (the default mode)
+    done = ok("edge-tpm", "deprovision", *a.args(dps), "--yes").out
+    assert done["status"] == "done" and done["enrollment"] == "disabled" and done["device"] == "reset", done
+    assert enrollment(dps, a.rid)["provisioningStatus"] == "disabled"
+    assert record(dps, a.rid) is None
+    config = tomllib.loads(a.sh("cat /etc/aziot/config.toml"))
+    assert "provisioning" not in config and "auto_reprovisioning_mode" not in config
+    assert config["tpm"]["tcti"] == a.dev.tcti     # the other settings kept
+    assert len(a.sh("ls /etc/aziot/config.toml.edgetpm-*.bak").split()) == 1
+    assert not a.exists(APPLIED) and not a.exists(BACKUP)
+    services = json.loads(a.sh("cat /var/lib/aziot/standin/services.json"))
+    assert {s["state"] for s in services.values()} == {"inactive"}
+    assert "install ok installed" in a.sh("dpkg-query -W -f='${Status}' aziot-edge")
+    remains = " ".join(done["remains"])
+    assert f"in {hub_a}" in remains and "disabled" in remains and "packages" in remains
+
+    # A again: every step finds its work done; DPS sees no write
+    before = writes(dps)
+    again = ok("edge-tpm", "deprovision", *a.args(dps), "--registration-id", a.rid, "--yes").out
+    assert {s["name"]: s["status"] for s in again["steps"]} == {
+        "identify": "ok", "enrollment": "ok", "registration": "ok", "device": "ok"}
+    assert writes(dps) == before
+    # and the device no longer provisions: asked to, it does not even reach DPS
+    a.dev.exec("iotedge system reprovision")
+    assert record(dps, a.rid) is None and a.logged_hub() == hub_a
+
+    # B: delete + uninstall
+    gone = ok("edge-tpm", "deprovision", *b.args(dps), "--mode", "delete", "--uninstall", "--yes").out
+    assert gone["status"] == "done" and gone["enrollment"] == "absent" and gone["device"] == "uninstalled", gone
+    with pytest.raises(Exception):
+        enrollment(dps, b.rid)
+    assert record(dps, b.rid) is None
+    assert b.dev.exec("dpkg-query -W -f='${Status}' aziot-edge aziot-identity-service | grep -q 'ok installed'"
+                      ).returncode != 0
+    assert not b.exists("/etc/aziot/config.toml") and not b.exists("/etc/aziot/identityd")
+    assert b.dev.exec("getent passwd aziotid iotedge").returncode != 0
+    assert len(b.sh("ls /etc/aziot/config.toml.edgetpm-*.bak").split()) == 1   # the backup stays
+
+    # C: untouched
+    assert _snapshot(dps, c) == untouched
+
+
+def test_deprovision_killed_half_way_then_finished(devices, dps, rig, tmp_path):
+    c = devices[2]
+    inventory = write_inventory(tmp_path / "one.csv", [c.dev])
+    state = tmp_path / "deprovision-state.json"
+    args = ["edge-tpm", "deprovision", "--inventory", inventory, "--state", str(state), *dps.login,
+            "--known-hosts", rig.known_hosts, "--yes"]
+    dps.emu.reset_counters()
+    dps.emu.configure(faults={"latency_ms": {"service": 1500}})   # slow DPS: time to kill the run half-way
+    proc = subprocess.Popen([sys.executable, "-m", "azure.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=dict(os.environ), cwd=REPO)
+    try:
+        deadline = time.monotonic() + 90
+        while "enrollment" not in _steps_in(state):
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before the enrollment step"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)   # half-way: the enrollment disabled and journaled, nothing else yet
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        dps.emu.configure(clear_faults=True)
+    assert enrollment(dps, c.rid)["provisioningStatus"] == "disabled"
+    assert record(dps, c.rid) is not None and c.exists(APPLIED)   # the rest was not done
+
+    finished = ok(*args).out[0]
+    assert finished["status"] == "done", finished
+    steps = {s["name"]: s["status"] for s in finished["steps"]}
+    assert steps == {"identify": "ok", "enrollment": "changed", "registration": "changed", "device": "changed"}
+    # over both runs, each DPS change happened once (the re-run did not even read the enrollment again)
+    assert writes(dps) == {"PUT /enrollments/{id}": 1, "DELETE /registrations/{id}": 1}
+    assert record(dps, c.rid) is None and not c.exists(APPLIED)
+    assert len(c.sh("ls /etc/aziot/config.toml.edgetpm-*.bak").split()) == 1
+
+    # a third run with the same state: the device is done, nothing is touched
+    third = ok(*args).out[0]
+    assert third["doneEarlier"] and writes(dps) == {"PUT /enrollments/{id}": 1, "DELETE /registrations/{id}": 1}
+
+
+def _steps_in(state):
+    try:
+        with open(state, encoding="utf-8") as handle:
+            doc = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    return next(iter(doc.get("devices", {}).values()), {}).get("steps", {})
