@@ -9,7 +9,8 @@ so it is PID 1 of a fresh PID namespace, in a private mount namespace, inside th
 device's network namespace. From the spec (written by ``devkit.devices``) it:
 
 1. sets the hostname;
-2. mounts an overlay whose lower layer is the host's ``/`` and whose upper layer is in a
+2. mounts an overlay whose lower layer is the host's ``/`` (or, for a foreign userland, a
+   cached debootstrapped root: ``lowerdir`` in the spec) and whose upper layer is in a
    tmpfs (the spec's ``state`` directory on the host's /dev/shm when the device can be power
    cycled: ``resume`` then boots again on it and skips step 3 and the host keys), then
    proc, sysfs, ``/dev`` (rbind), a private devpts, and tmpfs on ``/dev/shm``,
@@ -26,6 +27,7 @@ Everything happens in the device's private namespaces: nothing is mounted on the
 Progress and errors go to stdout, which the host points at the device's log file.
 """
 import base64
+import encodings.idna  # noqa: F401  (see below)
 import glob
 import json
 import os
@@ -37,6 +39,9 @@ import sys
 import time
 
 SSHD = "/usr/sbin/sshd"
+# This interpreter is the host's: after the chroot into a foreign userland (Debian 11, 13) its
+# standard library is out of reach, so everything it needs later is imported above, including
+# what the standard library imports lazily (encodings.idna for socket host names).
 
 
 def log(msg):
@@ -59,12 +64,13 @@ def mount(*args):
     run(["mount", *args])
 
 
-def build_root(mnt, state=None):
+def build_root(mnt, state=None, lowerdir="/"):
     """Mount the private root under ``mnt`` (already private to us) and return its path.
 
     ``state``: a directory on a host tmpfs other than ``/``'s file system that holds the
     overlay's upper and work directories, so that they outlive this boot (a power cycle boots
-    again on them); without it they live in a tmpfs private to this boot.
+    again on them); without it they live in a tmpfs private to this boot. ``lowerdir``: the
+    overlay's read-only lower layer (the host's ``/``, or a device userland's root).
     """
     mount("-t", "tmpfs", "-o", "mode=0755", "devkit-root", mnt)
     base = state or mnt
@@ -72,7 +78,7 @@ def build_root(mnt, state=None):
     for d in (upper, work, root):
         os.makedirs(d, 0o755, exist_ok=True)
     mount("-t", "overlay", "devkit-overlay", "-o",
-          "lowerdir=/,upperdir=%s,workdir=%s" % (upper, work), root)
+          "lowerdir=%s,upperdir=%s,workdir=%s" % (lowerdir, upper, work), root)
     mount("-t", "proc", "proc", os.path.join(root, "proc"))
     mount("-t", "sysfs", "sysfs", os.path.join(root, "sys"))
     mount("--rbind", "/dev", os.path.join(root, "dev"))
@@ -82,16 +88,17 @@ def build_root(mnt, state=None):
     mount("-t", "tmpfs", "-o", "mode=1777", "shm", os.path.join(root, "dev/shm"))
     mount("-t", "tmpfs", "-o", "mode=0755", "run", os.path.join(root, "run"))
     mount("-t", "tmpfs", "-o", "mode=1777", "tmp", os.path.join(root, "tmp"))
-    share_checkout(root)
+    share_checkout(root, always=lowerdir != "/")
     return root
 
 
-def share_checkout(root):
-    """Devices run the checkout's own Python (.venv) and devkit code at the host's paths
-    (the stand-in runtime, the TPM client). Under /tmp, /run or /dev/shm the device's fresh
-    tmpfs would hide them (a CI clone may live there): bind them in, read-only."""
+def share_checkout(root, always=False):
+    """Devices run the checkout's devkit code at the host's path (the stand-in runtime's TPM
+    client; on the host's userland also its .venv). Under /tmp, /run or /dev/shm the device's
+    fresh tmpfs would hide it (a CI clone may live there), and a foreign userland does not
+    have it at all (``always``): bind it in, read-only."""
     checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if not checkout.startswith(("/tmp/", "/run/", "/dev/shm/")):
+    if not always and not checkout.startswith(("/tmp/", "/run/", "/dev/shm/")):
         return
     target = os.path.join(root, checkout.lstrip("/"))
     os.makedirs(target, exist_ok=True)
@@ -180,10 +187,10 @@ class Init:
     def __init__(self):
         self.children = {}
 
-    def spawn(self, role, argv):
+    def spawn(self, role, argv, preexec_fn=None):
         """Start a child process and remember its role."""
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sys.stdout,
-                                stderr=sys.stdout)
+                                stderr=sys.stdout, preexec_fn=preexec_fn)
         self.children[proc.pid] = role
         log("started %s (pid %d): %s" % (role, proc.pid, " ".join(argv)))
         return proc
@@ -240,7 +247,10 @@ def main(spec_path):
     with open(spec_path, "r", encoding="utf-8") as f:
         spec = json.load(f)
     socket.sethostname(spec["hostname"])
-    root = build_root(spec["mnt"], spec.get("state"))
+    lowerdir = spec.get("lowerdir") or "/"
+    root = build_root(spec["mnt"], spec.get("state"), lowerdir)
+    # The host's / of this mount namespace, to start host binaries (swtpm) after the chroot.
+    host_root = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
     os.chroot(root)
     os.chdir("/")
     os.environ.clear()
@@ -266,12 +276,21 @@ def main(spec_path):
     if tpm:
         os.makedirs(tpm["state_dir"], exist_ok=True)
         port = tpm["port"]
+        state_dir, preexec = tpm["state_dir"], None
+        if tpm.get("host_binary"):
+            # A foreign userland may have no swtpm (Debian 11): run the host's, in the
+            # device's namespaces, on the state directory inside the device's root.
+            state_dir = os.path.join(root, tpm["state_dir"].lstrip("/"))
+
+            def preexec():
+                os.fchdir(host_root)
+                os.chroot(".")
         swtpm = init.spawn("swtpm", [
             "swtpm", "socket", "--tpm2",
             "--server", "type=tcp,port=%d,bindaddr=127.0.0.1" % port,
             "--ctrl", "type=tcp,port=%d,bindaddr=127.0.0.1" % (port + 1),
-            "--tpmstate", "dir=%s" % tpm["state_dir"],
-            "--flags", "not-need-init,startup-clear"])
+            "--tpmstate", "dir=%s" % state_dir,
+            "--flags", "not-need-init,startup-clear"], preexec_fn=preexec)
         wait_listening(port, swtpm, 10.0)
     if spec.get("resume"):
         start_installed_services()

@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from devkit import netns, services as services_mod, swtpm, users, variants
+from devkit import netns, services as services_mod, swtpm, userland, users, variants
 
 DEVKIT_JSON = "devkit.json"
 SCHEMA_VERSION = 1
@@ -253,6 +253,7 @@ class Rig:
         self._lock = threading.RLock()
         self._ca = swtpm.LocalCa(os.path.join(self.dir, "ca"))
         self._accounts = None
+        self._userland_accounts: Dict[str, tuple] = {}
         self._keys: Dict[str, str] = {}
         self._services: Dict[str, object] = {}
         self.password: Optional[str] = None
@@ -412,6 +413,7 @@ class Rig:
         for name in variant_names:
             variants.resolve(name)  # fail early on a typo
         self._prepare_accounts()
+        self.prepare_userlands(variant_names)
         with self._lock:
             taken = {d.index for d in self._devices.values()} | self._reserved
             indexes = []
@@ -434,6 +436,25 @@ class Rig:
             raise errors[0]
         return [f.result() for f in futures]
 
+    @staticmethod
+    def prepare_userlands(variant_names):
+        """Build (once per machine, in parallel) the userlands these variants run on, before
+        any device's start-up clock runs; return {name: root}."""
+        names = set()
+        for name in variant_names:
+            probe = variants.DeviceSpec(name="probe", hostname="probe", address="0.0.0.0")
+            variants.apply(name, probe)
+            if probe.userland:
+                names.add(probe.userland)
+        if not names:
+            return {}
+        with ThreadPoolExecutor(max_workers=len(names)) as pool:
+            roots = {n: pool.submit(userland.ensure, n) for n in sorted(names)}
+        try:
+            return {n: f.result() for n, f in roots.items()}
+        except userland.UserlandError as exc:
+            raise DevkitError(str(exc)) from exc
+
     def _device_dir(self, name):
         return os.path.join(self.dir, "devices", name)
 
@@ -454,16 +475,6 @@ class Rig:
                         # man-db's dpkg trigger costs seconds per install/remove:
                         "/var/lib/man-db/auto-update"):
             spec.remove(pattern)
-        shadow_gid = _group_id("shadow")
-        for path, (text, mode) in self._accounts[1].files().items():
-            spec.write_file(path, text, mode, gid=shadow_gid if "shadow" in path else 0)
-        spec.write_file("/etc/sudoers.d/devkit", users.sudoers(), 0o440)
-        for acct in self._accounts[0].values():
-            spec.make_dir(acct.home, 0o700 if acct.name == "root" else 0o755, acct.uid, acct.gid)
-            spec.make_dir(acct.home + "/.ssh", 0o700, acct.uid, acct.gid)
-            with open(self._keys[acct.name] + ".pub", "r", encoding="utf-8") as f:
-                spec.write_file(acct.home + "/.ssh/authorized_keys", f.read(), 0o600,
-                                acct.uid, acct.gid)
         spec.write_file("/etc/hostname", name + "\n")
         spec.write_file("/etc/hosts", "127.0.0.1\tlocalhost\n127.0.1.1\t%s\n%s\t%s\n"
                         "%s\tdevkit-host\n::1\tlocalhost ip6-localhost ip6-loopback\n"
@@ -471,6 +482,35 @@ class Rig:
         spec.write_file("/etc/resolv.conf", "# devkit: devices have no DNS\n")
         spec.write_file("/etc/machine-id", uuid.uuid4().hex + "\n", 0o444)
         return spec
+
+    def _lower_root(self, spec):
+        """The overlay's lower layer of a device: the host's / or its built userland."""
+        return userland.ensure(spec.userland) if spec.userland else "/"
+
+    def _accounts_of(self, root):
+        """(accounts by name, AccountDb) rendered from the account files of ``root``."""
+        if root == "/":
+            return self._accounts
+        with self._lock:
+            if root not in self._userland_accounts:
+                self._userland_accounts[root] = users.build_accounts(
+                    self.password, etc=os.path.join(root, "etc"))
+            return self._userland_accounts[root]
+
+    def _add_accounts(self, spec, root):
+        """Users, their keys and sudo rights, from the account database of ``root``."""
+        accounts, db = self._accounts_of(root)
+        shadow_gid = _group_id("shadow", os.path.join(root, "etc/group"))
+        for path, (text, mode) in db.files().items():
+            spec.write_file(path, text, mode, gid=shadow_gid if "shadow" in path else 0)
+        spec.write_file("/etc/sudoers.d/devkit", users.sudoers(), 0o440)
+        for acct in accounts.values():
+            spec.make_dir(acct.home, 0o700 if acct.name == "root" else 0o755, acct.uid, acct.gid)
+            spec.make_dir(acct.home + "/.ssh", 0o700, acct.uid, acct.gid)
+            with open(self._keys[acct.name] + ".pub", "r", encoding="utf-8") as f:
+                spec.write_file(acct.home + "/.ssh/authorized_keys", f.read(), 0o600,
+                                acct.uid, acct.gid)
+        return accounts
 
     @staticmethod
     def _sshd_config(spec):
@@ -483,13 +523,14 @@ class Rig:
                 "MaxStartups 100:30:200\nMaxSessions 100\nAcceptEnv LANG LC_*\n"
                 "Subsystem sftp internal-sftp\nPidFile /run/sshd.pid\n" % (SSH_PORT, keys))
 
-    def _render(self, spec, dev_dir):
+    def _render(self, spec, dev_dir, lower="/"):
         """Turn a spec into the JSON document device_init.py reads."""
         if "/etc/ssh/sshd_config" not in spec.files:
             spec.write_file("/etc/ssh/sshd_config", self._sshd_config(spec))
         tpm = None
         if spec.tpm is not None:
-            tpm = {"port": swtpm.SWTPM_PORT, "state_dir": TPM_STATE_DIR}
+            tpm = {"port": swtpm.SWTPM_PORT, "state_dir": TPM_STATE_DIR,
+                   "host_binary": lower != "/"}
             spec.make_dir(TPM_STATE_DIR, 0o700)
         if spec.tpm == variants.TPM_MFG:
             state_dir = os.path.join(dev_dir, "tpm-mfg")
@@ -507,7 +548,7 @@ class Rig:
                 "remove": spec.remove_globs, "dirs": spec.dirs,
                 "files": list(spec.files.values()), "commands": spec.commands,
                 "host_key_types": spec.host_key_types, "swtpm": tpm,
-                "sshd_config": "/etc/ssh/sshd_config"}
+                "sshd_config": "/etc/ssh/sshd_config", "lowerdir": lower}
 
     def _start_device(self, index, variant, deadline):
         """Prepare, wire and boot one device; register it once it accepts SSH."""
@@ -516,11 +557,13 @@ class Rig:
         os.makedirs(os.path.join(dev_dir, "mnt"), exist_ok=True)
         spec = self._base_spec(name, index)
         variants.apply(variant, spec)
+        lower = self._lower_root(spec)
+        accts = self._add_accounts(spec, lower)
         for svc_name in self.service_names:
             svc = self.service(svc_name)
             if hasattr(svc, "prepare_device"):
                 svc.prepare_device(self, spec)
-        boot = self._render(spec, dev_dir)
+        boot = self._render(spec, dev_dir, lower)
         spec_path = os.path.join(dev_dir, "spec.json")
         _atomic_write(spec_path, json.dumps(boot) + "\n", mode=0o600)
         log_path = os.path.join(dev_dir, "init.log")
@@ -535,7 +578,6 @@ class Rig:
             self._kill_device(ns, pid, launcher)
             raise DevkitError("device %s (%s) failed to start: %s\n--- %s (tail) ---\n%s"
                               % (name, variant, exc, log_path, _tail(log_path))) from exc
-        accts = self._accounts[0]
         dev = Device(
             name=name, index=index, host=addr, port=SSH_PORT, variant=variant, netns=ns,
             pid=pid, hostname=spec.hostname,
@@ -727,12 +769,16 @@ def _user_entry(acct, key, password):
     return entry
 
 
-def _group_id(name):
-    import grp
+def _group_id(name, group_file="/etc/group"):
     try:
-        return grp.getgrnam(name).gr_gid
-    except KeyError:
-        return 0
+        with open(group_file, "r", encoding="utf-8") as f:
+            for line in f:
+                fields = line.split(":")
+                if fields[0] == name and len(fields) > 2:
+                    return int(fields[2])
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def _atomic_write(path, text, mode=0o644):

@@ -1,4 +1,5 @@
-"""Device-side DPS registration with TPM attestation (stdlib HTTP + tpm2-pytss ESAPI).
+"""Device-side DPS registration with TPM attestation (stdlib HTTP + tpm2-pytss ESAPI, or the
+device's tpm2-tools where tpm2-pytss is missing, e.g. on Debian 11: :mod:`devkit.tpmtools`).
 
 This is what the IoT Edge identity service does on a device, in Python, so the devkit can
 prove the DPS emulator's challenge against a real (software) TPM and the stand-in runtime can
@@ -38,20 +39,28 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Tuple
 
-from tpm2_pytss import ESAPI
-from tpm2_pytss.TSS2_Exception import TSS2_Exception
-from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_CAP, TPM2_HR, TPM2_RC, TPM2_SE
-from tpm2_pytss.types import (
-    TPM2B_DATA,
-    TPM2B_ENCRYPTED_SECRET,
-    TPM2B_ID_OBJECT,
-    TPM2B_PRIVATE,
-    TPM2B_PUBLIC,
-    TPMT_SYM_DEF,
-    TPMT_SYM_DEF_OBJECT,
-    TPMU_SYM_KEY_BITS,
-    TPMU_SYM_MODE,
-)
+try:
+    from tpm2_pytss import ESAPI
+    from tpm2_pytss.TSS2_Exception import TSS2_Exception
+    from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_CAP, TPM2_HR, TPM2_RC, TPM2_SE
+    from tpm2_pytss.types import (
+        TPM2B_DATA,
+        TPM2B_ENCRYPTED_SECRET,
+        TPM2B_ID_OBJECT,
+        TPM2B_PRIVATE,
+        TPM2B_PUBLIC,
+        TPMT_SYM_DEF,
+        TPMT_SYM_DEF_OBJECT,
+        TPMU_SYM_KEY_BITS,
+        TPMU_SYM_MODE,
+    )
+except ImportError:  # a device Python without tpm2-pytss: the TPM goes through tpm2-tools
+    ESAPI = None
+
+try:
+    from devkit import tpmtools
+except ImportError:  # run as a script from the devkit directory
+    import tpmtools  # type: ignore[no-redef]
 
 API_VERSION = "2021-06-01"
 EK_HANDLE = 0x81010001
@@ -129,8 +138,8 @@ class Tpm:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def persistent(self, handle: int, what: str) -> Tuple[ESYS_TR, TPM2B_PUBLIC]:
-        """ESYS_TR and public area of an existing persistent key."""
+    def persistent(self, handle: int, what: str) -> Tuple[ESYS_TR, bytes]:
+        """ESYS_TR and marshalled public area of an existing persistent key."""
         try:
             tr = self.ectx.tr_from_tpmpublic(handle)
             public, _, _ = self.ectx.read_public(tr)
@@ -139,7 +148,12 @@ class Tpm:
                 f"no {what} at {handle:#010x} (provision it first, e.g. tpm2_createek / "
                 f"tpm2_createprimary + tpm2_evictcontrol): {exc}"
             ) from exc
-        return tr, public
+        return tr, public.marshal()
+
+    @staticmethod
+    def parse_authentication_key(blob: bytes) -> AuthenticationKey:
+        """The challenge's parts as ESAPI takes them."""
+        return parse_authentication_key(base64.b64encode(blob).decode("ascii"))
 
     def flush_transient_objects(self) -> int:
         """Flush the transient objects this connection can see; returns how many.
@@ -324,6 +338,13 @@ def _retry_after(headers: Dict[str, str], default: float) -> float:
         return default
 
 
+def open_tpm(tcti: str):
+    """The TPM through tpm2-pytss when this Python has it, else through tpm2-tools."""
+    if ESAPI is not None:
+        return Tpm(tcti)
+    return tpmtools.ToolsTpm(tcti, error=TpmClientError)
+
+
 def register(tcti: str, endpoint: str, id_scope: str, registration_id: str, ca_bundle: Optional[str] = None,
              payload: Any = None, auth_key_index: int = DEFAULT_AUTH_KEY_INDEX, *, timeout: float = 120.0,
              log: Callable[[str], None] = lambda m: None) -> Dict[str, Any]:
@@ -337,14 +358,14 @@ def register(tcti: str, endpoint: str, id_scope: str, registration_id: str, ca_b
     persistent_handle = AUTH_KEY_BASE + auth_key_index
     web = DeviceHttp(endpoint, ca_bundle, deadline=deadline, log=log)
     try:
-        with Tpm(tcti) as tpm:
+        with open_tpm(tcti) as tpm:
             ek, ek_public = tpm.persistent(EK_HANDLE, "endorsement key")
             srk, srk_public = tpm.persistent(SRK_HANDLE, "storage root key")
             body: Dict[str, Any] = {
                 "registrationId": registration_id,
                 "tpm": {
-                    "endorsementKey": base64.b64encode(ek_public.marshal()).decode("ascii"),
-                    "storageRootKey": base64.b64encode(srk_public.marshal()).decode("ascii"),
+                    "endorsementKey": base64.b64encode(ek_public).decode("ascii"),
+                    "storageRootKey": base64.b64encode(srk_public).decode("ascii"),
                 },
             }
             if payload is not None:
@@ -353,7 +374,11 @@ def register(tcti: str, endpoint: str, id_scope: str, registration_id: str, ca_b
             if status != 401 or not isinstance(answer, dict) or "authenticationKey" not in answer:
                 raise DpsRequestError(status, answer, "TPM challenge request")
             log("received the TPM challenge; activating the credential")
-            key = parse_authentication_key(answer["authenticationKey"])
+            try:
+                blob = base64.b64decode(answer["authenticationKey"], validate=True)
+            except (ValueError, TypeError) as exc:
+                raise TpmClientError(f"malformed authenticationKey from DPS: {exc}") from exc
+            key = tpm.parse_authentication_key(blob)
             auth_key = tpm.import_authentication_key(key, ek, srk, persistent_handle, log)
             log(f"authentication key persisted at {persistent_handle:#010x}")
             token = sas_token(id_scope, registration_id, lambda msg: tpm.hmac_sha256(auth_key, msg))

@@ -169,9 +169,10 @@ def sudoers():
             "admin ALL=(ALL:ALL) NOPASSWD: ALL\n")
 
 
-def build_accounts(password):
-    """Render the account database for a rig: (accounts by name, AccountDb)."""
-    db = AccountDb()
+def build_accounts(password, etc="/etc"):
+    """Render the account database for a rig (from the account files under ``etc``: the
+    host's, or a device userland's): (accounts by name, AccountDb)."""
+    db = AccountDb(etc)
     hashed = hash_password(password)
     accounts = {}
     for name, sudo in ACCOUNT_SUDO.items():

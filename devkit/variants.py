@@ -14,8 +14,9 @@ Adding a variant (later issues)::
         spec.run("dpkg", "--remove", "--force-depends", "--force-remove-essential", "bash")
 
 A spec offers ``write_file``, ``remove``, ``run`` (a command run inside the device, in its
-chroot, before sshd starts), ``os_release`` and the ``tpm`` mode (``"fresh"``, ``"mfg"`` or
-``None``).
+chroot, before sshd starts), ``os_release``, the ``tpm`` mode (``"fresh"``, ``"mfg"`` or
+``None``) and the ``userland`` (None: an overlay of the host's root; ``"bullseye"``,
+``"trixie"``: a real Debian userland built by :mod:`devkit.userland`).
 """
 import base64
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ class DeviceSpec:
     commands: List[List[str]] = field(default_factory=list)
     host_key_types: List[str] = field(default_factory=lambda: ["ed25519", "ecdsa"])
     notes: Dict[str, object] = field(default_factory=dict)
+    userland: Optional[str] = None  # a devkit.userland release name; None: the host's root
 
     def write_file(self, path, content, mode=0o644, uid=0, gid=0):
         """Write ``content`` (str or bytes) at ``path`` inside the device (replaces links)."""
@@ -138,3 +140,15 @@ BUG_REPORT_URL="http://www.raspbian.org/RaspbianBugs"
 @variant("oldos", "reports Raspbian GNU/Linux 9 (stretch), an OS IoT Edge does not support")
 def _oldos(spec):
     spec.os_release(RASPBIAN_STRETCH, debian_version="9.13")
+
+
+@variant("bullseye", "a real Debian 11 userland (debootstrap, cached): tpm2-tools 5.0, Python 3.9,"
+         " OpenSSH 8.4")
+def _bullseye(spec):
+    spec.userland = "bullseye"
+
+
+@variant("trixie", "a real Debian 13 userland (debootstrap, cached), outside IoT Edge's platform"
+         " list: tpm2-tools 5.7, Python 3.13, OpenSSH 10")
+def _trixie(spec):
+    spec.userland = "trixie"

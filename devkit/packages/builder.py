@@ -168,11 +168,22 @@ def moby_package():
     return pkg
 
 
+def _tomlkit_dir():
+    """The installed tomlkit package (pure Python) that the stand-in uses where the device's
+    Python has no tomllib (< 3.11, e.g. Debian 11's 3.9)."""
+    import tomlkit  # pylint: disable=import-outside-toplevel
+    return os.path.dirname(os.path.abspath(tomlkit.__file__))
+
+
 def _standin_tree(pkg):
-    """The aziot_standin Python package (shipped by aziot-identity-service)."""
+    """The aziot_standin Python package (shipped by aziot-identity-service), with tomlkit in
+    compat/ for device Pythons without tomllib."""
     for path in sorted(glob.glob(os.path.join(RUNTIME, "aziot_standin", "*.py"))):
         with open(path, "r", encoding="utf-8") as f:
             pkg.add("/usr/lib/aziot-standin/aziot_standin/" + os.path.basename(path), f.read())
+    for path in sorted(glob.glob(os.path.join(_tomlkit_dir(), "*.py"))):
+        with open(path, "r", encoding="utf-8") as f:
+            pkg.add("/usr/lib/aziot-standin/compat/tomlkit/" + os.path.basename(path), f.read())
     with open(os.path.join(RUNTIME, "run.py"), "r", encoding="utf-8") as f:
         pkg.add("/usr/lib/aziot-standin/run.py", f.read())
 
@@ -275,9 +286,9 @@ def edge_package(version):
     return pkg
 
 
-def build_config_package(apt_line, out_dir):
+def build_config_package(apt_line, out_dir, version=CONFIG_PKG_VERSION):
     """packages-microsoft-prod pointing apt at ``apt_line``; return the .deb path."""
-    pkg = Package("packages-microsoft-prod", CONFIG_PKG_VERSION,
+    pkg = Package("packages-microsoft-prod", version,
                   "Package repository configuration (devkit stand-in)\n"
                   "Writes /etc/apt/sources.list.d/microsoft-prod.list for the devkit's\n"
                   "local repository instead of packages.microsoft.com.")
@@ -339,6 +350,9 @@ def _cache_key(python, devkit_root):
             with open(path, "rb") as f:
                 h.update(f.read())
     h.update(("%s\n%s\n%s\n%s" % (python, devkit_root, EDGE_VERSIONS, MOBY_VERSION)).encode())
+    for path in sorted(glob.glob(os.path.join(_tomlkit_dir(), "*.py"))):
+        with open(path, "rb") as f:
+            h.update(f.read())
     return h.hexdigest()
 
 

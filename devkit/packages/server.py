@@ -16,6 +16,11 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from . import builder
 
 CONFIG_PKG_PATH = "config/debian/12/packages-microsoft-prod.deb"
+# Further Debian releases, served as Microsoft serves them: config/debian/<v>/packages-microsoft-
+# prod.deb whose apt line names that release's own pool, debian/<v>/prod/. A pool holds the
+# stand-ins (Architecture: all) but not Debian 12's tpm2-tools and libtss2, which would break
+# another release's libraries.
+RELEASE_POOLS = {"11": "bullseye"}
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
@@ -61,6 +66,25 @@ class AptRepo:
         os.makedirs(os.path.dirname(config_copy))
         builder._link(deb, config_copy)
         builder.scan(self.serve_dir)
+        for version in RELEASE_POOLS:
+            self._prepare_release_pool(version)
+
+    def _prepare_release_pool(self, version):
+        """debian/<version>/prod/ (the stand-ins) and its config/debian/<version>/ package."""
+        tree = os.path.join(self.serve_dir, "debian", version, "prod")
+        pool = os.path.join(tree, "pool")
+        os.makedirs(pool)
+        debian_own = tuple(name + "_" for name in builder.TPM2_TOOLS_DEBS)
+        for name in os.listdir(os.path.join(self.repo_dir, "pool")):
+            if not name.startswith(debian_own):
+                builder._link(os.path.join(self.repo_dir, "pool", name), os.path.join(pool, name))
+        apt_line = "deb [trusted=yes] %sdebian/%s/prod/ ./" % (self.base_url, version)
+        deb = builder.build_config_package(apt_line, tree, "1.1-debian%s" % version)
+        config_copy = os.path.join(self.serve_dir, "config", "debian", version,
+                                   "packages-microsoft-prod.deb")
+        os.makedirs(os.path.dirname(config_copy))
+        os.replace(deb, config_copy)
+        builder.scan(tree)
 
     def start(self):
         """Bind, prepare the served tree, serve in background threads; return section()."""

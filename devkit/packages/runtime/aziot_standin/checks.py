@@ -10,10 +10,10 @@ import platform
 import socket
 import ssl
 import sys
-import tomllib
 import urllib.parse
 
 from . import services, store, superconfig
+from . import tomlcompat as tomllib
 
 MARKS = {"ok": "\u221a", "warning": "\u203c", "error": "\u00d7", "fatal": "\u00d7",
          "skipped": "\u00d7", "ignored": "\u221a"}

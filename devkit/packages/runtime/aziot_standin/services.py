@@ -26,10 +26,10 @@ import socket
 import subprocess
 import sys
 import time
-import tomllib
 import urllib.parse
 
 from . import store
+from . import tomlcompat as tomllib
 
 CONFIG_D = "/etc/aziot/%s/config.d/00-super.toml"
 START_ORDER = ("aziot-keyd", "aziot-certd", "aziot-tpmd", "aziot-identityd", "aziot-edged")

@@ -7,10 +7,11 @@ reproduces the refusals the product can run into, with the same wording (serde's
 without a base", aziotctl's "DPS provisioning is not supported in nested mode"), and renders
 the per-service files.
 
-Pure functions over text and dicts, standard library only (tomllib, Python >= 3.11).
+Pure functions over text and dicts (tomllib, or tomlkit on Python < 3.11: see tomlcompat).
 """
 import re
-import tomllib
+
+from . import tomlcompat as tomllib
 
 PROVISIONING_SOURCES = ("manual", "dps", "none")
 DPS_ATTESTATION_METHODS = ("symmetric_key", "x509", "tpm")

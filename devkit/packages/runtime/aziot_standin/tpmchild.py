@@ -15,6 +15,7 @@ Answer: ``{"ok": true, ...}`` or ``{"ok": false, "stage": "tcti"|"client"|"regis
 """
 import json
 import os
+import subprocess
 import sys
 
 
@@ -27,10 +28,23 @@ def _load_client(devkit_root):
 
 
 def probe(tcti):
-    """Open the TCTI through ESAPI, as aziot-tpmd does when it starts serving."""
-    from tpm2_pytss import ESAPI  # pylint: disable=import-outside-toplevel
-    ctx = ESAPI(tcti)
-    ctx.close()
+    """Open the TCTI through ESAPI, as aziot-tpmd does when it starts serving. A device
+    Python without tpm2-pytss (Debian 11's) asks the device's tpm2-tools instead, whose
+    tpm2-tss prints the same diagnostics on stderr."""
+    try:
+        from tpm2_pytss import ESAPI  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        ESAPI = None
+    if ESAPI is not None:
+        ctx = ESAPI(tcti)
+        ctx.close()
+        return
+    proc = subprocess.run(["tpm2_getcap", "properties-fixed"], stdin=subprocess.DEVNULL,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          env=dict(os.environ, TPM2TOOLS_TCTI=tcti), check=False)
+    sys.stderr.write(proc.stderr)
+    if proc.returncode != 0:
+        raise RuntimeError("Could not initialize TCTI with config '%s': tcti:IO failure" % tcti)
 
 
 def handle(req):

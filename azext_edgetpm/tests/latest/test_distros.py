@@ -1,0 +1,107 @@
+"""Devices on real Debian userlands other than the host's (devkit/userland.py builds them with
+debootstrap, once per machine, cached): a Debian 11 device, whose tpm2-tools 5.0, Python 3.9,
+OpenSSH 8.4 and apt are the real ones of that release, is read, enrolled, installed and assigned;
+a Debian 13 device, outside IoT Edge's published platform list, is refused before anything on it
+changes.
+
+The first run on a machine builds both userlands in parallel (about 2 minutes on 2 busy cores,
+see devkit/README.md); later runs reuse them.
+"""
+import pytest
+
+from azext_edgetpm.tests.latest.azcli import az
+from azext_edgetpm.tests.latest.test_dps_support import EmulatorEnv, ok, start_emulator
+from azext_edgetpm.tests.latest.test_edge_install import (
+    DEVICE_CA, changed_since_mark, host_args, install, mark, statuses)
+
+pytestmark = pytest.mark.devkit
+
+
+@pytest.fixture(scope="module")
+def distro_devices(rig):
+    """One Debian 11 and one Debian 13 device in the session rig (both userlands built in
+    parallel on first use), removed after the module."""
+    bullseye, trixie = rig.add_devices(["bullseye", "trixie"], timeout=120)
+    yield {"bullseye": bullseye, "trixie": trixie}
+    for dev in (bullseye, trixie):
+        rig.remove_device(dev)
+
+
+@pytest.fixture(scope="module")
+def repo(rig):
+    """The stand-in package repository (with its Debian 11 pool), served to the rig's devices."""
+    from devkit.packages.service import AptService
+    service = AptService()
+    section = service.up(rig)
+    yield section
+    service.down(rig, section)
+
+
+@pytest.fixture(scope="module")
+def dps(rig, tmp_path_factory):
+    env = EmulatorEnv(start_emulator(tmp_path_factory.mktemp("distros-dps"), host_ips=[rig.host_ip]))
+    yield env
+    env.close()
+
+
+def trust_dps(dev, dps):
+    with open(dps.section["ca_bundle"], encoding="ascii") as handle:
+        dev.exec(f"cat > {DEVICE_CA} && update-ca-certificates >/dev/null 2>&1", input=handle.read(), check=True)
+
+
+def version_of(dev, package):
+    return dev.exec(["dpkg-query", "-W", "-f=${Version}", package], check=True).stdout
+
+
+def test_debian_11_device_ek_enrollment_install_assigned(distro_devices, repo, dps):
+    dev = distro_devices["bullseye"]
+    # The device really is Debian 11, with that release's own tools.
+    assert dev.exec(["cat", "/etc/debian_version"], check=True).stdout.startswith("11.")
+    assert version_of(dev, "tpm2-tools").startswith("5.0")
+    assert dev.exec(["python3", "--version"], check=True).stdout.startswith("Python 3.9")
+    assert version_of(dev, "openssh-server").startswith("1:8.4")
+    trust_dps(dev, dps)
+
+    # ek show through sudo: tpm2-tools 5.0 creates and reads the EK and SRK.
+    ek = ok("edge-tpm", "ek", "show", *host_args(dev), "--tcti", dev.tcti).out
+    assert ek["createdKeys"] == ["ek", "srk"] and ek["keyType"] == "RSA-2048"
+    assert ek["tpm"]["manufacturer"] == "IBM" and ek["tpm"]["specVersion"] == "2.0"
+    again = ok("edge-tpm", "ek", "show", *host_args(dev), "--tcti", dev.tcti, "--no-create").out
+    assert again["registrationId"] == ek["registrationId"] and not again["created"]
+
+    enrollment = ok("edge-tpm", "enrollment", "create", *host_args(dev, "root"), "--tcti", dev.tcti, *dps.login).out
+    assert enrollment["registrationId"] == ek["registrationId"]
+
+    # install: Microsoft's layout for Debian 11 (config/debian/11/packages-microsoft-prod.deb, whose
+    # apt line names the debian/11/prod pool), the runtime on Debian 11's Python 3.9 registering
+    # through tpm2-tools 5.0.
+    first = install(dev, dps, "--package-source", repo["base_url"])
+    assert first.rc == 0, f"{first.message} | {first.recommendation}"
+    assert statuses(first)["os"] == "ok" and statuses(first)["runtime"] == "changed"
+    assert first.out["runtime"]["provisioning"]["state"] == "assigned", first.out["runtime"]
+    listed = dev.exec(["cat", "/etc/apt/sources.list.d/microsoft-prod.list"], check=True).stdout
+    assert "/debian/11/prod/" in listed
+    assert version_of(dev, "packages-microsoft-prod") == "1.1-debian11"
+    state = ok("edge-tpm", "registration", "show", "--registration-id", ek["registrationId"], *dps.login).out
+    assert state["status"] == "assigned" and state["assignedHub"] in dps.section["iot_hubs"]
+    # The identity service ran on the device's own Python 3.9 and its tpm2-tools.
+    journal = dev.exec(["cat", "/var/log/aziot/standin-journal.jsonl"], check=True).stdout
+    assert "DPS registration complete." in journal
+
+    second = install(dev, dps, "--package-source", repo["base_url"])
+    assert second.rc == 0 and not second.out["changed"], second.out["summary"]
+
+
+def test_debian_13_device_refused_before_anything_changes(distro_devices, repo, dps):
+    dev = distro_devices["trixie"]
+    assert dev.exec(["cat", "/etc/debian_version"], check=True).stdout.startswith("13.")
+    mark(dev)
+    refused = install(dev, dps, "--package-source", repo["base_url"])
+    assert refused.rc != 0
+    assert "Debian GNU/Linux 13" in refused.message and "Nothing was changed" in refused.message
+    assert "Debian 11/12" in refused.recommendation and "Ubuntu 20.04/22.04/24.04" in refused.recommendation
+    assert "Traceback" not in refused.stderr
+    assert changed_since_mark(dev) == []
+    dry = az("edge-tpm", "install", *host_args(dev), "--tcti", dev.tcti, "--id-scope", dps.section["id_scope"],
+             "--dry-run")
+    assert dry.rc != 0 and "Debian GNU/Linux 13" in dry.message
