@@ -440,12 +440,7 @@ class Rig:
     def prepare_userlands(variant_names):
         """Build (once per machine, in parallel) the userlands these variants run on, before
         any device's start-up clock runs; return {name: root}."""
-        names = set()
-        for name in variant_names:
-            probe = variants.DeviceSpec(name="probe", hostname="probe", address="0.0.0.0")
-            variants.apply(name, probe)
-            if probe.userland:
-                names.add(probe.userland)
+        names = {u for name in variant_names for u in variants.userlands(name)}
         if not names:
             return {}
         with ThreadPoolExecutor(max_workers=len(names)) as pool:

@@ -96,13 +96,16 @@ class ToolsTpm:
 
     def parse_authentication_key(self, blob: bytes) -> List[bytes]:
         """TPM2B_ID_OBJECT, TPM2B_ENCRYPTED_SECRET, TPM2B_PRIVATE, TPM2B_ENCRYPTED_SECRET,
-        TPM2B_PUBLIC (a trailing zero-length field is ignored)."""
+        TPM2B_PUBLIC; then encUriData (a size, then opaque bytes no client uses; it may be
+        missing) is read and dropped, as in :func:`devkit.tpmclient.parse_authentication_key`."""
         try:
             parts, rest = split_tpm2b(blob, 5)
+            if rest:
+                _, rest = split_tpm2b(rest, 1)
         except ValueError as exc:
             raise self.error("malformed authenticationKey from DPS: %s" % exc) from exc
-        if rest.strip(b"\x00"):
-            raise self.error("unexpected trailing bytes in the authenticationKey")
+        if rest:
+            raise self.error("malformed encUriData at the end of the authenticationKey")
         return parts
 
     def import_authentication_key(self, key: List[bytes], ek: str, srk: str, persistent_handle: int,

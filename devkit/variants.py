@@ -75,17 +75,24 @@ class Variant:
     name: str
     description: str
     apply: Callable[[DeviceSpec], None]
+    userland: Optional[str] = None  # the userland it sets (known before any device starts)
 
 
 VARIANTS: Dict[str, Variant] = {}
 
 
-def variant(name, description):
-    """Decorator registering ``func(spec)`` as variant ``name``."""
+def variant(name, description, userland=None):
+    """Decorator registering ``func(spec)`` as variant ``name``. A variant that runs the device
+    on another userland names it here too, so that it is built before devices start."""
     def register(func):
-        VARIANTS[name] = Variant(name, description, func)
+        VARIANTS[name] = Variant(name, description, func, userland)
         return func
     return register
+
+
+def userlands(name):
+    """The userlands a (possibly composed) variant runs on (the last one wins at boot)."""
+    return [v.userland for v in resolve(name) if v.userland]
 
 
 def resolve(name):
@@ -143,12 +150,12 @@ def _oldos(spec):
 
 
 @variant("bullseye", "a real Debian 11 userland (debootstrap, cached): tpm2-tools 5.0, Python 3.9,"
-         " OpenSSH 8.4")
+         " OpenSSH 8.4", userland="bullseye")
 def _bullseye(spec):
     spec.userland = "bullseye"
 
 
 @variant("trixie", "a real Debian 13 userland (debootstrap, cached), outside IoT Edge's platform"
-         " list: tpm2-tools 5.7, Python 3.13, OpenSSH 10")
+         " list: tpm2-tools 5.7, Python 3.13, OpenSSH 10", userland="trixie")
 def _trixie(spec):
     spec.userland = "trixie"
