@@ -10,7 +10,8 @@ does nothing twice.
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from azext_edgetpm.operations.lifecycle import SKIPPED, WOULD_CHANGE, ResolveStep, rid
+from azext_edgetpm.operations.lifecycle import (
+    SKIPPED, WOULD_CHANGE, DeviceOutcome, ResolveStep, outcome_fields, rid)
 from azext_edgetpm.operations.pipeline import CHANGED, OK, Step
 
 MODES = ("disable", "delete")
@@ -73,8 +74,13 @@ class DeviceStep(Step):
         if ctx.services.keep_device:
             return {"status": SKIPPED, "detail": "left alone (--keep-device)"}
         try:
-            report = deprovision(ctx.session(), DeprovisionSettings(uninstall=ctx.services.uninstall,
-                                                                    dry_run=ctx.services.dry_run))
+            session = ctx.session()
+        except Exception as exc:  # pylint: disable=broad-except  # recorded: the device was not reached
+            exc.journal = {"reached": False}
+            raise
+        try:
+            report = deprovision(session, DeprovisionSettings(uninstall=ctx.services.uninstall,
+                                                              dry_run=ctx.services.dry_run))
         except Exception as exc:  # pylint: disable=broad-except  # keeps the device's step report
             if getattr(exc, "report", None) is not None:
                 exc.journal = {"steps": {s["name"]: s["status"] for s in exc.report}}
@@ -92,31 +98,18 @@ def pipeline(require_device: bool = False) -> List[Step]:
 
 
 @dataclass
-class DeprovisionResult:
+class DeprovisionResult(DeviceOutcome):
     """One device's outcome, and what is left where."""
-    host: str
-    status: str                          # done | planned | failed | interrupted
-    mode: str
-    registration_id: Optional[str] = None
+    mode: str = "disable"
     enrollment: Optional[str] = None     # disabled | absent (after the run)
     assigned_hub: Optional[str] = None   # the hub the device was assigned to
     device_id: Optional[str] = None
-    device: Optional[str] = None         # reset | uninstalled | left alone | not reached
+    device: Optional[str] = None         # reset | uninstalled | left alone | not reached | not started | not finished
     remains: List[str] = field(default_factory=list)
-    steps: List[dict] = field(default_factory=list)
-    error: Optional[str] = None
-    recommendation: Optional[str] = None
-    failed_step: Optional[str] = None
-    skipped: bool = False
-    seconds: float = 0.0
 
-    def to_output(self) -> dict:
-        return {"host": self.host, "status": self.status, "mode": self.mode,
-                "registrationId": self.registration_id, "enrollment": self.enrollment,
-                "assignedHub": self.assigned_hub, "deviceId": self.device_id, "device": self.device,
-                "remains": list(self.remains), "failedStep": self.failed_step, "error": self.error,
-                "recommendation": self.recommendation, "doneEarlier": self.skipped,
-                "seconds": round(self.seconds, 1), "steps": self.steps}
+    def details(self) -> dict:
+        return {"mode": self.mode, "enrollment": self.enrollment, "assignedHub": self.assigned_hub,
+                "deviceId": self.device_id, "device": self.device, "remains": list(self.remains)}
 
 
 def result_from_record(host: str, record: dict, outcome: str, services: DeprovisionServices,
@@ -131,24 +124,19 @@ def result_from_record(host: str, record: dict, outcome: str, services: Deprovis
         return step(name).get("status") in (OK, CHANGED, SKIPPED)
 
     registration = step("registration").get("registration") or {}
-    planned = services.dry_run and outcome == "done"
-    status = "planned" if planned else {"skipped": "done"}.get(outcome, outcome)
     result = DeprovisionResult(
-        host=host, status=status, mode=services.mode, registration_id=step("identify").get("registrationId"),
+        **outcome_fields(host, record, outcome, STEP_NAMES, "done", services.dry_run, seconds), mode=services.mode,
         enrollment=step("enrollment").get("enrollment"), assigned_hub=registration.get("assignedHub"),
-        device_id=registration.get("deviceId"),
-        steps=[{"name": n, "status": steps[n].get("status"), "seconds": steps[n].get("seconds"),
-                "detail": steps[n].get("detail")} for n in STEP_NAMES if n in steps],
-        skipped=outcome == "skipped", seconds=seconds)
-    if status not in ("done", "planned"):
-        result.error, result.recommendation = record.get("error"), record.get("recommendation")
-        result.failed_step = record.get("failedStep")
+        device_id=registration.get("deviceId"))
+    planned = result.status == "planned"
     if services.keep_device:
         result.device = "left alone"
     elif done("device"):
         result.device = "uninstalled" if step("device").get("uninstalled") else "reset"
     else:
-        result.device = "not reached" if record.get("failedStep") in (None, "identify", "device") else "not started"
+        failed_at = record.get("failedStep")
+        result.device = ("not reached" if failed_at == "identify" or step("device").get("reached") is False else
+                         "not finished" if failed_at == "device" else "not started")
     if not planned:
         result.remains = _remains(result, step("device"), done("enrollment"), done("registration"))
     return result
@@ -172,6 +160,10 @@ def _remains(result: DeprovisionResult, device_step: dict, enrollment_done: bool
         out.append("device: IoT Edge installed and configured (--keep-device)")
     elif result.device in ("not reached", "not started"):
         out.append("device: IoT Edge installed and configured as before (run again when the device is reachable)")
+    elif result.device == "not finished":
+        out.append("device: IoT Edge partly reset (" + ", ".join(
+            f"{name} {status}" for name, status in (device_step.get("steps") or {}).items()) +
+            "); run again when the device is reachable")
     else:
         if result.device == "reset":
             out.append("device: the IoT Edge packages (--uninstall removes them)")

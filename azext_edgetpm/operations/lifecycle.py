@@ -7,8 +7,8 @@ recorded as done for the same registration ID is not run again.
 """
 import hashlib
 import time
-from dataclasses import dataclass
-from typing import Callable, Optional
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional
 
 from azext_edgetpm.errors import ConflictError, DeviceError, MissingInputError, NotFoundError
 from azext_edgetpm.operations.pipeline import CHANGED, OK, Step
@@ -175,3 +175,42 @@ def require_enrollment(enrollment: Optional[dict], registration_id: str) -> dict
                             "registration_id")
     return enrollment
 
+
+
+@dataclass
+class DeviceOutcome:
+    """What every lifecycle result holds: the device, how it ended, its steps and why it failed.
+    Subclasses add their own fields and return them from `details()`."""
+    host: str
+    status: str                          # the command's success word | planned | failed | interrupted
+    registration_id: Optional[str] = None
+    steps: List[dict] = field(default_factory=list)
+    error: Optional[str] = None
+    recommendation: Optional[str] = None
+    failed_step: Optional[str] = None
+    skipped: bool = False                # finished by an earlier run (--state)
+    seconds: float = 0.0
+
+    def details(self) -> dict:
+        return {}
+
+    def to_output(self) -> dict:
+        return {"host": self.host, "status": self.status, "registrationId": self.registration_id, **self.details(),
+                "failedStep": self.failed_step, "error": self.error, "recommendation": self.recommendation,
+                "doneEarlier": self.skipped, "seconds": round(self.seconds, 1), "steps": self.steps}
+
+
+def outcome_fields(host: str, record: dict, outcome: str, step_names, ok_status: str, dry_run: bool = False,
+                   seconds: float = 0.0) -> dict:
+    """The DeviceOutcome fields of one device from its journal record (this run's or an earlier one's)."""
+    steps = record.get("steps") or {}
+    status = ("planned" if dry_run and outcome == "done" else
+              ok_status if outcome in ("done", "skipped") else outcome)
+    fields = {"host": host, "status": status, "registration_id": (steps.get("identify") or {}).get("registrationId"),
+              "steps": [{"name": n, "status": steps[n].get("status"), "seconds": steps[n].get("seconds"),
+                         "detail": steps[n].get("detail")} for n in step_names if n in steps],
+              "skipped": outcome == "skipped", "seconds": seconds}
+    if status not in (ok_status, "planned"):
+        fields.update(error=record.get("error"), recommendation=record.get("recommendation"),
+                      failed_step=record.get("failedStep"))
+    return fields

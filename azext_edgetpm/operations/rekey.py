@@ -12,7 +12,8 @@ from typing import Callable, Dict, List, Optional
 
 from azext_edgetpm.errors import ConflictError
 from azext_edgetpm.operations.lifecycle import (
-    WOULD_CHANGE, ResolveStep, ReregisterStep, VerifyStep, confirm_or_stop, ek_digest, require_enrollment, rid)
+    WOULD_CHANGE, DeviceOutcome, ResolveStep, ReregisterStep, VerifyStep, confirm_or_stop, ek_digest, outcome_fields,
+    require_enrollment, rid)
 from azext_edgetpm.operations.pipeline import CHANGED, OK, Step
 
 STEP_NAMES = ("identify", "ek", "enrollment", "reregister", "verify")
@@ -116,27 +117,15 @@ def pipeline() -> List[Step]:
 
 
 @dataclass
-class RekeyResult:
-    host: str
-    status: str                          # assigned | planned | failed | interrupted
-    registration_id: Optional[str] = None
+class RekeyResult(DeviceOutcome):
     previous_ek_sha256: Optional[str] = None
     ek_sha256: Optional[str] = None
     enrollment: Optional[str] = None
     assigned_hub: Optional[str] = None
-    steps: List[dict] = field(default_factory=list)
-    error: Optional[str] = None
-    recommendation: Optional[str] = None
-    failed_step: Optional[str] = None
-    skipped: bool = False
-    seconds: float = 0.0
 
-    def to_output(self) -> dict:
-        return {"host": self.host, "status": self.status, "registrationId": self.registration_id,
-                "previousEkSha256": self.previous_ek_sha256, "ekSha256": self.ek_sha256,
-                "enrollment": self.enrollment, "assignedHub": self.assigned_hub, "failedStep": self.failed_step,
-                "error": self.error, "recommendation": self.recommendation, "doneEarlier": self.skipped,
-                "seconds": round(self.seconds, 1), "steps": self.steps}
+    def details(self) -> dict:
+        return {"previousEkSha256": self.previous_ek_sha256, "ekSha256": self.ek_sha256,
+                "enrollment": self.enrollment, "assignedHub": self.assigned_hub}
 
 
 def result_from_record(host: str, record: dict, outcome: str, dry_run: bool = False,
@@ -146,17 +135,8 @@ def result_from_record(host: str, record: dict, outcome: str, dry_run: bool = Fa
     def step(name):
         return steps.get(name) or {}
 
-    status = "planned" if dry_run and outcome == "done" else {"done": "assigned", "skipped": "assigned"}.get(
-        outcome, outcome)
-    result = RekeyResult(
-        host=host, status=status, registration_id=step("identify").get("registrationId"),
+    return RekeyResult(
+        **outcome_fields(host, record, outcome, STEP_NAMES, "assigned", dry_run, seconds),
         previous_ek_sha256=step("enrollment").get("previousEkSha256"),
         ek_sha256=step("enrollment").get("ekSha256") or step("ek").get("ekSha256"),
-        enrollment=step("enrollment").get("detail"), assigned_hub=step("reregister").get("assignedHub"),
-        steps=[{"name": n, "status": steps[n].get("status"), "seconds": steps[n].get("seconds"),
-                "detail": steps[n].get("detail")} for n in STEP_NAMES if n in steps],
-        skipped=outcome == "skipped", seconds=seconds)
-    if status not in ("assigned", "planned"):
-        result.error, result.recommendation = record.get("error"), record.get("recommendation")
-        result.failed_step = record.get("failedStep")
-    return result
+        enrollment=step("enrollment").get("detail"), assigned_hub=step("reregister").get("assignedHub"))

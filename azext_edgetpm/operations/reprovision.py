@@ -11,7 +11,8 @@ A device whose change DPS refused fails alone.
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from azext_edgetpm.operations.lifecycle import WOULD_CHANGE, ResolveStep, ReregisterStep, VerifyStep, rid
+from azext_edgetpm.operations.lifecycle import (
+    WOULD_CHANGE, DeviceOutcome, ResolveStep, ReregisterStep, VerifyStep, outcome_fields, rid)
 from azext_edgetpm.operations.pipeline import CHANGED, FAILED, OK, Step
 
 STEP_NAMES = ("identify", "enrollment", "reregister", "verify")
@@ -87,48 +88,27 @@ def pipeline() -> List[Step]:
 
 
 @dataclass
-class ReprovisionResult:
-    host: str
-    status: str                          # assigned | planned | failed | interrupted
-    registration_id: Optional[str] = None
+class ReprovisionResult(DeviceOutcome):
     enrollment: Optional[str] = None     # what the enrollment step did
     previous_hub: Optional[str] = None
     assigned_hub: Optional[str] = None
     substatus: Optional[str] = None
     device_reports: Optional[str] = None
-    steps: List[dict] = field(default_factory=list)
-    error: Optional[str] = None
-    recommendation: Optional[str] = None
-    failed_step: Optional[str] = None
-    skipped: bool = False
-    seconds: float = 0.0
 
-    def to_output(self) -> dict:
-        return {"host": self.host, "status": self.status, "registrationId": self.registration_id,
-                "enrollment": self.enrollment, "previousHub": self.previous_hub, "assignedHub": self.assigned_hub,
-                "substatus": self.substatus, "deviceReports": self.device_reports, "failedStep": self.failed_step,
-                "error": self.error, "recommendation": self.recommendation, "doneEarlier": self.skipped,
-                "seconds": round(self.seconds, 1), "steps": self.steps}
+    def details(self) -> dict:
+        return {"enrollment": self.enrollment, "previousHub": self.previous_hub, "assignedHub": self.assigned_hub,
+                "substatus": self.substatus, "deviceReports": self.device_reports}
 
 
-def result_from_record(host: str, record: dict, outcome: str, dry_run: bool = False, seconds: float = 0.0,
-                       step_names=STEP_NAMES) -> ReprovisionResult:
+def result_from_record(host: str, record: dict, outcome: str, dry_run: bool = False,
+                       seconds: float = 0.0) -> ReprovisionResult:
     steps = record.get("steps") or {}
 
     def step(name):
         return steps.get(name) or {}
 
-    status = "planned" if dry_run and outcome == "done" else {"done": "assigned", "skipped": "assigned"}.get(
-        outcome, outcome)
-    result = ReprovisionResult(
-        host=host, status=status, registration_id=step("identify").get("registrationId"),
+    return ReprovisionResult(
+        **outcome_fields(host, record, outcome, STEP_NAMES, "assigned", dry_run, seconds),
         enrollment=step("enrollment").get("detail"), previous_hub=step("reregister").get("previousHub"),
         assigned_hub=step("reregister").get("assignedHub"), substatus=step("reregister").get("substatus"),
-        device_reports=step("verify").get("assignedHub"),
-        steps=[{"name": n, "status": steps[n].get("status"), "seconds": steps[n].get("seconds"),
-                "detail": steps[n].get("detail")} for n in step_names if n in steps],
-        skipped=outcome == "skipped", seconds=seconds)
-    if status not in ("assigned", "planned"):
-        result.error, result.recommendation = record.get("error"), record.get("recommendation")
-        result.failed_step = record.get("failedStep")
-    return result
+        device_reports=step("verify").get("assignedHub"))

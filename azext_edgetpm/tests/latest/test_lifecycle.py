@@ -17,7 +17,8 @@ import tomllib
 import pytest
 import requests
 
-from azext_edgetpm.tests.latest.test_dps_support import REPO, EmulatorEnv, ok, start_emulator
+from azext_edgetpm.tests.latest.azcli import az
+from azext_edgetpm.tests.latest.test_dps_support import REPO, EmulatorEnv, ok, rsa_ek, start_emulator
 
 pytestmark = pytest.mark.devkit
 
@@ -164,6 +165,15 @@ def test_rekey_after_tpm_clear(devices, dps):
     assert plan["status"] == "planned"
     assert enrollment(dps, d.rid)["attestation"]["tpm"]["endorsementKey"] == old_ek
 
+    # A key that another enrollment holds is refused (one TPM, one enrollment).
+    new_key = ok("edge-tpm", "ek", "show", *d.ssh()).out["endorsementKey"]   # (creates the new EK and SRK)
+    ok("edge-tpm", "enrollment", "create", "--endorsement-key", new_key, "--registration-id", "lifecycle-thief",
+       *dps.login)
+    refused = az("edge-tpm", "rekey", *d.args(dps), "--yes")
+    assert refused.rc != 0 and "lifecycle-thief" in refused.message, refused.message
+    assert enrollment(dps, d.rid)["attestation"]["tpm"]["endorsementKey"] == old_ek
+    ok("edge-tpm", "enrollment", "delete", "--enrollment-id", "lifecycle-thief", *dps.login, "--yes")
+
     result = ok("edge-tpm", "rekey", *d.args(dps), "--yes").out
     assert result["status"] == "assigned" and result["registrationId"] == d.rid, result
     assert result["previousEkSha256"] == hashlib.sha256(_b64(old_ek)).hexdigest()[:16]
@@ -297,3 +307,25 @@ def _steps_in(state):
     except (OSError, ValueError):
         return {}
     return next(iter(doc.get("devices", {}).values()), {}).get("steps", {})
+
+
+def test_unreachable_device_gets_its_cloud_side_done_unless_required(dps, rig, tmp_path):
+    rid = "lifecycle-unreachable-1"
+    ok("edge-tpm", "enrollment", "create", "--endorsement-key", rsa_ek(4711), "--registration-id", rid, *dps.login)
+    inventory = tmp_path / "gone.csv"
+    inventory.write_text("host,ssh_key,registration_id\n"
+                         f"root@{rig.host_ip}:1,{rig.devices[0].key('root')},{rid}\n", encoding="utf-8")
+    args = ["edge-tpm", "deprovision", "--inventory", str(inventory), *dps.login, "--known-hosts", rig.known_hosts,
+            "--yes"]
+
+    required = az(*args, "--require-device")
+    assert required.rc != 0 and required.out[0]["failedStep"] == "identify"
+    assert enrollment(dps, rid)["provisioningStatus"] == "enabled"      # nothing changed in DPS
+
+    cloud_only = az(*args)
+    assert cloud_only.rc != 0 and "1 of 1 devices failed" in cloud_only.message
+    result = cloud_only.out[0]
+    assert result["status"] == "failed" and result["failedStep"] == "device", result
+    assert result["enrollment"] == "disabled" and result["device"] == "not reached"
+    assert enrollment(dps, rid)["provisioningStatus"] == "disabled"
+    assert any(line.startswith("device: IoT Edge installed and configured as before") for line in result["remains"])
