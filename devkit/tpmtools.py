@@ -42,6 +42,21 @@ def split_tpm2b(data: bytes, count: int) -> Tuple[List[bytes], bytes]:
     return parts, data
 
 
+def split_authentication_key(blob: bytes, error: Callable[[str], Exception] = ToolsError) -> List[bytes]:
+    """TPM2B_ID_OBJECT, TPM2B_ENCRYPTED_SECRET, TPM2B_PRIVATE, TPM2B_ENCRYPTED_SECRET,
+    TPM2B_PUBLIC; then encUriData (a size, then opaque bytes no client uses; it may be missing)
+    is read and dropped, as in :func:`devkit.tpmclient.parse_authentication_key`."""
+    try:
+        parts, rest = split_tpm2b(blob, 5)
+        if rest:
+            _, rest = split_tpm2b(rest, 1)
+    except ValueError as exc:
+        raise error("malformed authenticationKey from DPS: %s" % exc) from exc
+    if rest:
+        raise error("malformed encUriData at the end of the authenticationKey")
+    return parts
+
+
 class ToolsTpm:
     """The few TPM operations registration needs, each one tpm2-tools command."""
 
@@ -95,18 +110,8 @@ class ToolsTpm:
         return "%#010x" % handle, self.read(name)
 
     def parse_authentication_key(self, blob: bytes) -> List[bytes]:
-        """TPM2B_ID_OBJECT, TPM2B_ENCRYPTED_SECRET, TPM2B_PRIVATE, TPM2B_ENCRYPTED_SECRET,
-        TPM2B_PUBLIC; then encUriData (a size, then opaque bytes no client uses; it may be
-        missing) is read and dropped, as in :func:`devkit.tpmclient.parse_authentication_key`."""
-        try:
-            parts, rest = split_tpm2b(blob, 5)
-            if rest:
-                _, rest = split_tpm2b(rest, 1)
-        except ValueError as exc:
-            raise self.error("malformed authenticationKey from DPS: %s" % exc) from exc
-        if rest:
-            raise self.error("malformed encUriData at the end of the authenticationKey")
-        return parts
+        """The challenge's five parts (see :func:`split_authentication_key`)."""
+        return split_authentication_key(blob, self.error)
 
     def import_authentication_key(self, key: List[bytes], ek: str, srk: str, persistent_handle: int,
                                   log: Callable[[str], None] = lambda m: None) -> str:

@@ -141,6 +141,8 @@ def ensure(name, log=None):
     with open(base + ".lock", "w", encoding="utf-8") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not os.path.exists(os.path.join(root, ".devkit-userland")):
+            for stale in glob.glob(base + ".tmp-*"):  # a build killed half-way (we hold the lock)
+                shutil.rmtree(stale, ignore_errors=True)
             build(RELEASES[name], mirror, base, log)
     return root
 

@@ -7,6 +7,9 @@ changes.
 The first run on a machine builds both userlands in parallel (about 2 minutes on 2 busy cores,
 see devkit/README.md); later runs reuse them.
 """
+import base64
+import json
+
 import pytest
 
 from azext_edgetpm.tests.latest.azcli import az
@@ -21,9 +24,10 @@ pytestmark = pytest.mark.devkit
 def distro_devices(rig):
     """One Debian 11 and one Debian 13 device in the session rig (both userlands built in
     parallel on first use), removed after the module."""
-    bullseye, trixie = rig.add_devices(["bullseye", "trixie"], timeout=120)
-    yield {"bullseye": bullseye, "trixie": trixie}
-    for dev in (bullseye, trixie):
+    devices = dict(zip(("bullseye", "bullseye+mfg", "trixie"),
+                       rig.add_devices(["bullseye", "bullseye+mfg", "trixie"], timeout=120)))
+    yield devices
+    for dev in devices.values():
         rig.remove_device(dev)
 
 
@@ -53,7 +57,21 @@ def version_of(dev, package):
     return dev.exec(["dpkg-query", "-W", "-f=${Version}", package], check=True).stdout
 
 
-def test_debian_11_device_ek_enrollment_install_assigned(distro_devices, repo, dps):
+def host_tools_read_public(dev, handle, tmp_path):
+    """The public area at ``handle`` as the host's own tpm2-tools (5.4) read it from the device's
+    TPM (in the device's network namespace, where its swtpm listens)."""
+    import subprocess
+    out = tmp_path / f"{dev.name}-{handle}.pub"
+    subprocess.run(["ip", "netns", "exec", dev.netns, "tpm2_readpublic", "-Q", "-c", handle, "-o", str(out)],
+                   env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "TPM2TOOLS_TCTI": dev.tcti}, check=True)
+    return out.read_bytes()
+
+
+def persistent_handles(dev):
+    return dev.exec(["tpm2_getcap", "handles-persistent"], env=dev.tpm_env, check=True).stdout.split()
+
+
+def test_debian_11_device_ek_enrollment_install_assigned(distro_devices, repo, dps, tmp_path):
     dev = distro_devices["bullseye"]
     # The device really is Debian 11, with that release's own tools.
     assert dev.exec(["cat", "/etc/debian_version"], check=True).stdout.startswith("11.")
@@ -68,6 +86,10 @@ def test_debian_11_device_ek_enrollment_install_assigned(distro_devices, repo, d
     assert ek["tpm"]["manufacturer"] == "IBM" and ek["tpm"]["specVersion"] == "2.0"
     again = ok("edge-tpm", "ek", "show", *host_args(dev), "--tcti", dev.tcti, "--no-create").out
     assert again["registrationId"] == ek["registrationId"] and not again["created"]
+    # What tpm2-tools 5.0 created and printed is what 5.4 reads from the same TPM: the EK (TCG template
+    # L-1) and the SRK (noDA storage template) are the same keys, the properties the same text.
+    assert host_tools_read_public(dev, "0x81010001", tmp_path) == base64.b64decode(ek["endorsementKey"])
+    assert len(host_tools_read_public(dev, "0x81000001", tmp_path)) == 284
 
     enrollment = ok("edge-tpm", "enrollment", "create", *host_args(dev, "root"), "--tcti", dev.tcti, *dps.login).out
     assert enrollment["registrationId"] == ek["registrationId"]
@@ -92,9 +114,26 @@ def test_debian_11_device_ek_enrollment_install_assigned(distro_devices, repo, d
     assert second.rc == 0 and not second.out["changed"], second.out["summary"]
 
 
+def test_debian_11_manufactured_tpm_provision_assigned(distro_devices, repo, dps):
+    """`provision` (identify, enroll, install, wait, status) on a Debian 11 device whose TPM has a
+    manufacturer EK certificate, read by tpm2-tools 5.0's tpm2_nvread."""
+    dev = distro_devices["bullseye+mfg"]
+    trust_dps(dev, dps)
+    result = ok("edge-tpm", "provision", *host_args(dev, "root"), "--tcti", dev.tcti, *dps.login,
+                "--id-scope", dps.section["id_scope"], "--global-endpoint", dps.section["device_endpoint"],
+                "--package-source", repo["base_url"]).out
+    row = result[0] if isinstance(result, list) else result
+    assert row["status"] == "assigned", json.dumps(row)[:2000]
+    assert row["assignedHub"] in dps.section["iot_hubs"]
+    ek = ok("edge-tpm", "ek", "show", *host_args(dev), "--tcti", dev.tcti, "--no-create").out
+    assert ek["ekCertificate"]["matchesEndorsementKey"] and ek["ekCertificate"]["nvIndex"] == "0x01C00002"
+    assert ek["registrationId"] == row["registrationId"]
+
+
 def test_debian_13_device_refused_before_anything_changes(distro_devices, repo, dps):
     dev = distro_devices["trixie"]
     assert dev.exec(["cat", "/etc/debian_version"], check=True).stdout.startswith("13.")
+    assert persistent_handles(dev) == []
     mark(dev)
     refused = install(dev, dps, "--package-source", repo["base_url"])
     assert refused.rc != 0
@@ -102,6 +141,7 @@ def test_debian_13_device_refused_before_anything_changes(distro_devices, repo, 
     assert "Debian 11/12" in refused.recommendation and "Ubuntu 20.04/22.04/24.04" in refused.recommendation
     assert "Traceback" not in refused.stderr
     assert changed_since_mark(dev) == []
+    assert persistent_handles(dev) == []  # not even an EK was created in its TPM
     dry = az("edge-tpm", "install", *host_args(dev), "--tcti", dev.tcti, "--id-scope", dps.section["id_scope"],
              "--dry-run")
     assert dry.rc != 0 and "Debian GNU/Linux 13" in dry.message
