@@ -296,12 +296,8 @@ class PackageSourceStep(Step):
     def _install_offline(ctx, debs):
         import os
         ctx.progress(f"uploading {len(debs)} package(s)")
-        tmp = ctx.session.run("umask 022; mktemp -d /tmp/edgetpm-debs.XXXXXX").stdout.strip()
-        if not tmp.startswith("/tmp/edgetpm-debs."):
-            raise FileOperationError(f"Cannot create a temporary directory on {ctx.display}.",
-                                     "Check that /tmp is writable on the device.")
+        tmp = ctx.session.staging_dir()  # emptied by the next run if this one loses its connection
         try:
-            ctx.session.run(f"chmod 755 {shlex.quote(tmp)}")
             remote = []
             for deb in debs:
                 with open(deb.path, "rb") as handle:

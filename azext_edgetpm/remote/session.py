@@ -9,6 +9,7 @@ import base64
 import errno
 import io
 import os
+import re
 import shlex
 import socket
 import time
@@ -17,7 +18,7 @@ from typing import Callable, Optional
 
 import paramiko
 from azure.cli.core.azclierror import (
-    AzureConnectionError, ClientRequestError, FileOperationError, ForbiddenError,
+    AzCLIError, AzureConnectionError, ClientRequestError, FileOperationError, ForbiddenError,
     InvalidArgumentValueError, UnauthorizedError, ValidationError)
 from knack.log import get_logger
 
@@ -26,7 +27,14 @@ from .target import DEFAULT_KNOWN_HOSTS, SshTarget, resolve_target, split_host
 logger = get_logger(__name__)
 
 SUDO_PASSWORD_ENV = "AZ_EDGETPM_SUDO_PASSWORD"
+# Where uploads wait until root puts them in place: one directory per login user, emptied by the
+# first upload of every run (a dropped connection can leave a staged copy behind, never for long).
+STAGING_ROOT = "/var/lib/edge-tpm/staging"
 _TRANSIENT_CONNECT_ATTEMPTS = 4
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM while a session was open: handled like Ctrl+C (the remote command is stopped)."""
 
 
 @dataclass
@@ -123,6 +131,8 @@ class RemoteSession:
         self._sudo_needs_password = False
         self.command_timeout = command_timeout
         self._clients = []
+        self._staging_base: Optional[str] = None
+        self._previous_sigterm = None
         self.client: Optional[paramiko.SSHClient] = None
 
     # -- connection ---------------------------------------------------------------------
@@ -141,6 +151,7 @@ class RemoteSession:
         if self.target.proxy_jump:
             sock = self._open_jump_channel()
         self.client = self._connect_client(self.target, sock)
+        self._trap_sigterm()  # (undone by close(); a failed connect leaves nothing to undo)
         return self
 
     def close(self) -> None:
@@ -148,6 +159,28 @@ class RemoteSession:
             client.close()
         self._clients = []
         self.client = None
+        if self._previous_sigterm is not None:
+            import signal
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
+
+    def _trap_sigterm(self) -> None:
+        """While connected, SIGTERM (a CI job cancelled, `kill`) ends az the way Ctrl+C does, so
+        that a running command is stopped on the device before az exits (main thread only:
+        Python delivers signals there)."""
+        import signal
+        import threading
+        if self._previous_sigterm is not None or threading.current_thread() is not threading.main_thread():
+            return
+        previous = signal.getsignal(signal.SIGTERM)
+        if previous not in (signal.SIG_DFL, None):
+            return  # someone (az itself, a host application) handles SIGTERM already
+
+        def terminated(signum, frame):
+            raise Terminated("az was asked to stop (SIGTERM).")
+
+        signal.signal(signal.SIGTERM, terminated)
+        self._previous_sigterm = previous
 
     @property
     def is_root(self) -> bool:
@@ -289,10 +322,11 @@ class RemoteSession:
         Sudo is tried without a password first (NOPASSWD); when the device asks for one, the
         password (environment variable or prompt) is written to sudo's stdin, never argv.
         """
+        command = _REPORT_PGID + command
         if not sudo or self.is_root:
             return self._exec(command, stdin, timeout)
         if not self._sudo_needs_password:
-            result = self._exec("sudo -n -- sh -c " + shlex.quote(command), stdin, timeout)
+            result = self._exec("sudo -n -- sh -c " + shlex.quote(command), stdin, timeout, as_root=True)
             if "a password is required" not in result.stderr:
                 return self._check_sudo(result)
             self._sudo_needs_password = True
@@ -302,7 +336,7 @@ class RemoteSession:
         if self._sudo_password is None:
             self._sudo_password = self._sudo_password_cb(self.target)
         secret = (self._sudo_password + "\n").encode()
-        result = self._exec("sudo -S -p '' -- sh -c " + shlex.quote(command), secret, timeout)
+        result = self._exec("sudo -S -p '' -- sh -c " + shlex.quote(command), secret, timeout, as_root=True)
         return self._check_sudo(result)
 
     def _check_sudo(self, result: Result) -> Result:
@@ -325,7 +359,10 @@ class RemoteSession:
                                   "Install sudo on the device or log in as root.")
         return result
 
-    def _exec(self, command: str, stdin: Optional[bytes], timeout: Optional[float]) -> Result:
+    def _exec(self, command: str, stdin: Optional[bytes], timeout: Optional[float], as_root: bool = False) -> Result:
+        if "\x00" in command:  # (the face names the option; this is the last line of defence)
+            raise InvalidArgumentValueError("A value holds a NUL character, which no remote command can carry.",
+                                            "Remove the NUL character from the values given.")
         timeout = timeout or self.command_timeout
         transport = self.client.get_transport()
         if transport is None or not transport.is_active():
@@ -340,19 +377,39 @@ class RemoteSession:
                 "authorized_keys): az edge-tpm runs ordinary shell commands.") from exc
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise self._lost(exc) from exc
+        progress = {"stderr": b""}
         try:
-            return self._exchange(chan, command, stdin, timeout)
+            return self._exchange(chan, command, stdin, timeout, progress)
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise self._lost(exc) from exc
+        except BaseException:
+            # Timed out, or az interrupted (Ctrl+C, SIGTERM): stop the command on the device too,
+            # so that no remote work (an apt-get update, say) goes on without anyone waiting for it.
+            self._stop_remote(_pgid(progress["stderr"]), as_root)
+            raise
         finally:
             chan.close()
+
+    def _stop_remote(self, pgid: Optional[int], as_root: bool) -> None:
+        """SIGTERM, then SIGKILL after 2 s, to the process group of an abandoned command."""
+        transport = self.client.get_transport() if self.client else None
+        if not pgid or pgid <= 1 or transport is None or not transport.is_active():
+            return
+        script = (f"kill -TERM -{pgid} 2>/dev/null || exit 0; i=0; "
+                  f"while kill -0 -{pgid} 2>/dev/null && [ $i -lt 20 ]; do sleep 0.1; i=$((i+1)); done; "
+                  f"kill -KILL -{pgid} 2>/dev/null; exit 0")
+        try:
+            self.run(script, sudo=as_root, timeout=15)
+            logger.warning("Stopped the command left running on %s.", self.target.display)
+        except Exception as exc:  # pylint: disable=broad-except  # best effort, the original error matters
+            logger.warning("Could not stop the command left running on %s: %s", self.target.display, exc)
 
     def _lost(self, exc: Exception) -> AzureConnectionError:
         return AzureConnectionError(f"The SSH connection to {self.target.display} failed during a command: {exc}",
                                     "Check the device's network and run the command again; the steps can be "
                                     "re-run safely.")
 
-    def _exchange(self, chan, command: str, stdin: Optional[bytes], timeout: float) -> Result:
+    def _exchange(self, chan, command: str, stdin: Optional[bytes], timeout: float, progress: dict) -> Result:
         chan.settimeout(1.0)
         chan.exec_command(command)
         if stdin:
@@ -368,6 +425,8 @@ class RemoteSession:
             while chan.recv_stderr_ready():
                 err.write(chan.recv_stderr(65536))
                 progressed = True
+                if len(progress["stderr"]) < 200:
+                    progress["stderr"] = err.getvalue()[:200]
             if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
                 break
             if time.monotonic() > deadline:
@@ -379,7 +438,8 @@ class RemoteSession:
         rc = chan.recv_exit_status()
         if rc == -1 and not chan.get_transport().is_active():
             raise EOFError("the connection closed before the command ended")
-        return Result(rc, out.getvalue().decode("utf-8", "replace"), err.getvalue().decode("utf-8", "replace"))
+        stderr = _PGID_LINE.sub(b"", err.getvalue(), count=1)
+        return Result(rc, out.getvalue().decode("utf-8", "replace"), stderr.decode("utf-8", "replace"))
 
     # -- files --------------------------------------------------------------------------
     def upload(self, data: bytes, remote_path: str, mode: int = 0o600) -> None:
@@ -404,17 +464,42 @@ class RemoteSession:
         finally:
             sftp.close()
 
+    def staging_dir(self) -> str:
+        """A new private directory for uploads under the fixed staging place of the login user,
+        STAGING_ROOT/<user> (0700, the user's; STAGING_ROOT is root's, 0711). The session's first
+        call empties that place, so that what an earlier run left there (its connection dropped
+        between upload and cleanup) is gone once this run starts staging."""
+        import hashlib
+        import re
+        user = self.target.user or "root"
+        name = user if re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}", user) else \
+            "u-" + hashlib.sha256(user.encode()).hexdigest()[:16]  # never a path of its own
+        base = f"{STAGING_ROOT}/{name}"
+        if self._staging_base is None:
+            q = shlex.quote(base)
+            result = self.run(f"umask 022; mkdir -p {STAGING_ROOT} && chmod 0711 {STAGING_ROOT} && rm -rf -- {q} && "
+                              f"mkdir -m 0700 -- {q} && chown -- {shlex.quote(user)}: {q}", sudo=True)
+            if not result.ok:
+                raise FileOperationError(
+                    f"Cannot prepare the staging directory {base} on {self.target.display}: "
+                    f"{result.stderr.strip()[-300:]}", "Check the free space and permissions under /var/lib on the "
+                    "device.")
+            self._staging_base = base
+        made = self.run(f"umask 077; mktemp -d {shlex.quote(base)}/run.XXXXXX").stdout.strip()
+        if not made.startswith(base + "/run."):
+            raise FileOperationError(f"Cannot create a staging directory under {base} on {self.target.display}.",
+                                     "Check the free space on the device.")
+        return made
+
     def install_file(self, data: bytes, dest: str, mode: int = 0o600, owner: str = "root",
                      group: str = "root") -> None:
-        """Atomically replace `dest` (as root) with `data`: the bytes go to a private temporary
+        """Atomically replace `dest` (as root) with `data`: the bytes go to a private staging
         directory over SFTP, then `install` writes `dest.tmp-edgetpm` with the final mode and
         owner next to `dest`, and `mv -f` renames it into place. A failure leaves `dest` as it was.
         """
-        tmpdir = self.run("umask 077; mktemp -d").stdout.strip()
-        if not tmpdir.startswith("/"):
-            raise FileOperationError(f"Cannot create a temporary directory on {self.target.display}.",
-                                     "Check that /tmp is writable on the device.")
+        tmpdir = self.staging_dir()
         staged = tmpdir + "/payload"
+        failed = True
         try:
             self.upload(data, staged, 0o600)
             part = dest + ".tmp-edgetpm"
@@ -425,8 +510,25 @@ class RemoteSession:
                 self.run(f"rm -f {shlex.quote(part)}", sudo=True)
                 raise FileOperationError(f"Cannot write {dest} on {self.target.display}: {result.stderr.strip()}",
                                          "Check the free space and permissions on the device.")
+            failed = False
         finally:
-            self.run(f"rm -rf {shlex.quote(tmpdir)}")
+            try:
+                self.run(f"rm -rf -- {shlex.quote(tmpdir)}")
+            except AzCLIError:
+                if not failed:  # (a lost connection: the next run's staging_dir removes it)
+                    raise
+
+
+# Every command first reports its process group on stderr (the line is taken out again), so
+# that an abandoned command can be stopped: sshd makes each session's shell a group leader, and
+# sudo (use_pty) runs the command in a group of its own.
+_REPORT_PGID = '{ read -r _ _ _ _ P _ < /proc/$$/stat; } 2>/dev/null; echo "@@EDGETPM-PGID ${P:-$$}" >&2\n'
+_PGID_LINE = re.compile(rb"^@@EDGETPM-PGID \d+\n", re.MULTILINE)
+
+
+def _pgid(stderr: bytes) -> Optional[int]:
+    match = re.search(rb"^@@EDGETPM-PGID (\d+)$", stderr or b"", re.MULTILINE)
+    return int(match.group(1)) if match else None
 
 
 def _unusable_key_files(paths) -> dict:
