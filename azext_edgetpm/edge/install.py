@@ -87,6 +87,13 @@ def status(session) -> dict:
     except Exception:  # pylint: disable=broad-except  # os info is informative only
         arch, os_name = None, None
     prov = report["provisioning"]
+    if not (config_summary or {}).get("source") and "error" not in (config_summary or {}):
+        # No provisioning configured (never installed, or deprovisioned): an assignment in the
+        # logs is history, not the device's state.
+        prov = {"state": "not configured", "assignedHub": None, "deviceId": None,
+                "lastMessage": f"{configtoml.CONFIG_PATH} configures no provisioning",
+                "previous": {k: prov.get(k) for k in ("state", "assignedHub", "deviceId")}}
+        report["provisioning"] = prov
     result = {
         "device": display,
         "os": os_name,

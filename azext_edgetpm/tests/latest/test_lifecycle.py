@@ -236,6 +236,10 @@ def test_deprovision_disable_and_delete_uninstall_third_untouched(devices, dps):
     remains = " ".join(done["remains"])
     assert f"in {hub_a}" in remains and "disabled" in remains and "packages" in remains
 
+    status = ok("edge-tpm", "status", *a.ssh()[:-2]).out   # (the product's own view agrees)
+    assert status["provisioning"]["state"] == "not configured" and not status["healthy"]
+    assert status["provisioning"]["previous"]["assignedHub"] == hub_a
+
     # A again: every step finds its work done; DPS sees no write
     before = writes(dps)
     again = ok("edge-tpm", "deprovision", *a.args(dps), "--registration-id", a.rid, "--yes").out
@@ -317,6 +321,10 @@ def test_unreachable_device_gets_its_cloud_side_done_unless_required(dps, rig, t
                          f"root@{rig.host_ip}:1,{rig.devices[0].key('root')},{rid}\n", encoding="utf-8")
     args = ["edge-tpm", "deprovision", "--inventory", str(inventory), *dps.login, "--known-hosts", rig.known_hosts,
             "--yes"]
+
+    unconfirmed = az(*args[:-1])          # no --yes, and no terminal to ask on
+    assert unconfirmed.rc != 0 and "--yes" in unconfirmed.recommendation
+    assert enrollment(dps, rid)["provisioningStatus"] == "enabled"
 
     required = az(*args, "--require-device")
     assert required.rc != 0 and required.out[0]["failedStep"] == "identify"
