@@ -268,6 +268,8 @@ examples:
     text: az edge-tpm deprovision --host edge-01 --dps-name my-dps --dry-run -o table
   - name: The device is gone - do the DPS side only.
     text: az edge-tpm deprovision --host edge-01 --registration-id edge-01 --dps-name my-dps --keep-device --yes
+  - name: A fleet, ten devices at a time, resumable - a re-run with the same state file finishes what a killed run left.
+    text: az edge-tpm deprovision --inventory fleet.csv --login @dps.txt --state retire-state.json --max-parallel 10 --yes -o table
 """
 
 helps["edge-tpm reprovision"] = """
@@ -285,6 +287,8 @@ examples:
     text: az edge-tpm reprovision --host admin@edge-01 --dps-name my-dps --iot-hubs hub-west.azure-devices.net --allocation-policy static --yes
   - name: Register again after the enrollment was changed elsewhere.
     text: az edge-tpm reprovision --host edge-01 --login @dps.txt --query assignedHub -o tsv
+  - name: Move a whole inventory to another hub (enrollments changed in bulk, ten per DPS call), in two pipeline shards.
+    text: az edge-tpm reprovision --inventory fleet.csv -n my-dps --iot-hubs hub-west.azure-devices.net --allocation-policy static --shard 1/2 --state move-1.json --yes
 """
 
 helps["edge-tpm rekey"] = """
@@ -301,5 +305,7 @@ examples:
   - name: Re-key a device after its TPM was cleared.
     text: az edge-tpm rekey --host admin@edge-01 --dps-name my-dps -g my-rg
   - name: Without a prompt, showing the old and the new key.
-    text: az edge-tpm rekey --host edge-01 --login @dps.txt --yes --query "{old: previousEkSha256, new: ekSha256}"
+    text: az edge-tpm rekey --host edge-01 --login @dps.txt --yes --query "[previousEkSha256, ekSha256]" -o tsv
+  - name: Several re-imaged devices of an inventory, without a prompt.
+    text: az edge-tpm rekey --inventory fleet.csv --only edge-07 edge-12 --login @dps.txt --yes -o table
 """
