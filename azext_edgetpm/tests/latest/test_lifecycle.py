@@ -135,8 +135,14 @@ def test_reprovision_moves_three_devices_to_another_hub(devices, dps, rig, tmp_p
     before = {d.rid: record(dps, d.rid) for d in devices}
     bulk_before = writes(dps).get("POST /enrollments", 0)
     inventory = write_inventory(tmp_path / "fleet.csv", [d.dev for d in devices])
-    results = ok("edge-tpm", "reprovision", "--inventory", inventory, *dps.login, "--known-hosts", rig.known_hosts,
-                 "--iot-hubs", target, "--allocation-policy", "static", "--yes").out
+    args = ["edge-tpm", "reprovision", "--inventory", inventory, *dps.login, "--known-hosts", rig.known_hosts,
+            "--iot-hubs", target, "--allocation-policy", "static"]
+    plan = ok(*args, "--dry-run").out
+    assert [r["status"] for r in plan] == ["planned"] * 3, plan
+    assert all(r["enrollment"].startswith(("would change", "enrollment unchanged")) for r in plan)
+    assert writes(dps).get("POST /enrollments", 0) == bulk_before and record(dps, devices[0].rid) == before[devices[0].rid]
+
+    results = ok(*args, "--yes").out
     assert [r["status"] for r in results] == ["assigned"] * 3, results
     # the three enrollment changes went to DPS in ONE bulk call, each guarded by its etag
     assert writes(dps).get("POST /enrollments", 0) - bulk_before == 1
@@ -155,7 +161,7 @@ def test_reprovision_moves_three_devices_to_another_hub(devices, dps, rig, tmp_p
     assert again["enrollment"] == "enrollment unchanged" and again["assignedHub"] == target
 
 
-def test_rekey_after_tpm_clear(devices, dps):
+def test_rekey_after_tpm_clear(devices, dps, tmp_path):
     d = devices[2]
     old_ek = enrollment(dps, d.rid)["attestation"]["tpm"]["endorsementKey"]
     evicted = d.dev.clear_tpm()
@@ -193,9 +199,10 @@ def test_rekey_after_tpm_clear(devices, dps):
     assert refused.status_code == 401 and refused.json()["errorCode"] == 401002
     assert "does not match" in record(dps, d.rid)["errorMessage"]
 
-    # A second run: the key is in place; the device registers again and is assigned.
+    # A second run (the fleet form): the key is in place; the device registers again and is assigned.
     puts = writes(dps).get("PUT /enrollments/{id}", 0)
-    again = ok("edge-tpm", "rekey", *d.args(dps), "--yes").out
+    again = ok("edge-tpm", "rekey", "--inventory", write_inventory(tmp_path / "c.csv", [d.dev]), *dps.login,
+               "--known-hosts", d.dev.known_hosts, "--yes").out[0]
     assert again["status"] == "assigned" and again["enrollment"] == "the enrollment already holds the device's EK"
     assert writes(dps).get("PUT /enrollments/{id}", 0) == puts
     assert record(dps, d.rid)["status"] == "assigned"
