@@ -62,14 +62,14 @@ def fail_after_output(cmd, error):
     cli_ctx.register_event(EVENT_CLI_SUCCESSFUL_EXECUTE, raise_error)
 
 
-def progress_reporter(cmd, total):
+def progress_reporter(cmd, total, verb="Provisioning"):
     """A fleet progress reporter: az's progress bar on a terminal, plain lines in a pipeline log."""
     import sys
     from azext_edgetpm.fleet.summary import StderrReporter
     if not sys.stderr.isatty():
         return StderrReporter(sys.stderr), None
     controller = cmd.cli_ctx.get_progress_controller(det=True)
-    controller.begin(message=f"Provisioning {total} devices")
+    controller.begin(message=f"{verb} {total} devices")
 
     def report(progress, text):
         finished = progress.done + progress.failed + progress.skipped

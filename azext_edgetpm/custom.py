@@ -360,7 +360,7 @@ class _Fleet:
     def run(self, steps, services, jobs=None, skip=lambda record: record.get("status") == "done"):
         from azext_edgetpm.fleet.runner import Progress, Runner
         jobs = self.jobs if jobs is None else jobs
-        report, controller = factory.progress_reporter(self.cmd, len(jobs))
+        report, controller = factory.progress_reporter(self.cmd, len(jobs), self.verb.capitalize().rstrip("e") + "ing")
         try:
             with _stop_on_sigterm():
                 return Runner(steps, services, self.journal, max_parallel=self.parallel,
