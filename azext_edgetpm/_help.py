@@ -152,6 +152,11 @@ long-summary: |
     (1) os: the OS and architecture against IoT Edge 1.5's tier 1 systems (Ubuntu 20.04/22.04/24.04,
     Debian 11/12, Raspberry Pi OS Bullseye/Bookworm); others, e.g. Raspberry Pi OS Stretch, are
     refused before anything changes.
+    (proxy) the network: the device must reach the package source and DPS, directly or through
+    --proxy, before anything changes; with --proxy, apt (credentials in /etc/apt/auth.conf.d, root
+    only), the container engine, aziot-edged and aziot-identityd get the proxy (systemd drop-ins,
+    the engine restarted only when its drop-in changed) and --proxy-ca goes into the OS trust
+    store; without --proxy, what an earlier --proxy wrote is removed.
     (2) package-source: Microsoft's packages-microsoft-prod.deb, or --package-source, or
     --offline-packages; tpm2-tools when missing.
     (3) container-engine: moby-engine; "log-driver" merged into /etc/docker/daemon.json (other keys
@@ -159,12 +164,15 @@ long-summary: |
     (4) iotedge: aziot-edge and aziot-identity-service, latest or --edge-version.
     (5) config: /etc/aziot/config.toml from the package's template with DPS, TPM attestation,
     registration ID, ID scope, endpoint, payload, auto_reprovisioning_mode (top level), [tpm] tcti
-    and an integer auth_key_index. Comments and other settings of an existing file are kept, the old
+    and an integer auth_key_index; with --proxy the whole [agent] table with [agent.env]
+    https_proxy and UpstreamProtocol = "AmqpWs", and with --proxy-ca trust_bundle_cert. Comments and other settings of an existing file are kept, the old
     file is backed up next to it, and the new one is written atomically with mode 0600.
     (6) tpm-access: the aziottpm user's access to /dev/tpm0 and /dev/tpmrm0 (--tpm-access); skipped
     on devices without /dev/tpm* (a TPM over TCP).
-    (7) runtime: iotedge config apply when something changed, then iotedge system status, iotedge
-    check and the provisioning lines of the logs; known failures come with what to do.
+    (7) runtime: iotedge config apply when something changed (an edgeAgent container whose proxy
+    environment changed is removed first, so that it is created anew), then iotedge system status,
+    iotedge check (behind a proxy without its direct AMQP/MQTT checks; proxy-settings must pass)
+    and the provisioning lines of the logs; known failures come with what to do.
     Running it again changes nothing on a device that is already installed and configured; after a
     failure it continues where it stopped. --dry-run shows the plan without touching the device.
     Devices without systemd are handled: services restart through their /etc/init.d scripts.
@@ -185,6 +193,10 @@ examples:
     text: az edge-tpm install --host edge-01 --id-scope 0ne00ABCDEF --offline-packages ./iotedge-debs
   - name: A custom allocation payload, re-provisioning at every start, TPM access through the tss group.
     text: az edge-tpm install --host edge-01 --id-scope 0ne00ABCDEF --payload ./model-id.json --auto-reprovisioning-mode AlwaysOnStartup --tpm-access tss-group
+  - name: A device whose network leads out only through an authenticated HTTP proxy (the URL with user:password in a file).
+    text: az edge-tpm install --host edge-01 --id-scope 0ne00ABCDEF --proxy @proxy-url.txt --no-proxy 10.0.0.0/8
+  - name: Remove the proxy settings an earlier install wrote.
+    text: az edge-tpm install --host edge-01 --id-scope 0ne00ABCDEF --proxy none
   - name: A device whose TPM is a simulator on TCP, with a known registration ID.
     text: az edge-tpm install --host edge-01 --id-scope 0ne00ABCDEF --tcti "swtpm:host=127.0.0.1,port=2321" --registration-id edge-01
 """

@@ -30,6 +30,25 @@ def ssh_arguments(c):
                     "Default: the device's own default (tabrmd, then /dev/tpmrm0, /dev/tpm0).")
 
 
+def proxy_arguments(c):
+    """An HTTP proxy between the device and the internet."""
+    c.argument("proxy", options_list=["--proxy"], arg_group="Network",
+               help="HTTP proxy through which the device reaches the package source, DPS, IoT Hub and container "
+                    "registries: http://[user:password@]host:port, or @file holding it (keeps the password off "
+                    "command lines), or 'none'. Written for apt (credentials in /etc/apt/auth.conf.d, root only), "
+                    "the container engine, aziot-edged and aziot-identityd (systemd drop-ins) and edgeAgent "
+                    "([agent.env] https_proxy, UpstreamProtocol AmqpWs). Without it (or with 'none') proxy settings "
+                    "an earlier --proxy wrote are removed. The device must reach the proxy, and through it the "
+                    "package source and DPS, before anything changes.")
+    c.argument("no_proxy", options_list=["--no-proxy"], arg_group="Network",
+               help="Comma-separated hosts, domains or networks the container engine and apt reach directly "
+                    "(NO_PROXY), besides localhost and 127.0.0.1. Only with --proxy.")
+    c.argument("proxy_ca", options_list=["--proxy-ca"], arg_group="Network",
+               help="PEM file of the root CA of a proxy that inspects TLS: installed into the device's trust store "
+                    "(/usr/local/share/ca-certificates) and as IoT Edge's trust_bundle_cert for the modules. "
+                    "Only with --proxy.")
+
+
 def dps_arguments(c):
     """How a command finds the Device Provisioning Service and authenticates to it."""
     from azure.cli.core.commands.parameters import get_enum_type
@@ -230,6 +249,7 @@ def load_arguments(self, _):
                         "with it; prefer --dps-name, which looks the ID scope and device endpoint up.")
         c.argument("dry_run", options_list=["--dry-run"], action="store_true",
                    help="Show which steps would change what, without changing anything on the device.")
+        proxy_arguments(c)
 
     with self.argument_context("edge-tpm status") as c:
         ssh_arguments(c)

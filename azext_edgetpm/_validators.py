@@ -11,12 +11,13 @@ MAX_LENGTHS = {
     "tcti": 256, "id_scope": 64, "registration_id": 128, "device_id": 128, "edge_version": 64,
     "log_driver": 64, "package_source": 1024, "global_endpoint": 256, "payload": 4096,
     "offline_packages": 4096, "endorsement_key": 2048, "dps_name": 64, "resource_group_name": 90,
+    "proxy": 1024, "no_proxy": 2048, "proxy_ca": 4096,
 }
 # --payload is sent to DPS at every registration: a small JSON document.
 MAX_PAYLOAD_BYTES = 64 * 1024
 # Values that become a single line on the device (a command argument, a config.toml string).
 _ONE_LINE = ("host", "ssh_user", "tcti", "id_scope", "registration_id", "device_id", "edge_version", "log_driver",
-             "package_source", "global_endpoint")
+             "package_source", "global_endpoint", "proxy", "no_proxy")
 _OPTION_NAMES = {"resource_group_name": "--resource-group"}
 
 
@@ -201,6 +202,21 @@ def _install_values(namespace):
             f"--payload {shown(namespace.payload)} is {os.path.getsize(os.path.expanduser(namespace.payload)):,} "
             f"bytes; at most {MAX_PAYLOAD_BYTES:,} are accepted.",
             "DPS receives the payload at every registration: keep it a small JSON document.")
+    validate_proxy(namespace)
+
+
+def validate_proxy(namespace):
+    """--proxy / --no-proxy / --proxy-ca: parsed (never echoing a password) before anything connects."""
+    import os
+    proxy = getattr(namespace, "proxy", None)
+    if proxy is not None:
+        namespace.proxy = proxy.strip()  # (az reads --proxy @file with the file's final newline)
+    ca = getattr(namespace, "proxy_ca", None)
+    if ca is not None and not os.path.isfile(os.path.expanduser(ca)):
+        raise InvalidArgumentValueError("--proxy-ca is not a file.", "Give the PEM file of the proxy's root CA.")
+    from azext_edgetpm.edge.proxy import check_file_readable, parse
+    parse(namespace.proxy if proxy is not None else None, getattr(namespace, "no_proxy", None),
+          check_file_readable(os.path.expanduser(ca)) if ca else None)
 
 
 def _fleet_values(namespace, single_flags):

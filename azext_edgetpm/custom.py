@@ -117,26 +117,31 @@ def _payload(payload):
 
 def install_settings(id_scope, global_endpoint=None, registration_id=None, package_source=None,
                      offline_packages=None, edge_version=None, log_driver="local", payload=None,
-                     auto_reprovisioning_mode=None, tpm_access="udev", tcti=None, dry_run=False):
+                     auto_reprovisioning_mode=None, tpm_access="udev", tcti=None, dry_run=False, proxy=None,
+                     no_proxy=None, proxy_ca=None):
     """edge.plan.InstallSettings from the install arguments (shared by install and provision)."""
     import os
+    from azext_edgetpm.edge import proxy as proxy_mod
     from azext_edgetpm.edge.configtoml import DEFAULT_GLOBAL_ENDPOINT
     from azext_edgetpm.edge.plan import InstallSettings
     payload_bytes, payload_name = _payload(payload)
+    ca_pem = proxy_mod.check_file_readable(os.path.expanduser(proxy_ca)) if proxy_ca else None
     return InstallSettings(
         id_scope=id_scope, global_endpoint=(global_endpoint or DEFAULT_GLOBAL_ENDPOINT).rstrip("/"),
         registration_id=registration_id, package_source=package_source and package_source.strip(),
         offline_packages=offline_packages and os.path.expanduser(offline_packages), edge_version=edge_version,
         log_driver=str(log_driver or "local"), payload=payload_bytes, payload_name=payload_name,
         auto_reprovisioning_mode=auto_reprovisioning_mode and str(auto_reprovisioning_mode),
-        tpm_access=str(tpm_access or "udev"), tcti=tcti, dry_run=bool(dry_run))
+        tpm_access=str(tpm_access or "udev"), tcti=tcti, dry_run=bool(dry_run),
+        proxy=proxy_mod.parse(proxy, no_proxy, ca_pem))
 
 
 def edge_install(cmd, host, id_scope=None, registration_id=None, dps_name=None, resource_group_name=None,
                  login=None, global_endpoint=None, package_source=None, offline_packages=None, edge_version=None,
                  log_driver="local", payload=None, auto_reprovisioning_mode=None, tpm_access="udev", tcti=None,
                  dry_run=False, ssh_user=None, ssh_port=None, ssh_key=None, ssh_config=None, known_hosts=None,
-                 accept_new_host_key=False, ssh_timeout=None, id_format="sha256"):
+                 accept_new_host_key=False, ssh_timeout=None, id_format="sha256", proxy=None, no_proxy=None,
+                 proxy_ca=None):
     from azext_edgetpm.operations.install import install
     if dps_name:
         target = factory.dps_target(cmd, dps_name, resource_group_name, auth_type="login")
@@ -144,7 +149,7 @@ def edge_install(cmd, host, id_scope=None, registration_id=None, dps_name=None, 
         logger.info("DPS %s: ID scope %s, device endpoint %s", target.name, id_scope, global_endpoint)
     settings = install_settings(id_scope, global_endpoint, registration_id, package_source, offline_packages,
                                 edge_version, log_driver, payload, auto_reprovisioning_mode, tpm_access, tcti,
-                                dry_run)
+                                dry_run, proxy, no_proxy, proxy_ca)
     opts = factory.ssh_options(host, ssh_user, ssh_port, ssh_key, ssh_config, known_hosts, accept_new_host_key,
                                ssh_timeout)
     with factory.progress(cmd, f"{'Planning' if dry_run else 'Installing'} IoT Edge on {host}") as progress, \

@@ -47,9 +47,9 @@ def _configure_up(p):
                    help="device variants, space- or comma-separated, cycled over the devices "
                         "(default: fresh). Combine with '+', e.g. mfg+notools. "
                         "See `python -m devkit variants`.")
-    p.add_argument("--services", nargs="+", default=["dps", "packages"], metavar="SERVICE",
-                   help="rig services to start too (see devkit/services.py); default: dps packages "
-                        "(the DPS emulator and the stand-in package repository); 'none' for devices only")
+    p.add_argument("--services", nargs="+", default=["dps", "packages", "proxy"], metavar="SERVICE",
+                   help="rig services to start too (see devkit/services.py); default: dps packages proxy "
+                        "(the DPS emulator, the stand-in package repository, the HTTP proxies); 'none' for devices only")
     p.add_argument("--timeout", type=float, default=120.0,
                    help="seconds to wait for all devices to accept SSH")
     p.add_argument("--json", action="store_true", help="print devkit.json instead of a summary")

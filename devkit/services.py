@@ -33,6 +33,7 @@ import time
 SERVICES = {
     "dps": "devkit.dps.service:DpsService",
     "packages": "devkit.packages.service:AptService",
+    "proxy": "devkit.proxy:ProxyService",
 }
 
 

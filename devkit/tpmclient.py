@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import errno
 import http.client
 import json
 import socket
@@ -258,12 +259,14 @@ class DeviceHttp:
     """HTTPS to the DPS device endpoint with a keep-alive connection and retry of 429/503."""
 
     def __init__(self, endpoint: str, ca_bundle: Optional[str] = None, timeout: float = 30.0,
-                 deadline: Optional[float] = None, log: Callable[[str], None] = lambda m: None):
+                 deadline: Optional[float] = None, log: Callable[[str], None] = lambda m: None,
+                 proxy: Optional[str] = None):
         url = urllib.parse.urlsplit(endpoint if "://" in endpoint else "https://" + endpoint)
         if url.scheme != "https":
             raise TpmClientError("the DPS endpoint must be https")
         self.host = url.hostname or ""
         self.port = url.port or 443
+        self.proxy = parse_proxy(proxy) if proxy else None
         self.prefix = url.path.rstrip("/")
         self.context = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else ssl.create_default_context()
         self.timeout = timeout
@@ -284,8 +287,15 @@ class DeviceHttp:
 
     def _once(self, method: str, path: str, body: Optional[bytes], headers: Dict[str, str]):
         if self._conn is None:
-            self._conn = http.client.HTTPSConnection(self.host, self.port, context=self.context,
-                                                     timeout=self.timeout)
+            if self.proxy:
+                # CONNECT through the HTTP proxy; TLS with DPS inside the tunnel.
+                phost, pport, auth = self.proxy
+                self._conn = http.client.HTTPSConnection(phost, pport, context=self.context, timeout=self.timeout)
+                self._conn.set_tunnel(self.host, self.port,
+                                      headers={"Proxy-Authorization": auth} if auth else None)
+            else:
+                self._conn = http.client.HTTPSConnection(self.host, self.port, context=self.context,
+                                                         timeout=self.timeout)
         self._conn.request(method, path, body=body, headers=headers)
         resp = self._conn.getresponse()
         data = resp.read()
@@ -313,6 +323,10 @@ class DeviceHttp:
                 raise TpmClientError(f"TLS verification of {self.host} failed (wrong CA bundle?): {exc}") from exc
             except (http.client.HTTPException, ConnectionError, socket.timeout, OSError) as exc:
                 self.close()
+                if str(exc).startswith("Tunnel connection failed"):
+                    raise TpmClientError(f"the proxy refused CONNECT {self.host}:{self.port}: {exc}") from exc
+                if getattr(exc, "errno", None) in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+                    raise TpmClientError(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
                 last_error = f"{type(exc).__name__}: {exc}"
                 self.log(f"{method} {path}: {last_error}; retrying")
                 self._sleep(min(2 ** attempt * 0.25, 5))
@@ -331,6 +345,23 @@ class DeviceHttp:
         raise TpmClientError(f"{method} {path} failed after {attempts} attempts: {last_error}")
 
 
+def parse_proxy(url: str) -> Tuple[str, int, Optional[str]]:
+    """(host, port, Proxy-Authorization value or None) of an http://[user:password@]host:port
+    proxy URL, as the identity service accepts it; TpmClientError("invalid proxy uri") else."""
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        port = parsed.port or 80
+    except ValueError as exc:
+        raise TpmClientError(f"invalid proxy uri: {exc}") from exc
+    if parsed.scheme != "http" or not parsed.hostname:
+        raise TpmClientError("invalid proxy uri (an http://host:port URL is expected)")
+    auth = None
+    if parsed.username is not None:
+        pair = f"{urllib.parse.unquote(parsed.username)}:{urllib.parse.unquote(parsed.password or '')}"
+        auth = "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
+    return parsed.hostname, port, auth
+
+
 def _retry_after(headers: Dict[str, str], default: float) -> float:
     try:
         return float(headers.get("retry-after", default))
@@ -347,7 +378,7 @@ def open_tpm(tcti: str):
 
 def register(tcti: str, endpoint: str, id_scope: str, registration_id: str, ca_bundle: Optional[str] = None,
              payload: Any = None, auth_key_index: int = DEFAULT_AUTH_KEY_INDEX, *, timeout: float = 120.0,
-             log: Callable[[str], None] = lambda m: None) -> Dict[str, Any]:
+             log: Callable[[str], None] = lambda m: None, proxy: Optional[str] = None) -> Dict[str, Any]:
     """Register this TPM's device with DPS; return the final ``registrationState``.
 
     The state's ``status`` is ``assigned`` (with ``assignedHub`` and ``deviceId``), ``failed`` or
@@ -356,7 +387,7 @@ def register(tcti: str, endpoint: str, id_scope: str, registration_id: str, ca_b
     deadline = time.monotonic() + timeout
     base = f"/{urllib.parse.quote(id_scope, safe='')}/registrations/{urllib.parse.quote(registration_id, safe='')}"
     persistent_handle = AUTH_KEY_BASE + auth_key_index
-    web = DeviceHttp(endpoint, ca_bundle, deadline=deadline, log=log)
+    web = DeviceHttp(endpoint, ca_bundle, deadline=deadline, log=log, proxy=proxy)
     try:
         with open_tpm(tcti) as tpm:
             ek, ek_public = tpm.persistent(EK_HANDLE, "endorsement key")

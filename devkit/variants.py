@@ -159,3 +159,31 @@ def _bullseye(spec):
          " list: tpm2-tools 5.7, Python 3.13, OpenSSH 10", userland="trixie")
 def _trixie(spec):
     spec.userland = "trixie"
+
+
+PROXY_PORTS = (3128, 3129)  # devkit/proxy.py's open and authenticated proxies
+FIREWALL_PATH = "/etc/devkit/proxied.nft"
+
+
+def proxied_firewall(address, ports=PROXY_PORTS):
+    """nft rules for a device at ``address`` whose only way out is the rig's proxies: loopback,
+    replies on connections made to the device (SSH) and TCP to the host side of the bridge on
+    the proxy ports; everything else it starts is rejected (EHOSTUNREACH: fails at once)."""
+    host = address.rsplit(".", 1)[0] + ".1"
+    return ("table inet devkit_proxied {\n"
+            "  chain out {\n"
+            "    type filter hook output priority 0; policy accept;\n"
+            "    oif \"lo\" accept\n"
+            "    ct state established,related accept\n"
+            "    ip daddr %s tcp dport { %s } accept\n"
+            "    reject with icmpx type admin-prohibited\n"
+            "  }\n"
+            "}\n" % (host, ", ".join(str(p) for p in ports)))
+
+
+@variant("proxied", "no direct network access: only the rig's HTTP proxies (devkit/proxy.py, "
+                    "host ports 3128/3129) are reachable (nftables in the device's namespace)")
+def _proxied(spec):
+    spec.notes["proxied"] = True
+    spec.write_file(FIREWALL_PATH, proxied_firewall(spec.address), 0o600)
+    spec.run("nft", "-f", FIREWALL_PATH)

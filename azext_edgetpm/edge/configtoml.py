@@ -42,6 +42,16 @@ class DpsTpmSettings:
     payload_uri: Optional[str] = None
     auto_reprovisioning_mode: Optional[str] = None
     tcti: Optional[str] = None
+    # The HTTP proxy (manage_proxy: the [agent] table and trust_bundle_cert follow these two
+    # values; a proxy or CA that is no longer given is removed again).
+    manage_proxy: bool = False
+    proxy_url: Optional[str] = field(default=None, repr=False)
+    proxy_display: Optional[str] = None
+    trust_bundle_uri: Optional[str] = None
+
+
+DEFAULT_AGENT_IMAGE = "mcr.microsoft.com/azureiotedge-agent:1.5"
+UPSTREAM_PROTOCOL = "AmqpWs"
 
 
 @dataclass
@@ -224,10 +234,74 @@ def edit_config(base_text: str, settings: DpsTpmSettings, where: str = CONFIG_PA
         changes.append(f"tpm.auth_key_index = {shown} (integer)" if current_index is None else
                        f"tpm.auth_key_index: string {current_index!r} -> integer {shown}")
 
+    if settings.manage_proxy:
+        _edit_agent(doc, settings, changes)
+        _edit_trust_bundle(doc, settings.trust_bundle_uri, changes)
+
     text = tomlkit.dumps(doc)
     if not text.endswith("\n"):
         text += "\n"
     return ConfigEdit(text=text, changes=changes)
+
+
+def _edit_agent(doc, settings: DpsTpmSettings, changes: List[str]) -> None:
+    """With a proxy: the whole [agent] table (name, type, [agent.config] image: a table holding
+    only [agent.env] lacks required keys), [agent.env] https_proxy and UpstreamProtocol = AmqpWs
+    (edgeHub reaches the hub over WebSockets only through a proxy). Without: those two removed."""
+    import tomlkit
+    agent = doc.get("agent")
+    if agent is not None and not isinstance(agent, dict):
+        raise FileOperationError("/etc/aziot/config.toml: `agent` is not a table.",
+                                 "Fix or remove `agent` in the file on the device, then run again.")
+    if not settings.proxy_url:
+        env = agent.get("env") if agent is not None else None
+        if isinstance(env, dict) and "https_proxy" in env:
+            del env["https_proxy"]
+            changes.append("removed agent.env.https_proxy")
+            if env.get("UpstreamProtocol") == UPSTREAM_PROTOCOL:
+                del env["UpstreamProtocol"]
+                changes.append("removed agent.env.UpstreamProtocol")
+            if not env:
+                del agent["env"]
+        return
+    if agent is None:
+        agent = tomlkit.table(is_super_table=False)
+        doc.add(tomlkit.nl())
+        doc.add("agent", agent)
+    for key, value in (("name", "edgeAgent"), ("type", "docker")):
+        if key not in agent:
+            agent[key] = value
+            changes.append(f"agent.{key} = {value!r}")
+    config = agent.get("config")
+    if not isinstance(config, dict):
+        config = tomlkit.table()
+        agent["config"] = config
+    if "image" not in config:
+        config["image"] = DEFAULT_AGENT_IMAGE
+        changes.append(f"agent.config.image = {DEFAULT_AGENT_IMAGE!r}")
+    env = agent.get("env")
+    if not isinstance(env, dict):
+        env = tomlkit.table()
+        agent["env"] = env
+    if env.get("https_proxy") != settings.proxy_url:
+        env["https_proxy"] = settings.proxy_url
+        changes.append(f"agent.env.https_proxy = {settings.proxy_display!r}")
+    if env.get("UpstreamProtocol") != UPSTREAM_PROTOCOL:
+        env["UpstreamProtocol"] = UPSTREAM_PROTOCOL
+        changes.append(f"agent.env.UpstreamProtocol = {UPSTREAM_PROTOCOL!r}")
+
+
+def _edit_trust_bundle(doc, uri: Optional[str], changes: List[str]) -> None:
+    """trust_bundle_cert (top level) = the proxy CA's file; removed when it was ours and no CA is given."""
+    from .proxy import TRUST_BUNDLE_URI
+    current = doc.get("trust_bundle_cert")
+    if uri:
+        if current != uri:
+            _set_top_level(doc, "trust_bundle_cert", uri)
+            changes.append(f"trust_bundle_cert = {uri!r} (top level)")
+    elif current == TRUST_BUNDLE_URI:
+        del doc["trust_bundle_cert"]
+        changes.append("removed trust_bundle_cert")
 
 
 def _set_top_level_changed(doc, mode: str, changes: List[str]) -> None:
@@ -258,6 +332,7 @@ def summarize(text: str) -> dict:
         "autoReprovisioningMode": data.get("auto_reprovisioning_mode"),
         "tcti": tpm.get("tcti"),
         "authKeyIndex": tpm.get("auth_key_index"),
+        "agentProxy": _agent_proxy(data),
     }
 
 
@@ -270,3 +345,23 @@ def unprovisioned(text: str, where: str = CONFIG_PATH) -> ConfigEdit:
     changes: List[str] = []
     _drop(doc, ("provisioning", "auto_reprovisioning_mode"), changes, "")
     return ConfigEdit(tomlkit.dumps(doc) if changes else text, changes)
+
+
+def agent_proxy_url(text: str) -> Optional[str]:
+    """[agent.env] https_proxy of a config.toml (credentials included), or None."""
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        import tomlkit as tomllib  # type: ignore[no-redef]
+    try:
+        data = tomllib.loads(text)
+    except Exception:  # pylint: disable=broad-except  # an unreadable file has no proxy to speak of
+        return None
+    env = (data.get("agent") or {}).get("env") or {}
+    return env.get("https_proxy") or None
+
+
+def _agent_proxy(data: dict) -> Optional[str]:
+    from .proxy import redact
+    env = (data.get("agent") or {}).get("env") or {}
+    return redact(env.get("https_proxy")) or None

@@ -5,8 +5,10 @@ from typing import Callable, Optional
 
 from . import configtoml, facts as facts_mod, platform, runtime, steps
 from .plan import CHANGED, WOULD_CHANGE, Context, InstallSettings, run_steps
+from .proxy import DIRECT_ONLY_CHECKS
+from .proxy_step import ProxyStep
 
-STEPS = (steps.OsStep, steps.PackageSourceStep, steps.ContainerEngineStep, steps.IotEdgeStep,
+STEPS = (steps.OsStep, ProxyStep, steps.PackageSourceStep, steps.ContainerEngineStep, steps.IotEdgeStep,
          steps.ConfigStep, steps.TpmAccessStep, steps.RuntimeStep)
 
 
@@ -75,8 +77,9 @@ def status(session) -> dict:
     if not facts.has("iotedge") or not facts.installed("aziot-edge"):
         raise ResourceNotFoundError(f"IoT Edge is not installed on {display}.",
                                     f"Install it with az edge-tpm install --host {session.target.alias} ...")
-    report = runtime.collect(session, with_check=True)
     config = facts.file(configtoml.CONFIG_PATH)
+    behind_proxy = bool(config and configtoml.agent_proxy_url(config.text))
+    report = runtime.collect(session, with_check=True, dont_run=DIRECT_ONLY_CHECKS if behind_proxy else ())
     try:
         config_summary = configtoml.summarize(config.text) if config else None
     except ValueError as exc:

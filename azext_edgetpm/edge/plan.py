@@ -36,6 +36,7 @@ class InstallSettings:
     tcti: Optional[str] = None
     dry_run: bool = False
     settle_timeout: float = 90.0
+    proxy: Optional[object] = None  # edge.proxy.Proxy (None: direct; proxy files of ours are removed)
 
 
 @dataclass

@@ -15,7 +15,7 @@ echo "@@LIST"; iotedge list 2>&1; echo "@@LISTRC $?"
 echo "@@LOGS"; iotedge system logs -- -n {lines} 2>&1 | tail -n {lines}
 echo "@@END"
 """
-_CHECK = 'echo "@@CHECK"; iotedge check --output json 2>/dev/null; echo; echo "@@CHECKRC $?"'
+_CHECK = 'echo "@@CHECK"; iotedge check --output json{dont_run} 2>/dev/null; echo; echo "@@CHECKRC $?"'
 
 
 def _sections(stdout: str) -> dict:
@@ -35,11 +35,16 @@ def _sections(stdout: str) -> dict:
     return out
 
 
-def collect(session, with_check: bool = True, log_lines: int = 400) -> dict:
-    """The runtime's own view of itself (as root, through sudo for other users)."""
-    script = _SCRIPT.format(check=_CHECK if with_check else "", lines=shlex.quote(str(int(log_lines))))
+def collect(session, with_check: bool = True, log_lines: int = 400, dont_run=()) -> dict:
+    """The runtime's own view of itself (as root, through sudo for other users). `dont_run`:
+    ids of `iotedge check` not to run (the direct AMQP/MQTT ones behind a proxy). Passwords of
+    URLs in what the device says (a proxy's, in check details or logs) are replaced by ***."""
+    from .proxy import redact
+    skip = (" --dont-run " + " ".join(shlex.quote(c) for c in dont_run)) if dont_run else ""
+    script = _SCRIPT.format(check=_CHECK.format(dont_run=skip) if with_check else "",
+                            lines=shlex.quote(str(int(log_lines))))
     result = session.run(script, sudo=True, timeout=600)
-    parts = _sections(result.stdout)
+    parts = _sections(redact(result.stdout))
     version_text = " ".join(parts.get("VERSION", [])).strip()
     match = re.search(r"iotedge\s+(\S+)", version_text)
     logs = [line for line in parts.get("LOGS", []) if line.strip()]

@@ -19,7 +19,7 @@ from typing import List, Optional
 from azure.cli.core.azclierror import (
     FileOperationError, ResourceNotFoundError, UnclassifiedUserFault, ValidationError)
 
-from . import apt, configtoml, health, platform, runtime
+from . import apt, configtoml, health, platform, proxy as proxy_mod, runtime
 from .plan import Check, Context, Step
 from .services import ServiceManager
 
@@ -36,7 +36,7 @@ TPMD_OVERRIDE = ("# aziot-tpmd runs as root to reach the TPM (written by az edge
                  "[Service]\nUser=root\n")
 
 MANAGED_FILES = (DAEMON_JSON, configtoml.CONFIG_PATH, configtoml.TEMPLATE_PATH, UDEV_RULE_PATH,
-                 TPMD_OVERRIDE_PATH, APT_LIST, PAYLOAD_PATH)
+                 TPMD_OVERRIDE_PATH, APT_LIST, PAYLOAD_PATH) + proxy_mod.MANAGED_FILES
 
 
 def backup_name(path: str) -> str:
@@ -277,9 +277,13 @@ class PackageSourceStep(Step):
     def _install_config_package(ctx, url):
         ctx.progress(f"downloading {url}")
         q = shlex.quote(url)
+        # Behind a proxy, apt's own downloader fetches it: it uses the proxy step's apt settings and
+        # the credentials of auth.conf.d, so that they never reach a command line.
+        first = (f"if [ -x /usr/lib/apt/apt-helper ]; then /usr/lib/apt/apt-helper download-file {q} \"$F\"; elif"
+                 if ctx.settings.proxy else "if")
         script = (
             "set -e; D=$(mktemp -d); trap 'rm -rf \"$D\"' EXIT; F=\"$D/packages-microsoft-prod.deb\"; "
-            f"if command -v curl >/dev/null 2>&1; then curl -fsSL --retry 2 -o \"$F\" {q}; "
+            f"{first} command -v curl >/dev/null 2>&1; then curl -fsSL --retry 2 -o \"$F\" {q}; "
             f"elif command -v wget >/dev/null 2>&1; then wget -q -O \"$F\" {q}; "
             "elif command -v python3 >/dev/null 2>&1; then python3 -c "
             "'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' "
@@ -494,10 +498,21 @@ class ConfigStep(Step):
         existing = f.file(configtoml.CONFIG_PATH)
         template = f.file(configtoml.TEMPLATE_PATH)
         base = existing.text if existing else (template.text if template else "")
+        proxy = s.proxy
         settings = configtoml.DpsTpmSettings(
             id_scope=s.id_scope, registration_id=rid or "<from the EK>",
             global_endpoint=s.global_endpoint, payload_uri=payload_uri,
-            auto_reprovisioning_mode=s.auto_reprovisioning_mode, tcti=s.tcti)
+            auto_reprovisioning_mode=s.auto_reprovisioning_mode, tcti=s.tcti, manage_proxy=True,
+            proxy_url=proxy.url if proxy else None, proxy_display=proxy.display if proxy else None,
+            trust_bundle_uri=proxy_mod.TRUST_BUNDLE_URI if proxy and proxy.ca_pem else None)
+        bundle = f.file(proxy_mod.TRUST_BUNDLE)
+        want_bundle = proxy.ca_pem if proxy and proxy.ca_pem else None
+        if want_bundle is not None and (bundle is None or bundle.data != want_bundle or bundle.mode != 0o644):
+            changes.append(f"write the proxy's CA to {proxy_mod.TRUST_BUNDLE} (trust bundle of the modules)")
+            data["bundle"] = want_bundle
+        elif want_bundle is None and bundle is not None:
+            changes.append(f"remove {proxy_mod.TRUST_BUNDLE}")
+            data["bundle"] = None
         edit = configtoml.edit_config(base, settings)
         data["text"] = edit.text
         if existing is None:
@@ -531,6 +546,15 @@ class ConfigStep(Step):
             ctx.session.install_file(ctx.settings.payload, PAYLOAD_PATH, 0o640 if group != "root" else 0o600,
                                      "root", group)
             done.append(f"uploaded the payload to {PAYLOAD_PATH}")
+        if "bundle" in check.data:
+            if check.data["bundle"] is None:
+                ctx.run(f"rm -f -- {shlex.quote(proxy_mod.TRUST_BUNDLE)}")
+                done.append(f"removed {proxy_mod.TRUST_BUNDLE}")
+            else:
+                owner = "aziotcs" if "aziotcs" in ctx.facts.users else "root"
+                ctx.run(f"mkdir -p -- {shlex.quote(proxy_mod.TRUST_BUNDLE.rsplit('/', 1)[0])}")
+                ctx.session.install_file(check.data["bundle"], proxy_mod.TRUST_BUNDLE, 0o644, owner, owner)
+                done.append(f"wrote {proxy_mod.TRUST_BUNDLE}")
         existing = ctx.facts.file(configtoml.CONFIG_PATH)
         text = check.data["text"].encode()
         if existing is None or existing.data != text or check.data.get("chmod"):
@@ -667,7 +691,7 @@ class RuntimeStep(Step):
 
     def check(self, ctx):
         f = ctx.facts
-        upstream_changes = [n for n in ("iotedge", "config", "tpm-access") if ctx.touched(n)]
+        upstream_changes = [n for n in ("proxy", "iotedge", "config", "tpm-access") if ctx.touched(n)]
         if ctx.dry_run and (upstream_changes or not f.has("iotedge")):
             return Check(changes=["run iotedge config apply, then check the runtime"])
         if not f.has("iotedge"):
@@ -682,20 +706,53 @@ class RuntimeStep(Step):
             reasons.append("the configuration was never applied")
         elif config_mtime > min(applied):
             reasons.append("config.toml is newer than the applied configuration")
+        stale_agent = self._stale_agent_env(ctx)
+        if stale_agent:
+            reasons.append(f"the edgeAgent container runs with another proxy environment ({stale_agent})")
         report = None
         if not reasons:
-            report = runtime.collect(ctx.session, with_check=True)
+            report = runtime.collect(ctx.session, with_check=True, dont_run=self._dont_run(ctx))
             ctx.extra["runtime"] = report
             if not report["healthy"]:
                 reasons.append("services not running: " + runtime.summary(report))
             elif report["provisioning"]["state"] == "failed":
                 reasons.append("the last provisioning attempt failed")
         if reasons:
-            return Check(changes=["run iotedge config apply (" + "; ".join(reasons) + ")"], data={"report": report})
+            return Check(changes=["run iotedge config apply (" + "; ".join(reasons) + ")"],
+                         data={"report": report, "stale_agent": bool(stale_agent)})
         self._judge(ctx, report)
         return Check(detail=runtime.summary(report))
 
+    @staticmethod
+    def _dont_run(ctx):
+        return proxy_mod.DIRECT_ONLY_CHECKS if ctx.settings.proxy else ()
+
+    @staticmethod
+    def _stale_agent_env(ctx) -> Optional[str]:
+        """What differs between the proxy environment config.toml gives edgeAgent and the one its
+        running container has (`iotedge config apply` leaves an existing container alone); None
+        when they agree or there is no such container."""
+        if not ctx.facts.installed("aziot-edge"):
+            return None
+        result = ctx.run("docker inspect --format '{{json .Config.Env}}' edgeAgent 2>/dev/null", timeout=60)
+        if not result.ok or not result.stdout.strip():
+            return None
+        try:
+            env = dict(item.split("=", 1) for item in json.loads(result.stdout.strip()) or [] if "=" in item)
+        except (ValueError, TypeError):
+            return None
+        proxy = ctx.settings.proxy
+        want = {"https_proxy": proxy.url, "UpstreamProtocol": configtoml.UPSTREAM_PROTOCOL} if proxy else {}
+        wrong = [k for k in ("https_proxy", "UpstreamProtocol") if env.get(k) != want.get(k)]
+        return ", ".join(wrong) or None
+
     def apply(self, ctx, check):
+        done = []
+        if check.data.get("stale_agent"):
+            # Removed first, so that aziot-edged creates it again from the new [agent] table.
+            ctx.progress("removing the edgeAgent container (its proxy environment changed)")
+            ctx.run("docker rm -f edgeAgent >/dev/null 2>&1", timeout=120)
+            done.append("removed the edgeAgent container")
         ctx.progress("iotedge config apply")
         result = ctx.run("iotedge config apply", timeout=600)
         if not result.ok:
@@ -708,7 +765,7 @@ class RuntimeStep(Step):
                 f"iotedge config apply rejected the configuration on {ctx.display}: {message}.{backup_note}",
                 problems[0]["recommendation"] if problems else
                 "Fix /etc/aziot/config.toml on the device as the message says, then run the command again.")
-        return "iotedge config apply"
+        return "; ".join(done + ["iotedge config apply"])
 
     def verify(self, ctx, check):
         ctx.progress("waiting for the runtime to start and provision")
@@ -720,7 +777,16 @@ class RuntimeStep(Step):
             if settled or time.monotonic() > deadline:
                 break
             time.sleep(2.0)
-        report = runtime.collect(ctx.session, with_check=True)
+        stale = self._stale_agent_env(ctx)
+        if stale:
+            # A watchdog of the old aziot-edged may have recreated it before the restart: once more.
+            ctx.run("docker rm -f edgeAgent >/dev/null 2>&1; iotedge system restart", timeout=600)
+            stale = self._stale_agent_env(ctx)
+            if stale:
+                raise UnclassifiedUserFault(
+                    f"The edgeAgent container on {ctx.display} still runs with another proxy environment ({stale}).",
+                    "Remove it on the device (docker rm -f edgeAgent) and restart IoT Edge (iotedge system restart).")
+        report = runtime.collect(ctx.session, with_check=True, dont_run=self._dont_run(ctx))
         ctx.extra["runtime"] = report
         self._judge(ctx, report)
         return runtime.summary(report)
@@ -741,6 +807,13 @@ class RuntimeStep(Step):
                 f"IoT Edge on {ctx.display} is not healthy: {what}. {runtime.summary(report)}",
                 problem["recommendation"] if problem else
                 "Run iotedge check and iotedge system logs on the device for details.")
+        proxy_problem = next((p for p in check["problems"] if p["id"] == "proxy-settings"), None)
+        if ctx.settings.proxy and proxy_problem:
+            raise UnclassifiedUserFault(
+                f"IoT Edge on {ctx.display} does not use one proxy everywhere: check proxy-settings: "
+                f"{' '.join(proxy_problem['details'])}",
+                "Check the https_proxy of [agent.env] in /etc/aziot/config.toml and of the docker, aziot-edged and "
+                "aziot-identityd services (systemctl show --property=Environment UNIT), then run the command again.")
         prov = report["provisioning"]
         if prov["state"] == "failed":
             ctx.notes.append(f"DPS has not assigned the device yet: {prov.get('error')}. "

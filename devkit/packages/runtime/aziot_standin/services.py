@@ -22,6 +22,7 @@ Also usable as ``python -m aziot_standin.services UNIT start|stop|restart|status
 import hashlib
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -43,6 +44,41 @@ def service_config(name):
             return tomllib.load(f)
     except FileNotFoundError:
         return {}
+
+
+def unit_environment(unit):
+    """The environment systemd gives ``unit`` (Environment= of its drop-ins, as loaded at the
+    last daemon-reload), asked from `systemctl show` as a process of that unit would see it."""
+    try:
+        out = subprocess.run(["systemctl", "show", "--property=Environment", unit], capture_output=True,
+                             text=True, timeout=30, check=False).stdout
+    except OSError:
+        return {}
+    env = {}
+    for line in out.splitlines():
+        if line.startswith("Environment="):
+            for word in line[len("Environment="):].split():
+                key, sep, value = word.partition("=")
+                if sep:
+                    env[key] = value
+    return env
+
+
+def https_proxy(env):
+    """The proxy aziot-identityd uses: HTTPS_PROXY first, then https_proxy (None: direct)."""
+    return env.get("HTTPS_PROXY") or env.get("https_proxy") or None
+
+
+def _proxy_shown(url):
+    """``scheme://host:port`` of a proxy URL (credentials left out), None when it does not parse."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port or 80
+    except ValueError:
+        return None
+    if not parts.hostname or parts.scheme not in ("http", "https"):
+        return None
+    return "%s://%s:%d" % (parts.scheme, parts.hostname, port)
 
 
 def python():
@@ -178,13 +214,21 @@ def start_identityd():
             _fail_provisioning("DPS client error", "could not read payload: %s" % err)
             return False
     att = prov["attestation"]
+    proxy = https_proxy(unit_environment("aziot-identityd"))
+    if proxy:
+        shown = _proxy_shown(proxy)
+        if shown is None:
+            store.log("aziot-identityd", "ERR!", "invalid proxy uri")
+            store.set_service("aziot-identityd", "failed")
+            return False
+        store.log("aziot-identityd", "INFO", "Using proxy %s" % shown)
     store.log("aziot-identityd", "INFO", "Registering with DPS %s, ID scope %s, registration ID %s"
               % (prov["global_endpoint"], prov["scope_id"], att["registration_id"]))
     answer, stderr = tpm_child({"op": "register", "tcti": tpmd.get("tcti", "device"),
                                 "endpoint": prov["global_endpoint"],
                                 "id_scope": prov["scope_id"],
                                 "registration_id": att["registration_id"],
-                                "payload": payload,
+                                "payload": payload, "proxy": proxy,
                                 "auth_key_index": tpmd.get("auth_key_index", 0x100)})
     for line in stderr:
         store.raw("aziot-tpmd", line)
@@ -236,21 +280,33 @@ def start_edged():
         store.log("aziot-edged", "WARN", "Failed to obtain device provisioning info from "
                   "aziot-identityd; retrying")
         store.set_service("aziot-edged", "activating")
-        store.set_modules([])
+        store.stop_modules()
         return False
     uri = cfg.get("moby_runtime", {}).get("uri", "unix:///var/run/docker.sock")
     if not engine_reachable(uri):
         store.log("aziot-edged", "ERR!", "A module runtime error occurred")
         store.log("aziot-edged", "ERR!", "caused by: could not connect to %s" % uri)
         store.set_service("aziot-edged", "activating")
-        store.set_modules([])
+        store.stop_modules()
         return False
     store.log("aziot-edged", "INFO", "Obtained device provisioning data: hub %s, device %s"
               % (backup.get("assignedHub"), backup.get("deviceId")))
-    image = cfg.get("agent", {}).get("config", {}).get("image", "")
-    store.log("aziot-edged", "INFO", "Starting edgeAgent with image %s" % image)
-    store.set_modules([{"name": "edgeAgent", "status": "running", "image": image,
-                        "since": time.time()}])
+    agent = cfg.get("agent", {})
+    image = agent.get("config", {}).get("image", "")
+    mods = store.modules()
+    existing = next((m for m in mods if m["name"] == "edgeAgent"), None)
+    if existing is not None:
+        # An existing container is started as it is: a changed [agent] (image, env) reaches
+        # it only after it was removed (docker rm -f edgeAgent), as with the real runtime.
+        store.log("aziot-edged", "INFO", "Starting existing edgeAgent container")
+        existing.update(status="running", since=time.time())
+    else:
+        store.log("aziot-edged", "INFO", "Creating edgeAgent with image %s" % image)
+        existing = {"name": "edgeAgent", "status": "running", "image": image,
+                    "env": ["%s=%s" % kv for kv in sorted((agent.get("env") or {}).items())],
+                    "id": "%064x" % random.getrandbits(256), "since": time.time()}
+        mods.append(existing)
+    store.set_modules(mods)
     return True
 
 
@@ -264,7 +320,7 @@ def stop(unit):
         store.log(unit, "INFO", "Stopping service")
     store.set_service(unit, "inactive")
     if unit == "aziot-edged":
-        store.set_modules([])
+        store.stop_modules()
 
 
 def start(unit):

@@ -7,7 +7,8 @@ Everything lives where the real runtime keeps its own state (under /var/lib/azio
                                           interpreter, devkit checkout for the TPM client)
 - /var/lib/aziot/standin/services.json   {unit: {"state": "active"|"inactive"|"failed"|
                                           "activating", "pid": n, "since": epoch}}
-- /var/lib/aziot/standin/modules.json    [{"name", "status", "image", "since"}]
+- /var/lib/aziot/standin/modules.json    [{"name", "status", "image", "env", "since"}]: the
+                                          containers (dockerd serves them; `docker rm` removes)
 - /var/lib/aziot/identityd/device_info   the provisioning backup (where the real identityd
                                           keeps it, so a reset that removes it works on both)
 - /var/log/aziot/standin-journal.jsonl   the journal that `iotedge system logs` prints
@@ -124,3 +125,9 @@ def modules():
 def set_modules(mods):
     """Replace the module list."""
     write_json(MODULES_FILE, mods)
+
+
+def stop_modules():
+    """The engine's containers stop but stay (their environment with them), as when the real
+    aziot-edged stops: a later start reuses them as they are."""
+    set_modules([dict(m, status="exited") for m in modules()])

@@ -188,7 +188,7 @@ def parse(text):
     The result has keys: hostname, parent_hostname, auto_reprovisioning_mode, provisioning
     (source, and for DPS: global_endpoint, id_scope, attestation{method, registration_id},
     payload_uri), tpm (tcti, auth_key_index, hierarchy_authorization), moby_runtime_uri,
-    agent_image.
+    agent_image, agent_env, trust_bundle_cert.
     """
     try:
         doc = tomllib.loads(text)
@@ -209,7 +209,7 @@ def parse(text):
                % (mode, ", ".join("`%s`" % m for m in REPROVISIONING_MODES)),
                "auto_reprovisioning_mode")
     out["auto_reprovisioning_mode"] = mode
-    p.url(doc, "trust_bundle_cert", None, required=False)
+    out["trust_bundle_cert"] = p.url(doc, "trust_bundle_cert", None, required=False)
 
     prov = p.table(doc, "provisioning", None)
     source = p.variant(prov, "source", PROVISIONING_SOURCES, "provisioning")
@@ -257,10 +257,19 @@ def parse(text):
     moby = p.table(doc, "moby_runtime", None, required=False)
     out["moby_runtime_uri"] = (p.url(moby, "uri", "moby_runtime") if moby is not None
                                else DEFAULT_MOBY_URI)
-    agent = p.table(doc, "agent", None, required=False) or {}
-    agent_cfg = p.table(agent, "config", "agent", required=False) or {}
-    out["agent_image"] = p.string(agent_cfg, "image", "agent.config", required=False,
-                                  default=DEFAULT_AGENT_IMAGE)
+    agent = p.table(doc, "agent", None, required=False)
+    out["agent_env"] = {}
+    if agent is None:
+        out["agent_image"] = DEFAULT_AGENT_IMAGE
+    else:
+        # A whole [agent] table replaces the default one: name, type and config are required
+        # (a table holding only [agent.env] is refused, as by the real aziot-edged).
+        p.string(agent, "name", "agent")
+        p.string(agent, "type", "agent")
+        agent_cfg = p.table(agent, "config", "agent")
+        out["agent_image"] = p.string(agent_cfg, "image", "agent.config")
+        env = p.table(agent, "env", "agent", required=False) or {}
+        out["agent_env"] = {k: p.string(env, k, "agent.env") for k in env}
 
     # aziotctl's apply, after deserialisation succeeded.
     if source == "dps" and out["parent_hostname"]:
@@ -340,12 +349,13 @@ def render(cfg, uids, hostname):
             {"uid": uids["iotedge"], "keys": ["aziot-edged-ca", "iotedge_master_encryption_id"]},
         ],
     }
+    trust_bundle = ["aziot-edged-ca"] + ([cfg["trust_bundle_cert"]] if cfg.get("trust_bundle_cert") else [])
     certd = {
         "homedir_path": "/var/lib/aziot/certd",
         "cert_issuance": {"aziot-edged-ca": {"method": "self_signed",
                                              "common_name": "iotedged workload ca %s" % hostname,
                                              "expiry_days": 90}},
-        "preloaded_certs": {"aziot-edged-trust-bundle": ["aziot-edged-ca"]},
+        "preloaded_certs": {"aziot-edged-trust-bundle": trust_bundle},
         "principal": [{"uid": uids["iotedge"],
                        "certs": ["aziot-edged-ca", "aziot-edged/module/*"]}],
     }
@@ -362,7 +372,8 @@ def render(cfg, uids, hostname):
         "trust_bundle_cert": "aziot-edged-trust-bundle",
         "auto_reprovisioning_mode": cfg["auto_reprovisioning_mode"],
         "agent": {"name": "edgeAgent", "type": "docker",
-                  "config": {"image": cfg["agent_image"]}},
+                  "config": {"image": cfg["agent_image"]},
+                  "env": dict(cfg.get("agent_env") or {}) or None},
         "connect": {"workload_uri": "unix:///var/run/iotedge/workload.sock",
                     "management_uri": "unix:///var/run/iotedge/mgmt.sock"},
         "listen": {"workload_uri": "fd://aziot-edged.workload.socket",

@@ -7,7 +7,7 @@ stdout. Its stderr is kept apart so the parent can log tpm2-tss's own diagnostic
 Requests:
 - ``{"op": "probe", "tcti": T}`` opens and closes an ESAPI context on TCTI ``T``.
 - ``{"op": "register", "tcti", "endpoint", "id_scope", "registration_id", "payload",
-  "auth_key_index", "devkit_root"}`` calls ``devkit.tpmclient.register`` (the devkit's
+  "auth_key_index", "proxy", "devkit_root"}`` calls ``devkit.tpmclient.register`` (the devkit's
   device-side DPS TPM registration client) and returns its final registration state.
 
 Answer: ``{"ok": true, ...}`` or ``{"ok": false, "stage": "tcti"|"client"|"register",
@@ -63,7 +63,8 @@ def handle(req):
         state = client.register(req["tcti"], req["endpoint"], req["id_scope"],
                                 req["registration_id"], ca_bundle=None,
                                 payload=req.get("payload"),
-                                auth_key_index=req.get("auth_key_index", 0x100))
+                                auth_key_index=req.get("auth_key_index", 0x100),
+                                proxy=req.get("proxy"))
     except Exception as err:  # noqa: BLE001 - any client failure is a DPS client error
         return {"ok": False, "stage": "register", "error": str(err), "type": type(err).__name__}
     return {"ok": True, "state": state}

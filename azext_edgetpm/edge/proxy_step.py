@@ -1,0 +1,98 @@
+"""Step `proxy` of `az edge-tpm install` (after `os`, before anything is downloaded).
+
+check:  the device reaches the package source and DPS (through --proxy, or directly without
+        it) -- refused before anything changes when it cannot; then which proxy files differ
+        (apt's proxy and auth.conf.d, the drop-ins of docker, aziot-edged, aziot-identityd, the
+        proxy's CA in the OS store). Without --proxy (or with --proxy none) the files that an
+        earlier --proxy wrote must go.
+apply:  write / remove exactly those files; update-ca-certificates when the CA changed;
+        systemctl daemon-reload when a drop-in changed; restart docker when its drop-in
+        changed and it runs. (The aziot services restart in the runtime step's config apply.)
+verify: the files read back as written.
+"""
+import shlex
+from typing import List
+
+from azure.cli.core.azclierror import FileOperationError, UnclassifiedUserFault
+
+from . import apt, proxy as proxy_mod
+from .plan import Check, Step
+from .services import ServiceManager
+
+
+def targets(ctx) -> List[proxy_mod.Target]:
+    """What the device must reach: the package source (unless .deb files are uploaded) and DPS."""
+    from .steps import config_package_url, is_apt_line
+    s = ctx.settings
+    found = []
+    if not s.offline_packages:
+        if is_apt_line(s.package_source):
+            uris = apt.source_uris(s.package_source)
+            url = uris[0] if uris else None
+        else:
+            url = config_package_url(s.package_source, ctx.platform)
+        t = proxy_mod.target("the package source", url) if url else None
+        if t:
+            found.append(t)
+    t = proxy_mod.target("DPS", s.global_endpoint)
+    if t:
+        found.append(t)
+    return found
+
+
+class ProxyStep(Step):
+    name = "proxy"
+    title = "Checking the network and the HTTP proxy settings"
+
+    def check(self, ctx):
+        proxy = ctx.settings.proxy
+        reach = targets(ctx)
+        ctx.notes += proxy_mod.check_reachable(ctx.session, reach, proxy, ctx.display)
+        diff = proxy_mod.differences(ctx.facts, proxy)
+        changes = [(f"remove {path}" if want is None else f"write {path}") for path, want in diff.items()]
+        how = f"through {proxy.display}" if proxy else "directly"
+        detail = f"{', '.join(t.label for t in reach) or 'nothing to reach'} reachable {how}"
+        if proxy and not diff:
+            detail += "; apt, docker, aziot-edged and aziot-identityd use the proxy"
+        return Check(changes=changes, detail=detail, data={"diff": diff})
+
+    def apply(self, ctx, check):
+        diff = check.data["diff"]
+        done = []
+        for path, want in diff.items():
+            if want is None:
+                ctx.run(f"rm -f -- {shlex.quote(path)}")
+                done.append(f"removed {path}")
+            else:
+                ctx.run(f"mkdir -p -- {shlex.quote(path.rsplit('/', 1)[0])}")
+                ctx.session.install_file(want[0], path, want[1])
+                done.append(f"wrote {path}")
+        if proxy_mod.OS_CA in diff:
+            result = ctx.run("update-ca-certificates --fresh >/dev/null", timeout=120)
+            if not result.ok:
+                raise UnclassifiedUserFault(f"update-ca-certificates failed on {ctx.display}: "
+                                            f"{apt.tail(result.stderr)}", "Check the CA file of --proxy-ca.")
+            done.append("update-ca-certificates")
+        units = [u for u in proxy_mod.UNITS if proxy_mod.dropin(u) in diff]
+        if units:
+            ctx.refresh()
+            manager = ServiceManager.detect(ctx.facts)
+            if manager.kind != "none":
+                ctx.run("systemctl daemon-reload")
+                done.append("systemctl daemon-reload")
+            if "docker" in units and manager.is_active(ctx.session, "docker"):
+                ctx.progress("restarting the container engine (its proxy changed)")
+                result = manager.restart(ctx.session, "docker")
+                if result is not None and not result.ok:
+                    raise UnclassifiedUserFault(f"The container engine did not restart on {ctx.display}: "
+                                                f"{apt.tail(result.stderr + result.stdout)}",
+                                                "Run systemctl status docker on the device.")
+                done.append("restarted the container engine")
+        return "; ".join(done)
+
+    def verify(self, ctx, check):
+        left = proxy_mod.differences(ctx.facts, ctx.settings.proxy)
+        if left:
+            raise FileOperationError(f"{', '.join(left)} on {ctx.display} did not read back as written.",
+                                     "Check the files on the device and run the command again.")
+        return None

@@ -1,0 +1,169 @@
+"""`az edge-tpm install --proxy` for real: a `proxied` device (nftables in its namespace let it
+reach nothing but the rig's HTTP proxies, devkit/proxy.py: Debian's tinyproxy, open on 3128,
+Basic auth on 3129) installs the stand-in packages and registers with the DPS emulator only
+through the proxy, whose own log must show that traffic.
+
+What the device has is read from inside it (the rig's device exec), never through the product.
+"""
+import json
+import os
+import re
+import tomllib
+
+import pytest
+
+from azext_edgetpm.tests.latest.azcli import az
+from azext_edgetpm.tests.latest import test_edge_install
+from azext_edgetpm.tests.latest.test_edge_install import (  # noqa: F401  (module fixtures used here)
+    device, dps, enroll, install, mark, read, repo, stat, statuses)
+
+pytestmark = pytest.mark.devkit
+
+PROXY_FILES = ["/etc/apt/apt.conf.d/80edge-tpm-proxy",
+               "/etc/systemd/system/aziot-edged.service.d/edge-tpm-proxy.conf",
+               "/etc/systemd/system/aziot-identityd.service.d/edge-tpm-proxy.conf",
+               "/etc/systemd/system/docker.service.d/edge-tpm-proxy.conf"]
+AUTH_FILE = "/etc/apt/auth.conf.d/edge-tpm-proxy.conf"
+BORN = "/run/edgetpm-test-born"
+
+
+@pytest.fixture(scope="module")
+def proxies(rig):
+    """The rig's two proxies (open and authenticated), as `devkit up` starts them."""
+    from devkit.proxy import ProxyService
+    service = ProxyService()
+    try:
+        section = service.up(rig)
+    except Exception as exc:  # pylint: disable=broad-except  # e.g. tinyproxy not installed
+        pytest.skip(f"HTTP proxy unavailable: {exc}")
+    yield section
+    service.down(rig, section)
+
+
+def changed_since_mark(dev):
+    # (the devices' lower layer is the host's /: a userland cache the host builds meanwhile shows)
+    return [p for p in test_edge_install.changed_since_mark(dev) if not p.startswith("/var/cache/edgetpm-devkit")]
+
+
+def changed_files_since_mark(dev):
+    """Regular files changed since mark(dev) (directories left out)."""
+    command = test_edge_install.CHANGED_SINCE_MARK.replace(" -print", " -type f -print")
+    return [p for p in dev.exec(command, check=True, timeout=120).stdout.split()
+            if not p.startswith("/var/cache/edgetpm-devkit")]
+
+
+def log_size(path):
+    return os.path.getsize(path)
+
+
+def log_since(path, offset):
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        handle.seek(offset)
+        return handle.read()
+
+
+def agent_container(dev):
+    out = dev.exec("docker inspect --format '{{.Id}} {{json .Config.Env}}' edgeAgent", check=True).stdout.strip()
+    cid, _, env = out.partition(" ")
+    return cid, dict(e.split("=", 1) for e in json.loads(env))
+
+
+def check_result(dev, check_id):
+    out = dev.exec("iotedge check --output json", check=False).stdout
+    return json.loads(out)["checks"][check_id]["result"]
+
+
+def unit_env(dev, unit):
+    line = dev.exec(["systemctl", "show", "--property=Environment", unit], check=True).stdout.strip()
+    return dict(w.split("=", 1) for w in line[len("Environment="):].split())
+
+
+def test_proxy_only_device(device, repo, dps, proxies, tmp_path):
+    dev = device("proxied")
+    dev.exec(["touch", BORN], check=True)
+    enroll(dev, dps)
+    source = ["--package-source", repo["base_url"]]
+
+    # Without --proxy: one clear error naming what the device cannot reach, and nothing changed.
+    mark(dev)
+    direct = install(dev, dps, *source)
+    assert direct.rc != 0
+    assert "cannot reach the package source" in direct.message and "directly" in direct.message, direct.message
+    assert "--proxy" in direct.recommendation
+    assert changed_since_mark(dev) == []
+
+    # Through the open proxy: installed and assigned; the proxy saw the packages and DPS.
+    offset = log_size(proxies["log"])
+    first = install(dev, dps, *source, "--proxy", proxies["url"])
+    assert first.rc == 0, f"{first.message} | {first.recommendation}"
+    assert statuses(first)["proxy"] == "changed"
+    assert first.out["runtime"]["provisioning"]["state"] == "assigned", first.out["runtime"]
+    seen = log_since(proxies["log"], offset)
+    repo_hostport = repo["base_url"].split("//", 1)[1].rstrip("/")
+    dps_hostport = dps.section["device_endpoint"].split("//", 1)[1]
+    assert re.search(rf"Request .*: GET http://{re.escape(repo_hostport)}/.*aziot-edge", seen), seen[-3000:]
+    assert re.search(rf"Request .*: CONNECT {re.escape(dps_hostport)} ", seen), seen[-3000:]
+    for path in PROXY_FILES:
+        assert read(dev, path) is not None, path
+    assert read(dev, AUTH_FILE) is None
+    for unit in ("docker", "aziot-edged", "aziot-identityd"):
+        assert unit_env(dev, unit)["https_proxy"] == proxies["url"]
+    assert unit_env(dev, "docker")["NO_PROXY"] == "localhost,127.0.0.1"
+    config = tomllib.loads(read(dev, "/etc/aziot/config.toml"))
+    assert config["agent"] == {"name": "edgeAgent", "type": "docker",
+                               "config": {"image": "mcr.microsoft.com/azureiotedge-agent:1.5"},
+                               "env": {"https_proxy": proxies["url"], "UpstreamProtocol": "AmqpWs"}}
+    assert check_result(dev, "proxy-settings") == {"result": "ok"}
+    first_agent, env = agent_container(dev)
+    assert env["https_proxy"] == proxies["url"] and env["UpstreamProtocol"] == "AmqpWs"
+
+    # Again: nothing changes, no file is touched.
+    mark(dev)
+    second = install(dev, dps, *source, "--proxy", proxies["url"])
+    assert second.rc == 0 and not second.out["changed"], second.out["summary"]
+    assert changed_since_mark(dev) == []
+
+    # Another proxy URL (the authenticated proxy, its URL in a file, --debug on): exactly the proxy
+    # files change, apt's credentials go to auth.conf.d, and edgeAgent is created anew.
+    auth = proxies["auth"]
+    password = auth["password"]
+    url_file = tmp_path / "proxy-url.txt"
+    url_file.write_text(f"http://{auth['user']}:{password}@{auth['url'].split('//', 1)[1]}\n")
+    auth_offset = log_size(auth["log"])
+    mark(dev)
+    switched = install(dev, dps, *source, "--proxy", f"@{url_file}", "--debug")
+    assert switched.rc == 0, f"{switched.message} | {switched.recommendation}"
+    changed = set(changed_files_since_mark(dev))
+    # iotedge config apply rewrites the services' own config.d files and state: the runtime's doing.
+    runtime_state = {p for p in changed if p.startswith(("/etc/aziot/", "/var/lib/aziot/", "/var/log/"))
+                     and p != "/etc/aziot/config.toml" and not p.startswith("/etc/aziot/config.toml.edgetpm-")}
+    backups = {p for p in changed if p.startswith("/etc/aziot/config.toml.edgetpm-")}
+    assert len(backups) == 1
+    assert changed - runtime_state - backups == set(PROXY_FILES + [AUTH_FILE, "/etc/aziot/config.toml"]), \
+        sorted(changed)
+    assert statuses(switched)["proxy"] == "changed" and statuses(switched)["package-source"] == "ok"
+    new_agent, env = agent_container(dev)
+    assert new_agent != first_agent
+    assert env["https_proxy"] == f"http://{auth['user']}:{password}@{auth['url'].split('//', 1)[1]}"
+    assert check_result(dev, "proxy-settings") == {"result": "ok"}
+    assert switched.out["runtime"]["provisioning"]["state"] == "assigned"
+    assert "CONNECT" in log_since(auth["log"], auth_offset)
+    assert stat(dev, AUTH_FILE) == ["600", "root", "root"]
+    assert f"login {auth['user']} password {password}" in read(dev, AUTH_FILE)
+    assert password not in read(dev, "/etc/apt/apt.conf.d/80edge-tpm-proxy")
+
+    # The password: not in az's output (with --debug) nor its config directory; on the device only
+    # in root-only files.
+    assert password not in switched.text + switched.stderr + switched.message
+    azure_dir = os.environ["AZURE_CONFIG_DIR"]
+    leaks = [os.path.join(d, f) for d, _, files in os.walk(azure_dir) for f in files
+             if password.encode() in open(os.path.join(d, f), "rb").read()]
+    assert leaks == []
+    # (every file written since the device was made: the device's root is an overlay of the host's /)
+    found = dev.exec(f"find /etc /usr /var /opt /root /home /srv /tmp /run -newer {BORN} -type f -print0 "
+                     f"2>/dev/null | xargs -0 -r grep -lF -- {password} | xargs -r stat -c '%a %U %n'",
+                     timeout=120).stdout.splitlines()
+    assert found, "the password must be on the device somewhere"
+    readable = [line for line in found if not re.match(r"^[0-7]?[0-7]00 ", line)]
+    assert readable == [], readable
+    print("proxy-only device: password in", [line.split()[-1] for line in found])
