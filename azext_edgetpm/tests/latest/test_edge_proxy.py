@@ -167,3 +167,5 @@ def test_proxy_only_device(device, repo, dps, proxies, tmp_path):
     readable = [line for line in found if not re.match(r"^[0-7]?[0-7]00 ", line)]
     assert readable == [], readable
     print("proxy-only device: password in", [line.split()[-1] for line in found])
+    print(f"timings: refused {direct.out and direct.out.get('seconds')}, first install {first.out['seconds']}s, "
+          f"second {second.out['seconds']}s, switched {switched.out['seconds']}s")

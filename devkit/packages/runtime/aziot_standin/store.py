@@ -123,8 +123,9 @@ def modules():
 
 
 def set_modules(mods):
-    """Replace the module list."""
-    write_json(MODULES_FILE, mods)
+    """Replace the module list (root only, as the engine keeps its containers' configuration:
+    their environment may hold a proxy's credentials)."""
+    write_json(MODULES_FILE, mods, 0o600)
 
 
 def stop_modules():
