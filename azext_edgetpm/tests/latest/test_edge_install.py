@@ -134,8 +134,8 @@ def test_dry_run_then_install_then_nothing_to_change(device, repo, dps, tmp_path
     assert plan.rc == 0, plan.message
     assert changed_since_mark(dev) == []
     assert plan.out["dryRun"] and plan.out["wouldChange"] and not plan.out["changed"]
-    assert statuses(plan) == {"os": "ok", "package-source": "would-change", "container-engine": "would-change",
-                              "iotedge": "would-change", "config": "would-change", "tpm-access": "skipped",
+    assert statuses(plan) == {"os": "ok", "proxy": "ok", "package-source": "would-change",
+                              "container-engine": "would-change", "iotedge": "would-change", "config": "would-change", "tpm-access": "skipped",
                               "runtime": "would-change"}
     detail = {s["name"]: s["detail"] for s in plan.out["steps"]}
     assert repo["config_package_url"] in detail["package-source"]
@@ -146,8 +146,8 @@ def test_dry_run_then_install_then_nothing_to_change(device, repo, dps, tmp_path
     first = install(dev, dps, *args)
     assert first.rc == 0, f"{first.message} | {first.recommendation}"
     assert first.out["changed"] and first.out["registrationIdSource"] == "endorsement key"
-    assert statuses(first) == {"os": "ok", "package-source": "changed", "container-engine": "changed",
-                               "iotedge": "changed", "config": "changed", "tpm-access": "skipped",
+    assert statuses(first) == {"os": "ok", "proxy": "ok", "package-source": "changed",
+                               "container-engine": "changed", "iotedge": "changed", "config": "changed", "tpm-access": "skipped",
                                "runtime": "changed"}
     assert first.out["runtime"]["provisioning"]["state"] == "assigned", first.out["runtime"]
     rid = first.out["registrationId"]

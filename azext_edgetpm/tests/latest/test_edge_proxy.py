@@ -8,14 +8,14 @@ What the device has is read from inside it (the rig's device exec), never throug
 import json
 import os
 import re
+import subprocess
 import tomllib
 
 import pytest
 
 from azext_edgetpm.tests.latest.azcli import az
-from azext_edgetpm.tests.latest import test_edge_install
 from azext_edgetpm.tests.latest.test_edge_install import (  # noqa: F401  (module fixtures used here)
-    device, dps, enroll, install, mark, read, repo, stat, statuses)
+    device, dps, enroll, install, read, repo, stat, statuses)
 
 pytestmark = pytest.mark.devkit
 
@@ -24,7 +24,7 @@ PROXY_FILES = ["/etc/apt/apt.conf.d/80edge-tpm-proxy",
                "/etc/systemd/system/aziot-identityd.service.d/edge-tpm-proxy.conf",
                "/etc/systemd/system/docker.service.d/edge-tpm-proxy.conf"]
 AUTH_FILE = "/etc/apt/auth.conf.d/edge-tpm-proxy.conf"
-BORN = "/run/edgetpm-test-born"
+UNITS = ("docker", "aziot-edged", "aziot-identityd")
 
 
 @pytest.fixture(scope="module")
@@ -40,16 +40,43 @@ def proxies(rig):
     service.down(rig, section)
 
 
-def changed_since_mark(dev):
-    # (the devices' lower layer is the host's /: a userland cache the host builds meanwhile shows)
-    return [p for p in test_edge_install.changed_since_mark(dev) if not p.startswith("/var/cache/edgetpm-devkit")]
+MARK = "/var/tmp/edgetpm-proxy-test-mark"
+
+
+def mark(dev):
+    dev.exec(["touch", MARK], check=True)
+
+
+def overlay(dev):
+    """(mount point, upper layer) of the device's overlay root, as seen in its mount namespace."""
+    info = subprocess.run(["nsenter", "-t", str(dev.pid), "-m", "cat", "/proc/self/mountinfo"],
+                          capture_output=True, text=True, check=True).stdout
+    line = next(line for line in info.splitlines() if " devkit-overlay " in line)
+    return line.split()[4], re.search(r"upperdir=([^,\s]+)", line).group(1)
 
 
 def changed_files_since_mark(dev):
-    """Regular files changed since mark(dev) (directories left out)."""
-    command = test_edge_install.CHANGED_SINCE_MARK.replace(" -print", " -type f -print")
-    return [p for p in dev.exec(command, check=True, timeout=120).stdout.split()
-            if not p.startswith("/var/cache/edgetpm-devkit")]
+    """Files the device wrote (or deleted: overlay whiteouts) since mark(dev), read from its
+    overlay's upper layer: changes the host makes meanwhile to the lower layer (its own /) are
+    not the device's doing. /var/log (sshd's login records, the runtime's journal) left out."""
+    upper = overlay(dev)[1]
+    found = subprocess.run(["nsenter", "-t", str(dev.pid), "-m", "find", upper, "-xdev", "-path", upper + "/var/log",
+                            "-prune", "-o", "!", "-type", "d", "(", "-newer", upper + MARK, "-o", "-cnewer",
+                            upper + MARK, ")", "-print"], capture_output=True, text=True, check=True).stdout
+    # (sudo's own first-use marker in the home directory is not the product's doing)
+    return sorted(p[len(upper):] for p in found.split()
+                  if p[len(upper):] != MARK and not p.endswith("/.sudo_as_admin_successful"))
+
+
+def device_files_holding(dev, secret):
+    """'mode owner path' of every file the device wrote (its overlay's upper layer, /run, /tmp)
+    that holds `secret`."""
+    root, upper = overlay(dev)
+    script = (f"cd {upper} && grep -rlF -- \"$1\" . | sed 's|^\\.||'; "
+              f"cd {root} && grep -rlF -- \"$1\" ./run ./tmp | sed 's|^\\.||'")
+    paths = subprocess.run(["nsenter", "-t", str(dev.pid), "-m", "sh", "-c", script, "sh", secret],
+                           capture_output=True, text=True, check=False).stdout.split()
+    return [dev.exec(["stat", "-c", "%a %U %n", p], check=True).stdout.strip() for p in sorted(set(paths))]
 
 
 def log_size(path):
@@ -80,7 +107,6 @@ def unit_env(dev, unit):
 
 def test_proxy_only_device(device, repo, dps, proxies, tmp_path):
     dev = device("proxied")
-    dev.exec(["touch", BORN], check=True)
     enroll(dev, dps)
     source = ["--package-source", repo["base_url"]]
 
@@ -90,7 +116,7 @@ def test_proxy_only_device(device, repo, dps, proxies, tmp_path):
     assert direct.rc != 0
     assert "cannot reach the package source" in direct.message and "directly" in direct.message, direct.message
     assert "--proxy" in direct.recommendation
-    assert changed_since_mark(dev) == []
+    assert changed_files_since_mark(dev) == []
 
     # Through the open proxy: installed and assigned; the proxy saw the packages and DPS.
     offset = log_size(proxies["log"])
@@ -121,7 +147,7 @@ def test_proxy_only_device(device, repo, dps, proxies, tmp_path):
     mark(dev)
     second = install(dev, dps, *source, "--proxy", proxies["url"])
     assert second.rc == 0 and not second.out["changed"], second.out["summary"]
-    assert changed_since_mark(dev) == []
+    assert changed_files_since_mark(dev) == []
 
     # Another proxy URL (the authenticated proxy, its URL in a file, --debug on): exactly the proxy
     # files change, apt's credentials go to auth.conf.d, and edgeAgent is created anew.
@@ -159,13 +185,17 @@ def test_proxy_only_device(device, repo, dps, proxies, tmp_path):
     leaks = [os.path.join(d, f) for d, _, files in os.walk(azure_dir) for f in files
              if password.encode() in open(os.path.join(d, f), "rb").read()]
     assert leaks == []
-    # (every file written since the device was made: the device's root is an overlay of the host's /)
-    found = dev.exec(f"find /etc /usr /var /opt /root /home /srv /tmp /run -newer {BORN} -type f -print0 "
-                     f"2>/dev/null | xargs -0 -r grep -lF -- {password} | xargs -r stat -c '%a %U %n'",
-                     timeout=120).stdout.splitlines()
+    found = device_files_holding(dev, password)
     assert found, "the password must be on the device somewhere"
-    readable = [line for line in found if not re.match(r"^[0-7]?[0-7]00 ", line)]
-    assert readable == [], readable
+    # Where it must live: our root-only files, and the runtime's own copies (edged's applied
+    # config, owned by its service user; the engine's container state; the environment systemd
+    # loaded at daemon-reload) -- every one readable by its owner only.
+    assert all(line.startswith("600 ") for line in found), found
+    owners = {line.split()[2]: line.split()[1] for line in found}
+    ours = set(PROXY_FILES[1:] + [AUTH_FILE, "/etc/aziot/config.toml"])
+    assert ours <= set(owners) and all(owners[p] == "root" for p in ours), found
+    runtime_copies = {"/etc/aziot/edged/config.d/00-super.toml", "/var/lib/aziot/standin/modules.json"}
+    assert set(owners) - ours - runtime_copies <= {f"/run/devkit-systemd/{u}.env" for u in UNITS}, found
     print("proxy-only device: password in", [line.split()[-1] for line in found])
     print(f"timings: refused {direct.out and direct.out.get('seconds')}, first install {first.out['seconds']}s, "
           f"second {second.out['seconds']}s, switched {switched.out['seconds']}s")
