@@ -7,6 +7,8 @@ through the product.
 """
 import json
 import os
+import re
+import subprocess
 import tomllib
 
 import pytest
@@ -17,13 +19,12 @@ from azext_edgetpm.tests.latest.test_dps_support import ArmLogin, EmulatorEnv, o
 pytestmark = pytest.mark.devkit
 
 DEVICE_CA = "/usr/local/share/ca-certificates/devkit-dps-ca.crt"
-# What a dry run must leave alone: everything a person would call the device's state. (/var/log
-# holds sshd's login records and the stand-in journal; /run and /tmp are tmpfs scratch.) A file
-# created, written, chmod'ed or chown'ed after the mark is newer (mtime or ctime) than the mark; a
-# deleted one makes its directory newer.
-MARK = "/run/edgetpm-test-mark"
-CHANGED_SINCE_MARK = ("find /etc /usr /var /opt /root /home -xdev \\( -path /var/log -o -path /var/cache/debconf \\) "
-                      f"-prune -o \\( -newer {MARK} -o -cnewer {MARK} \\) -print")
+# What a dry run must leave alone: everything a person would call the device's state, read from
+# the upper layer of the device's overlay root -- what the device itself wrote (the lower layer is
+# the host's own /, where other work on the host goes on meanwhile). /var/log holds sshd's login
+# records and the stand-in journal; /run and /tmp are tmpfs scratch. A file created, written,
+# chmod'ed, chown'ed or deleted (an overlay whiteout) after the mark is newer (mtime or ctime).
+MARK = "/var/tmp/edgetpm-test-mark"
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +79,25 @@ def mark(dev):
     dev.exec(["touch", MARK], check=True)
 
 
+def overlay(dev):
+    """(mount point, upper layer) of the device's overlay root, as seen in its mount namespace."""
+    info = subprocess.run(["nsenter", "-t", str(dev.pid), "-m", "cat", "/proc/self/mountinfo"],
+                          capture_output=True, text=True, check=True).stdout
+    line = next(line for line in info.splitlines() if " devkit-overlay " in line)
+    return line.split()[4], re.search(r"upperdir=([^,\s]+)", line).group(1)
+
+
 def changed_since_mark(dev):
-    """Paths changed since mark(dev) (sorted)."""
-    paths = dev.exec(CHANGED_SINCE_MARK, check=True, timeout=120).stdout.split()
+    """Files the device wrote or deleted since mark(dev) (sorted; directories left out)."""
+    upper = overlay(dev)[1]
+    prune = ["(", "-path", upper + "/var/log", "-o", "-path", upper + "/var/cache/debconf", ")", "-prune"]
+    found = subprocess.run(["nsenter", "-t", str(dev.pid), "-m", "find", upper, "-xdev"] + prune +
+                           ["-o", "!", "-type", "d", "(", "-newer", upper + MARK, "-o", "-cnewer", upper + MARK, ")",
+                            "-print"], capture_output=True, text=True, check=True, timeout=120).stdout
     # Debian's sudo itself drops ~/.sudo_as_admin_successful on a user's first sudo (its
-    # admin_flag), which touches the home directory: sudo's marker, not the product's doing.
-    return sorted(p for p in paths if p != "/home/admin" and not p.endswith("/.sudo_as_admin_successful"))
+    # admin_flag): sudo's marker, not the product's doing.
+    return sorted(p[len(upper):] for p in found.split()
+                  if p[len(upper):] != MARK and not p.endswith("/.sudo_as_admin_successful"))
 
 
 def read(dev, path):

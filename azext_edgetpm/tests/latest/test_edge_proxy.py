@@ -15,7 +15,7 @@ import pytest
 
 from azext_edgetpm.tests.latest.azcli import az
 from azext_edgetpm.tests.latest.test_edge_install import (  # noqa: F401  (module fixtures used here)
-    device, dps, enroll, install, read, repo, stat, statuses)
+    changed_since_mark, device, dps, enroll, install, mark, overlay, read, repo, stat, statuses)
 
 pytestmark = pytest.mark.devkit
 
@@ -38,34 +38,6 @@ def proxies(rig):
         pytest.skip(f"HTTP proxy unavailable: {exc}")
     yield section
     service.down(rig, section)
-
-
-MARK = "/var/tmp/edgetpm-proxy-test-mark"
-
-
-def mark(dev):
-    dev.exec(["touch", MARK], check=True)
-
-
-def overlay(dev):
-    """(mount point, upper layer) of the device's overlay root, as seen in its mount namespace."""
-    info = subprocess.run(["nsenter", "-t", str(dev.pid), "-m", "cat", "/proc/self/mountinfo"],
-                          capture_output=True, text=True, check=True).stdout
-    line = next(line for line in info.splitlines() if " devkit-overlay " in line)
-    return line.split()[4], re.search(r"upperdir=([^,\s]+)", line).group(1)
-
-
-def changed_files_since_mark(dev):
-    """Files the device wrote (or deleted: overlay whiteouts) since mark(dev), read from its
-    overlay's upper layer: changes the host makes meanwhile to the lower layer (its own /) are
-    not the device's doing. /var/log (sshd's login records, the runtime's journal) left out."""
-    upper = overlay(dev)[1]
-    found = subprocess.run(["nsenter", "-t", str(dev.pid), "-m", "find", upper, "-xdev", "-path", upper + "/var/log",
-                            "-prune", "-o", "!", "-type", "d", "(", "-newer", upper + MARK, "-o", "-cnewer",
-                            upper + MARK, ")", "-print"], capture_output=True, text=True, check=True).stdout
-    # (sudo's own first-use marker in the home directory is not the product's doing)
-    return sorted(p[len(upper):] for p in found.split()
-                  if p[len(upper):] != MARK and not p.endswith("/.sudo_as_admin_successful"))
 
 
 def device_files_holding(dev, secret):
@@ -116,7 +88,7 @@ def test_proxy_only_device(device, repo, dps, proxies, tmp_path):
     assert direct.rc != 0
     assert "cannot reach the package source" in direct.message and "directly" in direct.message, direct.message
     assert "--proxy" in direct.recommendation
-    assert changed_files_since_mark(dev) == []
+    assert changed_since_mark(dev) == []
 
     # Through the open proxy: installed and assigned; the proxy saw the packages and DPS.
     offset = log_size(proxies["log"])
@@ -147,7 +119,7 @@ def test_proxy_only_device(device, repo, dps, proxies, tmp_path):
     mark(dev)
     second = install(dev, dps, *source, "--proxy", proxies["url"])
     assert second.rc == 0 and not second.out["changed"], second.out["summary"]
-    assert changed_files_since_mark(dev) == []
+    assert changed_since_mark(dev) == []
 
     # Another proxy URL (the authenticated proxy, its URL in a file, --debug on): exactly the proxy
     # files change, apt's credentials go to auth.conf.d, and edgeAgent is created anew.
@@ -159,7 +131,7 @@ def test_proxy_only_device(device, repo, dps, proxies, tmp_path):
     mark(dev)
     switched = install(dev, dps, *source, "--proxy", f"@{url_file}", "--debug")
     assert switched.rc == 0, f"{switched.message} | {switched.recommendation}"
-    changed = set(changed_files_since_mark(dev))
+    changed = set(changed_since_mark(dev))
     # iotedge config apply rewrites the services' own config.d files and state: the runtime's doing.
     runtime_state = {p for p in changed if p.startswith(("/etc/aziot/", "/var/lib/aziot/", "/var/log/"))
                      and p != "/etc/aziot/config.toml" and not p.startswith("/etc/aziot/config.toml.edgetpm-")}
