@@ -34,8 +34,20 @@ def require_devices():
 
 
 def pytest_configure(config):
-    """Register the ``devkit`` marker."""
+    """Register the ``devkit`` and ``userlands`` markers."""
     config.addinivalue_line("markers", "devkit: the test runs simulated devices (needs root)")
+    config.addinivalue_line("markers", "userlands(*names): the test runs devices on these device "
+                                       "userlands (devkit/userland.py); their builds start when the "
+                                       "session starts")
+
+
+def pytest_collection_finish(session):
+    """Start building (in the background) the device userlands the selected tests need, so that
+    a cold build overlaps with the tests that run before them."""
+    names = sorted({n for item in session.items for m in item.iter_markers("userlands") for n in m.args})
+    if names and not missing_requirements():
+        from devkit import userland
+        userland.prefetch(names)
 
 
 def pytest_sessionstart(session):

@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
@@ -145,6 +146,18 @@ def ensure(name, log=None):
                 shutil.rmtree(stale, ignore_errors=True)
             build(RELEASES[name], mirror, base, log)
     return root
+
+
+def prefetch(names):
+    """Start ``ensure`` of each userland in a background thread; a failure is left for the
+    caller's own ``ensure`` to meet again (and report)."""
+    def run(name):
+        try:
+            ensure(name)
+        except Exception:  # noqa: BLE001 - reported by the ensure() that needs it
+            pass
+    for name in names:
+        threading.Thread(target=run, args=(name,), daemon=True, name="userland-" + name).start()
 
 
 def build(release, mirror, base, log=None):

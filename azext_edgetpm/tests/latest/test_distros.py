@@ -4,8 +4,9 @@ OpenSSH 8.4 and apt are the real ones of that release, is read, enrolled, instal
 a Debian 13 device, outside IoT Edge's published platform list, is refused before anything on it
 changes.
 
-The first run on a machine builds both userlands in parallel (about 2 minutes on 2 busy cores,
-see devkit/README.md); later runs reuse them.
+The first run on a machine builds both userlands in parallel, starting when the session starts
+(the ``userlands`` marker; about 2 minutes on 2 busy cores, see devkit/README.md); later runs
+reuse them.
 """
 import base64
 import json
@@ -17,7 +18,8 @@ from azext_edgetpm.tests.latest.test_dps_support import EmulatorEnv, ok, start_e
 from azext_edgetpm.tests.latest.test_edge_install import (
     DEVICE_CA, changed_since_mark, host_args, install, mark, statuses)
 
-pytestmark = pytest.mark.devkit
+# The first test's set-up may wait for a cold build of both userlands (minutes on a loaded machine).
+pytestmark = [pytest.mark.devkit, pytest.mark.userlands("bullseye", "trixie"), pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")
