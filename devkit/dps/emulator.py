@@ -346,6 +346,7 @@ class Emulator:
         for srv in (self._server, self._admin):
             if srv is not None:
                 srv.shutdown()
+                srv.close_connections()
                 srv.server_close()
         for t in self._threads:
             t.join(timeout=5)

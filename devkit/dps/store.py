@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -129,7 +130,8 @@ class Store:
 
     # ----------------------------------------------------------------- persistence
     def load(self) -> None:
-        """Read enrollments and registration records from ``state_file`` if it exists."""
+        """Read enrollments, registration records and the device flows in progress from
+        ``state_file`` (0600: it holds the keys issued by challenges) if it exists."""
         if not self.state_file or not os.path.exists(self.state_file):
             return
         with open(self.state_file, encoding="utf-8") as f:
@@ -138,6 +140,12 @@ class Store:
             self._etag_counter = int(data.get("etag_counter", 0))
             self._enrollments = {reg_key(e["registrationId"]): e for e in data.get("enrollments", [])}
             self._registrations = {reg_key(r["registrationId"]): r for r in data.get("registrations", [])}
+            # the device flow in progress survives a restart too, as in the real service: keys
+            # issued by challenges, running operations, the challenge blobs they echo
+            self._auth_keys = {k: _AuthKey(base64.b64decode(v["key"]), v["issued_at"])
+                               for k, v in data.get("auth_keys", {}).items()}
+            self._operations = {o["operation_id"]: Operation(**o) for o in data.get("operations", [])}
+            self._challenge_blobs = dict(data.get("challenge_blobs", {}))
 
     def save(self) -> None:
         """Mark the state changed; it is written within ``SAVE_DELAY_S`` (one write per burst)."""
@@ -164,9 +172,14 @@ class Store:
                 "etag_counter": self._etag_counter,
                 "enrollments": list(self._enrollments.values()),
                 "registrations": list(self._registrations.values()),
+                "auth_keys": {k: {"key": base64.b64encode(v.key).decode("ascii"), "issued_at": v.issued_at}
+                              for k, v in self._auth_keys.items()},
+                "operations": [dataclasses.asdict(o) for o in self._operations.values()],
+                "challenge_blobs": self._challenge_blobs,
             }
             tmp = self.state_file + ".tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # keys inside
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(data, f)
             os.replace(tmp, self.state_file)
             self._dirty = False

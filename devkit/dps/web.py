@@ -11,6 +11,7 @@ import json
 import logging
 import socket
 import ssl
+import threading
 import urllib.parse
 import uuid
 from dataclasses import dataclass, field
@@ -181,13 +182,33 @@ class Server(ThreadingHTTPServer):
         self.ssl_context = ssl_context
         self.idle_timeout = idle_timeout
         self.on_tls_failure = on_tls_failure
+        self._open: set = set()
+        self._open_lock = threading.Lock()
         super().__init__(address, _Handler)
 
     def get_request(self):
         sock, addr = super().get_request()
         if self.ssl_context is not None:
             sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        with self._open_lock:
+            self._open.add(sock)
         return sock, addr
+
+    def shutdown_request(self, request) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """Cut every open (keep-alive) connection: a stopped server must not go on answering
+        clients that connected before (their handler threads would otherwise serve them)."""
+        with self._open_lock:
+            conns, self._open = list(self._open), set()
+        for sock in conns:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def handle_error(self, request, client_address) -> None:
         log.exception("unhandled error serving %s", client_address[0])

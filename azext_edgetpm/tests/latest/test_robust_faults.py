@@ -189,3 +189,62 @@ def test_power_cut_in_the_middle_of_install_then_rerun_completes(rig, device, re
     record("devices assigned")
     assert dpkg_audit(dev) == ""
     assert_consistent(dev, None)
+
+
+def restart_emulator(dps):
+    """Stop the emulator and start it again on the same port and directory (state kept)."""
+    from devkit.dps import Emulator
+    old = dps.emu
+    port = int(old.url.rsplit(":", 1)[1].split("/")[0])
+    old.stop()
+    new = Emulator(old.directory, host_ips=[dps.section["device_endpoint"].split("//")[1].rsplit(":", 1)[0]],
+                   port=port, assignment_delay_s=0.0, operation_retry_after_s=0).start()
+    dps.emu = new
+    return new
+
+
+def test_dps_throttling_failing_and_restarting_mid_run_every_device_ends_assigned(rig, device, repo, dps, tmp_path):
+    """A fleet run while DPS answers 503 (then 429) to a third of all requests and restarts in
+    the middle with its state kept: every device ends assigned, each exactly once."""
+    import csv
+    import json
+    import threading
+    devices = [device() for _ in range(2)]
+    inventory = tmp_path / "fleet.csv"
+    with open(inventory, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, ["host", "ssh_key", "tcti"])
+        writer.writeheader()
+        for dev in devices:
+            writer.writerow({"host": f"root@{dev.host}:{dev.port}", "ssh_key": dev.key("root"), "tcti": dev.tcti})
+    faults = {"fail_probability": {"service": 0.33, "device": 0.33}, "retry_after": 1, "seed": 8}
+    dps.emu.configure(faults=dict(faults, status=503), reset_counters=True)
+    args = ["edge-tpm", "provision", "--inventory", str(inventory), *dps.login, "--id-scope", dps.section["id_scope"],
+            "--global-endpoint", dps.section["device_endpoint"], "--package-source", repo["base_url"],
+            "--known-hosts", rig.known_hosts, "--max-parallel", "2", "--state", str(tmp_path / "state.json")]
+    result = {}
+    runner = threading.Thread(target=lambda: result.update(run=az(*args)))
+    runner.start()
+    deadline = time.monotonic() + 120
+    while not any(k.startswith("endpoint.PUT /{scope}/registrations/{id}/register") for k in dps.emu.counters()):
+        assert runner.is_alive() and time.monotonic() < deadline, "no device reached DPS"
+        time.sleep(0.05)
+    injected = dps.emu.counters().get("service.faults_injected", 0) + dps.emu.counters().get("device.faults_injected", 0)
+    restart_emulator(dps).configure(faults=dict(faults, status=429))  # devices are registering now
+    runner.join(timeout=300)
+    counters = dps.emu.counters()
+    injected += counters.get("service.faults_injected", 0) + counters.get("device.faults_injected", 0)
+    dps.emu.configure(clear_faults=True)
+    record("faults injected", injected + 1)  # + the restart
+    run = result["run"]
+    assert run.rc == 0, f"{run.message} | {run.recommendation} | {run.stderr[-1500:]}"
+    out = json.loads(run.text)
+    assert [r["status"] for r in out] == ["assigned"] * len(devices), [r.get("error") for r in out]
+    assert injected >= 3, counters
+
+    registrations = [dps.emu.store.get_registration(r["registrationId"]) for r in out]
+    assert [r["status"] for r in registrations] == ["assigned"] * len(devices)
+    device_ids = [r["deviceId"] for r in registrations]
+    duplicates = len(device_ids) - len(set(device_ids))
+    record("devices assigned", len(devices))
+    record("duplicates", duplicates)
+    assert duplicates == 0
