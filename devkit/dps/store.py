@@ -67,17 +67,17 @@ def reg_key(registration_id: str) -> str:
 
 
 def check_registration_id(registration_id: object) -> str:
-    """Validate a registration ID (<= 128 of ``A-Za-z0-9-._:``, no special character at either end)."""
+    """Validate a registration ID as DPS documents it: <= 128 of ``A-Za-z0-9-._:``, the last
+    character alphanumeric or ``-``."""
     if (
         not isinstance(registration_id, str)
         or not REGISTRATION_ID_RE.match(registration_id)
-        or not registration_id[0].isalnum()
-        or not registration_id[-1].isalnum()
+        or not (registration_id[-1].isalnum() or registration_id[-1] == "-")
     ):
         raise DpsError(
             errors.INVALID_REGISTRATION_ID,
             "Registration ID is invalid: up to 128 characters of A-Z a-z 0-9 - . _ :, "
-            "starting and ending with a letter or digit.",
+            "the last one a letter, a digit or '-'.",
         )
     return registration_id
 

@@ -96,11 +96,12 @@ def test_invalid_endorsement_keys_are_400004(svc, soft_tpm):
 
 def test_registration_id_and_body_validation(svc, soft_tpm):
     ek = soft_tpm.ek_b64
-    for rid in ("a" * 129, "bad/char", "bad*char", "-leading"):
+    # DPS: the last character is alphanumeric or '-' (so "." and ".." are no IDs); any may lead
+    for rid in ("a" * 129, "bad/char", "bad*char", "trailing.", "trailing_"):
         r = svc.call("PUT", f"/enrollments/{requests.utils.quote(rid, safe='')}", tpm_enrollment(rid, ek))
         assert r.status_code == 400, (rid, r.text)
-    ok = "a" * 128
-    assert svc.call("PUT", f"/enrollments/{ok}", tpm_enrollment(ok, ek)).status_code == 200
+    for ok in ("a" * 128, f"-leading-{unique_id()}", f"_x.{unique_id()}-"):
+        assert svc.call("PUT", f"/enrollments/{ok}", tpm_enrollment(ok, ek)).status_code == 200, ok
     rid = unique_id()
     r = svc.call("PUT", f"/enrollments/{rid}", tpm_enrollment("someone-else", ek))
     assert r.status_code == 400
