@@ -180,6 +180,18 @@ def fleet_arguments(c):
                     "$(System.TotalJobsInPhase) in parallel pipeline jobs.")
 
 
+def dps_budget_arguments(c, when):
+    """The run's share of DPS's per-instance limits (provision and the lifecycle commands)."""
+    c.argument("dps_ops_per_minute", options_list=["--dps-ops-per-minute"], type=float, arg_group="Fleet",
+               help="DPS service operations per minute this run may use (all devices together; retries "
+                    "included). Default: 1000, DPS's per-instance limit; lower it when other jobs share the DPS.")
+    if when:
+        c.argument("dps_registrations_per_minute", options_list=["--dps-registrations-per-minute"], type=float,
+                   arg_group="Fleet",
+                   help=f"Device registrations per minute this run may start (the devices register with DPS {when}). "
+                        "Default: 1000, DPS's per-instance limit.")
+
+
 def load_arguments(self, _):
     from azure.cli.core.commands.parameters import get_enum_type
 
@@ -271,13 +283,7 @@ def load_arguments(self, _):
         c.argument("wait_timeout", options_list=["--wait-timeout"], type=float,
                    help="Seconds to wait per device for DPS to assign it. Default: 300.")
         fleet_arguments(c)
-        c.argument("dps_ops_per_minute", options_list=["--dps-ops-per-minute"], type=float, arg_group="Fleet",
-                   help="DPS service operations per minute this run may use (all devices together; retries "
-                        "included). Default: 1000, DPS's per-instance limit; lower it when other jobs share the DPS.")
-        c.argument("dps_registrations_per_minute", options_list=["--dps-registrations-per-minute"], type=float,
-                   arg_group="Fleet",
-                   help="Device registrations per minute this run may start (the devices register with DPS at the "
-                        "end of their install). Default: 1000, DPS's per-instance limit.")
+        dps_budget_arguments(c, "at the end of their install")
 
     load_lifecycle_arguments(self)
 
@@ -290,6 +296,7 @@ def load_lifecycle_arguments(self):
             ssh_arguments(c)
             dps_arguments(c)
             fleet_arguments(c)
+            dps_budget_arguments(c, "when they register again" if command != "deprovision" else None)
             c.argument("host", options_list=["--host"], arg_group="Device",
                        help="One device: [user@]host[:port] or a Host alias from ~/.ssh/config. Instead of "
                             "--inventory.")

@@ -406,10 +406,13 @@ class _Fleet:
         return [r.to_output() for r in results]
 
 
-def _lifecycle_client(cmd, dps_name, resource_group_name, login, auth_type, parallel):
+def _lifecycle_client(cmd, dps_name, resource_group_name, login, auth_type, parallel, ops_per_minute=None,
+                      registrations_per_minute=None):
     from azext_edgetpm.dps.discovery import ENROLLMENT_WRITE
-    from azext_edgetpm.dps.ratelimit import DpsBudget
-    budget = DpsBudget()
+    from azext_edgetpm.dps.ratelimit import (
+        DEFAULT_REGISTRATIONS_PER_MINUTE, DEFAULT_SERVICE_OPS_PER_MINUTE, DpsBudget)
+    budget = DpsBudget(service_per_minute=ops_per_minute or DEFAULT_SERVICE_OPS_PER_MINUTE,
+                       registrations_per_minute=registrations_per_minute or DEFAULT_REGISTRATIONS_PER_MINUTE)
     target = factory.dps_target(cmd, dps_name, resource_group_name, login, auth_type, ENROLLMENT_WRITE)
     return factory.dps_client(cmd, target, budget=budget, pool_size=parallel + 2), budget
 
@@ -423,7 +426,7 @@ def deprovision(cmd, host=None, inventory=None, inventory_format=None, limit=Non
                 dps_name=None, resource_group_name=None, login=None, auth_type=None, ssh_user=None, ssh_port=None,
                 ssh_key=None, ssh_config=None, known_hosts=None, accept_new_host_key=False, ssh_timeout=None,
                 tcti=None, id_format="sha256", max_parallel=None, state=None, retry_failed=False, only=None,
-                shard=None):
+                shard=None, dps_ops_per_minute=None):
     from azext_edgetpm.operations import deprovision as op
     fleet = _Fleet(cmd, "deprovision", host, inventory, inventory_format, limit, shard, only, retry_failed, state,
                    max_parallel, registration_id, (ssh_user, ssh_port, ssh_key, ssh_config, known_hosts,
@@ -434,7 +437,8 @@ def deprovision(cmd, host=None, inventory=None, inventory_format=None, limit=Non
     if not dry_run and not _confirm(f"Deprovision {_what(fleet, host)}: {mode} the enrollment, delete the "
                                     f"registration record, {device_part}?", yes):
         return None
-    client, budget = _lifecycle_client(cmd, dps_name, resource_group_name, login, auth_type, fleet.parallel)
+    client, budget = _lifecycle_client(cmd, dps_name, resource_group_name, login, auth_type, fleet.parallel,
+                                       dps_ops_per_minute)
     services = op.DeprovisionServices(client=client, mode=str(mode), uninstall=bool(uninstall),
                                       keep_device=bool(keep_device), require_device=bool(require_device),
                                       dry_run=bool(dry_run), budget=budget)
@@ -449,7 +453,7 @@ def reprovision(cmd, host=None, inventory=None, inventory_format=None, limit=Non
                 dps_name=None, resource_group_name=None, login=None, auth_type=None, ssh_user=None, ssh_port=None,
                 ssh_key=None, ssh_config=None, known_hosts=None, accept_new_host_key=False, ssh_timeout=None,
                 tcti=None, id_format="sha256", max_parallel=None, state=None, retry_failed=False, only=None,
-                shard=None):
+                shard=None, dps_ops_per_minute=None, dps_registrations_per_minute=None):
     from azext_edgetpm.operations import reprovision as op
     fleet = _Fleet(cmd, "reprovision", host, inventory, inventory_format, limit, shard, only, retry_failed, state,
                    max_parallel, registration_id, (ssh_user, ssh_port, ssh_key, ssh_config, known_hosts,
@@ -459,7 +463,8 @@ def reprovision(cmd, host=None, inventory=None, inventory_format=None, limit=Non
     if change and not dry_run and not _confirm(f"Change the enrollment of {_what(fleet, host)} and make them "
                                                "register again?", yes):
         return None
-    client, budget = _lifecycle_client(cmd, dps_name, resource_group_name, login, auth_type, fleet.parallel)
+    client, budget = _lifecycle_client(cmd, dps_name, resource_group_name, login, auth_type, fleet.parallel,
+                                       dps_ops_per_minute, dps_registrations_per_minute)
     services = op.ReprovisionServices(client=client, change=change, dry_run=bool(dry_run),
                                       timeout=float(timeout or 300), budget=budget)
 
@@ -491,7 +496,7 @@ def rekey(cmd, host=None, inventory=None, inventory_format=None, limit=None, reg
           dry_run=False, yes=False, dps_name=None, resource_group_name=None, login=None, auth_type=None,
           ssh_user=None, ssh_port=None, ssh_key=None, ssh_config=None, known_hosts=None, accept_new_host_key=False,
           ssh_timeout=None, tcti=None, id_format="sha256", max_parallel=None, state=None, retry_failed=False,
-          only=None, shard=None):
+          only=None, shard=None, dps_ops_per_minute=None, dps_registrations_per_minute=None):
     from azext_edgetpm.operations import rekey as op
     fleet = _Fleet(cmd, "rekey", host, inventory, inventory_format, limit, shard, only, retry_failed, state,
                    max_parallel, registration_id, (ssh_user, ssh_port, ssh_key, ssh_config, known_hosts,
@@ -505,7 +510,8 @@ def rekey(cmd, host=None, inventory=None, inventory_format=None, limit=None, reg
         else:
             def confirm(question):
                 return _confirm(question, False)
-    client, budget = _lifecycle_client(cmd, dps_name, resource_group_name, login, auth_type, fleet.parallel)
+    client, budget = _lifecycle_client(cmd, dps_name, resource_group_name, login, auth_type, fleet.parallel,
+                                       dps_ops_per_minute, dps_registrations_per_minute)
     services = op.RekeyServices(client=client, dry_run=bool(dry_run), timeout=float(timeout or 300),
                                 confirm=confirm, budget=budget)
     with client:
