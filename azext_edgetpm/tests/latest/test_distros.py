@@ -10,6 +10,7 @@ reuse them.
 """
 import base64
 import json
+import os
 
 import pytest
 
@@ -18,6 +19,7 @@ from azext_edgetpm.tests.latest.test_dps_support import EmulatorEnv, ok, start_e
 from azext_edgetpm.tests.latest.test_edge_install import (
     DEVICE_CA, changed_since_mark, host_args, install, mark, statuses)
 
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 # The first test's set-up may wait for a cold build of both userlands (minutes on a loaded machine).
 pytestmark = [pytest.mark.devkit, pytest.mark.userlands("bullseye", "trixie"), pytest.mark.timeout(900)]
 
@@ -147,3 +149,21 @@ def test_debian_13_device_refused_before_anything_changes(distro_devices, repo, 
     dry = az("edge-tpm", "install", *host_args(dev), "--tcti", dev.tcti, "--id-scope", dps.section["id_scope"],
              "--dry-run")
     assert dry.rc != 0 and "Debian GNU/Linux 13" in dry.message
+
+
+def test_standin_registration_through_tpm2_tools_5_4_and_5_7(distro_devices, new_device, dps):
+    """The stand-in identity service's TPM path without tpm2-pytss (devkit/tpmtools.py), proven on
+    Debian 11 by the install above, also works with tpm2-tools 5.4 (the host's userland, its
+    /usr/bin/python3 has no tpm2-pytss) and 5.7 (Debian 13, Python 3.13): same files, same options."""
+    for dev in (new_device("fresh"), distro_devices["trixie"]):
+        ek = ok("edge-tpm", "enrollment", "create", *host_args(dev, "root"), "--tcti", dev.tcti, *dps.login).out
+        with open(dps.section["ca_bundle"], encoding="ascii") as f:
+            dev.exec("cat > /root/dps-ca.pem", input=f.read(), check=True)
+        code = ("import json, sys\nsys.path.insert(0, sys.argv[1])\nfrom devkit import tpmclient\n"
+                "assert tpmclient.ESAPI is None, 'tpm2-pytss present: not the tpm2-tools path'\n"
+                "print(json.dumps(tpmclient.register(*sys.argv[2:6], ca_bundle='/root/dps-ca.pem', timeout=90)))\n")
+        proc = dev.exec(["/usr/bin/python3", "-I", "-c", code, REPO, dev.tcti, dps.section["device_endpoint"],
+                         dps.section["id_scope"], ek["registrationId"]], timeout=120)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        state = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert state["status"] == "assigned" and state["assignedHub"] in dps.section["iot_hubs"], state
