@@ -11,13 +11,14 @@ reuse them.
 import base64
 import json
 import os
+import subprocess
 
 import pytest
 
 from azext_edgetpm.tests.latest.azcli import az
-from azext_edgetpm.tests.latest.test_dps_support import EmulatorEnv, ok, start_emulator
-from azext_edgetpm.tests.latest.test_edge_install import (
-    DEVICE_CA, changed_since_mark, host_args, install, mark, statuses)
+from azext_edgetpm.tests.latest.test_dps_support import ok
+from azext_edgetpm.tests.latest.test_edge_install import (  # noqa: F401  (dps, repo: module fixtures)
+    DEVICE_CA, changed_since_mark, dps, host_args, install, mark, repo, statuses)
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 # The first test's set-up may wait for a cold build of both userlands (minutes on a loaded machine).
@@ -26,30 +27,13 @@ pytestmark = [pytest.mark.devkit, pytest.mark.userlands("bullseye", "trixie"), p
 
 @pytest.fixture(scope="module")
 def distro_devices(rig):
-    """One Debian 11 and one Debian 13 device in the session rig (both userlands built in
-    parallel on first use), removed after the module."""
+    """Two Debian 11 devices (one with a manufactured TPM) and one Debian 13 device in the session
+    rig (both userlands built in parallel on first use), removed after the module."""
     devices = dict(zip(("bullseye", "bullseye+mfg", "trixie"),
                        rig.add_devices(["bullseye", "bullseye+mfg", "trixie"], timeout=120)))
     yield devices
     for dev in devices.values():
         rig.remove_device(dev)
-
-
-@pytest.fixture(scope="module")
-def repo(rig):
-    """The stand-in package repository (with its Debian 11 pool), served to the rig's devices."""
-    from devkit.packages.service import AptService
-    service = AptService()
-    section = service.up(rig)
-    yield section
-    service.down(rig, section)
-
-
-@pytest.fixture(scope="module")
-def dps(rig, tmp_path_factory):
-    env = EmulatorEnv(start_emulator(tmp_path_factory.mktemp("distros-dps"), host_ips=[rig.host_ip]))
-    yield env
-    env.close()
 
 
 def trust_dps(dev, dps):
@@ -64,7 +48,6 @@ def version_of(dev, package):
 def host_tools_read_public(dev, handle, tmp_path):
     """The public area at ``handle`` as the host's own tpm2-tools (5.4) read it from the device's
     TPM (in the device's network namespace, where its swtpm listens)."""
-    import subprocess
     out = tmp_path / f"{dev.name}-{handle}.pub"
     subprocess.run(["ip", "netns", "exec", dev.netns, "tpm2_readpublic", "-Q", "-c", handle, "-o", str(out)],
                    env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "TPM2TOOLS_TCTI": dev.tcti}, check=True)
