@@ -434,7 +434,9 @@ class RemoteSession:
                     f"A command on {self.target.display} did not finish within {timeout:.0f}s.",
                     "Check the device's load and network; the step can be re-run safely.")
             if not progressed:
-                time.sleep(0.01)
+                # Woken at once when the exit status arrives; output is drained every 0.1 s meanwhile
+                # (a fleet runs many long commands at once: no 10 ms polling loop per device).
+                chan.status_event.wait(0.1)
         rc = chan.recv_exit_status()
         if rc == -1 and not chan.get_transport().is_active():
             raise EOFError("the connection closed before the command ended")

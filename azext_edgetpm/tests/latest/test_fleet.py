@@ -175,6 +175,19 @@ def test_two_shards_run_concurrently_provision_every_device_exactly_once(fleet, 
     assert {dev.name: accepted_logins(dev) - logins[dev.name] for dev in fleet} == {dev.name: 1 for dev in fleet}
 
 
+def test_a_sudo_password_is_never_prompted_for_in_a_fleet(fleet, dps, repo, tmp_path):
+    dev = fleet[3]
+    assert user_of(3) == "pwadmin"
+    inventory = write_inventory(tmp_path / "fleet.csv", fleet[:4])
+    # The variable the row names is not set: that device fails at once with the reason, nobody is asked.
+    result = az(*provision_args(dps, repo, inventory, "--only", f"{dev.host}:{dev.port}"),
+                env={PASSWORD_ENV: ""})
+    assert result.rc != 0 and "1 of 1 devices failed" in result.message
+    out = json.loads(result.text)[0]
+    assert out["status"] == "failed" and f"{PASSWORD_ENV} is not set" in out["error"]
+    assert "parallel work never prompts" in out["error"]
+
+
 def test_killed_half_way_then_resumed_with_the_same_state(rig, dps, repo, tmp_path):
     devices = add_devices(rig, dps, 4)
     try:
