@@ -127,7 +127,7 @@ class Bench:
     def fresh_devices(self, count):
         for dev in list(self.rig.devices):
             self.rig.remove_device(dev)
-        return self.rig.add_devices(["fresh"] * count)
+        return self.rig.add_devices(["fresh"] * count, timeout=300)
 
     def measure(self, name, devices, argv, stdout_path):
         before_c, before_m, before_d = counters(self.dps), machine_cpu(), devices_cpu(devices)

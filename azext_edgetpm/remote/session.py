@@ -112,6 +112,14 @@ def _append_known_host(path: str, hostname: str, key) -> None:
                                  "Point --known-hosts at a writable file.") from exc
 
 
+class _Transport(paramiko.Transport):
+    """paramiko's transport preferring AES-GCM (every OpenSSH since 6.2 offers it): an AEAD cipher
+    needs no separate HMAC per packet, which paramiko computes and compares in Python. Servers
+    without it (Dropbear) get the usual CTR + HMAC choices, which stay listed after it."""
+    _preferred_ciphers = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com") + tuple(
+        c for c in paramiko.Transport._preferred_ciphers if "gcm" not in c)
+
+
 class RemoteSession:
     """A connection to one device, used as a context manager.
 
@@ -211,7 +219,7 @@ class RemoteSession:
                     key_filename=target.key_filenames or None,
                     allow_agent=True, look_for_keys=not target.key_filenames,
                     timeout=target.connect_timeout, banner_timeout=target.connect_timeout,
-                    auth_timeout=target.connect_timeout, sock=sock)
+                    auth_timeout=target.connect_timeout, sock=sock, transport_factory=_Transport)
                 self._clients.append(client)
                 return client
             except (paramiko.BadHostKeyException) as exc:
