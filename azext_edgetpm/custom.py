@@ -4,6 +4,7 @@ _error_map (the command groups' exception handler)."""
 from knack.log import get_logger
 
 from azext_edgetpm import _client_factory as factory
+from azext_edgetpm.echo import shown
 
 logger = get_logger(__name__)
 
@@ -110,7 +111,7 @@ def _payload(payload):
     try:
         json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidArgumentValueError(f"--payload {payload!r} is not a JSON document: {exc}",
+        raise InvalidArgumentValueError(f"--payload {shown(payload)} is not a JSON document: {exc}",
                                         "DPS receives the payload as JSON; fix the file.") from exc
     return data, os.path.basename(payload)
 

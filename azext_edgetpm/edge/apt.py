@@ -13,6 +13,8 @@ from typing import Dict, Iterable, List, Optional
 from azure.cli.core.azclierror import (
     FileOperationError, InvalidArgumentValueError, ResourceNotFoundError, UnclassifiedUserFault)
 
+from azext_edgetpm.echo import shown
+
 APT_ENV = "DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=a"
 APT_OPTS = ("-y -q -o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef "
             "-o Dpkg::Options::=--force-confold")
@@ -150,8 +152,6 @@ def check_apt_line(line: str) -> None:
     """Raise InvalidArgumentValueError unless `line` is one sources.list entry apt can parse:
     `deb|deb-src [ [key=value ...] ] URI suite [component ...]` (a suite ending in / takes no
     components; any other suite needs at least one)."""
-    from azext_edgetpm.echo import shown
-
     def bad(why: str):
         return InvalidArgumentValueError(
             f"--package-source {shown(line)} is not a valid apt line: {why}.",
@@ -313,12 +313,12 @@ def read_offline_dir(directory: str, arch: str, edge_version: Optional[str] = No
     """The .deb files of --offline-packages for this architecture; one version per package
     (several aziot-edge / aziot-identity-service versions are narrowed by --edge-version)."""
     if not os.path.isdir(directory):
-        raise FileOperationError(f"--offline-packages {directory!r} is not a directory.",
+        raise FileOperationError(f"--offline-packages {shown(directory)} is not a directory.",
                                  "Give a directory that holds the .deb files to install.")
     debs = [read_deb(os.path.join(directory, n)) for n in sorted(os.listdir(directory)) if n.endswith(".deb")]
     debs = [d for d in debs if d.architecture in ("all", arch)]
     if not debs:
-        raise ResourceNotFoundError(f"--offline-packages {directory!r} holds no .deb file for {arch}.",
+        raise ResourceNotFoundError(f"--offline-packages {shown(directory)} holds no .deb file for {arch}.",
                                     "Download moby-engine, aziot-identity-service and aziot-edge for the device's "
                                     "distribution and architecture into that directory.")
     by_name: Dict[str, List[DebFile]] = {}
@@ -331,7 +331,7 @@ def read_offline_dir(directory: str, arch: str, edge_version: Optional[str] = No
             group = narrowed or group
         if len(group) > 1:
             raise InvalidArgumentValueError(
-                f"--offline-packages {directory!r} has {len(group)} versions of {name}: "
+                f"--offline-packages {shown(directory)} has {len(group)} versions of {name}: "
                 f"{', '.join(d.version for d in group)}.",
                 "Keep one version of each package in the directory"
                 + (" (or choose the IoT Edge version with --edge-version)." if name.startswith("aziot") else "."))

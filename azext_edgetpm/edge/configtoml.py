@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from azure.cli.core.azclierror import FileOperationError, ValidationError
+from azext_edgetpm.echo import shown
 
 CONFIG_PATH = "/etc/aziot/config.toml"
 TEMPLATE_PATH = "/etc/aziot/config.toml.edge.template"
@@ -159,7 +160,7 @@ def edit_config(base_text: str, settings: DpsTpmSettings, where: str = CONFIG_PA
     nested = [k for k in _NESTED_KEYS if k in doc]
     if nested:
         raise ValidationError(
-            f"{where} sets {nested[0]} = {doc[nested[0]]!r}: this is a nested (child) IoT Edge device, and "
+            f"{where} sets {nested[0]} = {shown(doc[nested[0]])}: this is a nested (child) IoT Edge device, and "
             "DPS provisioning is not supported in nested mode; iotedge config apply would refuse the file.",
             f"Remove {nested[0]} from {where} on the device if it is not a child device, or provision "
             "child devices manually instead of through DPS.")
@@ -226,13 +227,13 @@ def edit_config(base_text: str, settings: DpsTpmSettings, where: str = CONFIG_PA
     index = parse_auth_key_index(current_index) if current_index is not None else DEFAULT_AUTH_KEY_INDEX
     if index is None:
         raise FileOperationError(
-            f"{where}: [tpm] auth_key_index = {current_index!r} is not a number.",
+            f"{where}: [tpm] auth_key_index = {shown(current_index)} is not a number.",
             "Set it to an integer such as 0x00_01_00 (the default), or remove it, then run again.")
     if not isinstance(current_index, int) or isinstance(current_index, bool):
         tpm["auth_key_index"] = _hex_index(index)
-        shown = _hex_index(index).as_string()
-        changes.append(f"tpm.auth_key_index = {shown} (integer)" if current_index is None else
-                       f"tpm.auth_key_index: string {current_index!r} -> integer {shown}")
+        written = _hex_index(index).as_string()
+        changes.append(f"tpm.auth_key_index = {written} (integer)" if current_index is None else
+                       f"tpm.auth_key_index: string {current_index!r} -> integer {written}")
 
     if settings.manage_proxy:
         _edit_agent(doc, settings, changes)

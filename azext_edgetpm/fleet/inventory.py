@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from azext_edgetpm.errors import LocalFileError, MissingInputError, UserInputError
+from azext_edgetpm.echo import shown
 
 COLUMNS = ("host", "port", "user", "ssh_key", "registration_id", "device_id", "tags", "iot_hubs", "tcti",
            "edge_version", "sudo_password_env")
@@ -267,13 +268,13 @@ def validate(rows, defaults: dict, strict_columns: bool = True, base_dir: str = 
         if "(header)" in row:
             header_unknown = set(row["(header)"])
             problems.append(f"{source}: unknown column" + ("s " if len(header_unknown) > 1 else " ")
-                            + ", ".join(repr(u) for u in row["(header)"]))
+                            + ", ".join(shown(u) for u in row["(header)"]))
             continue
-        label = source + (f" ({row.get('host')})" if isinstance(row, dict) and row.get("host") else "")
+        label = source + (f" ({shown(row.get('host'), 40)})" if isinstance(row, dict) and row.get("host") else "")
         if strict_columns:
             unknown = [str(k) for k in row if k not in COLUMNS and k not in header_unknown]
             if unknown:
-                issues.append("unknown column" + ("s " if len(unknown) > 1 else " ") + ", ".join(repr(u) for u in unknown))
+                issues.append("unknown column" + ("s " if len(unknown) > 1 else " ") + ", ".join(shown(u) for u in unknown))
         values = {c: row.get(c) if row.get(c) not in (None, "") else defaults.get(c) for c in COLUMNS}
         # user@ and :port written in the host itself beat the defaults (not the row's own columns)
         values["user"] = _text(row.get("user")) or ("@" if "@" in str(row.get("host") or "") else None) \
@@ -319,12 +320,12 @@ def _device(source, values, issues, base_dir) -> Optional[InventoryDevice]:
         return None
     match = _HOST_RE.match(host_text)
     if not match:
-        issues.append(f"host {host_text!r} is not [user@]host[:port]")
+        issues.append(f"host {shown(host_text)} is not [user@]host[:port]")
         return None
     host = match.group("v6") or match.group("name")
     port = _text(values["port"]) or match.group("port") or "22"
     if not str(port).isdigit() or not 0 < int(port) < 65536:
-        issues.append(f"port {port!r} is not a TCP port")
+        issues.append(f"port {shown(port)} is not a TCP port")
         port = "22"
     user = match.group("user") if values["user"] == "@" else (_text(values["user"]) or match.group("user"))
     key = _text(values["ssh_key"])
@@ -368,10 +369,10 @@ def _device(source, values, issues, base_dir) -> Optional[InventoryDevice]:
         issues.append("tcti must be one line")
     version = _text(values["edge_version"])
     if version and not _VERSION.match(version):
-        issues.append(f"edge_version {version!r} is not a package version")
+        issues.append(f"edge_version {shown(version)} is not a package version")
     env_name = _text(values["sudo_password_env"])
     if env_name and not _ENV_NAME.match(env_name):
-        issues.append(f"sudo_password_env {env_name!r} is not an environment variable name")
+        issues.append(f"sudo_password_env {shown(env_name)} is not an environment variable name")
     return InventoryDevice(source=source, host=host, port=int(port), user=user, ssh_key=key, registration_id=rid,
                            device_id=device_id, tags=tags or None, iot_hubs=[str(h) for h in hubs] if hubs else None,
                            tcti=tcti, edge_version=version, sudo_password_env=env_name)
@@ -381,7 +382,7 @@ def parse_shard(value: str):
     """'i/n' (1-based, as Azure Pipelines' System.JobPositionInPhase/TotalJobsInPhase) -> (i, n)."""
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", value or "")
     if not match or not 1 <= int(match.group(1)) <= int(match.group(2)):
-        raise UserInputError(f"Shard {value!r} is not i/n with 1 <= i <= n.",
+        raise UserInputError(f"Shard {shown(value)} is not i/n with 1 <= i <= n.",
                              "For example 2/4: the second of four parallel jobs.", "shard")
     return int(match.group(1)), int(match.group(2))
 

@@ -23,6 +23,7 @@ from azure.cli.core.azclierror import (
 from knack.log import get_logger
 
 from .target import DEFAULT_KNOWN_HOSTS, SshTarget, resolve_target, split_host
+from azext_edgetpm.echo import shown
 
 logger = get_logger(__name__)
 
@@ -288,7 +289,7 @@ class RemoteSession:
             except socket.gaierror as exc:
                 client.close()
                 raise ClientRequestError(
-                    f"Cannot resolve host name {target.hostname!r}: {exc.strerror}.",
+                    f"Cannot resolve host name {shown(target.hostname)}: {exc.strerror}.",
                     "Check the spelling of --host, your DNS, or add a Host entry with HostName to "
                     "~/.ssh/config.") from exc
             except (paramiko.ssh_exception.NoValidConnectionsError, OSError) as exc:

@@ -10,6 +10,8 @@ from typing import List, Optional
 
 from azure.cli.core.azclierror import InvalidArgumentValueError
 
+from azext_edgetpm.echo import shown
+
 DEFAULT_SSH_CONFIG = os.path.join("~", ".ssh", "config")
 DEFAULT_KNOWN_HOSTS = os.path.join("~", ".ssh", "known_hosts")
 MAX_HOST_LENGTH = 300  # user (32) @ host name (253) : port
@@ -51,7 +53,6 @@ class SshTarget:
 
 def split_host(value: str):
     """Split `user@host[:port]` (IPv6 as `[addr]:port`) into (user, host, port)."""
-    from azext_edgetpm.echo import shown
     if len(value or "") > MAX_HOST_LENGTH:
         raise InvalidArgumentValueError(
             f"--host is {len(value):,} characters long; at most {MAX_HOST_LENGTH} are accepted: {shown(value)}",
@@ -90,7 +91,6 @@ def resolve_target(host: str, ssh_user: Optional[str] = None, ssh_port: Optional
     keys = [os.path.expanduser(ssh_key)] if ssh_key else [
         os.path.expanduser(k) for k in cfg.get("identityfile", []) if os.path.exists(os.path.expanduser(k))]
     if ssh_key and not os.path.isfile(keys[0]):
-        from azext_edgetpm.echo import shown
         raise InvalidArgumentValueError(f"SSH key file {shown(ssh_key)} does not exist.",
                                         "Check the path given with --ssh-key.")
     proxy = cfg.get("proxyjump")
@@ -103,7 +103,7 @@ def resolve_target(host: str, ssh_user: Optional[str] = None, ssh_port: Optional
 
 def _config_port(value: str, name: str) -> int:
     if not str(value).isdigit() or not 0 < int(value) < 65536:
-        raise InvalidArgumentValueError(f"The SSH config gives Port {value!r} for {name!r}, which is not a TCP port.",
+        raise InvalidArgumentValueError(f"The SSH config gives Port {shown(value)} for {shown(name)}, which is not a TCP port.",
                                         "Fix the Port line of that Host entry (1-65535), or pass --ssh-port.")
     return int(value)
 

@@ -13,6 +13,7 @@ from azure.cli.core.azclierror import (
     ResourceNotFoundError, UnclassifiedUserFault, ValidationError)
 
 from .properties import describe_tpm, parse_fixed_properties  # noqa: F401  (describe_tpm re-exported)
+from azext_edgetpm.echo import shown
 
 EK_HANDLE = "0x81010001"
 SRK_HANDLE = "0x81000001"
@@ -115,7 +116,7 @@ def parse_output(result, display: str, tcti: Optional[str]) -> RemoteEk:
             f"tpm2-tools is not installed on {display}.",
             "Install it on the device (sudo apt-get install tpm2-tools), or re-run with --install-tools.")
     if result.rc == _RC_NO_TPM:
-        where = f"through TCTI {tcti!r}" if tcti else "(no /dev/tpmrm0, /dev/tpm0 or TPM simulator answered)"
+        where = f"through TCTI {shown(tcti)}" if tcti else "(no /dev/tpmrm0, /dev/tpm0 or TPM simulator answered)"
         raise ResourceNotFoundError(
             f"No TPM answered on {display} {where}: {_last_line(stderr)}",
             "Check that the device has a TPM 2.0 enabled in its firmware and that the kernel exposes "

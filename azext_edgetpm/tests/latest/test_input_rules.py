@@ -144,3 +144,13 @@ def test_nul_in_tcti_says_what_is_wrong():
         assert result.rc != 0 and type(result.error).__name__ == "InvalidArgumentValueError", result.message
         assert "--tcti contains a NUL character (at position 21)" in result.message
         assert "network" not in (result.message + result.recommendation).lower()
+
+
+def test_inventory_rows_echo_values_cut_short(tmp_path):
+    from azext_edgetpm.errors import UserInputError
+    from azext_edgetpm.fleet.inventory import read_inventory
+    inventory = tmp_path / "devices.csv"
+    inventory.write_text("host,port,edge_version\n" + f"root@{HUGE},{HUGE},1{HUGE}\n")
+    with pytest.raises(UserInputError) as err:
+        read_inventory(str(inventory))
+    assert "(100,000 characters)" in str(err.value) and len(str(err.value)) < 1000, str(err.value)[:300]
