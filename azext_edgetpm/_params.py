@@ -39,7 +39,8 @@ def proxy_arguments(c):
                     "the container engine, aziot-edged and aziot-identityd (systemd drop-ins) and edgeAgent "
                     "([agent.env] https_proxy, UpstreamProtocol AmqpWs). Without it (or with 'none') proxy settings "
                     "an earlier --proxy wrote are removed. The device must reach the proxy, and through it the "
-                    "package source and DPS, before anything changes.")
+                    "package source and DPS, before anything changes. With --inventory: the default of the "
+                    "columns proxy, no_proxy and proxy_ca, which each row may set (proxy 'none': direct).")
     c.argument("no_proxy", options_list=["--no-proxy"], arg_group="Network",
                help="Comma-separated hosts, domains or networks the container engine and apt reach directly "
                     "(NO_PROXY), besides localhost and 127.0.0.1. Only with --proxy.")
@@ -100,6 +101,7 @@ def enrollment_arguments(c):
 def install_arguments(c):
     """How IoT Edge is installed and configured on a device (install, provision)."""
     from azure.cli.core.commands.parameters import get_enum_type
+    proxy_arguments(c)
     c.argument("tcti", options_list=["--tcti"], arg_group="TPM",
                help="TCTI of the device's TPM, written to [tpm] tcti of config.toml for aziot-tpmd and used by "
                     "tpm2-tools to read the EK: 'device' (/dev/tpmrm0), 'tabrmd', or "
@@ -261,7 +263,6 @@ def load_arguments(self, _):
                         "with it; prefer --dps-name, which looks the ID scope and device endpoint up.")
         c.argument("dry_run", options_list=["--dry-run"], action="store_true",
                    help="Show which steps would change what, without changing anything on the device.")
-        proxy_arguments(c)
 
     with self.argument_context("edge-tpm status") as c:
         ssh_arguments(c)

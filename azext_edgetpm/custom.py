@@ -184,8 +184,9 @@ def provision(cmd, host=None, inventory=None, inventory_format=None, limit=None,
               offline_packages=None, edge_version=None, log_driver="local", payload=None,
               auto_reprovisioning_mode=None, tpm_access="udev", max_parallel=None, state=None, retry_failed=False,
               only=None, shard=None, dps_ops_per_minute=None, dps_registrations_per_minute=None,
-              wait_timeout=None):
+              wait_timeout=None, proxy=None, no_proxy=None, proxy_ca=None):
     import dataclasses
+    import os
     from azure.cli.core.azclierror import RequiredArgumentMissingError
     from azext_edgetpm.dps.discovery import ENROLLMENT_WRITE
     from azext_edgetpm.dps.ratelimit import (
@@ -200,7 +201,8 @@ def provision(cmd, host=None, inventory=None, inventory_format=None, limit=None,
 
     # Everything local is checked before anything remote starts: the inventory first.
     row_defaults = {"user": ssh_user, "port": ssh_port, "ssh_key": ssh_key, "tcti": tcti, "edge_version": edge_version,
-                    "iot_hubs": iot_hubs, "tags": initial_twin_tags}
+                    "iot_hubs": iot_hubs, "tags": initial_twin_tags, "proxy": proxy, "no_proxy": no_proxy,
+                    "proxy_ca": proxy_ca and os.path.abspath(os.path.expanduser(proxy_ca))}
     if inventory:
         devices = inv.read_inventory(inventory, inventory_format, limit, row_defaults)
     else:

@@ -30,7 +30,7 @@ HEADER = "# HTTP proxy of IoT Edge (written by az edge-tpm install; --proxy none
 DIRECT_ONLY_CHECKS = ("host-connect-iothub-amqp", "host-connect-iothub-mqtt",
                       "container-default-connect-upstream-amqp", "container-default-connect-upstream-mqtt",
                       "container-connect-upstream-amqp", "container-connect-upstream-mqtt")
-_SECRET_IN_URL = re.compile(r"(\b[a-z][a-z0-9+.\-]*://[^:/@\s\"']+):[^@\s\"']*@", re.IGNORECASE)
+_SECRET_IN_URL = re.compile(r"(\b[a-z][a-z0-9+.\-]*://[^:/@\s\"']*):[^@\s\"']*@", re.IGNORECASE)
 
 
 def dropin(unit: str) -> str:
@@ -231,12 +231,29 @@ viaproxy() {
 """
 
 
+def bypasses(proxy: Proxy, host: str) -> bool:
+    """Whether NO_PROXY sends `host` around the proxy (a name, a .domain suffix, an address or network)."""
+    import ipaddress
+    host = host.lower().strip("[]")
+    for entry in proxy.no_proxy:
+        entry = entry.lower().strip("[]")
+        if entry == "*" or host == entry or (entry.startswith(".") and host.endswith(entry)) or \
+                host.endswith("." + entry.lstrip("*.")):
+            return True
+        try:
+            if ipaddress.ip_address(host) in ipaddress.ip_network(entry, strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
 def probe_script(targets: List[Target], proxy: Optional[Proxy]) -> str:
     lines = [_PROBE]
     if proxy is not None:
         lines.append(f"PH={shlex.quote(proxy.host)}; PP={proxy.port}")
     for i, t in enumerate(targets):
-        if proxy is None:
+        if proxy is None or bypasses(proxy, t.host):
             lines.append(f"direct {i} {shlex.quote(t.host)} {t.port}")
         else:
             hostport = f"[{t.host}]:{t.port}" if ":" in t.host else f"{t.host}:{t.port}"
@@ -268,7 +285,7 @@ def check_reachable(session, targets: List[Target], proxy: Optional[Proxy], disp
     notes = []
     for i, t in enumerate(targets):
         rc, text = found[i]
-        if proxy is None:
+        if proxy is None or bypasses(proxy, t.host):
             _judge_direct(t, rc, text, display, notes)
         else:
             _judge_proxy(t, rc, text, proxy, display)
@@ -298,10 +315,11 @@ def _judge_proxy(t: Target, rc: int, text: str, proxy: Proxy, display: str) -> N
         raise AzureConnectionError(
             f"{display} cannot reach the proxy {proxy.display}: {why}. Nothing was changed.",
             "Check the proxy's host and port (--proxy) and that the device's network allows it.")
-    if code == 407:
+    if code in (401, 407):
+        # (407 is the standard answer; some proxies, tinyproxy among them, answer wrong credentials with 401)
         raise UnauthorizedError(
             f"The proxy {proxy.display} refused {'the credentials' if proxy.user else 'to work without credentials'} "
-            f"of {display} (407 Proxy Authentication Required). Nothing was changed.",
+            f"of {display} ({text}). Nothing was changed.",
             "Give the proxy's user and password in the URL of --proxy (as a file: --proxy @file).")
     if code == 403 or code >= 500 or (t.tunnel and code != 200):
         raise AzureConnectionError(

@@ -19,7 +19,7 @@ from azext_edgetpm.errors import LocalFileError, MissingInputError, UserInputErr
 from azext_edgetpm.echo import shown
 
 COLUMNS = ("host", "port", "user", "ssh_key", "registration_id", "device_id", "tags", "iot_hubs", "tcti",
-           "edge_version", "sudo_password_env")
+           "edge_version", "sudo_password_env", "proxy", "no_proxy", "proxy_ca")
 FORMATS = ("csv", "yaml", "json", "ansible")
 ANSIBLE_VARS = {"ansible_host": "host", "ansible_user": "user", "ansible_port": "port",
                 "ansible_ssh_private_key_file": "ssh_key", "ansible_private_key_file": "ssh_key"}
@@ -45,6 +45,7 @@ class InventoryDevice:
     tcti: Optional[str] = None
     edge_version: Optional[str] = None
     sudo_password_env: Optional[str] = None
+    proxy: Optional[object] = field(default=None, repr=False)   # edge.proxy.Proxy (None: direct)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -373,9 +374,33 @@ def _device(source, values, issues, base_dir) -> Optional[InventoryDevice]:
     env_name = _text(values["sudo_password_env"])
     if env_name and not _ENV_NAME.match(env_name):
         issues.append(f"sudo_password_env {shown(env_name)} is not an environment variable name")
+    proxy = _proxy(values, base_dir, issues)
     return InventoryDevice(source=source, host=host, port=int(port), user=user, ssh_key=key, registration_id=rid,
                            device_id=device_id, tags=tags or None, iot_hubs=[str(h) for h in hubs] if hubs else None,
-                           tcti=tcti, edge_version=version, sudo_password_env=env_name)
+                           tcti=tcti, edge_version=version, sudo_password_env=env_name, proxy=proxy)
+
+
+def _proxy(values, base_dir, issues):
+    """The row's HTTP proxy (proxy: URL or none, no_proxy, proxy_ca: a PEM file, relative to the
+    inventory); its issues never show a password."""
+    from azext_edgetpm.edge.proxy import parse
+    ca_path, ca_pem = _text(values["proxy_ca"]), None
+    if ca_path:
+        ca_path = os.path.expanduser(ca_path)
+        if not os.path.isabs(ca_path):
+            ca_path = os.path.join(base_dir, ca_path)
+        try:
+            with open(ca_path, "rb") as handle:
+                ca_pem = handle.read()
+        except OSError as exc:
+            issues.append(f"proxy_ca {ca_path}: {exc.strerror}")
+            return None
+    try:
+        return parse(_text(values["proxy"]), _text(values["no_proxy"]), ca_pem)
+    except Exception as exc:  # pylint: disable=broad-except  # the same rules as --proxy's
+        issues.append(str(getattr(exc, "error_msg", exc)).rstrip(".").replace("--proxy-ca", "proxy_ca")
+                      .replace("--no-proxy", "no_proxy").replace("--proxy", "proxy"))
+        return None
 
 
 def parse_shard(value: str):

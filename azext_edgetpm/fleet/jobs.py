@@ -35,7 +35,8 @@ def job_for(device, defaults: FleetDefaults) -> DeviceJob:
         initial_twin_tags=device.tags if device.tags is not None else defaults.enroll.initial_twin_tags)
     tcti = device.tcti or defaults.tcti
     install = dataclasses.replace(defaults.install, tcti=tcti,
-                                  edge_version=device.edge_version or defaults.install.edge_version)
+                                  edge_version=device.edge_version or defaults.install.edge_version,
+                                  proxy=device.proxy)
     return DeviceJob(key=device.key, host=device.ssh_host, ssh=ssh, enroll=enroll, install=install,
                      id_format=defaults.id_format, tcti=tcti, wait_timeout=defaults.wait_timeout,
                      source=device.source)

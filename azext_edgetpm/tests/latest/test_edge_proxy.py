@@ -171,3 +171,78 @@ def test_proxy_only_device(device, repo, dps, proxies, tmp_path):
     print("proxy-only device: password in", [line.split()[-1] for line in found])
     print(f"timings: refused {direct.out and direct.out.get('seconds')}, first install {first.out['seconds']}s, "
           f"second {second.out['seconds']}s, switched {switched.out['seconds']}s")
+
+
+def test_refused_before_anything_changes(device, dps, proxies, repo):
+    """A proxy that cannot be reached, or that wants credentials it did not get: one clear error from
+    the proxy step, before anything is written."""
+    dev = device("proxied")
+    source = ["--package-source", repo["base_url"]]
+    mark(dev)
+    closed = install(dev, dps, *source, "--proxy", f"http://{proxies['host']}:9")
+    assert closed.rc != 0 and "Step proxy failed" in closed.message
+    assert f"cannot reach the proxy http://{proxies['host']}:9" in closed.message and "Nothing was changed" in closed.message
+    no_credentials = install(dev, dps, *source, "--proxy", proxies["auth"]["url"])
+    assert no_credentials.rc != 0 and "407" in no_credentials.message and "user and password" in \
+        no_credentials.recommendation
+    wrong = proxies["auth"]["url"].replace("http://", "http://edge:wrong-password@")
+    refused = install(dev, dps, *source, "--proxy", wrong)
+    assert refused.rc != 0 and "refused the credentials" in refused.message
+    assert "wrong-password" not in refused.message + refused.stderr + refused.text
+    assert changed_since_mark(dev) == []
+
+
+def test_provision_through_an_inventory_row_proxy(device, repo, dps, proxies, tmp_path):
+    """`provision --inventory`: the row's proxy column wins over the run's --proxy (none here)."""
+    import csv
+    dev = device("proxied")
+    inventory = tmp_path / "fleet.csv"
+    with open(inventory, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, ["host", "ssh_key", "tcti", "proxy"])
+        writer.writeheader()
+        writer.writerow({"host": f"root@{dev.host}:{dev.port}", "ssh_key": dev.key("root"), "tcti": dev.tcti,
+                         "proxy": proxies["url"]})
+    offset = log_size(proxies["log"])
+    result = az("edge-tpm", "provision", "--inventory", str(inventory), *dps.login, "--id-scope",
+                dps.section["id_scope"], "--global-endpoint", dps.section["device_endpoint"], "--package-source",
+                repo["base_url"], "--known-hosts", dev.known_hosts, "--proxy", "none")
+    assert result.rc == 0, f"{result.message} | {result.recommendation}"
+    (row,) = result.out
+    assert row["status"] == "assigned", row
+    assert dps.emu.store.get_registration(row["registrationId"])["status"] == "assigned"
+    seen = log_since(proxies["log"], offset)
+    assert "CONNECT " + dps.section["device_endpoint"].split("//", 1)[1] in seen
+    assert unit_env(dev, "aziot-identityd")["https_proxy"] == proxies["url"]
+
+
+def test_proxy_ca_then_none_undoes_it(device, repo, dps, proxies, tmp_path):
+    """On a device with direct access: --proxy with --proxy-ca and --no-proxy, then --proxy none
+    removes every file it wrote and edgeAgent runs without the proxy again."""
+    dev = device()
+    enroll(dev, dps)
+    source = ["--package-source", repo["apt_line"]]
+    ca = dps.section["ca_bundle"]  # (any PEM CA does: the proxy's own does not inspect TLS)
+    with_proxy = install(dev, dps, *source, "--proxy", proxies["url"], "--proxy-ca", ca,
+                         "--no-proxy", "10.0.0.0/8,.corp.example")
+    assert with_proxy.rc == 0, f"{with_proxy.message} | {with_proxy.recommendation}"
+    with open(ca, encoding="ascii") as handle:
+        pem = handle.read()
+    assert read(dev, "/usr/local/share/ca-certificates/edge-tpm-proxy-ca.crt") == pem
+    assert stat(dev, "/var/aziot/certs/edge-tpm-proxy-ca.pem")[1:] == ["aziotcs", "aziotcs"]
+    config = tomllib.loads(read(dev, "/etc/aziot/config.toml"))
+    assert config["trust_bundle_cert"] == "file:///var/aziot/certs/edge-tpm-proxy-ca.pem"
+    assert unit_env(dev, "docker")["NO_PROXY"] == "localhost,127.0.0.1,10.0.0.0/8,.corp.example"
+    assert agent_container(dev)[1]["https_proxy"] == proxies["url"]
+
+    undone = install(dev, dps, *source, "--proxy", "none")
+    assert undone.rc == 0, undone.message
+    assert statuses(undone)["proxy"] == "changed" and statuses(undone)["runtime"] == "changed"
+    for path in PROXY_FILES + ["/usr/local/share/ca-certificates/edge-tpm-proxy-ca.crt",
+                               "/var/aziot/certs/edge-tpm-proxy-ca.pem"]:
+        assert read(dev, path) is None, path
+    config = tomllib.loads(read(dev, "/etc/aziot/config.toml"))
+    assert "trust_bundle_cert" not in config and "env" not in config["agent"]
+    assert "https_proxy" not in agent_container(dev)[1]
+    assert all(not unit_env(dev, u) for u in UNITS)
+    assert check_result(dev, "proxy-settings") == {"result": "ok"}
+    assert undone.out["runtime"]["provisioning"]["state"] == "assigned"

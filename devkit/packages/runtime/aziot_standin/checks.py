@@ -4,6 +4,8 @@ JSON output has the real shape: ``{"additional_info": {...}, "checks": {ID: {"re
 {"result": "ok"|"warning"|"error"|"fatal"|"skipped"|"ignored", "details": [...]},
 "additional_info": ...}}}``; the exit code is 1 when any check is an error or fatal.
 """
+import base64
+import http.client
 import json
 import os
 import platform
@@ -66,11 +68,29 @@ def _dps_endpoint():
         return "ignored", []
     url = urllib.parse.urlparse(prov["global_endpoint"])
     host, port = url.hostname, url.port or 443
+    # Like the real check: through the proxy of [agent.env] https_proxy (else the caller's
+    # https_proxy), CONNECT then TLS; directly without one.
+    proxy = ((services.service_config("edged").get("agent", {}).get("env") or {}).get("https_proxy")
+             or os.environ.get("https_proxy") or os.environ.get("HTTPS_PROXY"))
     try:
-        with socket.create_connection((host, port), timeout=5) as sock:
-            with ssl.create_default_context().wrap_socket(sock, server_hostname=host):
-                pass
-    except (OSError, ssl.SSLError) as err:
+        if proxy:
+            parts = urllib.parse.urlsplit(proxy)
+            headers = {}
+            if parts.username is not None:
+                pair = "%s:%s" % (urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or ""))
+                headers["Proxy-Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+            conn = http.client.HTTPSConnection(parts.hostname, parts.port or 80, timeout=5,
+                                               context=ssl.create_default_context())
+            conn.set_tunnel(host, port, headers=headers)
+            try:
+                conn.connect()
+            finally:
+                conn.close()
+        else:
+            with socket.create_connection((host, port), timeout=5) as sock:
+                with ssl.create_default_context().wrap_socket(sock, server_hostname=host):
+                    pass
+    except (OSError, ssl.SSLError, ValueError, http.client.HTTPException) as err:
         return "error", ["Could not connect to %s:%d" % (host, port), str(err)]
     return "ok", []
 
