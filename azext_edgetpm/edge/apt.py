@@ -39,7 +39,7 @@ def update_command(source_files: Optional[Iterable[str]] = None) -> str:
     if not source_files:
         return f"{APT_ENV} apt-get -q -o DPkg::Lock::Timeout=300 update"
     links = " ".join(f"&& ln -s {shlex.quote(f)} \"$D\"/" for f in source_files)
-    return ("D=$(mktemp -d) && trap 'rm -rf \"$D\"' EXIT " + links + " && "
+    return ("D=$(mktemp -d) && trap 'rm -rf \"$D\"' EXIT && trap 'exit 143' HUP INT TERM " + links + " && "
             f"{APT_ENV} apt-get -q -o DPkg::Lock::Timeout=300 -o Dir::Etc::sourcelist=/dev/null "
             "-o Dir::Etc::sourceparts=\"$D\" -o APT::Get::List-Cleanup=0 update")
 

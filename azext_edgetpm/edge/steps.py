@@ -282,7 +282,8 @@ class PackageSourceStep(Step):
         first = (f"if [ -x /usr/lib/apt/apt-helper ]; then /usr/lib/apt/apt-helper download-file {q} \"$F\"; elif"
                  if ctx.settings.proxy else "if")
         script = (
-            "set -e; D=$(mktemp -d); trap 'rm -rf \"$D\"' EXIT; F=\"$D/packages-microsoft-prod.deb\"; "
+            "set -e; D=$(mktemp -d); trap 'rm -rf \"$D\"' EXIT; trap 'exit 143' HUP INT TERM; "
+            "F=\"$D/packages-microsoft-prod.deb\"; "
             f"{first} command -v curl >/dev/null 2>&1; then curl -fsSL --retry 2 -o \"$F\" {q}; "
             f"elif command -v wget >/dev/null 2>&1; then wget -q -O \"$F\" {q}; "
             "elif command -v python3 >/dev/null 2>&1; then python3 -c "

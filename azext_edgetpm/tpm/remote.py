@@ -32,6 +32,7 @@ set -u
 if ! command -v tpm2_readpublic >/dev/null 2>&1; then echo "@@ERR notools"; exit 10; fi
 D=$(mktemp -d) || exit 13
 trap 'rm -rf "$D"' EXIT
+trap 'exit 143' HUP INT TERM  # (a stopped command still removes its directory)
 if ! tpm2_getcap properties-fixed >"$D/caps" 2>"$D/err"; then
   echo "@@ERR notpm"; sed 's/^/@@STDERR /' "$D/err"; exit 11
 fi

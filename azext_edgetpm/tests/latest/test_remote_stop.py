@@ -60,3 +60,29 @@ def test_an_interrupted_az_stops_its_command_on_the_device(rig, signum, raised):
         thread.join()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, "the session gave SIGTERM back"
     wait_until(lambda: _running(dev, seconds) == 0, timeout=10, what=f"the device's `sleep {seconds}` ending")
+
+
+def test_a_hanging_apt_get_update_is_stopped_and_leaves_no_temporary_files(rig):
+    """The audit's case: `apt-get update` of a source that never answers, given up by az. It is
+    stopped on the device, and the private sources directory it ran with is removed."""
+    import socket
+    from azext_edgetpm.edge.apt import update_command
+    dev = rig.by_variant("mfg")
+    source = "/etc/apt/sources.list.d/edgetpm-test-hang.list"
+    apt_running = ("for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done | "
+                   "grep -c '^apt-get .*-o Dir::Etc::sourcelist=/dev/null' || true")
+    with socket.socket() as server:
+        server.bind((rig.host_ip, 0))
+        server.listen(8)  # takes the connection, never answers: apt waits (120 s by default)
+        dev.exec(f"cat > {source}", input=f"deb [trusted=yes] http://{rig.host_ip}:{server.getsockname()[1]}/ ./\n",
+                 check=True)
+        try:
+            before = set(dev.exec("ls -d /tmp/tmp.* 2>/dev/null").stdout.split())
+            with _session(dev, "admin") as session:
+                with pytest.raises(ClientRequestError):
+                    session.run(update_command([source]), sudo=True, timeout=3)
+            wait_until(lambda: int(dev.exec(apt_running).stdout.strip() or 0) == 0, timeout=10,
+                       what="the device's apt-get update ending")
+            assert set(dev.exec("ls -d /tmp/tmp.* 2>/dev/null").stdout.split()) == before
+        finally:
+            dev.exec(["rm", "-f", source])
