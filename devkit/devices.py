@@ -443,8 +443,10 @@ class Rig:
         names = {u for name in variant_names for u in variants.userlands(name)}
         if not names:
             return {}
+        def log(msg):
+            sys.stderr.write("devkit: %s\n" % msg)
         with ThreadPoolExecutor(max_workers=len(names)) as pool:
-            roots = {n: pool.submit(userland.ensure, n) for n in sorted(names)}
+            roots = {n: pool.submit(userland.ensure, n, log) for n in sorted(names)}
         try:
             return {n: f.result() for n, f in roots.items()}
         except userland.UserlandError as exc:

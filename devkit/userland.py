@@ -144,6 +144,9 @@ def ensure(name, log=None):
         if not os.path.exists(os.path.join(root, ".devkit-userland")):
             for stale in glob.glob(base + ".tmp-*"):  # a build killed half-way (we hold the lock)
                 shutil.rmtree(stale, ignore_errors=True)
+            if log is not None:
+                log("building the Debian %s (%s) userland from %s (first use on this machine: a "
+                    "minute or two)" % (RELEASES[name].version, name, mirror))
             build(RELEASES[name], mirror, base, log)
     return root
 
