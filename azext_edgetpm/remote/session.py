@@ -32,6 +32,7 @@ SUDO_PASSWORD_ENV = "AZ_EDGETPM_SUDO_PASSWORD"
 # first upload of every run (a dropped connection can leave a staged copy behind, never for long).
 STAGING_ROOT = "/var/lib/edge-tpm/staging"
 _TRANSIENT_CONNECT_ATTEMPTS = 4
+MAX_OUTPUT_BYTES = 16 * 2**20  # per stream of one remote command
 
 
 class Terminated(KeyboardInterrupt):
@@ -434,6 +435,14 @@ class RemoteSession:
             while chan.recv_stderr_ready():
                 err.write(chan.recv_stderr(65536))
                 progressed = True
+            if out.tell() > MAX_OUTPUT_BYTES or err.tell() > MAX_OUTPUT_BYTES:
+                # a device answering with endless output (a broken or hostile tool) must not
+                # exhaust this machine's memory: stop reading (closing the channel stops it)
+                raise ValidationError(
+                    f"A command on {self.target.display} printed more than {MAX_OUTPUT_BYTES // 2**20} MiB; "
+                    "az edge-tpm stopped reading it.",
+                    "Check the tools on the device (tpm2-tools, dpkg, iotedge): one of them prints far more "
+                    "than it should, e.g. a wrapper script or a broken install.")
                 if len(progress["stderr"]) < 200:
                     progress["stderr"] = err.getvalue()[:200]
             if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():

@@ -1,0 +1,206 @@
+"""Hostile input and malicious device output, on simulated devices.
+
+* Shell metacharacters, quotes, newlines, NUL and unicode in every value that can reach a
+  device: each value is refused with one error or travels quoted; a canary file (on the device
+  and on this machine) proves that none executes.
+* A device whose tpm2-tools print garbage or endless output, or whose os-release is garbage:
+  one clear error, no traceback, and the memory of az stays bounded.
+* After an install, the files it wrote have their intended owners and modes.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from azure.cli.core.azclierror import AzCLIError
+
+from azext_edgetpm.tests.latest.azcli import az
+from azext_edgetpm.tests.latest.faults import record
+from azext_edgetpm.tests.latest.test_robust_faults import (  # noqa: F401  (module fixtures)
+    dps, enroll, host_args, install, read, repo)
+
+pytestmark = pytest.mark.devkit
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+CANARY = "/tmp/edgetpm-canary"
+HOSTILE = (
+    f"$(touch {CANARY})", f"`touch {CANARY}`", f"x'; touch {CANARY}; '", f'x"; touch {CANARY}; "',
+    f"x\ntouch {CANARY}", f"\u00fc\x00 \U0001f642|touch {CANARY}&", f"-o;touch {CANARY}",
+)
+PAYLOAD = "/var/secrets/aziot/identityd/dps-additional-data.json"
+DEVICE_CA = "/usr/local/share/ca-certificates/devkit-dps-ca.crt"
+
+
+@pytest.fixture(scope="module")
+def installed(rig, dps, repo, tmp_path_factory):
+    """One device with IoT Edge installed (and a payload), enrolled and assigned."""
+    dev = rig.add_device("fresh")
+    with open(dps.section["ca_bundle"], encoding="ascii") as handle:
+        dev.exec(f"cat > {DEVICE_CA} && update-ca-certificates >/dev/null 2>&1", input=handle.read(), check=True)
+    enroll(dev, dps)
+    payload = tmp_path_factory.mktemp("payload") / "payload.json"
+    payload.write_text('{"modelId": "dtmi:contoso:gw;1"}')
+    first = install(dev, dps, repo, "--payload", str(payload))
+    assert first.rc == 0, f"{first.message} | {first.recommendation}"
+    yield dev
+    rig.remove_device(dev)
+
+
+def escaped(dev) -> bool:
+    return dev.exec(["test", "-e", CANARY]).returncode == 0 or os.path.exists(CANARY)
+
+
+def test_files_written_have_their_owners_and_modes(installed):
+    def stat(path):
+        return installed.exec(["stat", "-c", "%a %U %G", path], check=True).stdout.split()
+    assert stat("/etc/aziot/config.toml") == ["600", "root", "root"]
+    assert stat(PAYLOAD) == ["640", "root", "aziotid"]
+    assert stat(os.path.dirname(PAYLOAD)) == ["750", "root", "aziotid"]
+    assert stat("/etc/docker/daemon.json")[1:] == ["root", "root"]
+    assert int(stat("/etc/docker/daemon.json")[0], 8) & 0o022 == 0  # nobody else may write it
+    for source in installed.exec("ls /etc/apt/sources.list.d/", check=True).stdout.split():
+        mode, owner, group = stat("/etc/apt/sources.list.d/" + source)
+        assert (owner, group) == ("root", "root") and int(mode, 8) & 0o022 == 0, source
+    for name in installed.exec("ls /etc/aziot/", check=True).stdout.split():
+        if name.startswith("config.toml") and name != "config.toml.edge.template":  # (the package's)
+            assert stat("/etc/aziot/" + name) == ["600", "root", "root"], name  # backups: same settings
+    # (the udev rule of --tpm-access udev needs a kernel TPM device: its mode is covered by the
+    # plan tests in test_edge_units; simulated devices have a swtpm)
+
+
+def test_hostile_values_are_refused_or_quoted_never_executed(installed, dps, repo, tmp_path):
+    dev = installed
+    scope = ["--id-scope", dps.section["id_scope"], "--global-endpoint", dps.section["device_endpoint"]]
+    # --flag=value: a value may start with "-". The install runs are dry runs (their checks send
+    # the values to the device), but for --tcti and --edge-version, which go to the device's TPM
+    # and apt for real and fail there.
+    base = ["edge-tpm", "install", *host_args(dev), "--package-source", repo["config_package_url"]]
+    dry = [*base, "--dry-run", "--tcti", dev.tcti]
+    fields = {
+        "ek show --tcti": lambda v: ["edge-tpm", "ek", "show", *host_args(dev), "--tcti=" + v],
+        "install --tcti": lambda v: [*base, *scope, "--tcti=" + v],
+        "install --edge-version": lambda v: [*base, *scope, "--tcti", dev.tcti, "--edge-version=" + v],
+        "install --registration-id": lambda v: [*dry, *scope, "--registration-id=" + v],
+        "install --log-driver": lambda v: [*dry, *scope, "--log-driver=" + v],
+        "install --global-endpoint": lambda v: [*dry, "--id-scope", dps.section["id_scope"], "--global-endpoint=" + v],
+        "install --id-scope": lambda v: [*dry, "--global-endpoint", dps.section["device_endpoint"], "--id-scope=" + v],
+        "install --package-source": lambda v: ["edge-tpm", "install", *host_args(dev), *scope, "--tcti", dev.tcti,
+                                               "--dry-run",
+                                               "--package-source=" + f"deb [trusted=yes] {repo['base_url']} ./ {v}"],
+        "install --payload (content)": lambda v: [*dry, *scope, "--payload",
+                                                  _file(tmp_path, "p.json", json.dumps({"x": v}))],
+        "install --payload (file name)": lambda v: [*dry, *scope, "--payload",
+                                                    _file(tmp_path, v.replace("/", "_").replace("\x00", "0"), "{}")],
+        "enrollment create --device-id": lambda v: ["edge-tpm", "enrollment", "create", *dps.login, "--endorsement-key",
+                                                    _ek(dev), "--registration-id", "hostile-1", "--device-id=" + v],
+        "enrollment create --initial-twin-tags": lambda v: [
+            "edge-tpm", "enrollment", "create", *dps.login, "--endorsement-key", _ek(dev), "--registration-id",
+            "hostile-2", "--initial-twin-tags", json.dumps({"site": v}), "--force"],
+    }
+    tried = tracebacks = escapes = 0
+    failures = []
+    for field, build in fields.items():
+        for value in HOSTILE:
+            result = az(*build(value))
+            tried += 1
+            if "Traceback" in result.stderr or (result.error is not None
+                                                and not isinstance(result.error, (AzCLIError, SystemExit))):
+                tracebacks += 1
+                failures.append(f"{field} {value!r}: {type(result.error).__name__}: {result.message[:200]}")
+            if escaped(dev):
+                escapes += 1
+                failures.append(f"{field} {value!r}: the canary appeared")
+                dev.exec(["rm", "-f", CANARY])
+                if os.path.exists(CANARY):
+                    os.unlink(CANARY)
+            if result.rc != 0:
+                assert len(result.message) < 2000, (field, value, len(result.message))
+    record("hostile inputs tried", tried)
+    record("escapes", escapes)
+    record("tracebacks", tracebacks)
+    assert failures == []
+    # and the device still works: a normal run leaves it installed and assigned
+    again = install(dev, dps, repo)
+    assert again.rc == 0, f"{again.message} | {again.recommendation}"
+
+
+def _file(directory, name, text):
+    path = directory / (name or "empty")
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+_EK = {}
+
+
+def _ek(dev):
+    if dev.name not in _EK:
+        _EK[dev.name] = dev.exec("tpm2_readpublic -c 0x81010001 -o /tmp/ek.pub >/dev/null && base64 -w0 /tmp/ek.pub",
+                                 env=dev.tpm_env, check=True).stdout
+    return _EK[dev.name]
+
+
+_PEAK = ("import atexit, resource, runpy, sys; atexit.register(lambda: sys.stderr.write("
+         "'@@PEAK %d\\n' % resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)); sys.argv[0] = 'az'; "
+         "runpy.run_module('azure.cli', run_name='__main__')")
+
+
+def az_process(*args, timeout=180):
+    """The real az in a process of its own; returns (rc, stdout, stderr, its peak RSS in MiB)."""
+    proc = subprocess.run([sys.executable, "-c", _PEAK, *args], capture_output=True, text=True, cwd=REPO,
+                          env=dict(os.environ), timeout=timeout, check=False)
+    err, _, peak = proc.stderr.rpartition("@@PEAK ")
+    return proc.returncode, proc.stdout, err, int(peak.split()[0]) / 1024
+
+
+FAKES = {
+    # endless output from the TPM query the EK read starts with
+    "tpm2_getcap (24 MiB of output)": (
+        "tpm2_getcap", "#!/bin/sh\nyes 'TPM2_PT_GARBAGE: 0xffffffffffffffff' | head -c 25165824\n", "MiB"),
+    # binary garbage where the properties should be
+    "tpm2_getcap (garbage)": ("tpm2_getcap", "#!/bin/sh\nhead -c 20000 /dev/urandom\n", None),
+    # an "EK" that is random bytes
+    "tpm2_readpublic (garbage EK)": (
+        "tpm2_readpublic", '#!/bin/sh\nfor a; do [ "$prev" = -o ] && head -c 316 /dev/urandom > "$a"; prev=$a; done\n'
+        'head -c 3000 /dev/urandom\n', "endorsement key"),
+}
+
+
+def test_malicious_tool_output_gives_one_clear_error_and_bounded_memory(new_device):
+    dev = new_device("mfg")
+    args = ["edge-tpm", "ek", "show", "--host", f"root@{dev.host}:{dev.port}", "--ssh-key", dev.key("root"),
+            "--known-hosts", dev.known_hosts, "--tcti", dev.tcti, "--no-create"]
+    rc, _, err, baseline = az_process(*args)
+    assert rc == 0, err
+    limit = baseline + 48  # what az needs anyway, plus a bounded share of a device's output
+    tracebacks = 0
+    for what, (tool, script, expected) in FAKES.items():
+        path = f"/usr/local/bin/{tool}"
+        dev.exec(f"cat > {path} && chmod 755 {path}", input=script, check=True)
+        try:
+            rc, out, err, peak = az_process(*args)
+        finally:
+            dev.exec(["rm", "-f", path], check=True)
+        record("hostile inputs tried")
+        tracebacks += "Traceback" in err
+        assert "Traceback" not in err, (what, err[-2000:])
+        assert peak < limit, (what, f"az peaked at {peak:.0f} MiB, {baseline:.0f} MiB on a sound device")
+        if expected is None:
+            assert rc == 0 or ("ERROR:" in err and len(err) < 5000), (what, err[-1000:])
+        else:
+            assert rc != 0 and expected in err, (what, err[-1000:])
+            assert len(err) < 5000, (what, len(err))
+    # os-release: garbage, huge, or no ID at all
+    for what, content in {"binary": "head -c 4000 /dev/urandom", "huge": "yes 'NAME=x' | head -c 20000000",
+                          "no ID": "printf 'NAME=\"Mystery OS\"\\nVERSION_ID=\"1\"\\n'"}.items():
+        dev.exec(f"rm -f /etc/os-release && ({content}) > /etc/os-release", check=True)
+        rc, out, err, peak = az_process("edge-tpm", "install", "--host", f"root@{dev.host}:{dev.port}", "--ssh-key",
+                                        dev.key("root"), "--known-hosts", dev.known_hosts, "--tcti", dev.tcti,
+                                        "--id-scope", "0ne00000001", "--registration-id", "os-check", "--dry-run")
+        record("hostile inputs tried")
+        tracebacks += "Traceback" in err
+        assert "Traceback" not in err, (what, err[-2000:])
+        assert rc != 0 and "ERROR:" in err and len(err) < 5000, (what, rc, err[-1500:])
+        assert peak < limit, (what, f"az peaked at {peak:.0f} MiB, {baseline:.0f} MiB on a sound device")
+    record("tracebacks", tracebacks)
