@@ -60,7 +60,13 @@ class IdentifyStep(Step):
     name = "identify"
 
     def run(self, ctx):
+        from azext_edgetpm.edge import facts, platform
         from azext_edgetpm.operations.identify import identify
+        # A system IoT Edge does not support is refused before its TPM gets keys or DPS an
+        # enrollment (install would refuse it only after both).
+        found = facts.gather(ctx.session(), files=())
+        platform.detect(found.os_release, platform.debian_arch(found.dpkg_arch, found.uname_machine),
+                        ctx.session().target.display)
         identity = identify(ctx.session(), tcti=ctx.job.tcti, create=True, id_format=ctx.job.id_format)
         ctx.data["identity"] = identity
         return {"status": CHANGED if identity.created else OK, "registrationId": _rid(ctx),

@@ -132,6 +132,15 @@ def test_debian_13_device_refused_before_anything_changes(distro_devices, repo, 
     dry = az("edge-tpm", "install", *host_args(dev), "--tcti", dev.tcti, "--id-scope", dps.section["id_scope"],
              "--dry-run")
     assert dry.rc != 0 and "Debian GNU/Linux 13" in dry.message
+    # provision refuses it too, before its TPM gets keys or DPS an enrollment.
+    before = ok("edge-tpm", "enrollment", "list", *dps.login).out
+    refused = az("edge-tpm", "provision", *host_args(dev, "root"), "--tcti", dev.tcti, *dps.login,
+                 "--id-scope", dps.section["id_scope"], "--global-endpoint", dps.section["device_endpoint"],
+                 "--package-source", repo["base_url"])
+    assert refused.rc != 0 and "Debian GNU/Linux 13" in refused.message, refused.message
+    assert "Traceback" not in refused.stderr
+    assert persistent_handles(dev) == [] and changed_since_mark(dev) == []
+    assert ok("edge-tpm", "enrollment", "list", *dps.login).out == before
 
 
 def test_standin_registration_through_tpm2_tools_5_4_and_5_7(distro_devices, new_device, dps):
