@@ -2,19 +2,8 @@
 from azure.cli.core.azclierror import MutuallyExclusiveArgumentError, RequiredArgumentMissingError
 from azure.cli.core.azclierror import InvalidArgumentValueError
 
+from azext_edgetpm.limits import MAX_LENGTHS, MAX_PAYLOAD_BYTES  # noqa: F401  (MAX_LENGTHS re-exported)
 
-# The longest value accepted per argument (characters). Every value that reaches a device (a
-# command line, a file on it) or DPS is bounded, so that a pasted file or a runaway variable is
-# refused at once with one error instead of hanging a device's apt (issue 8).
-MAX_LENGTHS = {
-    "host": 300, "ssh_user": 64, "ssh_key": 4096, "ssh_config": 4096, "known_hosts": 4096,
-    "tcti": 256, "id_scope": 64, "registration_id": 128, "device_id": 128, "edge_version": 64,
-    "log_driver": 64, "package_source": 1024, "global_endpoint": 256, "payload": 4096,
-    "offline_packages": 4096, "endorsement_key": 2048, "dps_name": 64, "resource_group_name": 90,
-    "proxy": 1024, "no_proxy": 2048, "proxy_ca": 4096,
-}
-# --payload is sent to DPS at every registration: a small JSON document.
-MAX_PAYLOAD_BYTES = 64 * 1024
 # Values that become a single line on the device (a command argument, a config.toml string).
 _ONE_LINE = ("host", "ssh_user", "tcti", "id_scope", "registration_id", "device_id", "edge_version", "log_driver",
              "package_source", "global_endpoint", "proxy", "no_proxy")

@@ -17,6 +17,7 @@ from typing import Dict, List, Optional
 
 from azext_edgetpm.errors import LocalFileError, MissingInputError, UserInputError
 from azext_edgetpm.echo import shown
+from azext_edgetpm.limits import too_long
 
 COLUMNS = ("host", "port", "user", "ssh_key", "registration_id", "device_id", "tags", "iot_hubs", "tcti",
            "edge_version", "sudo_password_env", "proxy", "no_proxy", "proxy_ca")
@@ -318,6 +319,13 @@ def _device(source, values, issues, base_dir) -> Optional[InventoryDevice]:
     host_text = _text(values["host"])
     if not host_text:
         issues.append("no host")
+        return None
+    for column in ("host", "user", "ssh_key", "registration_id", "device_id", "tcti", "edge_version",
+                   "sudo_password_env", "proxy", "no_proxy", "proxy_ca"):
+        why = too_long(column, _text(values[column]))
+        if why:  # bounded like the options (azext_edgetpm.limits), before anything reaches a device
+            issues.append(f"{column} {why}")
+    if issues:
         return None
     match = _HOST_RE.match(host_text)
     if not match:

@@ -150,7 +150,18 @@ def test_inventory_rows_echo_values_cut_short(tmp_path):
     from azext_edgetpm.errors import UserInputError
     from azext_edgetpm.fleet.inventory import read_inventory
     inventory = tmp_path / "devices.csv"
-    inventory.write_text("host,port,edge_version\n" + f"root@{HUGE},{HUGE},1{HUGE}\n")
+    inventory.write_text("host,port\n" + f"root@10.0.0.1,{HUGE}\n")
     with pytest.raises(UserInputError) as err:
         read_inventory(str(inventory))
     assert "(100,000 characters)" in str(err.value) and len(str(err.value)) < 1000, str(err.value)[:300]
+
+
+def test_inventory_values_are_bounded_like_the_options(tmp_path):
+    from azext_edgetpm.errors import UserInputError
+    from azext_edgetpm.fleet.inventory import read_inventory
+    inventory = tmp_path / "devices.csv"
+    inventory.write_text("host,tcti,edge_version\n" + f"root@10.0.0.1,swtpm:{HUGE},1.5.{'1' * 100}\n")
+    with pytest.raises(UserInputError) as err:
+        read_inventory(str(inventory))
+    assert "tcti is 100,006 characters long; at most 256" in str(err.value), str(err.value)[:300]
+    assert "edge_version is 104 characters long; at most 64" in str(err.value)
