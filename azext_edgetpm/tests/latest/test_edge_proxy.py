@@ -78,6 +78,10 @@ def unit_env(dev, unit):
 
 
 def test_proxy_only_device(device, repo, dps, proxies, tmp_path):
+    """Refused without --proxy; installed and assigned through it; a second run changes nothing; the
+    authenticated proxy instead changes exactly the proxy files and recreates edgeAgent, and its
+    password lives only in root-only files; the stand-in identity service without its proxy fails;
+    with the firewall lifted, a CA and NO_PROXY, then --proxy none undoes it all."""
     dev = device("proxied")
     enroll(dev, dps)
     source = ["--package-source", repo["base_url"]]
@@ -169,8 +173,42 @@ def test_proxy_only_device(device, repo, dps, proxies, tmp_path):
     runtime_copies = {"/etc/aziot/edged/config.d/00-super.toml", "/var/lib/aziot/standin/modules.json"}
     assert set(owners) - ours - runtime_copies <= {f"/run/devkit-systemd/{u}.env" for u in UNITS}, found
     print("proxy-only device: password in", [line.split()[-1] for line in found])
-    print(f"timings: refused {direct.out and direct.out.get('seconds')}, first install {first.out['seconds']}s, "
-          f"second {second.out['seconds']}s, switched {switched.out['seconds']}s")
+
+    # The stand-in identity service without its proxy: registration fails at once, and says why.
+    dev.exec(f"rm {PROXY_FILES[2]} && systemctl daemon-reload && iotedge system reprovision", check=True)
+    journal = dev.exec("iotedge system logs -- -n 30", check=True).stdout
+    assert "DPS client error" in journal and "No route to host" in journal, journal[-1500:]
+
+    # The firewall lifted (a device with direct access): the proxy with a CA and NO_PROXY entries,
+    # then --proxy none removes every file an earlier --proxy wrote, and edgeAgent runs without it.
+    subprocess.run(["ip", "netns", "exec", dev.netns, "nft", "delete", "table", "inet", "devkit_proxied"], check=True)
+    ca = dps.section["ca_bundle"]  # (any PEM CA does: the rig's proxy does not inspect TLS)
+    with_ca = install(dev, dps, *source, "--proxy", proxies["url"], "--proxy-ca", ca,
+                      "--no-proxy", ".corp.example,192.168.0.0/16")
+    assert with_ca.rc == 0, f"{with_ca.message} | {with_ca.recommendation}"
+    with open(ca, encoding="ascii") as handle:
+        assert read(dev, "/usr/local/share/ca-certificates/edge-tpm-proxy-ca.crt") == handle.read()
+    assert stat(dev, "/var/aziot/certs/edge-tpm-proxy-ca.pem")[1:] == ["aziotcs", "aziotcs"]
+    config = tomllib.loads(read(dev, "/etc/aziot/config.toml"))
+    assert config["trust_bundle_cert"] == "file:///var/aziot/certs/edge-tpm-proxy-ca.pem"
+    assert unit_env(dev, "docker")["NO_PROXY"] == "localhost,127.0.0.1,.corp.example,192.168.0.0/16"
+    assert unit_env(dev, "aziot-identityd")["https_proxy"] == proxies["url"]
+    assert agent_container(dev)[1]["https_proxy"] == proxies["url"]
+
+    undone = install(dev, dps, *source, "--proxy", "none")
+    assert undone.rc == 0, undone.message
+    assert statuses(undone)["proxy"] == "changed" and statuses(undone)["runtime"] == "changed"
+    for path in PROXY_FILES + [AUTH_FILE, "/usr/local/share/ca-certificates/edge-tpm-proxy-ca.crt",
+                               "/var/aziot/certs/edge-tpm-proxy-ca.pem"]:
+        assert read(dev, path) is None, path
+    config = tomllib.loads(read(dev, "/etc/aziot/config.toml"))
+    assert "trust_bundle_cert" not in config and "env" not in config["agent"]
+    assert "https_proxy" not in agent_container(dev)[1]
+    assert all(not unit_env(dev, u) for u in UNITS)
+    assert check_result(dev, "proxy-settings") == {"result": "ok"}
+    assert undone.out["runtime"]["provisioning"]["state"] == "assigned"
+    print(f"timings: first install {first.out['seconds']}s, second {second.out['seconds']}s, "
+          f"switched {switched.out['seconds']}s, with a CA {with_ca.out['seconds']}s, undone {undone.out['seconds']}s")
 
 
 def test_refused_before_anything_changes(device, dps, proxies, repo):
@@ -209,40 +247,9 @@ def test_provision_through_an_inventory_row_proxy(device, repo, dps, proxies, tm
     assert result.rc == 0, f"{result.message} | {result.recommendation}"
     (row,) = result.out
     assert row["status"] == "assigned", row
+    print("provision steps:", [(s["name"], s.get("seconds")) for s in row["steps"]])
     assert dps.emu.store.get_registration(row["registrationId"])["status"] == "assigned"
     seen = log_since(proxies["log"], offset)
     assert "CONNECT " + dps.section["device_endpoint"].split("//", 1)[1] in seen
     assert unit_env(dev, "aziot-identityd")["https_proxy"] == proxies["url"]
 
-
-def test_proxy_ca_then_none_undoes_it(device, repo, dps, proxies, tmp_path):
-    """On a device with direct access: --proxy with --proxy-ca and --no-proxy, then --proxy none
-    removes every file it wrote and edgeAgent runs without the proxy again."""
-    dev = device()
-    enroll(dev, dps)
-    source = ["--package-source", repo["apt_line"]]
-    ca = dps.section["ca_bundle"]  # (any PEM CA does: the proxy's own does not inspect TLS)
-    with_proxy = install(dev, dps, *source, "--proxy", proxies["url"], "--proxy-ca", ca,
-                         "--no-proxy", "10.0.0.0/8,.corp.example")
-    assert with_proxy.rc == 0, f"{with_proxy.message} | {with_proxy.recommendation}"
-    with open(ca, encoding="ascii") as handle:
-        pem = handle.read()
-    assert read(dev, "/usr/local/share/ca-certificates/edge-tpm-proxy-ca.crt") == pem
-    assert stat(dev, "/var/aziot/certs/edge-tpm-proxy-ca.pem")[1:] == ["aziotcs", "aziotcs"]
-    config = tomllib.loads(read(dev, "/etc/aziot/config.toml"))
-    assert config["trust_bundle_cert"] == "file:///var/aziot/certs/edge-tpm-proxy-ca.pem"
-    assert unit_env(dev, "docker")["NO_PROXY"] == "localhost,127.0.0.1,10.0.0.0/8,.corp.example"
-    assert agent_container(dev)[1]["https_proxy"] == proxies["url"]
-
-    undone = install(dev, dps, *source, "--proxy", "none")
-    assert undone.rc == 0, undone.message
-    assert statuses(undone)["proxy"] == "changed" and statuses(undone)["runtime"] == "changed"
-    for path in PROXY_FILES + ["/usr/local/share/ca-certificates/edge-tpm-proxy-ca.crt",
-                               "/var/aziot/certs/edge-tpm-proxy-ca.pem"]:
-        assert read(dev, path) is None, path
-    config = tomllib.loads(read(dev, "/etc/aziot/config.toml"))
-    assert "trust_bundle_cert" not in config and "env" not in config["agent"]
-    assert "https_proxy" not in agent_container(dev)[1]
-    assert all(not unit_env(dev, u) for u in UNITS)
-    assert check_result(dev, "proxy-settings") == {"result": "ok"}
-    assert undone.out["runtime"]["provisioning"]["state"] == "assigned"
