@@ -77,9 +77,13 @@ class ProxyStep(Step):
         if units:
             ctx.refresh()
             manager = ServiceManager.detect(ctx.facts)
-            if manager.kind != "none":
-                ctx.run("systemctl daemon-reload")
-                done.append("systemctl daemon-reload")
+            result = ctx.run("systemctl daemon-reload")
+            if ctx.facts.systemd and not result.ok:
+                raise UnclassifiedUserFault(f"systemctl daemon-reload failed on {ctx.display}: "
+                                            f"{apt.tail(result.stderr)}", "Run it on the device to see why.")
+            # (without systemd -- and before the packages bring the dev kit's systemctl -- services read
+            # their drop-ins when they start)
+            done.append("systemctl daemon-reload")
             if "docker" in units and manager.is_active(ctx.session, "docker"):
                 ctx.progress("restarting the container engine (its proxy changed)")
                 result = manager.restart(ctx.session, "docker")

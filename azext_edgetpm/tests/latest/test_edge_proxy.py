@@ -116,6 +116,9 @@ def test_proxy_only_device(device, repo, dps, proxies, tmp_path):
                                "config": {"image": "mcr.microsoft.com/azureiotedge-agent:1.5"},
                                "env": {"https_proxy": proxies["url"], "UpstreamProtocol": "AmqpWs"}}
     assert check_result(dev, "proxy-settings") == {"result": "ok"}
+    health = az("edge-tpm", "status", "--host", f"admin@{dev.host}:{dev.port}", "--ssh-key", dev.key("admin"),
+                "--known-hosts", dev.known_hosts).out
+    assert health["healthy"] and health["checks"]["errors"] == [] and health["config"]["agentProxy"] == proxies["url"]
     first_agent, env = agent_container(dev)
     assert env["https_proxy"] == proxies["url"] and env["UpstreamProtocol"] == "AmqpWs"
 
