@@ -29,6 +29,14 @@ def dps_client(cmd, target, budget=None, pool_size=None):
     return DpsClient(target, cli_ctx=cmd.cli_ctx, budget=budget, pool_size=pool_size)
 
 
+def hub_clients(cmd):
+    """IoT hub clients on the az login identity (asked for it on first use; a missing login is
+    reported per device, not raised)."""
+    from azext_edgetpm.dps.discovery import bearer_credential
+    from azext_edgetpm.dps.hub import HubClients
+    return HubClients(lambda: bearer_credential(cmd), cli_ctx=cmd.cli_ctx)
+
+
 def device_endpoint(target, id_scope=None, global_endpoint=None):
     """(ID scope, device endpoint) for config.toml: given ones win, else the resource's."""
     scope = id_scope or (target.id_scope if target else None)

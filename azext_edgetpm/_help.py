@@ -270,6 +270,10 @@ long-summary: |
     The cloud side comes first, so a device that cannot be reached still gets it (unless
     --require-device); the result lists what remains where ("remains"). The device's identity in
     its IoT hub is never deleted by DPS: the result names it with the command that removes it.
+    With --delete-hub-device a hub step after the DPS side deletes it (IoT Hub service API, with
+    the az login identity - also when DPS is reached with --login); a hub that cannot be reached,
+    or an identity without the right there, leaves it in place without failing the device
+    ("hubIdentity": left, and "remains" says why and how to remove it); gone already counts as done.
     Asks for confirmation unless --yes; --dry-run shows the plan and changes nothing.
 examples:
   - name: Retire a device, keeping its enrollment (disabled) for later.
@@ -278,6 +282,8 @@ examples:
     text: az edge-tpm deprovision --host admin@edge-01 --login @dps.txt --mode delete --uninstall --yes
   - name: Show the plan only.
     text: az edge-tpm deprovision --host edge-01 --dps-name my-dps --dry-run -o table
+  - name: Retire a device completely - its IoT hub identity deleted too (needs az login with rights in the hub).
+    text: az edge-tpm deprovision --host admin@edge-01 --dps-name my-dps -g my-rg --mode delete --delete-hub-device --yes
   - name: The device is gone - do the DPS side only.
     text: az edge-tpm deprovision --host edge-01 --registration-id edge-01 --dps-name my-dps --keep-device --yes
   - name: A fleet, ten devices at a time, resumable - a re-run with the same state file finishes what a killed run left.

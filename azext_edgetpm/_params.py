@@ -323,6 +323,11 @@ def load_lifecycle_arguments(self):
                         "The container engine, the package source and the TPM's keys stay.")
         c.argument("keep_device", options_list=["--keep-device"], action="store_true", arg_group="Device",
                    help="Change only DPS; leave the device as it is.")
+        c.argument("delete_hub_device", options_list=["--delete-hub-device"], action="store_true",
+                   help="After the DPS side, also delete the device's identity in the IoT hub DPS assigned it to "
+                        "(through the IoT Hub service API, with your az login identity; it needs IoT Hub Registry "
+                        "Contributor or Data Contributor there). When the hub cannot be reached or refuses, the "
+                        "identity stays and the result says so, with the command that removes it.")
         c.argument("require_device", options_list=["--require-device"], action="store_true", arg_group="Device",
                    help="Change nothing in DPS unless the device can be reached (default: the cloud side is done "
                         "even when the device is not reachable, and the result says what is left).")

@@ -425,7 +425,8 @@ def _what(fleet, host):
 
 
 def deprovision(cmd, host=None, inventory=None, inventory_format=None, limit=None, registration_id=None,
-                mode="disable", uninstall=False, keep_device=False, require_device=False, dry_run=False, yes=False,
+                mode="disable", uninstall=False, keep_device=False, require_device=False, delete_hub_device=False,
+                dry_run=False, yes=False,
                 dps_name=None, resource_group_name=None, login=None, auth_type=None, ssh_user=None, ssh_port=None,
                 ssh_key=None, ssh_config=None, known_hosts=None, accept_new_host_key=False, ssh_timeout=None,
                 tcti=None, id_format="sha256", max_parallel=None, state=None, retry_failed=False, only=None,
@@ -437,16 +438,23 @@ def deprovision(cmd, host=None, inventory=None, inventory_format=None, limit=Non
     device_part = ("leave the devices alone" if keep_device else
                    "stop IoT Edge, reset its configuration and uninstall it" if uninstall else
                    "stop IoT Edge and reset its configuration")
+    hub_part = ", delete the device identity in its IoT hub" if delete_hub_device else ""
     if not dry_run and not _confirm(f"Deprovision {_what(fleet, host)}: {mode} the enrollment, delete the "
-                                    f"registration record, {device_part}?", yes):
+                                    f"registration record{hub_part}, {device_part}?", yes):
         return None
     client, budget = _lifecycle_client(cmd, dps_name, resource_group_name, login, auth_type, fleet.parallel,
                                        dps_ops_per_minute)
     services = op.DeprovisionServices(client=client, mode=str(mode), uninstall=bool(uninstall),
                                       keep_device=bool(keep_device), require_device=bool(require_device),
-                                      dry_run=bool(dry_run), budget=budget)
-    with client:
-        outcomes = fleet.run(op.pipeline(require_device=bool(require_device)), services)
+                                      dry_run=bool(dry_run), budget=budget,
+                                      hubs=factory.hub_clients(cmd) if delete_hub_device else None)
+    try:
+        with client:
+            outcomes = fleet.run(op.pipeline(require_device=bool(require_device),
+                                             delete_hub_device=bool(delete_hub_device)), services)
+    finally:
+        if services.hubs is not None:
+            services.hubs.close()
     return fleet.finish(outcomes, lambda h, rec, status, secs: op.result_from_record(h, rec, status, services, secs),
                         "done")
 

@@ -113,17 +113,56 @@ def error_from_response(response, operation: str, target: Optional[DpsTarget] = 
     return err
 
 
+def pipeline_client(endpoint: str, auth, cli_ctx=None, retry_total: int = 10, retry_backoff_factor: float = 0.8,
+                    retry_connect: Optional[int] = None, connection_timeout: float = 20, read_timeout: float = 60,
+                    transport=None, budget=None, pool_size=None):
+    """An azure-core PipelineClient for one Azure IoT data-plane endpoint (DPS, an IoT hub):
+    headers and user agent, retries, the `auth` policy, an optional rate budget, redacting HTTP
+    logging at --debug."""
+    from azure.core import PipelineClient
+    from azure.core.pipeline.policies import (
+        HeadersPolicy, HttpLoggingPolicy, RequestIdPolicy, RetryPolicy, UserAgentPolicy)
+    from azure.core.pipeline.transport import RequestsTransport
+    http_logging = HttpLoggingPolicy(logger=_DebugLogger(get_logger("azext_edgetpm.dps.http"), {}))
+    http_logging.allowed_header_names |= {"x-ms-continuation", "x-ms-max-item-count", "If-Match", "ETag"}
+    http_logging.allowed_query_params |= {"api-version"}
+    user_agent = "azext-edgetpm"
+    if cli_ctx is not None:
+        from azure.cli.core.util import get_az_user_agent
+        user_agent = get_az_user_agent() + " " + user_agent
+    retry = {} if retry_connect is None else {"retry_connect": retry_connect}
+    policies = [
+        HeadersPolicy({"Accept": "application/json"}),
+        UserAgentPolicy(base_user_agent=user_agent),
+        RequestIdPolicy(),
+        RetryPolicy(retry_total=retry_total, retry_status=retry_total,
+                    retry_backoff_factor=retry_backoff_factor, retry_backoff_max=60, **retry),
+        auth,
+        http_logging,
+    ]
+    if budget is not None:
+        # After the retry policy: every attempt takes a token of the run's shared DPS budget.
+        from azext_edgetpm.dps.ratelimit import RateLimitPolicy
+        policies.insert(4, RateLimitPolicy(budget))
+    if transport is None and pool_size:
+        import requests
+        session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=int(pool_size))
+        session.mount("https://", adapter)
+        transport = RequestsTransport(session=session, session_owner=True,
+                                      connection_timeout=connection_timeout, read_timeout=read_timeout)
+    return PipelineClient(endpoint, policies=policies,
+                          transport=transport or RequestsTransport(connection_timeout=connection_timeout,
+                                                                   read_timeout=read_timeout))
+
+
 class DpsClient:
     """Service API calls for one DPS target."""
 
     def __init__(self, target: DpsTarget, cli_ctx=None, retry_total: int = 10, retry_backoff_factor: float = 0.8,
                  connection_timeout: float = 20, read_timeout: float = 60, transport=None, budget=None,
                  pool_size=None):
-        from azure.core import PipelineClient
-        from azure.core.pipeline.policies import (
-            BearerTokenCredentialPolicy, HeadersPolicy, HttpLoggingPolicy, RequestIdPolicy, RetryPolicy,
-            UserAgentPolicy)
-        from azure.core.pipeline.transport import RequestsTransport
+        from azure.core.pipeline.policies import BearerTokenCredentialPolicy
         from azext_edgetpm.dps.auth import DPS_SCOPE, SasAuthenticationPolicy
         self.target = target
         self.endpoint = f"https://{target.host}"
@@ -131,38 +170,11 @@ class DpsClient:
             auth = SasAuthenticationPolicy(target.credential, target.host)
         else:
             auth = BearerTokenCredentialPolicy(target.credential, DPS_SCOPE)
-        http_logging = HttpLoggingPolicy(logger=_DebugLogger(get_logger("azext_edgetpm.dps.http"), {}))
-        http_logging.allowed_header_names |= {"x-ms-continuation", "x-ms-max-item-count", "If-Match", "ETag"}
-        http_logging.allowed_query_params |= {"api-version"}
-        user_agent = "azext-edgetpm"
-        if cli_ctx is not None:
-            from azure.cli.core.util import get_az_user_agent
-            user_agent = get_az_user_agent() + " " + user_agent
-        policies = [
-            HeadersPolicy({"Accept": "application/json"}),
-            UserAgentPolicy(base_user_agent=user_agent),
-            RequestIdPolicy(),
-            RetryPolicy(retry_total=retry_total, retry_status=retry_total,
-                        retry_backoff_factor=retry_backoff_factor, retry_backoff_max=60),
-            auth,
-            http_logging,
-        ]
-        if budget is not None:
-            # After the retry policy: every attempt takes a token of the run's shared DPS budget.
-            from azext_edgetpm.dps.ratelimit import RateLimitPolicy
-            policies.insert(4, RateLimitPolicy(budget))
         self.budget = budget
-        if transport is None and pool_size:
-            import requests
-            session = requests.Session()
-            adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=int(pool_size))
-            session.mount("https://", adapter)
-            transport = RequestsTransport(session=session, session_owner=True,
-                                          connection_timeout=connection_timeout, read_timeout=read_timeout)
-        self._client = PipelineClient(
-            self.endpoint, policies=policies,
-            transport=transport or RequestsTransport(connection_timeout=connection_timeout,
-                                                     read_timeout=read_timeout))
+        self._client = pipeline_client(
+            self.endpoint, auth, cli_ctx=cli_ctx, retry_total=retry_total, retry_backoff_factor=retry_backoff_factor,
+            connection_timeout=connection_timeout, read_timeout=read_timeout, transport=transport, budget=budget,
+            pool_size=pool_size)
 
     def close(self):
         self._client.close()

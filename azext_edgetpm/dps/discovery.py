@@ -128,7 +128,7 @@ def _target_from_login(cmd, login: str, auth_type: str) -> DpsTarget:
             "Pass HostName=<dps>.azure-devices-provisioning.net;SharedAccessKeyName=...;SharedAccessKey=... "
             "with ';' between the pairs (or @file); to name the DPS resource instead, use --dps-name.")
     if auth_type == "login":
-        return DpsTarget(host=host, auth_type="login", credential=_bearer_credential(cmd),
+        return DpsTarget(host=host, auth_type="login", credential=bearer_credential(cmd),
                          source="connection-string", name=host.split(".")[0])
     if not parts or not parts.get("sharedaccesskey"):
         raise RequiredArgumentMissingError(
@@ -141,9 +141,9 @@ def _target_from_login(cmd, login: str, auth_type: str) -> DpsTarget:
                      name=host.split(".")[0], policy=credential.key_name)
 
 
-def _bearer_credential(cmd):
-    """The az login identity as an azure-core TokenCredential (asked for the DPS scope by the
-    bearer token policy)."""
+def bearer_credential(cmd):
+    """The az login identity as an azure-core TokenCredential (asked for the DPS scope, or an IoT
+    hub's, by a bearer token policy)."""
     from azure.cli.core._profile import Profile
     with _az_login_needed():
         credential, _subscription, _tenant = Profile(cli_ctx=cmd.cli_ctx).get_login_credentials()
@@ -274,7 +274,7 @@ def _target_from_arm(cmd, dps_name, resource_group, auth_type, rights) -> DpsTar
                   id_scope=props.id_scope, device_host=props.device_provisioning_host_name, host=host.lower())
     if auth_type == "login":
         logger.info("Using the az login identity (Entra ID) for the DPS %s.", host)
-        return DpsTarget(auth_type="login", credential=_bearer_credential(cmd), **common)
+        return DpsTarget(auth_type="login", credential=bearer_credential(cmd), **common)
     try:
         # logging_enable=False: az --debug would otherwise print the listkeys response, keys included.
         policies = list(client.iot_dps_resource.list_keys(provisioning_service_name=resource.name,

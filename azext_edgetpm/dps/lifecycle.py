@@ -47,6 +47,8 @@ def disable_enrollment(client: DpsClient, registration_id: str, dry_run: bool = 
         return Change(OK, "enrollment already disabled", {"enrollment": "disabled"})
     if dry_run:
         return Change(WOULD_CHANGE, "would disable the enrollment", {"enrollment": "enabled"})
+    # (the registration state it shows: where the device's hub identity is, for --delete-hub-device)
+    registered = registration_summary(current.get("registrationState"))
     body = _writable(current)
     body["provisioningStatus"] = "disabled"
     try:
@@ -54,7 +56,7 @@ def disable_enrollment(client: DpsClient, registration_id: str, dry_run: bool = 
     except DpsConflictError as exc:
         raise ConflictError(f"The enrollment {registration_id!r} changed while it was being disabled: {exc}",
                                "Someone else changed it meanwhile; run the command again.") from exc
-    return Change(CHANGED, "enrollment disabled", {"enrollment": "disabled"})
+    return Change(CHANGED, "enrollment disabled", {"enrollment": "disabled", "registrationState": registered})
 
 
 def delete_enrollment(client: DpsClient, registration_id: str, dry_run: bool = False) -> Change:
@@ -62,15 +64,18 @@ def delete_enrollment(client: DpsClient, registration_id: str, dry_run: bool = F
     current = client.find_enrollment(registration_id)
     if current is None:
         return Change(OK, "no enrollment (deleted already)", {"enrollment": "absent"})
+    # deleting it deletes the registration record too: keep where the device's hub identity is
+    registered = registration_summary(current.get("registrationState"))
     if dry_run:
-        return Change(WOULD_CHANGE, "would delete the enrollment", {"enrollment": current.get("provisioningStatus")})
+        return Change(WOULD_CHANGE, "would delete the enrollment", {"enrollment": current.get("provisioningStatus"),
+                                                                    "registrationState": registered})
     try:
         client.delete_enrollment(registration_id, etag=current.get("etag"))
     except DpsConflictError as exc:
         raise ConflictError(f"The enrollment {registration_id!r} changed while it was being deleted: {exc}",
                                "Someone else changed it meanwhile; look at it with `az edge-tpm enrollment show` "
                                "and run the command again.") from exc
-    return Change(CHANGED, "enrollment deleted", {"enrollment": "absent"})
+    return Change(CHANGED, "enrollment deleted", {"enrollment": "absent", "registrationState": registered})
 
 
 def delete_registration_state(client: DpsClient, registration_id: str, dry_run: bool = False) -> Change:

@@ -2,10 +2,14 @@
 record deleted, and on the device IoT Edge stopped and its configuration reset (optionally
 uninstalled), as a per-device pipeline that one device and a fleet share.
 
-identify -> enrollment -> registration -> device. The cloud side comes first, so that a device
+identify -> enrollment -> registration [-> hub] -> device. The cloud side comes first, so that a device
 that cannot be reached still gets it (unless require_device); every step reads the current
 state and changes only what differs, so a re-run after an interruption finishes the work and
-does nothing twice.
+does nothing twice. With `hubs` (--delete-hub-device) the hub step deletes the device's identity in
+the IoT hub DPS assigned it to (known from the registration record, or from the enrollment's
+registration state when deleting the enrollment took the record with it); a hub that cannot be
+reached, or refuses, leaves it there without failing the device (status `left`, said in `remains`),
+and a resumed run tries it again.
 """
 from dataclasses import dataclass, field
 from typing import List, Optional
@@ -15,7 +19,7 @@ from azext_edgetpm.operations.lifecycle import (
 from azext_edgetpm.operations.pipeline import CHANGED, OK, Step
 
 MODES = ("disable", "delete")
-STEP_NAMES = ("identify", "enrollment", "registration", "device")
+STEP_NAMES = ("identify", "enrollment", "registration", "hub", "device")
 
 
 @dataclass
@@ -28,6 +32,7 @@ class DeprovisionServices:
     require_device: bool = False
     dry_run: bool = False
     budget: object = None
+    hubs: object = None                  # dps.hub.HubClients: delete the hub identity (--delete-hub-device)
 
 
 def _status(change) -> str:
@@ -36,29 +41,68 @@ def _status(change) -> str:
 
 class _CloudStep(Step):
     def reuse(self, ctx, recorded):
-        return (recorded.get("registrationId") == ctx.data.get("registration_id")
-                and recorded.get("mode") == ctx.services.mode)
+        if (recorded.get("registrationId") != ctx.data.get("registration_id")
+                or recorded.get("mode") != ctx.services.mode):
+            return False
+        ctx.data[self.name] = recorded      # what the hub step needs: where the device was assigned
+        return True
+
+    def run(self, ctx):
+        entry = self.change(ctx)
+        ctx.data[self.name] = entry
+        return entry
 
 
 class EnrollmentStep(_CloudStep):
     name = "enrollment"
 
-    def run(self, ctx):
+    def change(self, ctx):
         from azext_edgetpm.dps import lifecycle
         act = lifecycle.disable_enrollment if ctx.services.mode == "disable" else lifecycle.delete_enrollment
         change = act(ctx.services.client, rid(ctx), dry_run=ctx.services.dry_run)
         return {"status": _status(change), "detail": change.detail, "registrationId": rid(ctx),
-                "mode": ctx.services.mode, "enrollment": change.data.get("enrollment")}
+                "mode": ctx.services.mode, "enrollment": change.data.get("enrollment"),
+                "registrationState": change.data.get("registrationState") or None}
 
 
 class RegistrationStep(_CloudStep):
     name = "registration"
 
-    def run(self, ctx):
+    def change(self, ctx):
         from azext_edgetpm.dps import lifecycle
         change = lifecycle.delete_registration_state(ctx.services.client, rid(ctx), dry_run=ctx.services.dry_run)
         return {"status": _status(change), "detail": change.detail, "registrationId": rid(ctx),
                 "mode": ctx.services.mode, "registration": change.data.get("registration")}
+
+
+def _assignment(data: dict) -> dict:
+    """The hub and device ID DPS assigned: the registration record's, else the enrollment's view of it."""
+    for found in ((data.get("registration") or {}).get("registration"),
+                  (data.get("enrollment") or {}).get("registrationState")):
+        if found and found.get("assignedHub") and found.get("deviceId"):
+            return found
+    return {}
+
+
+class HubStep(Step):
+    """The device's identity in its IoT hub deleted (--delete-hub-device), after the DPS side."""
+    name = "hub"
+
+    def reuse(self, ctx, recorded):
+        return recorded.get("registrationId") == ctx.data.get("registration_id")
+
+    def run(self, ctx):
+        from azext_edgetpm.dps.hub import delete_device_identity
+        assigned = _assignment(ctx.data)
+        if not assigned:
+            return {"status": OK, "registrationId": rid(ctx), "identity": "unknown",
+                    "detail": "no hub identity known (DPS has no registration record of the device)"}
+        change = delete_device_identity(ctx.services.hubs, assigned["assignedHub"], assigned["deviceId"],
+                                        dry_run=ctx.services.dry_run)
+        identity = {"ok": "already gone", "changed": "deleted", "would-change": "would delete"}.get(change.status,
+                                                                                                  change.status)
+        return {"status": change.status, "detail": change.detail, "registrationId": rid(ctx), "identity": identity,
+                "hub": assigned["assignedHub"], "deviceId": assigned["deviceId"], "reason": change.data.get("reason")}
 
 
 class DeviceStep(Step):
@@ -92,9 +136,9 @@ class DeviceStep(Step):
                 "configBackup": report.get("configBackup"), "uninstalled": ctx.services.uninstall}
 
 
-def pipeline(require_device: bool = False) -> List[Step]:
+def pipeline(require_device: bool = False, delete_hub_device: bool = False) -> List[Step]:
     return [ResolveStep(derive=True, needs_device=require_device), EnrollmentStep(), RegistrationStep(),
-            DeviceStep()]
+            *([HubStep()] if delete_hub_device else []), DeviceStep()]
 
 
 @dataclass
@@ -105,11 +149,14 @@ class DeprovisionResult(DeviceOutcome):
     assigned_hub: Optional[str] = None   # the hub the device was assigned to
     device_id: Optional[str] = None
     device: Optional[str] = None         # reset | uninstalled | left alone | not reached | not started | not finished
+    hub_identity: Optional[str] = None   # kept (no --delete-hub-device) | deleted | already gone | left | unknown
+    #                                      | would delete | would be left | not started
     remains: List[str] = field(default_factory=list)
 
     def details(self) -> dict:
         return {"mode": self.mode, "enrollment": self.enrollment, "assignedHub": self.assigned_hub,
-                "deviceId": self.device_id, "device": self.device, "remains": list(self.remains)}
+                "deviceId": self.device_id, "device": self.device, "hubIdentity": self.hub_identity,
+                "remains": list(self.remains)}
 
 
 def result_from_record(host: str, record: dict, outcome: str, services: DeprovisionServices,
@@ -123,12 +170,22 @@ def result_from_record(host: str, record: dict, outcome: str, services: Deprovis
     def done(name):
         return step(name).get("status") in (OK, CHANGED, SKIPPED)
 
-    registration = step("registration").get("registration") or {}
+    registration = _assignment(steps) or step("registration").get("registration") or {}
     result = DeprovisionResult(
         **outcome_fields(host, record, outcome, STEP_NAMES, "done", services.dry_run, seconds), mode=services.mode,
         enrollment=step("enrollment").get("enrollment"), assigned_hub=registration.get("assignedHub"),
         device_id=registration.get("deviceId"))
     planned = result.status == "planned"
+    hub_step = step("hub")
+    if services.hubs is None:
+        result.hub_identity = "kept"
+    elif not hub_step:
+        result.hub_identity = "not started"
+    elif hub_step.get("status") == "left":
+        result.hub_identity = "would be left" if services.dry_run else "left"
+    else:
+        result.hub_identity = hub_step.get("identity")
+    result.hub_identity = result.hub_identity if result.device_id or services.hubs is not None else None
     if services.keep_device:
         result.device = "left alone"
     elif done("device"):
@@ -138,11 +195,12 @@ def result_from_record(host: str, record: dict, outcome: str, services: Deprovis
         result.device = ("not reached" if failed_at == "identify" or step("device").get("reached") is False else
                          "not finished" if failed_at == "device" else "not started")
     if not planned:
-        result.remains = _remains(result, step("device"), done("enrollment"), done("registration"))
+        result.remains = _remains(result, step("device"), done("enrollment"), done("registration"), hub_step)
     return result
 
 
-def _remains(result: DeprovisionResult, device_step: dict, enrollment_done: bool, registration_done: bool) -> list:
+def _remains(result: DeprovisionResult, device_step: dict, enrollment_done: bool, registration_done: bool,
+             hub_step: dict) -> list:
     """What is still there after this run, side by side (cloud, hub, device)."""
     out = []
     rid_text = result.registration_id or "the device's registration ID"
@@ -152,10 +210,12 @@ def _remains(result: DeprovisionResult, device_step: dict, enrollment_done: bool
         out.append(f"DPS: the enrollment {rid_text}, disabled (--mode delete removes it)")
     if not registration_done:
         out.append(f"DPS: the registration record of {rid_text} (the run stopped before it)")
-    if result.assigned_hub and result.device_id:
-        hub_name = result.assigned_hub.split(".", 1)[0]
-        out.append(f"IoT hub: the device identity {result.device_id} in {result.assigned_hub} (DPS never deletes "
-                   f"it; az iot hub device-identity delete -n {hub_name} -d {result.device_id})")
+    if result.assigned_hub and result.device_id and result.hub_identity not in ("deleted", "already gone"):
+        from azext_edgetpm.dps.hub import removal_command
+        why = ("DPS never deletes it; --delete-hub-device does" if result.hub_identity == "kept" else
+               f"not deleted: {hub_step.get('reason')}" if hub_step.get("reason") else "not deleted")
+        out.append(f"IoT hub: the device identity {result.device_id} in {result.assigned_hub} ({why}; "
+                   f"{removal_command(result.assigned_hub, result.device_id)})")
     if result.device == "left alone":
         out.append("device: IoT Edge installed and configured (--keep-device)")
     elif result.device in ("not reached", "not started"):

@@ -31,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--dps-name", default="dps-devkit")
     s.add_argument("--resource-group", default="rg-devkit")
     s.add_argument("--hub", action="append", default=None, help="linked IoT hub host name (repeatable)")
+    s.add_argument("--hub-address", default=None,
+                   help="also serve the hubs' device registry on this address, port 443 ('auto': a free 127.x.y.z)")
     s.add_argument("--service-ops-per-minute", type=float, default=1000)
     s.add_argument("--device-registrations-per-minute", type=float, default=1000)
     s.add_argument("--disable-local-auth", action="store_true")
@@ -52,7 +54,8 @@ def main(argv=None) -> int:
         dps_name=args.dps_name, resource_group=args.resource_group,
         service_ops_per_minute=args.service_ops_per_minute,
         device_registrations_per_minute=args.device_registrations_per_minute,
-        local_auth_disabled=args.disable_local_auth, persist=not args.no_persist, **kwargs,
+        local_auth_disabled=args.disable_local_auth, persist=not args.no_persist, hub_address=args.hub_address,
+        **kwargs,
     ).start()
     section_file = os.path.abspath(args.section_file or os.path.join(emu.directory, "section.json"))
     tmp = section_file + ".tmp"

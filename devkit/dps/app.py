@@ -19,8 +19,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
 
-from . import arm, device_api, errors, identity, sas, service_api
+from . import arm, device_api, errors, hub, identity, sas, service_api
 from .errors import ArmError, DpsError, OAuthError
+from .hub import HubError
 from .tokens import TokenError
 from .web import Request, Response
 
@@ -80,6 +81,9 @@ ROUTES: List[Route] = [
     _r("device", "PUT", "{scope}/registrations/{id}/register", device_api.register),
     _r("device", "GET", "{scope}/registrations/{id}/operations/{op}", device_api.operation_status),
     _r("device", "POST", "{scope}/registrations/{id}", device_api.status_lookup),
+    # IoT Hub registry of the linked hubs (the hub: the Host header; auth in the handlers)
+    _r("hub", "GET", "devices/{id}", hub.get_device),
+    _r("hub", "DELETE", "devices/{id}", hub.delete_device),
     # ARM
     _r("arm", "GET", "metadata/endpoints", arm.metadata_endpoints, auth=False),
     _r("arm", "GET", "tenants", arm.list_tenants),
@@ -134,6 +138,9 @@ def _error_response(area: str, exc: Exception) -> Response:
             exc = ArmError(exc.status, "ServiceError", exc.message, exc.headers)
         elif area == "identity":
             exc = OAuthError(exc.status, "temporarily_unavailable", exc.message, 50001)
+        elif area == "hub":
+            exc = HubError(exc.status, "ServerError" if exc.status >= 500 else "ThrottlingException"
+                           if exc.status == 429 else "InvalidOperation", exc.message)
     return Response(exc.status, exc.body(), dict(exc.headers))
 
 
@@ -260,7 +267,7 @@ class App:
             elif area == "arm" and route.auth:
                 self._arm_auth(req)
             resp = route.handler(emu, req, **params)
-        except (DpsError, ArmError, OAuthError) as exc:
+        except (DpsError, ArmError, OAuthError, HubError) as exc:
             if exc.status == 401:
                 emu.metrics.inc(f"{area}.auth_failures")
             resp = _error_response(area, exc)

@@ -28,6 +28,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 from . import pki
 from .admin import AdminApp
 from .app import DPS_AUDIENCE, App
+from .hub import IOTHUB_AUDIENCE
 from .limits import Counters, Faults, Limits
 from .store import LinkedHub, Store
 from .tokens import TokenIssuer
@@ -117,6 +118,7 @@ class Emulator:
         operation_retry_after_s: int = 1,
         persist: bool = True,
         extra_names: Iterable[str] = (),
+        hub_address: Optional[str] = None,
     ):
         self.directory = os.path.abspath(directory)
         os.makedirs(self.directory, exist_ok=True)
@@ -129,6 +131,11 @@ class Emulator:
         self.location = location
         self.local_auth_disabled = local_auth_disabled
         self.extra_names = list(extra_names)
+        # the hubs' registry on HUB_ADDRESS:443 too ("auto": a free 127.x.y.z): a client that
+        # resolves a hub host name to that address reaches it under the real URL (no port)
+        self.hub_address = hub_address
+        self.hub_denied = False
+        self._hub_server: Optional[Server] = None
         self.arm_audience = ARM_AUDIENCE
         self.cloud_name = CLOUD_NAME
 
@@ -252,7 +259,7 @@ class Emulator:
 
     @property
     def token_audiences(self) -> List[str]:
-        return [*self.arm_audiences, DPS_AUDIENCE]
+        return [*self.arm_audiences, DPS_AUDIENCE, IOTHUB_AUDIENCE]
 
     def service_host_aliases(self, request_host: str = "") -> List[str]:
         """Names a SAS ``sr`` may carry for the service API (with and without the port)."""
@@ -269,6 +276,7 @@ class Emulator:
             f"{self.dps_name}.azure-devices-provisioning.net",
             "global.azure-devices-provisioning.net",
             "management.azure.local", "login.azure.local",
+            *self.store.hub_names(),
             *self.extra_names,
         ]
 
@@ -334,16 +342,41 @@ class Emulator:
         self._server = Server((self.bind, self._port), App(self),
                               ssl_context=ctx, on_tls_failure=lambda: self.metrics.inc("tls.handshake_failures"))
         self._admin = Server(("127.0.0.1", self._admin_port), AdminApp(self))
-        for name, srv in (("dps-emulator", self._server), ("dps-emulator-admin", self._admin)):
+        servers = [("dps-emulator", self._server), ("dps-emulator-admin", self._admin)]
+        if self.hub_address:
+            self._hub_server = self._hub_listener(ctx)
+            servers.append(("dps-emulator-hubs", self._hub_server))
+        for name, srv in servers:
             t = threading.Thread(target=srv.serve_forever, name=name, kwargs={"poll_interval": 0.2}, daemon=True)
             t.start()
             self._threads.append(t)
         log.info("DPS emulator on %s (devices: %s), admin on %s", self.url, self.device_endpoint, self.admin_url)
         return self
 
+    def _hub_listener(self, ctx) -> Server:
+        """The same app on HUB_ADDRESS:443 (for "auto", the first free 127.213.x.y)."""
+        candidates = [self.hub_address] if self.hub_address != "auto" else [
+            f"127.213.{secrets.randbelow(254) + 1}.{secrets.randbelow(254) + 1}" for _ in range(20)]
+        for address in candidates:
+            try:
+                srv = Server((address, 443), App(self), ssl_context=ctx,
+                             on_tls_failure=lambda: self.metrics.inc("tls.handshake_failures"))
+            except OSError:
+                if address == candidates[-1]:
+                    raise
+                continue
+            self.hub_address = address
+            return srv
+        raise OSError("no address for the hubs' listener")
+
+    @property
+    def hub_ip(self) -> Optional[str]:
+        """The address the hubs' registry listens on (port 443), when it does."""
+        return self._hub_server.server_address[0] if self._hub_server is not None else None
+
     def stop(self) -> None:
         """Stop serving and release the ports."""
-        for srv in (self._server, self._admin):
+        for srv in (self._server, self._admin, self._hub_server):
             if srv is not None:
                 srv.shutdown()
                 srv.close_connections()
@@ -354,6 +387,7 @@ class Emulator:
         self.store.flush()
         self._server = None
         self._admin = None
+        self._hub_server = None
 
     def __enter__(self) -> "Emulator":
         return self.start()
@@ -368,11 +402,11 @@ class Emulator:
         Keys: ``service_ops_per_minute``, ``service_burst``, ``device_registrations_per_minute``,
         ``device_burst``, ``polls_per_10s``, ``local_auth_disabled``, ``assignment_delay_s``,
         ``operation_retry_after_s``, ``echo_payload``, ``faults`` (see :meth:`Faults.configure`),
-        ``clear_faults``, ``reset_counters``.
+        ``clear_faults``, ``reset_counters``, ``hub_denied`` (the hubs refuse every identity: 401).
         """
         known = {"service_ops_per_minute", "service_burst", "device_registrations_per_minute", "device_burst",
                  "polls_per_10s", "local_auth_disabled", "assignment_delay_s", "operation_retry_after_s",
-                 "echo_payload", "faults", "clear_faults", "reset_counters"}
+                 "echo_payload", "faults", "clear_faults", "reset_counters", "hub_denied"}
         unknown = set(settings) - known
         if unknown:
             raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
@@ -391,6 +425,8 @@ class Emulator:
             self.store.operation_retry_after_s = int(settings["operation_retry_after_s"])
         if "echo_payload" in settings:
             self.store.echo_payload = bool(settings["echo_payload"])
+        if "hub_denied" in settings:
+            self.hub_denied = bool(settings["hub_denied"])
         if settings.get("reset_counters"):
             self.metrics.reset()
         return self.describe()
@@ -434,6 +470,8 @@ class Emulator:
             "resource_group": self.resource_group,
             "dps_name": self.dps_name,
             "iot_hubs": self.store.hub_names(),
+            "iothub_audience": IOTHUB_AUDIENCE,
+            **({"hub_ip": self.hub_ip} if self.hub_ip else {}),
             "sp": {"app_id": self.sp.app_id, "tenant": self.tenant, "secret": self.sp.secret,
                    "secret_file": sp_file},
             "ca_bundle": self.ca_bundle,

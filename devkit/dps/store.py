@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from . import errors, sas, tpm
 from .errors import DpsError, utc_now_str
+from .hub import HubRegistry
 
 REGISTRATION_ID_RE = re.compile(r"^[A-Za-z0-9\-._:]{1,128}$")
 ALLOCATION_POLICIES = ("hashed", "geoLatency", "static", "custom")
@@ -127,6 +128,8 @@ class Store:
         self._challenge_blobs: Dict[str, str] = {}
         self._dirty = False
         self._save_timer: Optional[threading.Timer] = None
+        # the device identities DPS creates in the hubs it assigns to (served as the hubs' registry)
+        self.hub_registry = HubRegistry()
 
     # ----------------------------------------------------------------- persistence
     def load(self) -> None:
@@ -146,6 +149,7 @@ class Store:
                                for k, v in data.get("auth_keys", {}).items()}
             self._operations = {o["operation_id"]: Operation(**o) for o in data.get("operations", [])}
             self._challenge_blobs = dict(data.get("challenge_blobs", {}))
+            self.hub_registry.restore(data.get("hub_registry"))
 
     def save(self) -> None:
         """Mark the state changed; it is written within ``SAVE_DELAY_S`` (one write per burst)."""
@@ -176,6 +180,7 @@ class Store:
                               for k, v in self._auth_keys.items()},
                 "operations": [dataclasses.asdict(o) for o in self._operations.values()],
                 "challenge_blobs": self._challenge_blobs,
+                "hub_registry": self.hub_registry.dump(),
             }
             tmp = self.state_file + ".tmp"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # keys inside
@@ -604,6 +609,9 @@ class Store:
                                      deviceId=enr.get("deviceId") or enr["registrationId"],
                                      substatus=substatus, errorCode=None, errorMessage=None,
                                      payload=payload)
+                # as the real DPS: the device identity in the assigned hub (an existing one is kept)
+                self.hub_registry.ensure_device(hub, state["deviceId"],
+                                                edge=bool((enr.get("capabilities") or {}).get("iotEdge")))
         op.result = self._registration_view(state)
         self.save()
         return op.result

@@ -157,3 +157,18 @@ class ServiceClient:
     def for_emulator(cls, emu, policy: str = "provisioningserviceowner") -> "ServiceClient":
         p = emu.policies[policy]
         return cls(emu.url, emu.ca_bundle, emu.service_host, p.primary_key_b64, p.name)
+
+
+def resolving_prefix(names, address: str, directory: str) -> list:
+    """argv prefix that runs a command in a private mount namespace whose /etc/hosts (a bind
+    mount of a copy, with ``names`` -> ``address`` added) makes the hubs' host names resolve to
+    the emulator's hub listener. The machine's own /etc/hosts is never changed. Needs root
+    (``unshare --mount``), as the rest of the dev kit does."""
+    with open("/etc/hosts", encoding="utf-8") as f:
+        hosts = f.read()
+    path = os.path.join(directory, "hosts")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(hosts.rstrip("\n") + "\n" + "".join(f"{address} {name}\n" for name in names))
+    os.chmod(path, 0o644)
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+            'mount --bind "$0" /etc/hosts && exec "$@"', path]

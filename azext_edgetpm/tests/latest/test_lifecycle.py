@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from azext_edgetpm.tests.latest.azcli import az
-from azext_edgetpm.tests.latest.test_dps_support import REPO, EmulatorEnv, ok, rsa_ek, start_emulator
+from azext_edgetpm.tests.latest.test_dps_support import REPO, ArmLogin, EmulatorEnv, ok, rsa_ek, start_emulator
 
 pytestmark = pytest.mark.devkit
 
@@ -41,10 +41,38 @@ def repo(rig):
 
 @pytest.fixture(scope="module")
 def dps(rig, tmp_path_factory):
+    # hub_address: the hubs' registry also on 127.x.y.z:443, for az runs that resolve hub names there
     env = EmulatorEnv(start_emulator(tmp_path_factory.mktemp("lifecycle-dps"), host_ips=[rig.host_ip],
-                                     assignment_delay_s=0.2))
+                                     assignment_delay_s=0.2, hub_address="auto"))
     yield env
     env.close()
+
+
+@pytest.fixture(scope="module")
+def hub_login(dps):
+    """az login (a service principal of the emulator's Entra ID): --delete-hub-device reaches the
+    hub with it, while DPS is reached with --login (the connection string)."""
+    login = ArmLogin(dps)
+    yield login
+    login.close()
+
+
+def az_with_hubs(dps, tmp_path, *args):
+    """The real az in a child process whose /etc/hosts (a private mount namespace, nothing changed
+    on the machine) resolves the hubs' host names to the emulator's hub listener; the product
+    reaches https://<hub>/devices/... as it would in Azure. JSON output parsed."""
+    from devkit.dps.testing import resolving_prefix
+    prefix = resolving_prefix(dps.section["iot_hubs"], dps.section["hub_ip"], str(tmp_path))
+    proc = subprocess.run([*prefix, sys.executable, "-m", "azure.cli", *args, "-o", "json"], capture_output=True,
+                          text=True, timeout=180, env=dict(os.environ), cwd=REPO, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+def hub_identity(dps, hub, device_id):
+    """The device identity in `hub`, read from the emulator's hub registry (None: there is none).
+    (A device moved to another hub leaves its old identity behind, as with the real DPS.)"""
+    return dps.emu.store.hub_registry.find(hub, device_id)
 
 
 class Device:
@@ -218,7 +246,7 @@ def _snapshot(dps, d):
             d.sh("sha256sum /etc/aziot/config.toml"), d.sh("cat /var/lib/aziot/standin/services.json"))
 
 
-def test_deprovision_disable_and_delete_uninstall_third_untouched(devices, dps):
+def test_deprovision_disable_and_delete_uninstall_third_untouched(devices, dps, hub_login, tmp_path):
     a, b, c = devices
     untouched = _snapshot(dps, c)
     hub_a = record(dps, a.rid)["assignedHub"]
@@ -242,6 +270,9 @@ def test_deprovision_disable_and_delete_uninstall_third_untouched(devices, dps):
     assert "install ok installed" in a.sh("dpkg-query -W -f='${Status}' aziot-edge")
     remains = " ".join(done["remains"])
     assert f"in {hub_a}" in remains and "disabled" in remains and "packages" in remains
+    # without --delete-hub-device the hub identity stays, and the result says so
+    assert done["hubIdentity"] == "kept" and hub_identity(dps, hub_a, done["deviceId"]) is not None
+    assert f"az iot hub device-identity delete -n {hub_a.split('.')[0]} -d {done['deviceId']}" in remains
 
     status = ok("edge-tpm", "status", *a.ssh()[:-2]).out   # (the product's own view agrees)
     assert status["provisioning"]["state"] == "not configured" and not status["healthy"]
@@ -257,9 +288,18 @@ def test_deprovision_disable_and_delete_uninstall_third_untouched(devices, dps):
     a.dev.exec("iotedge system reprovision")
     assert record(dps, a.rid) is None and a.logged_hub() == hub_a
 
-    # B: delete + uninstall
-    gone = ok("edge-tpm", "deprovision", *b.args(dps), "--mode", "delete", "--uninstall", "--yes").out
+    # B: delete + uninstall + its hub identity (az in a namespace where the hub names resolve)
+    hub_b = record(dps, b.rid)["assignedHub"]
+    assert hub_identity(dps, hub_b, b.rid) is not None       # DPS made it when it assigned the device
+    b_args = ["edge-tpm", "deprovision", *b.args(dps), "--mode", "delete", "--uninstall", "--delete-hub-device"]
+    plan = az_with_hubs(dps, tmp_path, *b_args, "--dry-run")
+    assert {s["name"]: s["status"] for s in plan["steps"]}["hub"] == "would-change", plan
+    assert plan["hubIdentity"] == "would delete" and hub_identity(dps, hub_b, b.rid) is not None
+    gone = az_with_hubs(dps, tmp_path, *b_args, "--yes")
     assert gone["status"] == "done" and gone["enrollment"] == "absent" and gone["device"] == "uninstalled", gone
+    assert gone["hubIdentity"] == "deleted" and gone["assignedHub"] == hub_b, gone
+    assert hub_identity(dps, hub_b, b.rid) is None               # gone from the hub's registry
+    assert not any(line.startswith("IoT hub:") for line in gone["remains"]), gone["remains"]
     with pytest.raises(Exception):
         enrollment(dps, b.rid)
     assert record(dps, b.rid) is None
@@ -273,12 +313,14 @@ def test_deprovision_disable_and_delete_uninstall_third_untouched(devices, dps):
     assert _snapshot(dps, c) == untouched
 
 
-def test_deprovision_killed_half_way_then_finished(devices, dps, rig, tmp_path):
+def test_deprovision_killed_half_way_then_finished(devices, dps, rig, hub_login, tmp_path):
     c = devices[2]
     inventory = write_inventory(tmp_path / "one.csv", [c.dev])
     state = tmp_path / "deprovision-state.json"
+    # --delete-hub-device, but here (this process) the hub's host name does not resolve: unreachable
     args = ["edge-tpm", "deprovision", "--inventory", inventory, "--state", str(state), *dps.login,
-            "--known-hosts", rig.known_hosts, "--yes"]
+            "--known-hosts", rig.known_hosts, "--delete-hub-device", "--yes"]
+    hub_c = record(dps, c.rid)["assignedHub"]
     dps.emu.reset_counters()
     dps.emu.configure(faults={"latency_ms": {"service": 1500}})   # slow DPS: time to kill the run half-way
     proc = subprocess.Popen([sys.executable, "-m", "azure.cli", *args], stdout=subprocess.DEVNULL,
@@ -300,7 +342,14 @@ def test_deprovision_killed_half_way_then_finished(devices, dps, rig, tmp_path):
     finished = ok(*args).out[0]
     assert finished["status"] == "done", finished
     steps = {s["name"]: s["status"] for s in finished["steps"]}
-    assert steps == {"identify": "ok", "enrollment": "changed", "registration": "changed", "device": "changed"}
+    assert steps == {"identify": "ok", "enrollment": "changed", "registration": "changed", "hub": "left",
+                     "device": "changed"}
+    # the hub could not be reached: the deprovision is done on the DPS and device sides, and says what is left
+    assert finished["hubIdentity"] == "left" and hub_identity(dps, hub_c, c.rid) is not None
+    hub_line = [line for line in finished["remains"] if line.startswith("IoT hub:")]
+    assert len(hub_line) == 1 and "could not be reached" in hub_line[0], finished["remains"]
+    assert f"{c.rid} in {hub_c}" in hub_line[0]
+    assert f"az iot hub device-identity delete -n {hub_c.split('.')[0]} -d {c.rid}" in hub_line[0]
     # over both runs, each DPS change happened once (the re-run did not even read the enrollment again)
     assert writes(dps) == {"PUT /enrollments/{id}": 1, "DELETE /registrations/{id}": 1}
     assert record(dps, c.rid) is None and not c.exists(APPLIED)
