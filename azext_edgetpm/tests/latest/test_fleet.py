@@ -175,6 +175,21 @@ def test_two_shards_run_concurrently_provision_every_device_exactly_once(fleet, 
     assert {dev.name: accepted_logins(dev) - logins[dev.name] for dev in fleet} == {dev.name: 1 for dev in fleet}
 
 
+def test_one_device_with_host_returns_one_result_with_its_steps(fleet, dps, repo):
+    dev = fleet[1]  # admin, through NOPASSWD sudo
+    result = az("edge-tpm", "provision", "--host", f"admin@{dev.host}:{dev.port}", "--ssh-key", dev.key("admin"),
+                "--tcti", dev.tcti, *dps.login, "--id-scope", dps.section["id_scope"], "--global-endpoint",
+                dps.section["device_endpoint"], "--package-source", repo["base_url"], "--known-hosts",
+                rig_known_hosts(dps))
+    assert result.rc == 0, result.message
+    out = result.out
+    assert out["status"] == "assigned" and out["assignedHub"] in dps.section["iot_hubs"]
+    assert [s["name"] for s in out["steps"]] == ["identify", "enroll", "install", "wait", "status"]
+    assert all(s["status"] in ("ok", "changed") and s["seconds"] is not None for s in out["steps"])
+    steps = {s["name"]: s for s in out["steps"]}
+    assert "unchanged" in steps["enroll"]["detail"] or "created" in steps["enroll"]["detail"]
+
+
 def test_a_sudo_password_is_never_prompted_for_in_a_fleet(fleet, dps, repo, tmp_path):
     dev = fleet[3]
     assert user_of(3) == "pwadmin"
