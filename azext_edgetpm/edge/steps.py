@@ -771,13 +771,20 @@ class RuntimeStep(Step):
     def verify(self, ctx, check):
         ctx.progress("waiting for the runtime to start and provision")
         deadline = time.monotonic() + ctx.settings.settle_timeout
+        delay = 1.0
         while True:
+            # Waiting for the services to leave Activating happens on the device (a shell loop, no
+            # traffic); the full report (logs included) is read when there is something to judge.
+            seconds = max(1, int(deadline - time.monotonic()))
+            ctx.run(f"i=0; while [ $i -lt {seconds} ] && iotedge system status 2>/dev/null | grep -q Activating; "
+                    "do sleep 1; i=$((i+1)); done; true", timeout=seconds + 60)
             report = runtime.collect(ctx.session, with_check=False)
             settled = report["provisioning"]["state"] in ("assigned", "failed") and all(
                 s["state"] != "Activating" for s in report["services"].values())
             if settled or time.monotonic() > deadline:
                 break
-            time.sleep(2.0)
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 1.5, 5.0)
         stale = self._stale_agent_env(ctx)
         if stale:
             # A watchdog of the old aziot-edged may have recreated it before the restart: once more.

@@ -120,6 +120,9 @@ class _Transport(paramiko.Transport):
     without it (Dropbear) get the usual CTR + HMAC choices, which stay listed after it."""
     _preferred_ciphers = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com") + tuple(
         c for c in paramiko.Transport._preferred_ciphers if "gcm" not in c)
+    # The reader thread wakes on this timeout when the line is idle (10 times a second by default,
+    # per device); closing does not wait for it (paramiko closes the socket and packetizer first).
+    _active_check_timeout = 1.0
 
 
 class RemoteSession:
@@ -452,9 +455,9 @@ class RemoteSession:
                     f"A command on {self.target.display} did not finish within {timeout:.0f}s.",
                     "Check the device's load and network; the step can be re-run safely.")
             if not progressed:
-                # Woken at once when the exit status arrives; output is drained every 0.1 s meanwhile
+                # Woken at once when the exit status arrives; output is drained every 0.5 s meanwhile
                 # (a fleet runs many long commands at once: no 10 ms polling loop per device).
-                chan.status_event.wait(0.1)
+                chan.status_event.wait(0.5)
         rc = chan.recv_exit_status()
         if rc == -1 and not chan.get_transport().is_active():
             raise EOFError("the connection closed before the command ended")

@@ -49,7 +49,7 @@ def add_devices(rig, dps, count):
     with open(dps.section["ca_bundle"], encoding="ascii") as handle:
         ca = handle.read()
     for dev in devices:
-        dev.exec(f"cat > {DEVICE_CA} && update-ca-certificates >/dev/null 2>&1", input=ca, check=True)
+        dev.exec(f"cat > {DEVICE_CA} && update-ca-certificates >/dev/null 2>&1", input=ca, check=True, timeout=300)
     return devices
 
 
