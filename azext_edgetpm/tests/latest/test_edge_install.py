@@ -54,7 +54,8 @@ def device(new_device, dps):
     def make(variant="fresh"):
         dev = new_device(variant)
         with open(dps.section["ca_bundle"], encoding="ascii") as handle:
-            dev.exec(f"cat > {DEVICE_CA} && update-ca-certificates >/dev/null 2>&1", input=handle.read(), check=True)
+            dev.exec(f"cat > {DEVICE_CA} && update-ca-certificates >/dev/null 2>&1", input=handle.read(), check=True,
+                     timeout=300)  # (update-ca-certificates is slow on a loaded machine)
         return dev
     return make
 
