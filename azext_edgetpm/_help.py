@@ -273,7 +273,8 @@ long-summary: |
     With --delete-hub-device a hub step after the DPS side deletes it (IoT Hub service API, with
     the az login identity - also when DPS is reached with --login); a hub that cannot be reached,
     or an identity without the right there, leaves it in place without failing the device
-    ("hubIdentity": left, and "remains" says why and how to remove it); gone already counts as done.
+    ("hubIdentity": left, and "remains" says why and how to remove it; the same fleet command again
+    with its --state file runs only that step again); gone already counts as done.
     Asks for confirmation unless --yes; --dry-run shows the plan and changes nothing.
 examples:
   - name: Retire a device, keeping its enrollment (disabled) for later.

@@ -451,7 +451,8 @@ def deprovision(cmd, host=None, inventory=None, inventory_format=None, limit=Non
     try:
         with client:
             outcomes = fleet.run(op.pipeline(require_device=bool(require_device),
-                                             delete_hub_device=bool(delete_hub_device)), services)
+                                             delete_hub_device=bool(delete_hub_device)), services,
+                                 skip=lambda record: op.finished(record, services))
     finally:
         if services.hubs is not None:
             services.hubs.close()

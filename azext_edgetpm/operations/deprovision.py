@@ -141,6 +141,15 @@ def pipeline(require_device: bool = False, delete_hub_device: bool = False) -> L
             *([HubStep()] if delete_hub_device else []), DeviceStep()]
 
 
+def finished(record: dict, services: DeprovisionServices) -> bool:
+    """Whether a device an earlier run (--state) recorded needs nothing more: done, and with
+    --delete-hub-device its hub identity not left behind (then only the hub step runs again)."""
+    if record.get("status") != "done":
+        return False
+    hub = (record.get("steps") or {}).get("hub") or {}
+    return services.hubs is None or hub.get("status") != "left"
+
+
 @dataclass
 class DeprovisionResult(DeviceOutcome):
     """One device's outcome, and what is left where."""

@@ -355,9 +355,18 @@ def test_deprovision_killed_half_way_then_finished(devices, dps, rig, hub_login,
     assert record(dps, c.rid) is None and not c.exists(APPLIED)
     assert len(c.sh("ls /etc/aziot/config.toml.edgetpm-*.bak").split()) == 1
 
-    # a third run with the same state: the device is done, nothing is touched
-    third = ok(*args).out[0]
-    assert third["doneEarlier"] and writes(dps) == {"PUT /enrollments/{id}": 1, "DELETE /registrations/{id}": 1}
+    # a third run with the same state, where the hub can be reached: only the hub step runs again
+    third = az_with_hubs(dps, tmp_path, *args)[0]
+    assert third["status"] == "done" and third["hubIdentity"] == "deleted" and not third["doneEarlier"], third
+    assert {s["name"]: s["status"] for s in third["steps"]}["hub"] == "changed"
+    assert hub_identity(dps, hub_c, c.rid) is None
+    assert not any(line.startswith("IoT hub:") for line in third["remains"])
+    done_writes = {"PUT /enrollments/{id}": 1, "DELETE /registrations/{id}": 1, "DELETE /devices/{id}": 1}
+    assert writes(dps) == done_writes
+
+    # a fourth run with the same state: the device is done, nothing is touched
+    fourth = ok(*args).out[0]
+    assert fourth["doneEarlier"] and writes(dps) == done_writes
 
 
 def _steps_in(state):
