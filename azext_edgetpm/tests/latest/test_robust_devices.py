@@ -9,6 +9,7 @@
 """
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -204,3 +205,72 @@ def test_malicious_tool_output_gives_one_clear_error_and_bounded_memory(new_devi
         assert rc != 0 and "ERROR:" in err and len(err) < 5000, (what, rc, err[-1500:])
         assert peak < limit, (what, f"az peaked at {peak:.0f} MiB, {baseline:.0f} MiB on a sound device")
     record("tracebacks", tracebacks)
+
+
+SAS = re.compile(r"SharedAccessSignature sr=|[?&]sig=[A-Za-z0-9%+/=]{20,}")
+JWT = re.compile(r"eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}")
+# az's own credential stores (what `az login` itself keeps, by its design): not ours to judge
+AZ_CREDENTIAL_STORES = ("msal_token_cache", "service_principal_entries", "msal_http_cache")
+
+
+def device_files_with(dev, secrets):
+    """Files the device wrote (its overlay's upper layer, /tmp, /run) that hold one of `secrets`."""
+    with open(f"/proc/{dev.pid}/mountinfo", encoding="utf-8") as handle:
+        root = next(line for line in handle if line.split()[4] == "/" and "overlay" in line)
+    upper = re.search(r"upperdir=([^,\s]+)", root).group(1)
+    patterns = "\n".join(secrets) + "\n"
+    found = []
+    for argv in (["nsenter", "-t", str(dev.pid), "-m", "grep", "-rlaF", "-f", "-", upper],
+                 ["grep", "-rlaF", "-f", "-", f"/proc/{dev.pid}/root/tmp", f"/proc/{dev.pid}/root/run"]):
+        proc = subprocess.run(argv, input=patterns, capture_output=True, text=True, check=False)
+        found += proc.stdout.split()
+    return found
+
+
+def test_full_debug_run_leaks_no_secret(rig, dps, repo, new_device, tmp_path):
+    """`az edge-tpm provision` end to end with --debug, DPS found through ARM with `az login
+    --service-principal`, as a user whose sudo needs a password: neither stdout, stderr, the az
+    config directory nor the files left on the device hold the DPS keys, a SAS signature, a
+    bearer token, the service principal's secret or the sudo password."""
+    from azext_edgetpm.tests.latest.test_dps_support import ArmLogin
+    dev = new_device("fresh")
+    with open(dps.section["ca_bundle"], encoding="ascii") as handle:
+        dev.exec(f"cat > {DEVICE_CA} && update-ca-certificates >/dev/null 2>&1", input=handle.read(), check=True)
+    password = dev.users["pwadmin"]["password"]
+    secrets = dps.secrets() + [password]
+    login = ArmLogin(dps)
+    try:
+        env = dict(os.environ, AZ_EDGETPM_SUDO_PASSWORD=password)
+        proc = subprocess.run(
+            [sys.executable, "-m", "azure.cli", "edge-tpm", "provision", "--host", f"pwadmin@{dev.host}:{dev.port}",
+             "--ssh-key", dev.key("pwadmin"), "--known-hosts", dev.known_hosts, "--tcti", dev.tcti,
+             "--dps-name", dps.section["dps_name"], "-g", dps.section["resource_group"],
+             "--package-source", repo["config_package_url"], "--debug", "-o", "json"],
+            capture_output=True, text=True, cwd=REPO, env=env, timeout=600, check=False)
+    finally:
+        login.close()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    result = out[0] if isinstance(out, list) else out
+    assert result["status"] == "assigned", result
+    assert "azext_edgetpm" in proc.stderr  # --debug was on
+    hits = []
+    for where, text in (("stdout", proc.stdout), ("stderr", proc.stderr)):
+        hits += [f"{where}: {s[:4]}…" for s in secrets if s in text]
+        hits += [f"{where}: {m.group(0)[:30]}…" for rx in (SAS, JWT) for m in rx.finditer(text)]
+    config_dir = os.environ["AZURE_CONFIG_DIR"]
+    for base, _, names in os.walk(config_dir):
+        for name in names:
+            if name.startswith(AZ_CREDENTIAL_STORES):
+                continue
+            with open(os.path.join(base, name), encoding="utf-8", errors="replace") as handle:
+                text = handle.read()
+            hits += [f"{name}: {s[:4]}…" for s in secrets if s in text]
+            hits += [f"{name}: {m.group(0)[:30]}…" for rx in (SAS, JWT) for m in rx.finditer(text)]
+    scanned = sum(len(files) for _, _, files in os.walk(config_dir))
+    assert scanned > 0
+    hits += [f"device {path}" for path in device_files_with(dev, secrets)]
+    # (the scan finds what is there: the registration ID is in the device's config.toml)
+    assert any(p.endswith("/etc/aziot/config.toml") for p in device_files_with(dev, [result["registrationId"]]))
+    record("secret hits", len(hits))
+    assert hits == []
