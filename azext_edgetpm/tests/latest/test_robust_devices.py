@@ -6,12 +6,17 @@
 * A device whose tpm2-tools print garbage or endless output, or whose os-release is garbage:
   one clear error, no traceback, and the memory of az stays bounded.
 * After an install, the files it wrote have their intended owners and modes.
+* A full provision with --debug leaks no secret (output, az config dir, device files).
+* A slow link still works; a link too slow for --ssh-timeout and a device that stops answering
+  end in one clear timeout error.
 """
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from azure.cli.core.azclierror import AzCLIError
@@ -274,3 +279,107 @@ def test_full_debug_run_leaks_no_secret(rig, dps, repo, new_device, tmp_path):
     assert any(p.endswith("/etc/aziot/config.toml") for p in device_files_with(dev, [result["registrationId"]]))
     record("secret hits", len(hits))
     assert hits == []
+
+
+class SlowLink:
+    """A TCP relay in front of a device's sshd that delays every chunk by `delay` seconds in each
+    direction. (This kernel has no netem qdisc for `tc`, so the latency is added in user space on
+    the path between az and the device.) `hold_banner` delays the device's first bytes further."""
+
+    def __init__(self, host, port, delay, hold_banner=0.0):
+        import socket
+        import threading
+        self.target, self.delay, self.hold_banner = (host, port), delay, hold_banner
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.threading = threading
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import socket
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target, timeout=10)
+            upstream.settimeout(None)
+            for src, dst, first_delay in ((client, upstream, 0.0), (upstream, client, self.hold_banner)):
+                self.threading.Thread(target=self._pump, args=(src, dst, first_delay), daemon=True).start()
+
+    def _pump(self, src, dst, first_delay):
+        import time as clock
+        extra = first_delay
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                clock.sleep(self.delay + extra)
+                extra = 0.0
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+
+    def close(self):
+        self.server.close()
+
+
+def _known_hosts_for(dev, port, path):
+    path.write_text("".join(f"[127.0.0.1]:{port} {key}\n" for key in dev.host_keys))
+    return str(path)
+
+
+def test_slow_link_works_and_a_device_that_stops_answering_times_out_clearly(new_device, tmp_path):
+    dev = new_device("mfg")
+
+    def ek_show(port, known_hosts, *extra):
+        return az("edge-tpm", "ek", "show", "--host", f"root@127.0.0.1:{port}", "--ssh-key", dev.key("root"),
+                  "--known-hosts", known_hosts, "--tcti", dev.tcti, "--no-create", *extra)
+
+    # 150 ms each way on every chunk: slower, but it works
+    link = SlowLink(dev.host, dev.port, 0.15)
+    try:
+        slow = ek_show(link.port, _known_hosts_for(dev, link.port, tmp_path / "kh1"))
+        assert slow.rc == 0, slow.message
+    finally:
+        link.close()
+    # a link so slow that the SSH banner comes after --ssh-timeout: one clear timeout error
+    link = SlowLink(dev.host, dev.port, 0.05, hold_banner=6.0)
+    try:
+        started = time.monotonic()
+        late = ek_show(link.port, _known_hosts_for(dev, link.port, tmp_path / "kh2"), "--ssh-timeout", "2")
+        took = time.monotonic() - started
+    finally:
+        link.close()
+    record("faults injected")
+    assert late.rc != 0 and "Traceback" not in late.stderr
+    assert "Timed out after 2s" in late.message and "--ssh-timeout" in late.recommendation, late.message
+    assert took < 30
+    # the device stops answering (every process frozen, TCP still accepted by its kernel)
+    from devkit import netns
+    pids = netns.netns_pids(dev.netns)
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        frozen = az("edge-tpm", "ek", "show", "--host", f"root@{dev.host}:{dev.port}", "--ssh-key", dev.key("root"),
+                    "--known-hosts", dev.known_hosts, "--tcti", dev.tcti, "--no-create", "--ssh-timeout", "3")
+        took = time.monotonic() - started
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    record("faults injected")
+    assert frozen.rc != 0 and "Traceback" not in frozen.stderr
+    assert "Timed out after 3s" in frozen.message and frozen.recommendation, frozen.message
+    assert took < 30
+    # and once it answers again, so does the command
+    again = az("edge-tpm", "ek", "show", "--host", f"root@{dev.host}:{dev.port}", "--ssh-key", dev.key("root"),
+               "--known-hosts", dev.known_hosts, "--tcti", dev.tcti, "--no-create")
+    assert again.rc == 0, again.message

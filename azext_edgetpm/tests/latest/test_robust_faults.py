@@ -25,8 +25,11 @@ pytestmark = pytest.mark.devkit
 CONFIG = "/etc/aziot/config.toml"
 DEVICE_CA = "/usr/local/share/ca-certificates/devkit-dps-ca.crt"
 # Files an install stages on the device that must not outlive a run (its own names).
+# (Private mktemp directories of a remote script killed by SIGKILL, which no trap can catch, stay
+# in the device's /tmp until its next boot, as on any Linux: they hold nothing of ours.)
 LEFTOVERS = ("find /tmp /var/tmp /etc /var/secrets -xdev \\( -name '*.tmp-edgetpm' -o -name 'edgetpm-*' "
-             "-o -name '*.dpkg-new' -o -name '*.dpkg-tmp' \\) -print 2>/dev/null")
+             "-o -name '*.dpkg-new' -o -name '*.dpkg-tmp' \\) -print 2>/dev/null; "
+             "find /var/lib/edge-tpm/staging -type f -print 2>/dev/null")
 
 
 @pytest.fixture(scope="module")
