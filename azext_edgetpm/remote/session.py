@@ -438,6 +438,8 @@ class RemoteSession:
             while chan.recv_stderr_ready():
                 err.write(chan.recv_stderr(65536))
                 progressed = True
+                if len(progress["stderr"]) < 200:
+                    progress["stderr"] = err.getvalue()[:200]
             if out.tell() > MAX_OUTPUT_BYTES or err.tell() > MAX_OUTPUT_BYTES:
                 # a device answering with endless output (a broken or hostile tool) must not
                 # exhaust this machine's memory: stop reading (closing the channel stops it)
@@ -446,8 +448,6 @@ class RemoteSession:
                     "az edge-tpm stopped reading it.",
                     "Check the tools on the device (tpm2-tools, dpkg, iotedge): one of them prints far more "
                     "than it should, e.g. a wrapper script or a broken install.")
-                if len(progress["stderr"]) < 200:
-                    progress["stderr"] = err.getvalue()[:200]
             if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
                 break
             if time.monotonic() > deadline:
