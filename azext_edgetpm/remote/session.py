@@ -398,6 +398,12 @@ class RemoteSession:
         except BaseException:
             # Timed out, or az interrupted (Ctrl+C, SIGTERM): stop the command on the device too,
             # so that no remote work (an apt-get update, say) goes on without anyone waiting for it.
+            # (The process group's line may have arrived after the last drain: read what is there.)
+            try:
+                while len(progress["stderr"]) < 200 and chan.recv_stderr_ready():
+                    progress["stderr"] += chan.recv_stderr(200)
+            except (paramiko.SSHException, EOFError, OSError):
+                pass
             self._stop_remote(_pgid(progress["stderr"]), as_root)
             raise
         finally:
