@@ -14,15 +14,21 @@ CLASSIFIERS = [
     "License :: OSI Approved :: MIT License",
 ]
 
-# azure-cli-core and knack come with az itself and are not repeated here.
-# tpm2-pytss needs the tpm2-tss C libraries, which only Linux distributions ship:
-# on Windows and macOS the extension installs without it and its SSH paths still run
-# (see azext_edgetpm/tpm/ek.py for what changes there).
+# Only what azure-cli lacks: az (azure-cli >= azext.minCliCoreVersion) already ships paramiko,
+# cryptography, azure-core, azure-mgmt-iothubprovisioningservices, knack and requests, and loads
+# its own copies first, so declaring them would only put unused copies into the extension's
+# directory. tomlkit is not part of az.
 DEPENDENCIES = [
-    "paramiko>=3.4",
-    "tomlkit>=0.12",
-    "tpm2-pytss>=2.1; sys_platform == 'linux'",
+    "tomlkit~=0.12",
 ]
+
+# tpm2-pytss is optional: it builds from source only where the tpm2-tss C libraries and a
+# compiler are installed (libtss2-dev), which Cloud Shell, az's Docker image and stock
+# machines lack. Only `ek show --local` needs it; elsewhere the EK read over SSH is checked
+# structurally. `--local` without it says how to add it (azext_edgetpm/tpm/local.py).
+EXTRAS = {
+    "local": ["tpm2-pytss>=2.1"],
+}
 
 with open("README.md", "r", encoding="utf-8") as f:
     README = f.read()
@@ -42,4 +48,5 @@ setup(
     packages=find_packages(include=["azext_edgetpm", "azext_edgetpm.*"], exclude=["*.tests", "*.tests.*"]),
     package_data={"azext_edgetpm": ["azext_metadata.json"]},
     install_requires=DEPENDENCIES,
+    extras_require=EXTRAS,
 )

@@ -13,6 +13,14 @@ def ssh_options(host, ssh_user=None, ssh_port=None, ssh_key=None, ssh_config=Non
                                 ssh_timeout=ssh_timeout, sudo_password=sudo_password)
 
 
+def ek_ca_bundle(path):
+    """The CA certificates of --ek-ca-bundle (tpm.ekcert), or None without it."""
+    if not path:
+        return None
+    from azext_edgetpm.tpm.ekcert import load_ca_bundle
+    return load_ca_bundle(path)
+
+
 def dps_target(cmd, dps_name=None, resource_group_name=None, login=None, auth_type=None, rights=None):
     """The DPS target (ARM lookup and keys, or a connection string), resolved once."""
     from knack.log import get_logger
@@ -79,7 +87,7 @@ def progress_reporter(cmd, total, verb="Provisioning"):
     controller = cmd.cli_ctx.get_progress_controller(det=True)
     controller.begin(message=f"{verb} {total} devices")
 
-    def report(progress, text):
-        finished = progress.done + progress.failed + progress.skipped
-        controller.add(message=f"{progress.line()}; {text}", value=finished, total_val=max(1, progress.total))
+    def report(counts, text):
+        finished = counts.done + counts.failed + counts.skipped
+        controller.add(message=f"{counts.line()}; {text}", value=finished, total_val=max(1, counts.total))
     return report, controller

@@ -4,7 +4,7 @@ from knack.help_files import helps
 helps["edge-tpm"] = """
 type: group
 short-summary: Provision Linux devices with a TPM 2.0 as Azure IoT Edge devices through the IoT Hub Device Provisioning Service (DPS).
-long-summary: |
+long-summary: >
     Reads each device's TPM endorsement key over SSH, creates TPM-attested, edge-enabled DPS
     enrollments, installs and configures IoT Edge, and waits until DPS has assigned the device.
 """
@@ -17,14 +17,20 @@ short-summary: Read a device's TPM endorsement key (EK) and the registration ID 
 helps["edge-tpm ek show"] = """
 type: command
 short-summary: Show a device's registration ID and TPM endorsement key, creating the EK and SRK if the TPM has none.
-long-summary: |
+long-summary: >
     Connects to the device over SSH (host keys are checked against known_hosts; unknown keys are
     refused unless --accept-new-host-key), runs tpm2-tools as root (through sudo for other users)
     and reads the EK at handle 0x81010001. When the TPM has no EK yet, the EK and the storage root
     key (SRK, 0x81000001) are created and persisted, as the IoT Edge documentation's script does,
     unless --no-create is given. Nothing is left behind on the device.
+
     The registration ID is the lower-case hex SHA-256 of the marshalled EK (--id-format sha256),
     or the older C SDK tool's base32 form (--id-format legacy).
+
+    The EK certificate the TPM's maker stored (NV index 0x01C00002) is reported; with
+    --ek-ca-bundle its chain is verified against the maker's CA certificates, and its key must
+    be the EK: a certificate that fails makes the command fail with the reason.
+
     For users that need a password for sudo, set it in the environment variable
     AZ_EDGETPM_SUDO_PASSWORD (or answer the prompt); it is never taken from the command line.
 examples:
@@ -36,6 +42,8 @@ examples:
     text: az edge-tpm ek show --host admin@edge-01 --tcti "swtpm:host=127.0.0.1,port=2321" --query registrationId -o tsv
   - name: Read only, never create keys; give the ID in the legacy (tpm_device_provision) form.
     text: az edge-tpm ek show --host edge-01 --no-create --id-format legacy
+  - name: Verify the EK certificate against the TPM maker's CA certificates (chain, validity, key = EK).
+    text: az edge-tpm ek show --host root@192.168.1.20 --ek-ca-bundle ./tpm-maker-cas.pem --query ekCertificate.chain
   - name: Read this machine's own TPM (running az on the device itself).
     text: az edge-tpm ek show --local
 """
@@ -43,22 +51,30 @@ examples:
 helps["edge-tpm enrollment"] = """
 type: group
 short-summary: Manage TPM-attested, edge-enabled individual enrollments in a Device Provisioning Service.
-long-summary: |
+long-summary: >
     The DPS is named with --dps-name/-n [-g] (found through Azure Resource Manager with the identity
     of `az login`; a shared access policy with the right needed is read from it), or given by
-    --login <connection string> (no ARM call; @file reads it from a file). --auth-type login uses an
-    Entra ID token of the az login identity instead of a key, for a DPS with local authentication
-    disabled. Keys and tokens are never printed, logged (also with --debug) or put on a command line.
+    `--login "HostName=...;SharedAccessKeyName=...;SharedAccessKey=..."` (a connection string; no ARM
+    call; @file reads it from a file). --auth-type login uses an Entra ID token of the az login
+    identity instead of a key, for a DPS with local authentication disabled. Keys and tokens are never
+    printed, logged (also with --debug) or put on a command line.
+
+    Defaults: `az configure --defaults edge-tpm-dps=NAME group=NAME` name the DPS, and the azure-iot
+    extension's `az configure --defaults iotdps-data-auth-type=login` is honoured. The options of
+    `az iot dps enrollment` work here too: --eid, --ek, --ee, --ih, --ap, --tags, --props, --ps, --rp
+    and --attestation-type tpm.
 """
 
 helps["edge-tpm enrollment create"] = """
 type: command
 short-summary: Create a TPM individual enrollment for a device, idempotently.
-long-summary: |
+long-summary: >
     The endorsement key (EK) is read from the device over SSH with --host (as `az edge-tpm ek show`
     does, creating the EK and SRK if the TPM has none) or given with --endorsement-key. The
     enrollment ID (= registration ID) defaults to the one derived from the EK. New enrollments are
-    edge-enabled and enabled unless told otherwise.
+    edge-enabled and enabled unless told otherwise. With --ek-ca-bundle the device's EK certificate
+    is verified first (chain, validity, key = EK); a device that fails is not enrolled.
+
     Running it again is safe: the output is the enrollment with two more top-level fields,
     "result" ("created", "updated" or "unchanged") and "changes" (the fields it changed: e.g.
     endorsementKey, deviceId, iotEdge, iotHubs, allocationPolicy, initialTwinTags,
@@ -69,6 +85,10 @@ long-summary: |
 examples:
   - name: Enroll a device, reading its EK over SSH; the DPS is found through ARM.
     text: az edge-tpm enrollment create --host root@192.168.1.20 --dps-name my-dps -g my-rg
+  - name: A script written for `az iot dps enrollment create` runs unchanged (only the group name differs).
+    text: az edge-tpm enrollment create --attestation-type tpm --eid edge-01 --ek "$(base64 -w0 ek.pub)" --ee --ih my-hub.azure-devices.net --ap static --tags '{"site":"plant-1"}' --props '{"logLevel":"info"}' --ps enabled --rp reprovisionandmigratedata -n my-dps -g my-rg
+  - name: Verify the device's EK certificate against its TPM maker's CA certificates before enrolling it.
+    text: az edge-tpm enrollment create --host root@192.168.1.20 -n my-dps --ek-ca-bundle ./tpm-maker-cas/
   - name: Enroll with a known EK and registration ID, with a connection string kept in a file.
     text: az edge-tpm enrollment create --login @dps-connection-string.txt --endorsement-key "$(base64 -w0 ek.pub)" --registration-id edge-01
   - name: Pin the device to one hub with initial twin tags from a file.
@@ -102,6 +122,8 @@ examples:
     text: az edge-tpm enrollment list --dps-name my-dps -o table
   - name: The first 20, with the az login identity (Entra ID).
     text: az edge-tpm enrollment list -n my-dps --auth-type login --top 20
+  - name: Every enrollment (as `az iot dps enrollment list --top -1`) of the DPS set with `az configure --defaults edge-tpm-dps=my-dps group=my-rg`.
+    text: az edge-tpm enrollment list --top -1
 """
 
 helps["edge-tpm enrollment delete"] = """
@@ -132,7 +154,7 @@ examples:
 helps["edge-tpm registration wait"] = """
 type: command
 short-summary: Wait until DPS has assigned the device, and show its registration state.
-long-summary: |
+long-summary: >
     Polls the registration state every --interval seconds (DPS throttling with Retry-After is
     honoured) and shows progress. Exits 0 with the state once it is "assigned"; fails with DPS's
     errorCode and errorMessage when it is "failed" or "disabled", or when --timeout passes.
@@ -146,39 +168,51 @@ examples:
 helps["edge-tpm install"] = """
 type: command
 short-summary: Install IoT Edge on a device over SSH and configure it for DPS provisioning with TPM attestation, idempotently.
-long-summary: |
+long-summary: >
     Does what the IoT Edge documentation makes a person type, as steps that each check the device
     first, change only what differs, then verify, and report ok, changed, failed or skipped.
+
     (1) os: the OS and architecture against IoT Edge 1.5's tier 1 systems (Ubuntu 20.04/22.04/24.04,
     Debian 11/12, Raspberry Pi OS Bullseye/Bookworm); others, e.g. Raspberry Pi OS Stretch, are
     refused before anything changes.
+
     (proxy) the network: the device must reach the package source and DPS, directly or through
     --proxy, before anything changes; with --proxy, apt (credentials in /etc/apt/auth.conf.d, root
     only), the container engine, aziot-edged and aziot-identityd get the proxy (systemd drop-ins,
     the engine restarted only when its drop-in changed) and --proxy-ca goes into the OS trust
     store; without --proxy, what an earlier --proxy wrote is removed.
+
     (2) package-source: Microsoft's packages-microsoft-prod.deb, or --package-source, or
     --offline-packages; tpm2-tools when missing.
+
     (3) container-engine: moby-engine; "log-driver" merged into /etc/docker/daemon.json (other keys
     kept); the engine restarts only when the file changed.
+
     (4) iotedge: aziot-edge and aziot-identity-service, latest or --edge-version.
+
     (5) config: /etc/aziot/config.toml from the package's template with DPS, TPM attestation,
     registration ID, ID scope, endpoint, payload, auto_reprovisioning_mode (top level), [tpm] tcti
     and an integer auth_key_index; with --proxy the whole [agent] table with [agent.env]
     https_proxy and UpstreamProtocol = "AmqpWs", and with --proxy-ca trust_bundle_cert. Comments and other settings of an existing file are kept, the old
     file is backed up next to it, and the new one is written atomically with mode 0600.
+
     (6) tpm-access: the aziottpm user's access to /dev/tpm0 and /dev/tpmrm0 (--tpm-access); skipped
     on devices without /dev/tpm* (a TPM over TCP).
+
     (7) runtime: iotedge config apply when something changed (an edgeAgent container whose proxy
     environment changed is removed first, so that it is created anew), then iotedge system status,
     iotedge check (behind a proxy without its direct AMQP/MQTT checks; proxy-settings must pass)
     and the provisioning lines of the logs; known failures come with what to do.
+
     Running it again changes nothing on a device that is already installed and configured; after a
     failure it continues where it stopped. --dry-run shows the plan without touching the device.
+
     Devices without systemd are handled: services restart through their /etc/init.d scripts.
+
     The registration ID defaults to the one derived from the TPM's endorsement key (as `ek show`);
     it must match the device's enrollment (`az edge-tpm enrollment create`), which may be made
     before or after the install: until it exists, DPS refuses the device and the output says so.
+
     Non-root users go through sudo (NOPASSWD, or the password in AZ_EDGETPM_SUDO_PASSWORD).
 examples:
   - name: Install on a device with a hardware TPM; the ID scope comes from the DPS resource.
@@ -204,7 +238,7 @@ examples:
 helps["edge-tpm status"] = """
 type: command
 short-summary: Show the health of IoT Edge on a device.
-long-summary: |
+long-summary: >
     Reads over SSH (as root, through sudo for other users) and changes nothing: the runtime's and
     the packages' versions, the state of each service (iotedge system status), the modules
     (iotedge list), iotedge check's results summarised (with the details of warnings and
@@ -222,12 +256,17 @@ examples:
 helps["edge-tpm provision"] = """
 type: command
 short-summary: Provision one device or a whole fleet end to end - EK, enrollment, IoT Edge, assignment, health.
-long-summary: |
+long-summary: >
     Runs, per device: identify (read or create the EK, derive the registration ID), enroll (create
     the individual enrollment or confirm it; an enrollment holding another EK is a conflict unless
     --force), install (IoT Edge, as `az edge-tpm install`), wait (until the device is assigned to an
     IoT hub: the device's own report, else DPS's registration state) and status. Each device uses
     ONE SSH connection for all of its steps.
+
+    With --ek-ca-bundle every device's EK certificate is verified in the identify step (chain to the
+    bundle, validity, key = EK): a device that fails is refused with the reason before it is
+    enrolled.
+
     A fleet (--inventory) runs --max-parallel devices at a time in this one process, sharing one DPS
     client and one DPS budget (--dps-ops-per-minute, --dps-registrations-per-minute; 429 answers and
     their Retry-After hold the whole run back). New enrollments go to DPS in bulk calls of ten. The
@@ -235,11 +274,13 @@ long-summary: |
     others. With --state FILE every step is recorded as it ends, so a re-run (after Ctrl-C, a killed
     process or a reboot) skips finished devices and continues the rest; --retry-failed runs only the
     failed ones. --shard i/n splits the inventory between parallel pipeline jobs.
+
     Progress goes to stderr; the output is one result per device (-o table: a summary table). The
     exit code is non-zero when any device failed, and the error lists the failed devices and why.
-    Sudo passwords: with --host as for the other commands (AZ_EDGETPM_SUDO_PASSWORD, or a prompt); in
-    a fleet never a prompt: the environment variable named by the row's sudo_password_env column, else
-    AZ_EDGETPM_SUDO_PASSWORD.
+
+    Sudo passwords: with --host as for the other commands (AZ_EDGETPM_SUDO_PASSWORD, or a prompt);
+    in a fleet never a prompt: the environment variable named by the row's sudo_password_env column,
+    else AZ_EDGETPM_SUDO_PASSWORD.
 examples:
   - name: One device, end to end.
     text: az edge-tpm provision --host admin@192.168.1.20 --dps-name my-dps -g my-rg
@@ -247,6 +288,8 @@ examples:
     text: az edge-tpm provision --inventory fleet.csv --dps-name my-dps -g my-rg --max-parallel 20 --state fleet-state.json -o table
   - name: An Ansible inventory, only the group 'plant7', SSH key and known hosts for all rows.
     text: az edge-tpm provision --inventory hosts.ini --limit plant7 --dps-name my-dps -g my-rg --ssh-key ~/.ssh/fleet --known-hosts ./known_hosts
+  - name: Only devices whose TPM's EK certificate chains to the makers' CA certificates.
+    text: az edge-tpm provision --inventory fleet.csv --dps-name my-dps -g my-rg --ek-ca-bundle ./tpm-maker-cas/
   - name: Re-run only the devices that failed last time.
     text: az edge-tpm provision --inventory fleet.csv --dps-name my-dps -g my-rg --state fleet-state.json --retry-failed
   - name: The second of four parallel pipeline jobs, sharing the DPS's budget with the others.
@@ -256,17 +299,22 @@ examples:
 helps["edge-tpm deprovision"] = """
 type: command
 short-summary: Retire a device - disable (or delete) its enrollment, delete its registration record, and stop and reset IoT Edge on it.
-long-summary: |
+long-summary: >
     In order, each step checking first and changing only what differs (a second run, or a run after
     an interruption, finishes the work and does nothing twice):
+
     (1) identify: the registration ID (--registration-id, else the device's config.toml, else its EK);
+
     (2) enrollment: --mode disable sets provisioningStatus disabled (the enrollment stays, the device
     can no longer register), --mode delete deletes it; both guarded by the enrollment's etag;
+
     (3) registration: the device's registration record in DPS is deleted (guarded by its etag);
+
     (4) device: IoT Edge stopped (iotedge system stop), config.toml reset to unprovisioned (its
     [provisioning] removed, a backup kept, every other setting kept), the configuration applied by
     iotedge config apply and the identity service's provisioning state removed; with --uninstall the
     aziot-edge and aziot-identity-service packages are purged too.
+
     The cloud side comes first, so a device that cannot be reached still gets it (unless
     --require-device); the result lists what remains where ("remains"). The device's identity in
     its IoT hub is never deleted by DPS: the result names it with the command that removes it.
@@ -294,7 +342,7 @@ examples:
 helps["edge-tpm reprovision"] = """
 type: command
 short-summary: Make a device register with DPS again (after an enrollment change such as a new hub) and report its new hub.
-long-summary: |
+long-summary: >
     Optionally changes the enrollment first (--iot-hubs, --allocation-policy, --initial-twin-tags;
     a write guarded by the enrollment's etag, through DPS's bulk API), then runs `iotedge system
     reprovision` on the device, waits until DPS's registration record is a new one that says
@@ -313,7 +361,7 @@ examples:
 helps["edge-tpm rekey"] = """
 type: command
 short-summary: Give a device's enrollment the new endorsement key of its cleared or replaced TPM, and make it register again.
-long-summary: |
+long-summary: >
     Reads the registration ID the device is configured with (its config.toml, or --registration-id)
     and the EK its TPM holds now (creating the EK and SRK when the clear removed them, as `ek show`
     does), then replaces the enrollment's EK - an update guarded by the etag just read, after a

@@ -16,8 +16,8 @@ def ssh_arguments(c):
     c.argument("ssh_config", options_list=["--ssh-config"], arg_group="Device",
                help="OpenSSH client configuration file to read. Default: ~/.ssh/config.")
     c.argument("known_hosts", options_list=["--known-hosts"], arg_group="Device",
-               help="known_hosts file that device host keys are checked against (and recorded in with "
-                    "--accept-new-host-key). Default: ~/.ssh/known_hosts.")
+               help="File of known SSH host keys (OpenSSH known_hosts format) that device host keys are checked "
+                    "against (and recorded in with --accept-new-host-key). Default: ~/.ssh/known_hosts.")
     c.argument("accept_new_host_key", options_list=["--accept-new-host-key"], arg_group="Device",
                action="store_true",
                help="Trust a device whose host key is not known yet, and record its key (trust on first use). "
@@ -50,25 +50,39 @@ def proxy_arguments(c):
                     "Only with --proxy.")
 
 
-def dps_arguments(c):
-    """How a command finds the Device Provisioning Service and authenticates to it."""
-    from azure.cli.core.commands.parameters import get_enum_type
-    c.argument("dps_name", options_list=["--dps-name", "-n"], arg_group="DPS",
+# `az configure --defaults edge-tpm-dps=NAME`: the DPS every command uses when --dps-name is not given.
+DPS_NAME_DEFAULT = "edge-tpm-dps"
+# The azure-iot extension's configured default of --auth-type for DPS data-plane commands
+# (`az configure --defaults iotdps-data-auth-type=login`), honoured here too.
+AUTH_TYPE_DEFAULT = "iotdps-data-auth-type"
+
+
+def dps_arguments(c, authentication=True):
+    """How a command finds the Device Provisioning Service (and, with `authentication`, how it
+    authenticates to its service API: commands that only read the resource through ARM have no
+    --login or --auth-type)."""
+    from azure.cli.core.commands.parameters import get_enum_type, resource_group_name_type
+    c.argument("dps_name", options_list=["--dps-name", "-n"], arg_group="DPS", configured_default=DPS_NAME_DEFAULT,
                help="Name of the Device Provisioning Service, found through Azure Resource Manager with the "
-                    "identity of `az login` (its ID scope and host names come from the resource).")
-    c.argument("resource_group_name", options_list=["--resource-group", "-g"], arg_group="DPS",
-               help="Resource group of the DPS. Default: the DPS of that name is searched for in the subscription.")
+                    "identity of `az login` (its ID scope and host names come from the resource). You can "
+                    f"configure the default using `az configure --defaults {DPS_NAME_DEFAULT}=<name>`.")
+    c.argument("resource_group_name", arg_type=resource_group_name_type, arg_group="DPS",
+               help="Resource group of the DPS; without it the DPS of that name is searched for in the subscription. "
+                    "You can configure the default group using `az configure --defaults group=<name>`.")
+    if not authentication:
+        return
     c.argument("login", options_list=["--login", "-l"], arg_group="DPS",
                help="Connection string of a DPS shared access policy (HostName=...;SharedAccessKeyName=...;"
                     "SharedAccessKey=...), used instead of --dps-name without any ARM call. Give it as @file to "
                     "keep the key off the command line and shell history. With --auth-type login, the DPS host "
                     "name alone is enough.")
     c.argument("auth_type", options_list=["--auth-type"], arg_type=get_enum_type(["key", "login"]),
-               arg_group="DPS",
+               arg_group="DPS", configured_default=AUTH_TYPE_DEFAULT,
                help="How to authenticate to the DPS service API: key (a shared access policy with the right "
                     "needed, read through ARM or taken from --login) or login (an Entra ID token of the az login "
                     "identity, for a DPS with local authentication disabled; needs the 'Device Provisioning "
-                    "Service Data Contributor' role). Default: key.")
+                    "Service Data Contributor' role). Default: key; as with the azure-iot extension, you can "
+                    f"configure the default using `az configure --defaults {AUTH_TYPE_DEFAULT}=<type>`.")
 
 
 def enrollment_arguments(c):
@@ -76,20 +90,20 @@ def enrollment_arguments(c):
     from azure.cli.core.commands.parameters import get_enum_type, get_three_state_flag
     c.argument("device_id", options_list=["--device-id"],
                help="IoT Hub device ID the device gets. Default: the registration ID.")
-    c.argument("edge_enabled", options_list=["--edge-enabled"], arg_type=get_three_state_flag(), default=True,
-               help="Whether the device is an IoT Edge device. Default: true.")
-    c.argument("iot_hubs", options_list=["--iot-hubs"], nargs="+",
+    c.argument("edge_enabled", options_list=["--edge-enabled", "--ee"], arg_type=get_three_state_flag(), default=True,
+               help="Whether the device is an IoT Edge device.")
+    c.argument("iot_hubs", options_list=["--iot-hubs", "--ih"], nargs="+",
                help="Host names of the IoT hubs the device may be assigned to (space- or comma-separated). "
                     "Default: all hubs linked to the DPS.")
-    c.argument("allocation_policy", options_list=["--allocation-policy"],
+    c.argument("allocation_policy", options_list=["--allocation-policy", "--ap"],
                arg_type=get_enum_type(["hashed", "geoLatency", "static"]),
                help="How DPS picks the hub: hashed (evenly), geoLatency (nearest) or static (the one hub of "
                     "--iot-hubs). Default: the DPS's own policy.")
-    c.argument("initial_twin_tags", options_list=["--initial-twin-tags"],
+    c.argument("initial_twin_tags", options_list=["--initial-twin-tags", "--tags"],
                help="Initial device twin tags: a JSON object, or @file with one.")
-    c.argument("initial_twin_properties", options_list=["--initial-twin-properties"],
+    c.argument("initial_twin_properties", options_list=["--initial-twin-properties", "--props"],
                help="Initial desired properties of the device twin: a JSON object, or @file with one.")
-    c.argument("reprovision_policy", options_list=["--reprovision-policy"],
+    c.argument("reprovision_policy", options_list=["--reprovision-policy", "--rp"],
                arg_type=get_enum_type(["reprovisionandmigratedata", "reprovisionandresetdata", "never"]),
                help="What happens when the device registers again: reprovisionandmigratedata (DPS default), "
                     "reprovisionandresetdata or never.")
@@ -111,12 +125,12 @@ def install_arguments(c):
                help="ID scope of the DPS (its overview page shows it). Not needed with --dps-name.")
     c.argument("global_endpoint", options_list=["--global-endpoint"], arg_group="DPS",
                help="DPS device endpoint written to config.toml. Default: the --dps-name resource's device "
-                    "endpoint, else https://global.azure-devices-provisioning.net.")
+                    "endpoint, else `https://global.azure-devices-provisioning.net`.")
     c.argument("package_source", options_list=["--package-source"], arg_group="Packages",
                help="Where apt gets IoT Edge from, for networks that cannot reach packages.microsoft.com: the "
-                    "base URL of a mirror of packages.microsoft.com (its config/<distro>/<version>/"
-                    "packages-microsoft-prod.deb is installed), the URL of such a .deb, or an apt sources.list "
-                    "line ('deb [signed-by=...] URL SUITE COMPONENT'), written to "
+                    "base URL of a mirror of packages.microsoft.com (its "
+                    "`config/<distro>/<version>/packages-microsoft-prod.deb` is installed), the URL of such a "
+                    ".deb, or an apt sources.list line ('deb [signed-by=...] URL SUITE COMPONENT'), written to "
                     "/etc/apt/sources.list.d/edge-tpm.list. Default: Microsoft's packages-microsoft-prod.deb "
                     "for the device's distribution and version.")
     c.argument("offline_packages", options_list=["--offline-packages"], arg_group="Packages",
@@ -136,7 +150,8 @@ def install_arguments(c):
                     "model ID); uploaded to /var/secrets/aziot/identityd/dps-additional-data.json (root-owned, "
                     "readable by the identity service only) and referenced as a file:// URI in config.toml. "
                     "Without it, a payload the file already names is kept.")
-    c.argument("auto_reprovisioning_mode", options_list=["--auto-reprovisioning-mode"], arg_group="DPS",
+    c.argument("auto_reprovisioning_mode", options_list=["--auto-reprovisioning-mode", "--reprovisioning-mode"],
+               arg_group="DPS",
                arg_type=get_enum_type(["Dynamic", "AlwaysOnStartup", "OnErrorOnly"]),
                help="When the device provisions again with DPS; written as a top-level key of config.toml. "
                     "Default: the file's current value (the runtime's default is Dynamic).")
@@ -188,13 +203,13 @@ def dps_budget_arguments(c, when):
                help="DPS service operations per minute this run may use (all devices together; retries "
                     "included). Default: 1000, DPS's per-instance limit; lower it when other jobs share the DPS.")
     if when:
-        c.argument("dps_registrations_per_minute", options_list=["--dps-registrations-per-minute"], type=float,
-                   arg_group="Fleet",
+        c.argument("dps_registrations_per_minute", options_list=["--dps-registrations-per-minute", "--dps-reg-rate"],
+                   type=float, arg_group="Fleet",
                    help=f"Device registrations per minute this run may start (the devices register with DPS {when}). "
                         "Default: 1000, DPS's per-instance limit.")
 
 
-def load_arguments(self, _):
+def load_arguments(self, _):  # pylint: disable=too-many-statements
     from azure.cli.core.commands.parameters import get_enum_type
 
     id_format_type = CLIArgumentType(
@@ -203,8 +218,16 @@ def load_arguments(self, _):
              "marshalled EK, as in the IoT Edge documentation) or legacy (base32 of the same digest, as the "
              "C SDK's tpm_device_provision tool made it).")
 
+    ek_ca_bundle_type = CLIArgumentType(
+        options_list=["--ek-ca-bundle"], arg_group="TPM",
+        help="CA certificates of the TPM makers (a PEM or DER file, or a directory of .pem/.crt/.cer/.der files): "
+             "the device's EK certificate (NV index 0x01C00002) must be issued by one of them, be within its "
+             "validity period and carry the EK itself; otherwise the device is refused, with the reason, before "
+             "anything is enrolled.")
+
     with self.argument_context("edge-tpm ek show") as c:
         ssh_arguments(c)
+        c.argument("ek_ca_bundle", ek_ca_bundle_type)
         c.argument("id_format", id_format_type)
         c.argument("no_create", options_list=["--no-create"], action="store_true", arg_group="TPM",
                    help="Only read: fail if the TPM has no EK instead of creating the EK and SRK.")
@@ -215,7 +238,7 @@ def load_arguments(self, _):
 
     with self.argument_context("edge-tpm enrollment") as c:
         dps_arguments(c)
-        c.argument("registration_id", options_list=["--enrollment-id", "--registration-id"],
+        c.argument("registration_id", options_list=["--enrollment-id", "--eid", "--registration-id"],
                    help="ID of the individual enrollment, which for TPM attestation is the device's registration "
                         "ID (case-insensitive; shown in lower case).")
 
@@ -223,20 +246,24 @@ def load_arguments(self, _):
         ssh_arguments(c)
         enrollment_arguments(c)
         c.argument("id_format", id_format_type)
-        c.argument("registration_id", options_list=["--enrollment-id", "--registration-id"],
+        c.argument("ek_ca_bundle", ek_ca_bundle_type)
+        c.argument("registration_id", options_list=["--enrollment-id", "--eid", "--registration-id"],
                    help="ID of the enrollment (= the device's registration ID). Default: derived from the EK as "
                         "--id-format says (what `az edge-tpm ek show` shows).")
-        c.argument("endorsement_key", options_list=["--endorsement-key"], arg_group="TPM",
+        c.extra("attestation_type", options_list=["--attestation-type", "--at"], arg_group="TPM",
+                help="Accepted for scripts written for `az iot dps enrollment create`: tpm, the only attestation "
+                     "this command enrolls (any other value is refused).")
+        c.argument("endorsement_key", options_list=["--endorsement-key", "--ek"], arg_group="TPM",
                    help="The device's EK as DPS takes it: base64 of the marshalled TPM2B_PUBLIC (`tpm2_readpublic "
                         "-c 0x81010001 -o ek.pub; base64 -w0 ek.pub`). Instead of --host.")
-        c.argument("provisioning_status", options_list=["--provisioning-status"],
+        c.argument("provisioning_status", options_list=["--provisioning-status", "--ps"],
                    arg_type=get_enum_type(["enabled", "disabled"]),
                    help="Whether the device may register. Default: enabled for a new enrollment, unchanged for an "
                         "existing one.")
 
     with self.argument_context("edge-tpm enrollment list") as c:
         c.argument("top", options_list=["--top"], type=int,
-                   help="Return at most this many enrollments. Default: all (every page).")
+                   help="Return at most this many enrollments (at least 1; -1 for all). Default: all (every page).")
 
     with self.argument_context("edge-tpm registration") as c:
         dps_arguments(c)
@@ -252,15 +279,16 @@ def load_arguments(self, _):
 
     with self.argument_context("edge-tpm install") as c:
         ssh_arguments(c)
-        dps_arguments(c)
+        dps_arguments(c, authentication=False)  # the DPS resource is read through ARM only
         install_arguments(c)
+        c.extra("login", options_list=["--login", "-l"], arg_group="DPS",
+                help="Not taken by install, which needs no DPS key (a connection string carries no ID scope): "
+                     "it is refused, without repeating its value. Use --id-scope, or --dps-name to look the ID "
+                     "scope and device endpoint up.")
         c.argument("id_format", id_format_type)
         c.argument("registration_id", options_list=["--registration-id"], arg_group="DPS",
                    help="Registration ID to provision with; it must equal the enrollment's. Default: derived from "
                         "the TPM's endorsement key, as `az edge-tpm ek show` shows it.")
-        c.argument("login", options_list=["--login", "-l"], arg_group="DPS",
-                   help="Connection string of the DPS (or @file). It carries no ID scope, so --id-scope is needed "
-                        "with it; prefer --dps-name, which looks the ID scope and device endpoint up.")
         c.argument("dry_run", options_list=["--dry-run"], action="store_true",
                    help="Show which steps would change what, without changing anything on the device.")
 
@@ -273,6 +301,7 @@ def load_arguments(self, _):
         enrollment_arguments(c)
         install_arguments(c)
         c.argument("id_format", id_format_type)
+        c.argument("ek_ca_bundle", ek_ca_bundle_type)
         c.argument("host", options_list=["--host"], arg_group="Device",
                    help="One device: [user@]host[:port] or a Host alias from ~/.ssh/config. Instead of --inventory.")
         c.argument("registration_id", options_list=["--registration-id"], arg_group="DPS",

@@ -10,6 +10,12 @@ _ONE_LINE = ("host", "ssh_user", "tcti", "id_scope", "registration_id", "device_
 _OPTION_NAMES = {"resource_group_name": "--resource-group"}
 
 
+def typed(value) -> bool:
+    """Whether the user gave a value on the command line: az marks a value it took from
+    `az configure --defaults` (is_default), and such a value must never cause an error."""
+    return value is not None and not getattr(value, "is_default", False)
+
+
 def option_name(dest: str, namespace=None) -> str:
     if dest == "registration_id" and namespace is not None and hasattr(namespace, "endorsement_key"):
         return "--enrollment-id/--registration-id"
@@ -52,6 +58,39 @@ def validate_device_source(namespace):
     if not getattr(namespace, "local", False) and not getattr(namespace, "host", None):
         raise RequiredArgumentMissingError("No device given.",
                                            "Pass --host [user@]host[:port], or --local for this machine's TPM.")
+    _check_bundle_path(namespace)
+
+
+def _check_bundle_path(namespace):
+    import os
+    from azure.cli.core.azclierror import FileOperationError
+    bundle = getattr(namespace, "ek_ca_bundle", None)
+    if bundle and not os.path.exists(os.path.expanduser(bundle)):
+        raise FileOperationError(f"--ek-ca-bundle {bundle!r}: no such file or directory.",
+                                 "Give the TPM maker's CA certificates: a PEM or DER file, or a directory of them.")
+
+
+def validate_top(namespace):
+    """--top: at least 1, or -1 for all (as the azure-iot extension)."""
+    check_values(namespace)
+    top = getattr(namespace, "top", None)
+    if top == -1:
+        namespace.top = None
+    elif top is not None and top < 1:
+        raise InvalidArgumentValueError(f"--top {top}: give at least 1 (or -1 for all).",
+                                        "Use --top N for the first N enrollments, or leave it out for all.")
+
+
+def _attestation_type(namespace):
+    """--attestation-type, accepted for `az iot dps enrollment create` scripts: tpm only."""
+    kind = getattr(namespace, "attestation_type", None)
+    if hasattr(namespace, "attestation_type"):
+        del namespace.attestation_type  # not an argument of the command function
+    if kind is not None and str(kind).strip().lower() != "tpm":
+        raise InvalidArgumentValueError(
+            f"--attestation-type {kind}: this extension enrolls TPM devices only (TPM attestation).",
+            "Use --attestation-type tpm (or leave it out); for X.509 or symmetric key enrollments use "
+            "`az iot dps enrollment create` of the azure-iot extension.")
 
 
 def _json_object(value, option):
@@ -87,7 +126,13 @@ def validate_enrollment_create(namespace):
     """Exactly one of --host and --endorsement-key; IDs, hubs, allocation and twin JSON checked."""
     from azext_edgetpm.dps.enrollment import normalize_registration_id, validate_device_id
     check_values(namespace)
+    _attestation_type(namespace)
     host, key = getattr(namespace, "host", None), getattr(namespace, "endorsement_key", None)
+    if key and getattr(namespace, "ek_ca_bundle", None):
+        raise MutuallyExclusiveArgumentError("--ek-ca-bundle needs --host: the EK certificate is read from the "
+                                             "device's TPM, which --endorsement-key does not reach.",
+                                             "Read the EK with --host, or drop --ek-ca-bundle.")
+    _check_bundle_path(namespace)
     if host and key:
         raise MutuallyExclusiveArgumentError("--host and --endorsement-key cannot be used together.",
                                              "Use --host to read the EK from the device, or --endorsement-key "
@@ -119,17 +164,27 @@ def validate_edge_install(namespace):
     if not getattr(namespace, "host", None):
         raise RequiredArgumentMissingError("No device given.", "Pass --host [user@]host[:port].")
     check_values(namespace)
-    scope, dps_name, login = namespace.id_scope, namespace.dps_name, namespace.login
+    if hasattr(namespace, "login"):
+        login = namespace.login
+        del namespace.login  # not an argument of the command function
+        if login is not None:
+            raise ArgumentUsageError(
+                "install does not take --login: it needs the DPS's ID scope, which a connection string does "
+                "not carry, and no DPS key (its value is not shown).",
+                "Pass --id-scope (the DPS overview page shows it), or --dps-name [-g] to look it up with your az "
+                "login identity.")
+    scope, dps_name = namespace.id_scope, namespace.dps_name
+    if scope and dps_name and not typed(dps_name):
+        namespace.dps_name = dps_name = None  # a configured default DPS gives way to a typed --id-scope
     if scope and dps_name:
         raise MutuallyExclusiveArgumentError("--id-scope and --dps-name cannot be used together.",
                                              "The ID scope of --dps-name comes from the DPS resource; drop one.")
     if not scope and not dps_name:
         raise RequiredArgumentMissingError(
             "No DPS given.", "Pass --id-scope (the DPS overview page shows it), or --dps-name [-g] to look it up "
-            "with your az login identity." if not login else
-            "A DPS connection string (--login) carries no ID scope: add --id-scope, or use --dps-name [-g].")
+            "with your az login identity.")
     _install_values(namespace)
-    if getattr(namespace, "resource_group_name", None) and not dps_name:
+    if typed(getattr(namespace, "resource_group_name", None)) and not dps_name:
         raise ArgumentUsageError("--resource-group only goes with --dps-name.", "Add --dps-name, or drop -g.")
 
 
@@ -252,11 +307,12 @@ def _fleet_values(namespace, single_flags):
 def validate_provision(namespace):
     """`edge-tpm provision`: one device (--host) or an inventory, the DPS, and the install values."""
     check_values(namespace)
+    _check_bundle_path(namespace)
     _fleet_values(namespace, ("--registration-id", "--device-id"))
     if not namespace.dps_name and not namespace.login:
         raise RequiredArgumentMissingError("No DPS given.", "Pass --dps-name/-n [-g] (found through ARM with your az "
                                            "login identity), or --login with the DPS connection string (@file).")
-    if namespace.id_scope and namespace.dps_name:
+    if namespace.id_scope and typed(namespace.dps_name):
         raise MutuallyExclusiveArgumentError("--id-scope and --dps-name cannot be used together.",
                                              "The ID scope of --dps-name comes from the DPS resource; drop one.")
     if namespace.registration_id:

@@ -8,7 +8,7 @@ from azext_edgetpm._validators import validate_edge_install, validate_provision
 from azext_edgetpm._validators import validate_lifecycle
 from azext_edgetpm._format import deprovision_table, reprovision_table, rekey_table
 from azext_edgetpm._error_map import exception_handler
-from azext_edgetpm._validators import check_values
+from azext_edgetpm._validators import check_values, validate_top
 
 
 def load_command_table(self, _):
@@ -19,7 +19,7 @@ def load_command_table(self, _):
         g.custom_command("create", "enrollment_create", table_transformer=enrollment_table,
                          validator=validate_enrollment_create)
         g.custom_show_command("show", "enrollment_show", table_transformer=enrollment_table, validator=check_values)
-        g.custom_command("list", "enrollment_list", table_transformer=enrollment_table, validator=check_values)
+        g.custom_command("list", "enrollment_list", table_transformer=enrollment_table, validator=validate_top)
         g.custom_command("delete", "enrollment_delete", confirmation=True, validator=check_values)
 
     with self.command_group("edge-tpm registration", is_preview=True, exception_handler=exception_handler) as g:

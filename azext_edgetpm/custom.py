@@ -9,17 +9,19 @@ from azext_edgetpm.echo import shown
 logger = get_logger(__name__)
 
 
-def ek_show(cmd, host=None, ssh_user=None, ssh_port=None, ssh_key=None, ssh_config=None,
-            known_hosts=None, accept_new_host_key=False, ssh_timeout=None, tcti=None,
-            id_format="sha256", no_create=False, install_tools=False, local=False):
+def ek_show(cmd, host=None, ssh_user=None, ssh_port=None, ssh_key=None,  # pylint: disable=unused-argument
+            ssh_config=None, known_hosts=None, accept_new_host_key=False, ssh_timeout=None, tcti=None,
+            id_format="sha256", no_create=False, install_tools=False, local=False, ek_ca_bundle=None):
     from azext_edgetpm.operations.identify import identify, identify_local
+    bundle = factory.ek_ca_bundle(ek_ca_bundle)
     if local:
-        return identify_local(tcti=tcti, create=not no_create, id_format=id_format).to_output()
+        return identify_local(tcti=tcti, create=not no_create, id_format=id_format,
+                              ek_ca_bundle=bundle).to_output()
     opts = factory.ssh_options(host, ssh_user, ssh_port, ssh_key, ssh_config, known_hosts, accept_new_host_key,
                                ssh_timeout)
     with opts.session() as session:
         return identify(session, tcti=tcti, create=not no_create, id_format=id_format,
-                        install_tools=install_tools).to_output()
+                        install_tools=install_tools, ek_ca_bundle=bundle).to_output()
 
 
 # -- DPS: enrollments and registration state -------------------------------------------------
@@ -28,21 +30,24 @@ def _dps_client(cmd, dps_name, resource_group_name, login, auth_type, rights):
     return factory.dps_client(cmd, factory.dps_target(cmd, dps_name, resource_group_name, login, auth_type, rights))
 
 
-def enrollment_create(cmd, dps_name=None, resource_group_name=None, login=None, auth_type=None,
-                      host=None, ssh_user=None, ssh_port=None, ssh_key=None, ssh_config=None, known_hosts=None,
-                      accept_new_host_key=False, ssh_timeout=None, tcti=None, id_format="sha256",
-                      endorsement_key=None, registration_id=None, device_id=None, edge_enabled=True,
-                      iot_hubs=None, allocation_policy=None, initial_twin_tags=None, initial_twin_properties=None,
-                      provisioning_status=None, reprovision_policy=None, force=False):
+def enrollment_create(cmd, dps_name=None, resource_group_name=None,  # pylint: disable=too-many-locals
+                      login=None, auth_type=None, host=None, ssh_user=None, ssh_port=None, ssh_key=None,
+                      ssh_config=None, known_hosts=None, accept_new_host_key=False, ssh_timeout=None, tcti=None,
+                      id_format="sha256", endorsement_key=None, registration_id=None, device_id=None,
+                      edge_enabled=True, iot_hubs=None, allocation_policy=None, initial_twin_tags=None,
+                      initial_twin_properties=None, provisioning_status=None, reprovision_policy=None, force=False,
+                      ek_ca_bundle=None):
     from azext_edgetpm.dps.discovery import ENROLLMENT_WRITE
     from azext_edgetpm.operations.enroll import EnrollOptions, enroll
     from azext_edgetpm.operations.identify import identify, identity_from_key
+    bundle = factory.ek_ca_bundle(ek_ca_bundle)
     client = _dps_client(cmd, dps_name, resource_group_name, login, auth_type, ENROLLMENT_WRITE)
     if host:
         opts = factory.ssh_options(host, ssh_user, ssh_port, ssh_key, ssh_config, known_hosts, accept_new_host_key,
                                    ssh_timeout)
+        # With --ek-ca-bundle a device whose EK certificate fails is refused here, before DPS is written.
         with opts.session() as session:
-            identity = identify(session, tcti=tcti, create=True, id_format=id_format)
+            identity = identify(session, tcti=tcti, create=True, id_format=id_format, ek_ca_bundle=bundle)
     else:
         identity = identity_from_key(endorsement_key, id_format)
     options = EnrollOptions(registration_id=registration_id, device_id=device_id, edge_enabled=edge_enabled,
@@ -137,8 +142,9 @@ def install_settings(id_scope, global_endpoint=None, registration_id=None, packa
         proxy=proxy_mod.parse(proxy, no_proxy, ca_pem))
 
 
-def edge_install(cmd, host, id_scope=None, registration_id=None, dps_name=None, resource_group_name=None,
-                 login=None, global_endpoint=None, package_source=None, offline_packages=None, edge_version=None,
+def edge_install(cmd, host, id_scope=None, registration_id=None,  # pylint: disable=too-many-locals
+                 dps_name=None, resource_group_name=None, global_endpoint=None, package_source=None,
+                 offline_packages=None, edge_version=None,
                  log_driver="local", payload=None, auto_reprovisioning_mode=None, tpm_access="udev", tcti=None,
                  dry_run=False, ssh_user=None, ssh_port=None, ssh_key=None, ssh_config=None, known_hosts=None,
                  accept_new_host_key=False, ssh_timeout=None, id_format="sha256", proxy=None, no_proxy=None,
@@ -164,8 +170,8 @@ def edge_install(cmd, host, id_scope=None, registration_id=None, dps_name=None, 
     return result.to_output()
 
 
-def edge_status(cmd, host, ssh_user=None, ssh_port=None, ssh_key=None, ssh_config=None, known_hosts=None,
-                accept_new_host_key=False, ssh_timeout=None):
+def edge_status(cmd, host, ssh_user=None, ssh_port=None,  # pylint: disable=unused-argument
+                ssh_key=None, ssh_config=None, known_hosts=None, accept_new_host_key=False, ssh_timeout=None):
     from azext_edgetpm.operations.status import status
     opts = factory.ssh_options(host, ssh_user, ssh_port, ssh_key, ssh_config, known_hosts, accept_new_host_key,
                                ssh_timeout)
@@ -175,7 +181,8 @@ def edge_status(cmd, host, ssh_user=None, ssh_port=None, ssh_key=None, ssh_confi
 
 # -- provision: the whole procedure, for one device or a fleet -----------------------------------
 
-def provision(cmd, host=None, inventory=None, inventory_format=None, limit=None, dps_name=None,
+def provision(cmd, host=None,  # pylint: disable=too-many-locals,too-many-statements
+              inventory=None, inventory_format=None, limit=None, dps_name=None,
               resource_group_name=None, login=None, auth_type=None, id_scope=None, global_endpoint=None,
               ssh_user=None, ssh_port=None, ssh_key=None, ssh_config=None, known_hosts=None,
               accept_new_host_key=False, ssh_timeout=None, tcti=None, id_format="sha256", registration_id=None,
@@ -184,7 +191,7 @@ def provision(cmd, host=None, inventory=None, inventory_format=None, limit=None,
               offline_packages=None, edge_version=None, log_driver="local", payload=None,
               auto_reprovisioning_mode=None, tpm_access="udev", max_parallel=None, state=None, retry_failed=False,
               only=None, shard=None, dps_ops_per_minute=None, dps_registrations_per_minute=None,
-              wait_timeout=None, proxy=None, no_proxy=None, proxy_ca=None):
+              wait_timeout=None, proxy=None, no_proxy=None, proxy_ca=None, ek_ca_bundle=None):
     import dataclasses
     import os
     from azure.cli.core.azclierror import RequiredArgumentMissingError
@@ -213,6 +220,7 @@ def provision(cmd, host=None, inventory=None, inventory_format=None, limit=None,
     if only:
         devices = _only(devices, only)
 
+    bundle = factory.ek_ca_bundle(ek_ca_bundle)
     target = factory.dps_target(cmd, dps_name, resource_group_name, login, auth_type, ENROLLMENT_WRITE)
     id_scope, global_endpoint = factory.device_endpoint(target, id_scope, global_endpoint)
     if not id_scope:
@@ -244,7 +252,8 @@ def provision(cmd, host=None, inventory=None, inventory_format=None, limit=None,
     report, controller = factory.progress_reporter(cmd, len(jobs))
     progress = Progress(len(jobs), report)
     with factory.dps_client(cmd, target, budget=budget, pool_size=parallel + 2) as client:
-        services = ProvisionServices(client=client, enroller=BulkEnroller(client, expected=todo), budget=budget)
+        services = ProvisionServices(client=client, enroller=BulkEnroller(client, expected=todo), budget=budget,
+                                     ek_ca_bundle=bundle)
         runner = Runner(pipeline(), services, journal, max_parallel=parallel, progress=progress)
         try:
             with _stop_on_sigterm():
@@ -334,8 +343,9 @@ class _Fleet:
     """The devices of a lifecycle command (--host, or an inventory with --shard/--only/--retry-failed),
     its journal, and a runner over them; shared by deprovision, reprovision and rekey."""
 
-    def __init__(self, cmd, verb, host, inventory, inventory_format, limit, shard, only, retry_failed, state,
-                 max_parallel, registration_id, ssh, tcti, id_format, dry_run):
+    def __init__(self, cmd, verb, host, inventory, inventory_format,  # pylint: disable=too-many-locals
+                 limit, shard, only, retry_failed, state, max_parallel, registration_id, ssh, tcti, id_format,
+                 dry_run):
         import dataclasses
         from azext_edgetpm.fleet import inventory as inv
         from azext_edgetpm.fleet.jobs import lifecycle_job_for
@@ -424,7 +434,8 @@ def _what(fleet, host):
     return host if len(fleet.jobs) == 1 and not fleet.inventory else f"{len(fleet.jobs)} devices"
 
 
-def deprovision(cmd, host=None, inventory=None, inventory_format=None, limit=None, registration_id=None,
+def deprovision(cmd, host=None,  # pylint: disable=too-many-locals
+                inventory=None, inventory_format=None, limit=None, registration_id=None,
                 mode="disable", uninstall=False, keep_device=False, require_device=False, delete_hub_device=False,
                 dry_run=False, yes=False,
                 dps_name=None, resource_group_name=None, login=None, auth_type=None, ssh_user=None, ssh_port=None,
@@ -460,7 +471,8 @@ def deprovision(cmd, host=None, inventory=None, inventory_format=None, limit=Non
                         "done")
 
 
-def reprovision(cmd, host=None, inventory=None, inventory_format=None, limit=None, registration_id=None,
+def reprovision(cmd, host=None,  # pylint: disable=too-many-locals
+                inventory=None, inventory_format=None, limit=None, registration_id=None,
                 iot_hubs=None, allocation_policy=None, initial_twin_tags=None, timeout=None, dry_run=False, yes=False,
                 dps_name=None, resource_group_name=None, login=None, auth_type=None, ssh_user=None, ssh_port=None,
                 ssh_key=None, ssh_config=None, known_hosts=None, accept_new_host_key=False, ssh_timeout=None,
@@ -504,7 +516,8 @@ def reprovision(cmd, host=None, inventory=None, inventory_format=None, limit=Non
         h, rec, status, dry_run=bool(dry_run), seconds=secs), "assigned")
 
 
-def rekey(cmd, host=None, inventory=None, inventory_format=None, limit=None, registration_id=None, timeout=None,
+def rekey(cmd, host=None,  # pylint: disable=too-many-locals
+          inventory=None, inventory_format=None, limit=None, registration_id=None, timeout=None,
           dry_run=False, yes=False, dps_name=None, resource_group_name=None, login=None, auth_type=None,
           ssh_user=None, ssh_port=None, ssh_key=None, ssh_config=None, known_hosts=None, accept_new_host_key=False,
           ssh_timeout=None, tcti=None, id_format="sha256", max_parallel=None, state=None, retry_failed=False,
@@ -520,8 +533,9 @@ def rekey(cmd, host=None, inventory=None, inventory_format=None, limit=None, reg
                             "their TPM holds now?", False):
                 return None
         else:
-            def confirm(question):
+            def ask(question):
                 return _confirm(question, False)
+            confirm = ask
     client, budget = _lifecycle_client(cmd, dps_name, resource_group_name, login, auth_type, fleet.parallel,
                                        dps_ops_per_minute, dps_registrations_per_minute)
     services = op.RekeyServices(client=client, dry_run=bool(dry_run), timeout=float(timeout or 300),

@@ -33,12 +33,44 @@ if [ ! -f .venv/.bootstrapped ] || [ requirements-dev.txt -nt .venv/.bootstrappe
   .venv/bin/pip install "${PIP_FLAGS[@]}" -e . --no-deps
   touch .venv/.bootstrapped
 fi
+# The azure-cli release the extension declares as its minimum (azext.minCliCoreVersion): the
+# other environments are built on it, so the tests run against that version.
+MIN_CLI=$("$PY" -c 'import json; print(json.load(open("azext_edgetpm/azext_metadata.json"))["azext.minCliCoreVersion"])')
+
+# .venv-notss: a clean azure-cli where tpm2-pytss cannot be built (no pkg-config data for the TSS
+# libraries, as in Cloud Shell or az's Docker image); the extension's wheel goes in with the real
+# `az extension add` (azext_edgetpm/tests/latest/test_install.py).
 if [ ! -x .venv-notss/bin/python ]; then
   "$PY" -m venv .venv-notss
 fi
-if [ ! -f .venv-notss/.bootstrapped ] || [ scripts/bootstrap.sh -nt .venv-notss/.bootstrapped ]; then
-  echo "bootstrap: pip install azure-cli-core msrest azure-common paramiko tomlkit (into .venv-notss, no tpm2-pytss)"
+if [ "$(cat .venv-notss/.bootstrapped 2>/dev/null)" != "azure-cli==$MIN_CLI" ] || [ scripts/bootstrap.sh -nt .venv-notss/.bootstrapped ]; then
+  echo "bootstrap: pip install azure-cli==$MIN_CLI (into .venv-notss, no tpm2-pytss)"
   .venv-notss/bin/pip install "${PIP_FLAGS[@]}" --upgrade pip wheel
-  .venv-notss/bin/pip install "${PIP_FLAGS[@]}" "azure-cli-core==2.91.0" msrest azure-common paramiko tomlkit
-  touch .venv-notss/.bootstrapped
+  PKG_CONFIG_LIBDIR=/nonexistent .venv-notss/bin/pip install "${PIP_FLAGS[@]}" "azure-cli==$MIN_CLI"
+  if .venv-notss/bin/python -c "import tpm2_pytss" 2>/dev/null; then
+    .venv-notss/bin/pip uninstall -q -y tpm2-pytss
+  fi
+  echo "azure-cli==$MIN_CLI" > .venv-notss/.bootstrapped
+fi
+
+# .wheelhouse: the extension's own dependencies as wheels, so that `az extension add` in the
+# tests installs the wheel without reaching a package index.
+if [ ! -f .wheelhouse/.bootstrapped ] || [ setup.py -nt .wheelhouse/.bootstrapped ]; then
+  echo "bootstrap: pip download the extension's dependencies (into .wheelhouse)"
+  rm -rf .wheelhouse
+  .venv/bin/pip download "${PIP_FLAGS[@]}" --no-build-isolation -d .wheelhouse .
+  touch .wheelhouse/.bootstrapped
+fi
+
+# .venv-azdev: azdev (the Azure CLI's developer tool: linter and style checks) with azure-cli-core
+# of the same release and the libraries the extension imports; scripts/azdev_offline.py runs it.
+AZDEV_VERSION=0.2.13
+if [ ! -x .venv-azdev/bin/python ]; then
+  "$PY" -m venv .venv-azdev
+fi
+if [ "$(cat .venv-azdev/.bootstrapped 2>/dev/null)" != "azdev==$AZDEV_VERSION azure-cli-core==$MIN_CLI" ] || [ scripts/bootstrap.sh -nt .venv-azdev/.bootstrapped ]; then
+  echo "bootstrap: pip install azdev==$AZDEV_VERSION azure-cli-core==$MIN_CLI (into .venv-azdev)"
+  .venv-azdev/bin/pip install "${PIP_FLAGS[@]}" --upgrade pip wheel
+  .venv-azdev/bin/pip install "${PIP_FLAGS[@]}" "azdev==$AZDEV_VERSION" "azure-cli-core==$MIN_CLI" paramiko tomlkit
+  echo "azdev==$AZDEV_VERSION azure-cli-core==$MIN_CLI" > .venv-azdev/.bootstrapped
 fi

@@ -71,9 +71,11 @@ def _retry_after(value) -> Optional[float]:
     return seconds if 0 <= seconds <= 3600 else None
 
 
-def error_from_response(response, operation: str, target: Optional[DpsTarget] = None) -> Exception:
+def error_from_response(response, operation: str, target: Optional[DpsTarget] = None,
+                        credential_accepted: bool = False) -> Exception:
     """One azclierror for a failed DPS answer; the error keeps `.dps` (status, errorCode,
-    message, trackingId) for callers that act on it."""
+    message, trackingId) for callers that act on it. `credential_accepted`: DPS already accepted
+    this credential for another operation, so a 401 means a missing right, not a wrong key."""
     d = _dps_details(response)
     status, code = d["status"], d["errorCode"]
     detail = f"{d['message']} (HTTP {status}"
@@ -91,9 +93,18 @@ def error_from_response(response, operation: str, target: Optional[DpsTarget] = 
         err = InvalidArgumentValueError(f"Endorsement key is invalid: {detail}", _HOW_TO_READ_EK)
     elif status == 400:
         err = BadRequestError(text, "Check the values given; `az edge-tpm enrollment create -h` lists them.")
+    elif status == 401 and credential_accepted:
+        # DPS answers 401 (not 403) when a valid credential lacks the right for the operation.
+        err = UnauthorizedError(text, f"DPS accepted {how} for other operations but not to {operation}: it lacks "
+                                      "the right. Use a shared access policy with EnrollmentWrite for enrollment "
+                                      "changes (EnrollmentRead to read, RegistrationStatusRead for registration "
+                                      "states), or with --auth-type login the 'Device Provisioning Service Data "
+                                      "Contributor' role.")
     elif status == 401:
-        err = UnauthorizedError(text, f"DPS did not accept {how}. With --login, copy the connection string again; "
-                                      "with --auth-type login, run `az login` again.")
+        err = UnauthorizedError(text, f"DPS did not accept {how}: with --login, the key may be wrong or regenerated "
+                                      "(copy the connection string again) or the policy may lack the right for this "
+                                      "operation; with --auth-type login, run `az login` again or check the "
+                                      "identity's role on the DPS.")
     elif status == 403:
         err = ForbiddenError(text, f"{how} lacks the right for this. Use a policy with EnrollmentWrite (or, with "
                                    "--auth-type login, the 'Device Provisioning Service Data Contributor' role).")
@@ -159,13 +170,15 @@ def pipeline_client(endpoint: str, auth, cli_ctx=None, retry_total: int = 10, re
 class DpsClient:
     """Service API calls for one DPS target."""
 
-    def __init__(self, target: DpsTarget, cli_ctx=None, retry_total: int = 10, retry_backoff_factor: float = 0.8,
+    def __init__(self, target: DpsTarget, cli_ctx=None,  # pylint: disable=too-many-locals
+                 retry_total: int = 10, retry_backoff_factor: float = 0.8,
                  connection_timeout: float = 20, read_timeout: float = 60, transport=None, budget=None,
                  pool_size=None):
         from azure.core.pipeline.policies import BearerTokenCredentialPolicy
         from azext_edgetpm.dps.auth import DPS_SCOPE, SasAuthenticationPolicy
         self.target = target
         self.endpoint = f"https://{target.host}"
+        self.credential_accepted = False  # set once DPS answers anything but 401/403
         if target.auth_type == "key":
             auth = SasAuthenticationPolicy(target.credential, target.host)
         else:
@@ -199,8 +212,11 @@ class DpsClient:
             response = self._client.send_request(request, **options)
         except (ServiceRequestError, ServiceResponseError, RequestException) as exc:
             raise _connection_error(self.target, exc) from exc
+        accepted_before = self.credential_accepted
+        if response.status_code not in (401, 403):
+            self.credential_accepted = True  # (a 404 or 409 too: DPS checked the credential first)
         if response.status_code not in ok:
-            raise error_from_response(response, operation, self.target)
+            raise error_from_response(response, operation, self.target, accepted_before)
         return response
 
     @staticmethod
@@ -318,4 +334,3 @@ def _connection_error(target: DpsTarget, exc: Exception) -> Exception:
                                "Check the network path (proxy settings, DNS, firewall) to the DPS and retry.")
     err.transient = True
     return err
-

@@ -94,10 +94,19 @@ def _host_from_login(login: str) -> Tuple[str, dict]:
 def resolve_target(cmd, dps_name: Optional[str] = None, resource_group: Optional[str] = None,
                    login: Optional[str] = None, auth_type: Optional[str] = None,
                    rights=ENROLLMENT_WRITE) -> DpsTarget:
-    """The one place that turns the target arguments into a DpsTarget."""
+    """The one place that turns the target arguments into a DpsTarget. Values az took from
+    `az configure --defaults` (marked is_default) give way to typed ones and are never an error
+    by their mere presence: a configured DPS name with --login, a configured group without a DPS."""
+    configured = getattr(auth_type, "is_default", False)
     auth_type = str(auth_type or "key").lower()
     if auth_type not in AUTH_TYPES:
+        if configured:
+            raise InvalidArgumentValueError(
+                f"The configured default auth type {auth_type!r} is neither key nor login.",
+                "Fix it with `az configure --defaults iotdps-data-auth-type=login` (or =key), or pass --auth-type.")
         raise InvalidArgumentValueError(f"Unknown --auth-type {auth_type!r}.", "Use --auth-type key or login.")
+    if dps_name and login and getattr(dps_name, "is_default", False):
+        dps_name = None  # a typed --login wins over a configured default DPS
     if dps_name and login:
         raise MutuallyExclusiveArgumentError("--dps-name and --login cannot be used together.",
                                              "Name the DPS with --dps-name [-g] (found through ARM with your "
@@ -270,7 +279,7 @@ def _target_from_arm(cmd, dps_name, resource_group, auth_type, rights) -> DpsTar
         raise ResourceNotFoundError(f"The DPS {dps_name!r} reports no service operations host name.",
                                     "Wait until it is fully provisioned (provisioningState Succeeded) and retry.")
     subscription = client._config.subscription_id  # pylint: disable=protected-access
-    common = dict(source="arm", name=resource.name, resource_group=group, subscription=subscription,
+    common = dict(source="arm", name=resource.name, resource_group=group, subscription=subscription,  # pylint: disable=use-dict-literal
                   id_scope=props.id_scope, device_host=props.device_provisioning_host_name, host=host.lower())
     if auth_type == "login":
         logger.info("Using the az login identity (Entra ID) for the DPS %s.", host)

@@ -134,4 +134,3 @@ def update_enrollments(client: DpsClient, specs: Dict[str, EnrollmentSpec], dry_
             else:
                 out[rid] = Change(CHANGED, "changed " + ", ".join(item["changes"]), {"changes": item["changes"]})
     return out
-

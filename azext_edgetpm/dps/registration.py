@@ -26,9 +26,19 @@ FAILED_STATES = ("failed", "disabled")
 class RegistrationFailedError(AzureResponseError):
     """DPS reports the registration as failed or disabled; `.state` holds what it said."""
 
+    def __init__(self, error_msg, recommendation=None, state=None):
+        super().__init__(error_msg, recommendation)
+        self.state = state
+
 
 class RegistrationTimeoutError(UnclassifiedUserFault):
-    """The device was not assigned within the timeout; `.state` holds the last state seen."""
+    """The device was not assigned within the timeout; `.state` holds the last state seen,
+    `.last_error` the last error of a poll (or None)."""
+
+    def __init__(self, error_msg, recommendation=None, state=None, last_error=None):
+        super().__init__(error_msg, recommendation)
+        self.state = state
+        self.last_error = last_error
 
 
 def _failure(state: dict) -> RegistrationFailedError:
@@ -50,9 +60,7 @@ def _failure(state: dict) -> RegistrationFailedError:
                "<device> --force`.")
     else:
         how = "Fix the cause DPS names, then let the device register again (`sudo iotedge config apply`)."
-    err = RegistrationFailedError(text, how)
-    err.state = state
-    return err
+    return RegistrationFailedError(text, how, state=state)
 
 
 def _transient(exc: Exception) -> bool:
@@ -125,15 +133,14 @@ def wait_for_assignment(client: DpsClient, registration_id: str, timeout: float 
                     f"{attempts} polls ({polls} answered) failed: {_describe(last_error)}{seen}.",
                     list(getattr(last_error, "recommendations", None) or [])
                     + ["Run `az edge-tpm registration wait` again once DPS answers; the device keeps "
-                       "registering on its own meanwhile."])
+                       "registering on its own meanwhile."], state=state, last_error=last_error)
             else:
                 err = RegistrationTimeoutError(
                     f"The device {registration_id!r} was not assigned within {timeout:g} s "
                     f"({polls} polls); it {now_text}.",
                     "Check that the device runs IoT Edge with this ID scope and registration ID "
-                    "(`sudo iotedge system logs` / `iotedge check` on the device), or wait longer with --timeout.")
-            err.state = state
-            err.last_error = last_error
+                    "(`sudo iotedge system logs` / `iotedge check` on the device), or wait longer with --timeout.",
+                    state=state)
             raise err
         sleep(min(delay, remaining))
 

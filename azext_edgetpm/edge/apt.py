@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional
 
 from azure.cli.core.azclierror import (
-    FileOperationError, InvalidArgumentValueError, ResourceNotFoundError, UnclassifiedUserFault)
+    FileOperationError, InvalidArgumentValueError, UnclassifiedUserFault)
 
 from azext_edgetpm.echo import shown
 
@@ -82,8 +82,8 @@ def match_version(wanted: str, versions: List[str]) -> Optional[str]:
     if wanted in versions:
         return wanted
     for version in versions:
-        upstream = version.split(":", 1)[-1].rsplit("-", 1)[0]
-        if upstream == wanted:
+        upstream_version = version.split(":", 1)[-1].rsplit("-", 1)[0]
+        if upstream_version == wanted:
             return version
     return None
 
@@ -291,7 +291,8 @@ def read_deb(path: str) -> DebFile:
         with open(path, "rb") as handle:
             data = handle.read()
     except OSError as exc:
-        raise FileOperationError(f"Cannot read {path}: {exc.strerror}.", "Check the --offline-packages directory.")
+        raise FileOperationError(f"Cannot read {path}: {exc.strerror}.",
+                                 "Check the --offline-packages directory.") from exc
     control = _control_text(data)
     fields = {}
     if control:
@@ -318,7 +319,7 @@ def read_offline_dir(directory: str, arch: str, edge_version: Optional[str] = No
     debs = [read_deb(os.path.join(directory, n)) for n in sorted(os.listdir(directory)) if n.endswith(".deb")]
     debs = [d for d in debs if d.architecture in ("all", arch)]
     if not debs:
-        raise ResourceNotFoundError(f"--offline-packages {shown(directory)} holds no .deb file for {arch}.",
+        raise FileOperationError(f"--offline-packages {shown(directory)} holds no .deb file for {arch}.",
                                     "Download moby-engine, aziot-identity-service and aziot-edge for the device's "
                                     "distribution and architecture into that directory.")
     by_name: Dict[str, List[DebFile]] = {}

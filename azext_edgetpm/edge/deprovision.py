@@ -64,7 +64,6 @@ class RuntimeStopStep(Step):
             raise DeviceError(f"{', '.join(still)} still running on {ctx.display} after iotedge system stop.",
                                         "Look at `sudo iotedge system status` on the device, then run the command "
                                         "again.")
-        return None
 
 
 class ConfigResetStep(Step):
@@ -115,7 +114,6 @@ class ConfigResetStep(Step):
             raise DeviceError(f"The IoT Edge configuration of {ctx.display} is still provisioned after "
                                         "the reset.", "Run the command again; if it persists, look at /etc/aziot "
                                                       "on the device.")
-        return None
 
 
 class UninstallStep(Step):
@@ -142,7 +140,6 @@ class UninstallStep(Step):
         if left:
             raise DeviceError(f"{', '.join(left)} still installed on {ctx.display} after apt-get purge.",
                                         "Look at `dpkg -l 'aziot*'` on the device, then run the command again.")
-        return None
 
 
 STEPS = (RuntimeStopStep, ConfigResetStep, UninstallStep)

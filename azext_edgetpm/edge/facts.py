@@ -173,4 +173,3 @@ def gather(session, files: Iterable[str], init_scripts: Iterable[str] = ("docker
             "Check that the device runs a Debian-based Linux with /bin/sh, dpkg and base64, then run again "
             "with --debug for details.")
     return parse(result.stdout)
-

@@ -119,6 +119,17 @@ KNOWN_FAILURES = (
         "Add the passwords under [tpm.hierarchy_authorization] (owner, endorsement) in /etc/aziot/config.toml, "
         "or clear them on the device, then run iotedge config apply."),
     KnownFailure(
+        # Before dps-unreachable and dps-auth: a TPM service that did not start makes the identity
+        # service fail to provision too ("Connection refused" on its socket, "DPS client error"),
+        # and the way out is on the device, not in DPS.
+        "tpm-service", r"aziot-tpmd is not running|could not get TPM keys|Failed to start.{0,40}(?:aziot-tpmd|"
+                       r"TPM Service)|aziot-tpmd\.service.{0,40}(?:failed|exited)|tpmd\.sock.{0,60}"
+                       r"(?:Connection refused|No such file)",
+        "The TPM service (aziot-tpmd) is not running, so the identity service cannot use the TPM.",
+        "Find why aziot-tpmd stopped (`iotedge system logs` on the device, often its [tpm] tcti or the aziottpm "
+        "user's access to /dev/tpmrm0): fix --tcti or --tpm-access with az edge-tpm install, then run "
+        "`sudo iotedge config apply`."),
+    KnownFailure(
         "dps-unreachable", r"name resolution|Name or service not known|Could not resolve|Connection refused|"
                            r"Connection timed out|timed out|No route to host|Network is unreachable|"
                            r"CERTIFICATE_VERIFY_FAILED|certificate verify failed|SSL.{0,20}error",
@@ -204,6 +215,8 @@ def provisioning(lines: List[str]) -> dict:
     if state == "failed":
         result["error"] = cause or message
         problems = diagnose([line for line in lines if "identityd" in line or "tpmd" in line][-50:])
+        # A cause on the device comes before DPS's refusal, which is often only its consequence.
+        problems.sort(key=lambda p: p["kind"] == "dps-auth")
         result["recommendation"] = (problems[0]["recommendation"] if problems else
                                     "Run iotedge system logs on the device for details.")
     return result

@@ -25,7 +25,7 @@ def install(session, settings: InstallSettings, read_registration_id: Optional[C
     except Exception as exc:  # pylint: disable=broad-except  # run_steps' failure, with its report
         if getattr(exc, "report", None) is None:
             raise
-        failure, report = exc, exc.report
+        failure, report = exc, getattr(exc, "report")
     changed = any(s["status"] == CHANGED for s in report)
     result = {
         "device": ctx.display,
@@ -57,7 +57,9 @@ def _summary(report, dry_run: bool) -> str:
         names = [s["name"] for s in report if s["status"] == WOULD_CHANGE]
         return ("dry run: would change " + ", ".join(names)) if names else "dry run: nothing to change"
     names = [s["name"] for s in report if s["status"] == CHANGED]
-    return ("changed " + ", ".join(names)) if names else "nothing changed: the device was already installed and configured"
+    if names:
+        return "changed " + ", ".join(names)
+    return "nothing changed: the device was already installed and configured"
 
 
 def _runtime_view(report: Optional[dict]) -> Optional[dict]:
@@ -71,11 +73,11 @@ def _runtime_view(report: Optional[dict]) -> Optional[dict]:
 
 def status(session) -> dict:
     """Health of IoT Edge on a device, read-only."""
-    from azure.cli.core.azclierror import ResourceNotFoundError
+    from azure.cli.core.azclierror import ValidationError
     facts = facts_mod.gather(session, [configtoml.CONFIG_PATH])
     display = session.target.display
     if not facts.has("iotedge") or not facts.installed("aziot-edge"):
-        raise ResourceNotFoundError(f"IoT Edge is not installed on {display}.",
+        raise ValidationError(f"IoT Edge is not installed on {display}.",
                                     f"Install it with az edge-tpm install --host {session.target.alias} ...")
     config = facts.file(configtoml.CONFIG_PATH)
     behind_proxy = bool(config and configtoml.agent_proxy_url(config.text))

@@ -61,7 +61,7 @@ class Step:
     def apply(self, ctx: "Context", check: Check) -> str:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def verify(self, ctx: "Context", check: Check) -> Optional[str]:
+    def verify(self, ctx: "Context", check: Check) -> Optional[str]:  # pylint: disable=unused-argument
         return None
 
 

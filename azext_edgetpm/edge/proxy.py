@@ -65,8 +65,8 @@ class Proxy:
         """What the runtime's daemons and containers get (Basic auth from the URL only)."""
         if self.user is None:
             return f"http://{self.hostport}"
-        quote = lambda v: urllib.parse.quote(v, safe="")  # noqa: E731
-        return f"http://{quote(self.user)}:{quote(self.password or '')}@{self.hostport}"
+        user, password = (urllib.parse.quote(v, safe="") for v in (self.user, self.password or ""))
+        return f"http://{user}:{password}@{self.hostport}"
 
     @property
     def display(self) -> str:
@@ -137,7 +137,8 @@ def _check_ca(pem: bytes) -> None:
         certs = x509.load_pem_x509_certificates(pem)
     except ValueError as exc:
         raise InvalidArgumentValueError(f"--proxy-ca is not a PEM certificate: {exc}",
-                                        "Give the PEM file of the proxy's root CA (-----BEGIN CERTIFICATE-----).")
+                                        "Give the PEM file of the proxy's root CA (-----BEGIN CERTIFICATE-----)."
+                                        ) from exc
     if not certs:
         raise InvalidArgumentValueError("--proxy-ca holds no certificate.", "Give the proxy's root CA as PEM.")
 

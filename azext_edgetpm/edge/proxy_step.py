@@ -99,4 +99,3 @@ class ProxyStep(Step):
         if left:
             raise FileOperationError(f"{', '.join(left)} on {ctx.display} did not read back as written.",
                                      "Check the files on the device and run the command again.")
-        return None

@@ -10,14 +10,13 @@
                    TPM reached over TCP
 7 runtime          iotedge config apply when needed, then status / check / logs verified
 """
-import hashlib
 import json
 import shlex
 import time
 from typing import List, Optional
 
 from azure.cli.core.azclierror import (
-    FileOperationError, ResourceNotFoundError, UnclassifiedUserFault, ValidationError)
+    FileOperationError, UnclassifiedUserFault, ValidationError)
 
 from . import apt, configtoml, health, platform, proxy as proxy_mod, runtime
 from .plan import Check, Context, Step
@@ -112,7 +111,7 @@ def ensure_candidates(ctx: Context, names: List[str]) -> dict:
     if missing:
         if ctx.full_update_result is not None and not ctx.full_update_result.ok:
             apt.raise_for(ctx.full_update_result, "apt-get update", ctx.display)
-        raise ResourceNotFoundError(
+        raise ValidationError(
             f"{', '.join(missing)} cannot be installed on {ctx.display}: no package source of the device offers it.",
             "Point --package-source at a repository (mirror base URL or apt line) that has IoT Edge's packages "
             "for this distribution, or install from .deb files with --offline-packages DIR.")
@@ -147,6 +146,9 @@ class OsStep(Step):
         init = ServiceManager.detect(f).describe()
         return Check(detail=f"{ctx.platform.pretty_name} ({ctx.platform.arch}); {init}")
 
+    def apply(self, ctx, check):
+        raise NotImplementedError("the os step only checks: its Check never asks for a change")
+
 
 # -- 2 --------------------------------------------------------------------------------------------------
 def is_apt_line(value: Optional[str]) -> bool:
@@ -160,7 +162,7 @@ def config_package_url(source: Optional[str], plat) -> str:
         return plat.microsoft_config_url
     if source.endswith(".deb"):
         return source
-    return (f"{source.rstrip('/')}/config/{plat.repo_distro}/{plat.version}/packages-microsoft-prod.deb")
+    return f"{source.rstrip('/')}/config/{plat.repo_distro}/{plat.version}/packages-microsoft-prod.deb"
 
 
 class PackageSourceStep(Step):
@@ -252,7 +254,6 @@ class PackageSourceStep(Step):
         if missing:
             raise UnclassifiedUserFault(f"After installing, {', '.join(missing)} is still not installed on "
                                         f"{ctx.display}.", "Run apt-get install on the device to see why.")
-        return None
 
     @staticmethod
     def _write_list(ctx, text):
@@ -293,7 +294,7 @@ class PackageSourceStep(Step):
             f"{apt.APT_ENV} dpkg --force-confdef --force-confold -i \"$F\"")
         result = ctx.run(script, timeout=600)
         if result.rc == 3 and "no curl" in result.stderr:
-            raise ResourceNotFoundError(f"{ctx.display} has no curl, wget or python3 to download {url} with.",
+            raise ValidationError(f"{ctx.display} has no curl, wget or python3 to download {url} with.",
                                         "Install curl on the device, or use --offline-packages DIR.")
         apt.raise_for(result, f"Installing the package repository configuration from {url}", ctx.display)
 
@@ -411,7 +412,6 @@ class ContainerEngineStep(Step):
             if current is None or json.loads(current.text).get("log-driver") != ctx.settings.log_driver:
                 raise FileOperationError(f"{DAEMON_JSON} on {ctx.display} does not have the log driver set.",
                                          "Check the file on the device and run the command again.")
-        return None
 
 
 # -- 4 --------------------------------------------------------------------------------------------------
@@ -444,7 +444,7 @@ class IotEdgeStep(Step):
             if edge_full is None:
                 if not found["aziot-edge"]["versions"] and not ctx.updated_sources:
                     update_sources(ctx)
-                raise ResourceNotFoundError(
+                raise ValidationError(
                     f"aziot-edge {pin} is not offered by the package source of {ctx.display} "
                     f"(available: {', '.join(found['aziot-edge']['versions']) or 'none'}).",
                     "Pick one of the available versions for --edge-version, or omit it for the latest.")
@@ -468,7 +468,6 @@ class IotEdgeStep(Step):
         if pin and not apt.match_version(pin, [edge]):
             raise UnclassifiedUserFault(f"aziot-edge {edge} is installed on {ctx.display}, not {pin}.",
                                         "Check that the package source offers that version.")
-        return None
 
 
 # -- 5 --------------------------------------------------------------------------------------------------
@@ -479,7 +478,7 @@ class ConfigStep(Step):
     def _registration_id(self, ctx) -> Optional[str]:
         try:
             return ctx.registration_id(create=not ctx.dry_run)
-        except (ResourceNotFoundError, UnclassifiedUserFault) as exc:
+        except (ValidationError, UnclassifiedUserFault) as exc:
             if ctx.dry_run:
                 ctx.extra["registration_id_pending"] = str(exc)
                 return None
@@ -580,7 +579,6 @@ class ConfigStep(Step):
         if wrong or not isinstance(summary["authKeyIndex"], int):
             raise FileOperationError(f"{configtoml.CONFIG_PATH} on {ctx.display} reads back differently: {wrong}.",
                                      "Report this as a bug of az edge-tpm, with the file's content.")
-        return None
 
 
 # -- 6 --------------------------------------------------------------------------------------------------
@@ -604,7 +602,7 @@ class TpmAccessStep(Step):
         if "aziottpm" not in f.users:
             if ctx.dry_run:
                 return Check(changes=[f"give aziottpm access to {', '.join(f.tpm_devices)} ({mode})"])
-            raise ResourceNotFoundError(f"The aziottpm user does not exist on {ctx.display}.",
+            raise ValidationError(f"The aziottpm user does not exist on {ctx.display}.",
                                         "Reinstall aziot-identity-service on the device; it creates the user.")
         changes, data = [], {"mode": mode}
         if mode == "udev":
@@ -618,7 +616,7 @@ class TpmAccessStep(Step):
                 data["trigger"] = True
         elif mode == "tss-group":
             if "tss" not in f.groups:
-                raise ResourceNotFoundError(f"{ctx.display} has no tss group.",
+                raise ValidationError(f"{ctx.display} has no tss group.",
                                             "Install tpm2-tools (its tpm-udev rules create the tss group), or use "
                                             "--tpm-access udev.")
             if "tss" not in f.users["aziottpm"]:
@@ -673,7 +671,6 @@ class TpmAccessStep(Step):
         elif mode == "tss-group" and "tss" not in f.users.get("aziottpm", []):
             raise UnclassifiedUserFault(f"aziottpm is not in the tss group on {ctx.display}.",
                                         "Add it on the device: usermod -aG tss aziottpm.")
-        return None
 
 
 def _owner_ok(st: dict) -> bool:
@@ -696,7 +693,7 @@ class RuntimeStep(Step):
         if ctx.dry_run and (upstream_changes or not f.has("iotedge")):
             return Check(changes=["run iotedge config apply, then check the runtime"])
         if not f.has("iotedge"):
-            raise ResourceNotFoundError(f"iotedge is not installed on {ctx.display}.",
+            raise ValidationError(f"iotedge is not installed on {ctx.display}.",
                                         "Run the command again: the iotedge step installs it.")
         reasons = [f"{n} changed" for n in upstream_changes]
         config_mtime = f.mtimes.get(configtoml.CONFIG_PATH) or (f.file(configtoml.CONFIG_PATH).mtime
@@ -805,7 +802,8 @@ class RuntimeStep(Step):
         (yet) assign is reported, since its enrollment may come later."""
         problem = runtime.first_problem(report)
         check = report.get("checks") or {"errors": [], "problems": []}
-        config_errors = [p for p in check["problems"] if p["id"] in _CONFIG_CHECKS and p["result"] in ("error", "fatal")]
+        config_errors = [p for p in check["problems"]
+                         if p["id"] in _CONFIG_CHECKS and p["result"] in ("error", "fatal")]
         local = problem and problem["kind"] not in ("dps-auth",)
         if config_errors or (not report["healthy"] and local):
             first = config_errors[0] if config_errors else None

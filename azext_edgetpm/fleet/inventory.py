@@ -276,7 +276,8 @@ def validate(rows, defaults: dict, strict_columns: bool = True, base_dir: str = 
         if strict_columns:
             unknown = [str(k) for k in row if k not in COLUMNS and k not in header_unknown]
             if unknown:
-                issues.append("unknown column" + ("s " if len(unknown) > 1 else " ") + ", ".join(shown(u) for u in unknown))
+                issues.append("unknown column" + ("s " if len(unknown) > 1 else " ")
+                              + ", ".join(shown(u) for u in unknown))
         values = {c: row.get(c) if row.get(c) not in (None, "") else defaults.get(c) for c in COLUMNS}
         # user@ and :port written in the host itself beat the defaults (not the row's own columns)
         values["user"] = _text(row.get("user")) or ("@" if "@" in str(row.get("host") or "") else None) \
@@ -290,7 +291,8 @@ def validate(rows, defaults: dict, strict_columns: bool = True, base_dir: str = 
                 by_key[device.key] = source
             if device.registration_id:
                 if device.registration_id in by_rid:
-                    issues.append(f"duplicate registration_id {device.registration_id} (also {by_rid[device.registration_id]})")
+                    issues.append(f"duplicate registration_id {device.registration_id} "
+                                  f"(also {by_rid[device.registration_id]})")
                 else:
                     by_rid[device.registration_id] = source
         if issues:
@@ -315,7 +317,7 @@ def _has_port(host) -> bool:
     return bool(match and match.group("port"))
 
 
-def _device(source, values, issues, base_dir) -> Optional[InventoryDevice]:
+def _device(source, values, issues, base_dir) -> Optional[InventoryDevice]:  # pylint: disable=too-many-statements
     host_text = _text(values["host"])
     if not host_text:
         issues.append("no host")

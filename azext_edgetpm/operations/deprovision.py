@@ -39,7 +39,8 @@ def _status(change) -> str:
     return {"ok": OK, "changed": CHANGED, "would-change": WOULD_CHANGE}[change.status]
 
 
-class _CloudStep(Step):
+# A base of the cloud steps: they implement run().
+class _CloudStep(Step):  # pylint: disable=abstract-method
     def reuse(self, ctx, recorded):
         if (recorded.get("registrationId") != ctx.data.get("registration_id")
                 or recorded.get("mode") != ctx.services.mode):
@@ -127,7 +128,7 @@ class DeviceStep(Step):
                                                               dry_run=ctx.services.dry_run))
         except Exception as exc:  # pylint: disable=broad-except  # keeps the device's step report
             if getattr(exc, "report", None) is not None:
-                exc.journal = {"steps": {s["name"]: s["status"] for s in exc.report}}
+                exc.journal = {"steps": {s["name"]: s["status"] for s in getattr(exc, "report")}}
             raise
         steps = {s["name"]: s["status"] for s in report["steps"]}
         status = WOULD_CHANGE if report["wouldChange"] else CHANGED if report["changed"] else OK

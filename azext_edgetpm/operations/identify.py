@@ -50,21 +50,29 @@ class Identity:
         }
 
 
-def _identity(ek, id_format, device, created, cert_der=None, cert_index=None, tpm_info=None, tcti=None) -> Identity:
+def _identity(ek, id_format, device, created, cert_der=None, cert_index=None, tpm_info=None, tcti=None,
+              ek_ca_bundle=None) -> Identity:
+    """`ek_ca_bundle` (CA certificates, tpm.ekcert.load_ca_bundle): the EK certificate must chain to
+    them and carry the EK, or a DeviceError says why."""
     from azext_edgetpm.tpm.ek import certificate_summary
     id_format = str(id_format or "sha256")  # az hands defaults over as a str subclass that JSON shows oddly
     cert = None
     if cert_der:
         cert = certificate_summary(cert_der, ek)
         cert["nvIndex"] = cert_index
+    if ek_ca_bundle is not None:
+        from azext_edgetpm.tpm.ekcert import verify_ek_certificate
+        chain = verify_ek_certificate(cert_der, ek, ek_ca_bundle, device)
+        cert["chain"] = chain
     return Identity(device=device, registration_id=registration_id_of(ek, id_format), id_format=id_format,
                     endorsement_key=ek.base64, key_type=ek.key_type, validated_with=ek.validated_with,
                     created_keys=list(created or []), ek_certificate=cert, tpm=tpm_info or {}, tcti=tcti)
 
 
 def identify(session, tcti: Optional[str] = None, create: bool = True, id_format: str = "sha256",
-             install_tools: bool = False) -> Identity:
-    """Read (or create) the EK of the device behind a connected RemoteSession."""
+             install_tools: bool = False, ek_ca_bundle=None) -> Identity:
+    """Read (or create) the EK of the device behind a connected RemoteSession (and verify its
+    certificate against `ek_ca_bundle` when given)."""
     from azure.cli.core.azclierror import InvalidArgumentValueError
     from azext_edgetpm.tpm import remote
     from azext_edgetpm.tpm.ek import parse_endorsement_key
@@ -76,16 +84,18 @@ def identify(session, tcti: Optional[str] = None, create: bool = True, id_format
                           "Check the TPM at handle 0x81010001 on the device (tpm2_readpublic -c 0x81010001); "
                           "another key may have been persisted there.") from exc
     return _identity(ek, id_format, session.target.display, raw.created, raw.cert_der, raw.cert_index,
-                     remote.describe_tpm(raw.properties), tcti)
+                     remote.describe_tpm(raw.properties), tcti, ek_ca_bundle)
 
 
-def identify_local(tcti: Optional[str] = None, create: bool = True, id_format: str = "sha256") -> Identity:
+def identify_local(tcti: Optional[str] = None, create: bool = True, id_format: str = "sha256",
+                   ek_ca_bundle=None) -> Identity:
     """Read (or create) this machine's own EK through tpm2-pytss."""
     from azext_edgetpm.tpm import local
     from azext_edgetpm.tpm.ek import parse_endorsement_key
     raw = local.read_ek(tcti=tcti, create=create)
     ek = parse_endorsement_key(raw.blob)
-    return _identity(ek, id_format, "local", raw.created, raw.cert_der, raw.cert_index, raw.tpm_info, tcti)
+    return _identity(ek, id_format, "local", raw.created, raw.cert_der, raw.cert_index, raw.tpm_info, tcti,
+                     ek_ca_bundle)
 
 
 def identity_from_key(endorsement_key: str, id_format: str = "sha256", device: str = "given") -> Identity:

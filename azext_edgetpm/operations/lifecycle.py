@@ -50,8 +50,8 @@ def configured_registration_id(session) -> Optional[str]:
         summary = configtoml.summarize(result.stdout)
     except ValueError:
         return None
-    rid = summary.get("registrationId")
-    return str(rid).lower() if rid else None
+    configured = summary.get("registrationId")
+    return str(configured).lower() if configured else None
 
 
 def rid(ctx) -> str:

@@ -20,7 +20,7 @@ class Step:
     def run(self, ctx: "DeviceContext") -> dict:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def reuse(self, ctx: "DeviceContext", recorded: dict) -> bool:
+    def reuse(self, ctx: "DeviceContext", recorded: dict) -> bool:  # pylint: disable=unused-argument
         return False
 
 

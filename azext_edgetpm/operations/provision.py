@@ -46,6 +46,7 @@ class ProvisionServices:
     enroller: object
     budget: object = None
     wait_interval: float = 5.0
+    ek_ca_bundle: object = None       # CA certificates every device's EK certificate must chain to
 
 
 def _ek_digest(identity) -> str:
@@ -67,7 +68,8 @@ class IdentifyStep(Step):
         found = facts.gather(ctx.session(), files=())
         platform.detect(found.os_release, platform.debian_arch(found.dpkg_arch, found.uname_machine),
                         ctx.session().target.display)
-        identity = identify(ctx.session(), tcti=ctx.job.tcti, create=True, id_format=ctx.job.id_format)
+        identity = identify(ctx.session(), tcti=ctx.job.tcti, create=True, id_format=ctx.job.id_format,
+                            ek_ca_bundle=ctx.services.ek_ca_bundle)
         ctx.data["identity"] = identity
         return {"status": CHANGED if identity.created else OK, "registrationId": _rid(ctx),
                 "ekSha256": _ek_digest(identity), "keyType": identity.key_type,

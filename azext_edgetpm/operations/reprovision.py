@@ -13,7 +13,7 @@ from typing import Dict, List, Optional
 
 from azext_edgetpm.operations.lifecycle import (
     WOULD_CHANGE, DeviceOutcome, ResolveStep, ReregisterStep, VerifyStep, outcome_fields, rid)
-from azext_edgetpm.operations.pipeline import CHANGED, FAILED, OK, Step
+from azext_edgetpm.operations.pipeline import FAILED, OK, Step
 
 STEP_NAMES = ("identify", "enrollment", "reregister", "verify")
 

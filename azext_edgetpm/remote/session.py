@@ -499,7 +499,6 @@ class RemoteSession:
         call empties that place, so that what an earlier run left there (its connection dropped
         between upload and cleanup) is gone once this run starts staging."""
         import hashlib
-        import re
         user = self.target.user or "root"
         name = user if re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}", user) else \
             "u-" + hashlib.sha256(user.encode()).hexdigest()[:16]  # never a path of its own

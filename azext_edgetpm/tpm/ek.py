@@ -5,7 +5,7 @@ the marshalled TPM2B_PUBLIC (2-byte size prefix, then TPMT_PUBLIC) of an EK made
 EK template; we check exactly that, with tpm2-pytss where it is installed (Linux). Where it
 is not (Windows and macOS, where the TSS C libraries do not exist), the EK still read over SSH
 by the device's own tpm2-tools is checked structurally: size prefix, key type and the EK
-template's object attributes; the full unmarshalling needs tpm2-pytss.
+template's object attributes, and the key itself read field by field (TPM 2.0 Part 2).
 """
 import base64
 import binascii
@@ -22,6 +22,7 @@ ID_FORMATS = ("sha256", "legacy")
 # structural check when tpm2-pytss is missing.
 _ALG_RSA, _ALG_ECC = 0x0001, 0x0023
 _ALG_AES, _ALG_CFB, _ALG_NULL = 0x0006, 0x0043, 0x0010
+_ECC_NIST_P256 = 0x0003
 _FIXED_TPM, _FIXED_PARENT, _SENSITIVE_DATA_ORIGIN = 0x2, 0x10, 0x20
 _USER_WITH_AUTH, _ADMIN_WITH_POLICY, _RESTRICTED, _DECRYPT, _SIGN = 0x40, 0x80, 0x10000, 0x20000, 0x40000
 _EK_REQUIRED = _FIXED_TPM | _FIXED_PARENT | _SENSITIVE_DATA_ORIGIN | _ADMIN_WITH_POLICY | _RESTRICTED | _DECRYPT
@@ -34,7 +35,7 @@ _HOW_TO_READ = ("Read it on the device with `tpm2_readpublic -c 0x81010001 -o ek
 def tss_available() -> bool:
     """Whether tpm2-pytss (and the TSS libraries behind it) can be imported here."""
     try:
-        import tpm2_pytss  # noqa: F401  pylint: disable=unused-import
+        import tpm2_pytss  # noqa: F401  pylint: disable=unused-import,import-error
     except (ImportError, OSError):
         return False
     return True
@@ -109,6 +110,7 @@ def parse_endorsement_key(blob: bytes) -> EndorsementKey:
 
 
 def _parse_with_tss(blob: bytes) -> EndorsementKey:
+    # pylint: disable=import-error
     from tpm2_pytss import TSS2_Exception
     from tpm2_pytss.constants import TPM2_ALG, TPM2_ECC
     from tpm2_pytss.types import TPM2B_PUBLIC
@@ -146,30 +148,71 @@ def _parse_with_tss(blob: bytes) -> EndorsementKey:
     raise InvalidArgumentValueError("The endorsement key is neither an RSA nor an ECC key.", _HOW_TO_READ)
 
 
+class _Reader:
+    """Big-endian reads over a marshalled TPM structure."""
+
+    def __init__(self, data: bytes):
+        self.data, self.pos = data, 0
+
+    def take(self, size: int) -> bytes:
+        if self.pos + size > len(self.data):
+            raise InvalidArgumentValueError(
+                "The endorsement key ends in the middle of its TPMT_PUBLIC structure.", _HOW_TO_READ)
+        chunk = self.data[self.pos:self.pos + size]
+        self.pos += size
+        return chunk
+
+    def u16(self) -> int:
+        return struct.unpack(">H", self.take(2))[0]
+
+    def u32(self) -> int:
+        return struct.unpack(">I", self.take(4))[0]
+
+    def sized(self) -> bytes:
+        return self.take(self.u16())
+
+
 def _parse_structure(blob: bytes) -> EndorsementKey:
-    key_type, _name_alg, attributes = struct.unpack(">HHI", blob[2:10])
+    """The TPMT_PUBLIC of an RSA or ECC EK read field by field (TPM 2.0 Part 2), for where
+    tpm2-pytss is not installed: enough to validate the EK and compare it with a certificate."""
+    reader = _Reader(blob[2:])
+    key_type, _name_alg, attributes = reader.u16(), reader.u16(), reader.u32()
     _check_attributes(attributes)
-    if key_type in (_ALG_RSA, _ALG_ECC):
-        # TPMT_PUBLIC: type, nameAlg, objectAttributes, authPolicy (TPM2B), then the parameters,
-        # which start with the symmetric definition: algorithm [, keyBits, mode].
-        offset = 10
-        if len(blob) < offset + 2:
-            raise InvalidArgumentValueError("The endorsement key ends before its parameters.", _HOW_TO_READ)
-        offset += 2 + struct.unpack(">H", blob[offset:offset + 2])[0]
-        if len(blob) < offset + 2:
-            raise InvalidArgumentValueError("The endorsement key ends before its parameters.", _HOW_TO_READ)
-        algorithm = struct.unpack(">H", blob[offset:offset + 2])[0]
-        bits = mode = None
-        if algorithm != _ALG_NULL:
-            if len(blob) < offset + 6:
-                raise InvalidArgumentValueError("The endorsement key ends inside its parameters.", _HOW_TO_READ)
-            bits, mode = struct.unpack(">HH", blob[offset + 2:offset + 6])
-        _check_symmetric(algorithm, bits, mode)
+    if key_type not in (_ALG_RSA, _ALG_ECC):
+        raise InvalidArgumentValueError("The endorsement key is neither an RSA nor an ECC key.", _HOW_TO_READ)
+    reader.sized()                                  # authPolicy
+    algorithm, bits, mode = reader.u16(), None, None  # symmetric: algorithm [, keyBits, mode]
+    if algorithm != _ALG_NULL:
+        bits, mode = reader.u16(), reader.u16()
+    _check_symmetric(algorithm, bits, mode)
+    if reader.u16() != _ALG_NULL:                   # scheme and its hash
+        reader.take(2)
     if key_type == _ALG_RSA:
-        return EndorsementKey(blob, "RSA-2048", "structure")
-    if key_type == _ALG_ECC:
-        return EndorsementKey(blob, "ECC-NIST-P256", "structure")
-    raise InvalidArgumentValueError("The endorsement key is neither an RSA nor an ECC key.", _HOW_TO_READ)
+        bits, exponent = reader.u16(), reader.u32()
+        modulus = reader.sized()
+        _check_consumed(reader)
+        if bits != 2048:
+            raise InvalidArgumentValueError(f"The endorsement key is RSA-{bits}; DPS takes RSA-2048 or ECC P-256 EKs.",
+                                            "Use the TPM's RSA-2048 EK (handle 0x81010001).")
+        return EndorsementKey(blob, "RSA-2048", "structure", rsa_modulus=int.from_bytes(modulus, "big"),
+                              rsa_exponent=exponent or 65537)
+    curve = reader.u16()
+    if reader.u16() != _ALG_NULL:                   # kdf and its hash
+        reader.take(2)
+    x, y = reader.sized(), reader.sized()
+    _check_consumed(reader)
+    if curve != _ECC_NIST_P256:
+        raise InvalidArgumentValueError("The endorsement key uses an ECC curve other than NIST P-256.",
+                                        "Use the TPM's RSA-2048 EK (handle 0x81010001).")
+    return EndorsementKey(blob, "ECC-NIST-P256", "structure",
+                          ecc_point=(int.from_bytes(x, "big"), int.from_bytes(y, "big")))
+
+
+def _check_consumed(reader: _Reader) -> None:
+    if reader.pos != len(reader.data):
+        raise InvalidArgumentValueError(
+            f"The endorsement key has {len(reader.data) - reader.pos} bytes after its TPMT_PUBLIC structure.",
+            _HOW_TO_READ)
 
 
 def _check_symmetric(algorithm: int, bits: Optional[int], mode: Optional[int]) -> None:
@@ -199,7 +242,7 @@ def certificate_summary(der: bytes, ek: EndorsementKey) -> dict:
     """Subject, issuer, validity of an EK certificate and whether its key is the EK."""
     from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
-    der = _trim_der(der)
+    der = trim_der(der)
     try:
         cert = x509.load_der_x509_certificate(der)
     except ValueError as exc:
@@ -226,7 +269,7 @@ def certificate_summary(der: bytes, ek: EndorsementKey) -> dict:
     }
 
 
-def _trim_der(der: bytes) -> bytes:
+def trim_der(der: bytes) -> bytes:
     """NV indices can be larger than the certificate; keep the outer DER SEQUENCE only."""
     if len(der) < 4 or der[0] != 0x30:
         return der

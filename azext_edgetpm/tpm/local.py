@@ -4,7 +4,7 @@ import os
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from azure.cli.core.azclierror import ResourceNotFoundError, UnclassifiedUserFault, ValidationError
+from azure.cli.core.azclierror import UnclassifiedUserFault, ValidationError
 
 from .properties import describe_tpm, from_capability
 from .remote import SRK_ATTRIBUTES
@@ -27,22 +27,34 @@ def _import_tss():
     # to stderr unless told otherwise; errors reach the user as az errors instead.
     os.environ.setdefault("TSS2_LOG", "all+NONE")
     try:
-        from tpm2_pytss import ESAPI, TSS2_Exception  # noqa: F401
+        import tpm2_pytss  # noqa: F401  pylint: disable=unused-import,import-error
     except (ImportError, OSError) as exc:
         raise ValidationError(
-            "--local needs tpm2-pytss and the tpm2-tss libraries, which are not installed here "
-            f"({exc}).",
-            "On Linux, install libtss2-dev (Debian/Ubuntu) and `az extension add` again; on Windows and "
-            "macOS use --host to read the TPM of a Linux device over SSH.") from exc
+            f"--local needs tpm2-pytss and the tpm2-tss libraries, which are not installed here ({exc}).",
+            [how_to_add_tpm2_pytss(), "Or use --host to read the TPM of a Linux device over SSH."]) from exc
+
+
+def how_to_add_tpm2_pytss() -> str:
+    """The commands that add the optional tpm2-pytss next to the installed extension, with the
+    Python that runs az (tpm2-pytss builds from source against the tpm2-tss libraries)."""
+    import glob
+    import shlex
+    import sys
+    ext_dir = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    pip = f"{shlex.quote(sys.executable)} -m pip install"
+    if glob.glob(os.path.join(ext_dir, "edge_tpm-*.dist-info")):  # installed by `az extension add`
+        pip += f" --target {shlex.quote(ext_dir)}"
+    return (f"On Linux: install the TSS libraries and a compiler (Debian/Ubuntu: apt-get install libtss2-dev "
+            f"pkg-config gcc python3-dev), then `{pip} tpm2-pytss`. Windows and macOS have no TSS libraries.")
 
 
 def read_ek(tcti: Optional[str] = None, create: bool = True) -> LocalEk:
     _import_tss()
-    from tpm2_pytss import ESAPI, TSS2_Exception
+    from tpm2_pytss import ESAPI, TSS2_Exception  # pylint: disable=import-error
     try:
         ectx = ESAPI(tcti)
     except TSS2_Exception as exc:
-        raise ResourceNotFoundError(
+        raise ValidationError(
             f"No TPM answered on this machine{' through ' + repr(tcti) if tcti else ''}: {exc}",
             "Check /dev/tpmrm0 and its permissions (run as root or a member of the tss group), or "
             "pass the TPM's TCTI with --tcti.") from exc
@@ -55,6 +67,7 @@ def read_ek(tcti: Optional[str] = None, create: bool = True) -> LocalEk:
 
 
 def _read(ectx, create: bool) -> LocalEk:
+    # pylint: disable=import-error
     from tpm2_pytss.constants import ESYS_TR, TPM2_CAP, TPM2_PT
     from tpm2_pytss.types import TPM2B_PUBLIC, TPM2B_SENSITIVE_CREATE
     from tpm2_pytss.utils import NVReadEK, create_ek_template
@@ -65,7 +78,7 @@ def _read(ectx, create: bool) -> LocalEk:
     ek_public = _read_persistent(ectx, EK_HANDLE)
     if ek_public is None:
         if not create:
-            raise ResourceNotFoundError("This machine's TPM has no endorsement key at 0x81010001.",
+            raise ValidationError("This machine's TPM has no endorsement key at 0x81010001.",
                                         "Run without --no-create to create the EK and SRK.")
         handle, ek_public, _, _, _ = ectx.create_primary(TPM2B_SENSITIVE_CREATE(), template, ESYS_TR.ENDORSEMENT)
         ectx.evict_control(ESYS_TR.OWNER, handle, EK_HANDLE)
@@ -86,7 +99,7 @@ def _read(ectx, create: bool) -> LocalEk:
 
 
 def _read_persistent(ectx, handle: int):
-    from tpm2_pytss import TSS2_Exception
+    from tpm2_pytss import TSS2_Exception  # pylint: disable=import-error
     try:
         tr = ectx.tr_from_tpmpublic(handle)
     except TSS2_Exception:

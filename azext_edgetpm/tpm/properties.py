@@ -23,7 +23,8 @@ def from_capability(values: Dict[int, int]) -> Dict[str, dict]:
 def parse_fixed_properties(lines: List[str]) -> Dict[str, dict]:
     """`tpm2_getcap properties-fixed` YAML (a name line, then raw:/value: lines) to
     name -> {"raw": int, "value": str}."""
-    props, current = {}, None
+    props: Dict[str, dict] = {}
+    current: dict = {}
     for line in lines:
         if line and not line.startswith(" ") and line.rstrip().endswith(":"):
             current = props.setdefault(line.rstrip()[:-1], {})

@@ -9,10 +9,9 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from azure.cli.core.azclierror import (
-    ResourceNotFoundError, UnclassifiedUserFault, ValidationError)
+from azure.cli.core.azclierror import UnclassifiedUserFault, ValidationError
 
-from .properties import describe_tpm, parse_fixed_properties  # noqa: F401  (describe_tpm re-exported)
+from .properties import describe_tpm, parse_fixed_properties  # noqa: F401  pylint: disable=unused-import
 from azext_edgetpm.echo import shown
 
 EK_HANDLE = "0x81010001"
@@ -113,17 +112,17 @@ def parse_output(result, display: str, tcti: Optional[str]) -> RemoteEk:
     lines = result.stdout.splitlines()
     stderr = "\n".join(line[len("@@STDERR "):] for line in lines if line.startswith("@@STDERR "))
     if result.rc == _RC_NO_TOOLS:
-        raise ResourceNotFoundError(
+        raise ValidationError(  # a device-side problem: not exit code 3 (a missing Azure resource)
             f"tpm2-tools is not installed on {display}.",
             "Install it on the device (sudo apt-get install tpm2-tools), or re-run with --install-tools.")
     if result.rc == _RC_NO_TPM:
         where = f"through TCTI {shown(tcti)}" if tcti else "(no /dev/tpmrm0, /dev/tpm0 or TPM simulator answered)"
-        raise ResourceNotFoundError(
+        raise ValidationError(  # a device-side problem: not exit code 3 (a missing Azure resource)
             f"No TPM answered on {display} {where}: {_last_line(stderr)}",
             "Check that the device has a TPM 2.0 enabled in its firmware and that the kernel exposes "
             "/dev/tpmrm0; for a TPM simulator or a resource manager, pass its TCTI with --tcti.")
     if result.rc == _RC_NO_EK:
-        raise ResourceNotFoundError(
+        raise ValidationError(  # a device-side problem: not exit code 3 (a missing Azure resource)
             f"The TPM of {display} has no endorsement key at {EK_HANDLE}.",
             "Run without --no-create to create the EK and SRK as the IoT Edge documentation does.")
     if result.rc == _RC_TPM_ERROR:

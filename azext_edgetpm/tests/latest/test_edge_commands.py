@@ -20,8 +20,9 @@ def test_help(command, capsys):
 
 @pytest.mark.parametrize("args, words", [
     ([], "No DPS given"),
-    (["--login", "HostName=x.azure-devices-provisioning.net;SharedAccessKeyName=a;SharedAccessKey=a2V5"],
-     "carries no ID scope"),
+    (["--id-scope", "0ne00ABCDEF", "--login",
+      "HostName=x.azure-devices-provisioning.net;SharedAccessKeyName=a;SharedAccessKey=a2V5"],
+     "install does not take --login"),
     (["--id-scope", "0ne00ABCDEF", "--dps-name", "dps"], "cannot be used together"),
     (["--id-scope", "0ne 00"], "is not a DPS ID scope"),
     (["--id-scope", "0ne00ABCDEF", "--global-endpoint", "global.azure-devices-provisioning.net"],

@@ -313,3 +313,19 @@ def test_service_manager():
     initd = facts.Facts(init_scripts=["docker"])
     assert ServiceManager.detect(initd, "docker").restart_command("docker") == "/etc/init.d/docker restart"
     assert ServiceManager.detect(facts.Facts(), "docker").restart_command("docker") is None
+
+
+def test_a_tpm_service_that_did_not_start_is_not_blamed_on_the_enrollment():
+    """The stand-in runtime's lines (devkit/packages/runtime/aziot_standin/services.py) when
+    aziot-tpmd cannot open its TCTI: identityd then fails with "DPS client error" too, but the
+    way out is the device's TPM access, not DPS."""
+    lines = [_journal("aziot-tpmd", "Starting Azure IoT TPM Service"),
+             _journal("aziot-tpmd", "Could not initialize TCTI with config 'device': tcti:IO failure"),
+             _journal("aziot-identityd", "Starting Azure IoT Identity Service"),
+             _journal("aziot-identityd", "Provisioning starting. Provisioning source: dps"),
+             _journal("aziot-identityd", "Failed to provision with IoT Hub, and no valid device backup was found: "
+                                         "DPS client error"),
+             _journal("aziot-identityd", "caused by: could not get TPM keys: aziot-tpmd is not running")]
+    failed = health.provisioning(lines)
+    assert failed["state"] == "failed"
+    assert "aziot-tpmd" in failed["recommendation"] and "enrollment" not in failed["recommendation"]

@@ -93,3 +93,24 @@ def test_device_output_that_is_not_base64_is_one_clean_error():
     from azext_edgetpm.tpm.remote import parse_output
     with pytest.raises(ValidationError, match="not what tpm2-tools prints"):
         parse_output(Result(0, "@@CREATED\n@@EK not*base64\n", ""), "root@device:22", None)
+
+
+@pytest.mark.parametrize("template", ["ek_rsa2048", "ek_ecc256", "ek_high_rsa2048"])
+def test_structural_parse_reads_the_same_key_as_tpm2_pytss(template):
+    """Where tpm2-pytss is missing the EK is read field by field: same key as the TSS reads."""
+    from tpm2_pytss.internal import templates
+    from tpm2_pytss.types import TPM2B_PUBLIC
+    from azext_edgetpm.tpm.ek import _parse_structure, _parse_with_tss
+    public = TPM2B_PUBLIC(publicArea=getattr(templates, template).template.publicArea)
+    if "ecc" in template:
+        public.publicArea.unique.ecc.x, public.publicArea.unique.ecc.y = os.urandom(32), os.urandom(32)
+    else:
+        public.publicArea.unique.rsa = os.urandom(256)
+    blob = public.marshal()
+    by_tss, by_structure = _parse_with_tss(blob), _parse_structure(blob)
+    assert by_structure.validated_with == "structure"
+    for field in ("key_type", "rsa_modulus", "rsa_exponent", "ecc_point"):
+        assert getattr(by_structure, field) == getattr(by_tss, field)
+    assert by_structure.rsa_modulus or by_structure.ecc_point
+    with pytest.raises(InvalidArgumentValueError, match="ends in the middle"):
+        _parse_structure(blob[:-5])

@@ -1,0 +1,135 @@
+"""Scenarios for people coming from the azure-iot extension (`az iot dps enrollment ...`), in
+azure-cli's ScenarioTest style, live against the dev kit's DPS emulator: their scripts' options,
+configured defaults that never break a command, --top, and each failure with its own exit code
+and a recommendation that matches its cause."""
+import os
+
+import pytest
+
+from azext_edgetpm.tests.latest.scenario import ScenarioTest
+from azext_edgetpm.tests.latest.test_dps_support import (  # noqa: F401  pylint: disable=unused-import
+    arm_login, dps, rsa_ek)
+
+HUB = "hub-devkit-1.azure-devices.net"
+
+
+class AzureIotScenarioTest(ScenarioTest):
+
+    @pytest.fixture(autouse=True)
+    def _dps(self, dps, tmp_path):  # noqa: F811  pylint: disable=redefined-outer-name
+        self.dps = dps
+        self.tmp_path = tmp_path
+
+    def setUp(self):
+        super().setUp()
+        self.kwargs.update({"cs": "@" + self.dps.cs_file, "read_cs": "@" + self.dps.read_cs_file, "hub": HUB})
+
+    def test_an_az_iot_dps_enrollment_create_script_runs_unchanged(self):
+        self.kwargs.update({"eid": "iot-script-1", "ek": rsa_ek(901), "tags": '{"site": "plant-1"}',
+                            "props": '{"logLevel": "info"}'})
+        self.cmd("az edge-tpm enrollment create --attestation-type tpm --eid {eid} --ek {ek} --ee --ih {hub} "
+                 "--ap static --tags '{tags}' --props '{props}' --ps enabled --rp reprovisionandmigratedata "
+                 "--login {cs}",
+                 checks=[self.check("result", "created"), self.check("registrationId", "{eid}"),
+                         self.check("attestation.type", "tpm"), self.check("attestation.tpm.endorsementKey", "{ek}"),
+                         self.check("capabilities.iotEdge", True), self.check("iotHubs", [HUB]),
+                         self.check("allocationPolicy", "static"), self.check("provisioningStatus", "enabled"),
+                         self.check("initialTwin.tags", {"site": "plant-1"}),
+                         self.check("initialTwin.properties.desired", {"logLevel": "info"}),
+                         self.check("reprovisionPolicy.migrateDeviceData", True)])
+        self.cmd("az edge-tpm enrollment show --eid {eid} --login {cs}",
+                 checks=[self.check("registrationId", "{eid}"), self.check("capabilities.iotEdge", True)])
+        # --ee false, as azure-iot's three-state flag
+        self.cmd("az edge-tpm enrollment create --attestation-type tpm --eid {eid} --ek {ek} --ee false --login {cs}",
+                 checks=[self.check("result", "updated"), self.check("capabilities.iotEdge", False)])
+
+    def test_other_attestation_types_are_refused(self):
+        for kind in ("x509", "symmetrickey"):
+            self.kwargs["kind"] = kind
+            out = self.cmd("az edge-tpm enrollment create --attestation-type {kind} --eid iot-x --ek " + rsa_ek(902)
+                           + " --login {cs}", expect_failure=True)
+            assert out.exit_code == 1 and "enrolls TPM devices only" in str(out.error)
+            assert "az iot dps enrollment create" in " ".join(out.error.recommendations)
+
+    def test_top(self):
+        for seed in (911, 912, 913):
+            self.kwargs.update({"eid": f"top-{seed}", "ek": rsa_ek(seed)})
+            self.cmd("az edge-tpm enrollment create --eid {eid} --ek {ek} --login {cs}")
+        listed = self.cmd("az edge-tpm enrollment list --top -1 --login {cs}").get_output_in_json()
+        assert len(listed) >= 3
+        assert len(self.cmd("az edge-tpm enrollment list --top 2 --login {cs}").get_output_in_json()) == 2
+        for top in ("0", "-2"):
+            self.kwargs["top"] = top
+            out = self.cmd("az edge-tpm enrollment list --top={top} --login {cs}", expect_failure=True)
+            assert "at least 1 (or -1 for all)" in str(out.error)
+
+    def test_configured_group_does_not_break_install_with_an_id_scope(self):
+        self.cmd("az configure --defaults group=my-rg")
+        try:
+            out = self.cmd("az edge-tpm install --host root@127.0.0.1:1 --id-scope 0ne00ABCDEF", expect_failure=True)
+            # It went past the arguments to the device (a closed port here).
+            assert "refused the connection" in str(out.error), out.error
+            typed = self.cmd("az edge-tpm install --host root@127.0.0.1:1 --id-scope 0ne00ABCDEF -g other-rg",
+                             expect_failure=True)
+            assert "only goes with --dps-name" in str(typed.error)
+        finally:
+            self.cmd("az configure --defaults group=")
+
+    def test_configured_dps_gives_way_to_a_typed_login_and_id_scope(self):
+        env = {"AZURE_DEFAULTS_EDGE-TPM-DPS": "some-other-dps"}
+        self.cmd("az edge-tpm enrollment list --top 1 --login {cs}", env=env)
+        out = self.cmd("az edge-tpm install --host root@127.0.0.1:1 --id-scope 0ne00ABCDEF", env=env,
+                       expect_failure=True)
+        assert "refused the connection" in str(out.error), out.error
+
+    def test_install_refuses_login_without_echoing_it(self):
+        key = "c2VjcmV0LWtleS1ub3Qtc2hvd24="
+        out = self.cmd("az edge-tpm install --host root@127.0.0.1:1 --id-scope 0ne00ABCDEF --login "
+                       f"HostName=x.azure-devices-provisioning.net;SharedAccessKeyName=a;SharedAccessKey={key}",
+                       expect_failure=True)
+        assert "install does not take --login" in str(out.error)
+        assert key not in str(out.error) + out.result.stderr + " ".join(out.error.recommendations)
+        out = self.cmd("az edge-tpm install --host root@127.0.0.1:1 --id-scope 0ne00ABCDEF --auth-type login",
+                       expect_failure=True)
+        assert out.exit_code == 2  # az's own "unrecognized arguments" (--auth-type has no use in install)
+
+    def test_exit_codes_and_recommendations_match_their_causes(self):
+        # A missing Azure resource (the enrollment): exit code 3.
+        missing = self.cmd("az edge-tpm enrollment show --eid no-such-enrollment --login {cs}", expect_failure=True)
+        assert missing.exit_code == 3
+        # DPS's 401 for a policy without the write right: the right, not the connection string.
+        self.kwargs.update({"eid": "rights-1", "ek": rsa_ek(921)})
+        denied = self.cmd("az edge-tpm enrollment create --eid {eid} --ek {ek} --login {read_cs}", expect_failure=True)
+        advice = " ".join(denied.error.recommendations)
+        assert denied.exit_code == 1 and "401" in str(denied.error)
+        assert "lacks the right" in advice and "EnrollmentWrite" in advice and "copy" not in advice
+        # A key that is wrong: that one says to copy the connection string again.
+        wrong = self.tmp_path / "wrong-key.txt"
+        wrong.write_text(self.dps.section["connection_string"].split("SharedAccessKey=")[0]
+                         + "SharedAccessKey=" + "d3Jvbmcta2V5LXdyb25nLWtleQ==")
+        os.chmod(wrong, 0o600)
+        self.kwargs["wrong"] = "@" + str(wrong)
+        bad = self.cmd("az edge-tpm enrollment list --login {wrong}", expect_failure=True)
+        assert bad.exit_code == 1 and "copy the connection string again" in " ".join(bad.error.recommendations)
+
+
+class ConfiguredDpsScenarioTest(ScenarioTest):
+    """The DPS named once with `az configure --defaults`, found through ARM with the az login identity;
+    and the azure-iot extension's configured --auth-type default."""
+
+    @pytest.fixture(autouse=True)
+    def _login(self, dps, arm_login):  # noqa: F811  pylint: disable=redefined-outer-name,unused-argument
+        self.dps = dps
+
+    def test_dps_name_and_auth_type_from_configured_defaults(self):
+        section = self.dps.section
+        env = {"AZURE_DEFAULTS_EDGE-TPM-DPS": section["dps_name"], "AZURE_DEFAULTS_GROUP": section["resource_group"]}
+        self.kwargs.update({"eid": "configured-1", "ek": rsa_ek(931)})
+        self.cmd("az edge-tpm enrollment create --eid {eid} --ek {ek}", env=env,
+                 checks=[self.check("registrationId", "{eid}")])
+        # azure-iot's `az configure --defaults iotdps-data-auth-type=login`: the host name alone is enough then.
+        self.kwargs["host"] = section["connection_string"].split(";")[0].split("=", 1)[1]
+        self.cmd("az edge-tpm enrollment show --eid {eid} --login {host}",
+                 env={"AZURE_DEFAULTS_IOTDPS-DATA-AUTH-TYPE": "login"}, checks=[self.check("registrationId", "{eid}")])
+        without = self.cmd("az edge-tpm enrollment show --eid {eid} --login {host}", expect_failure=True)
+        assert "no SharedAccessKey" in str(without.error)
