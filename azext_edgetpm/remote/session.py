@@ -22,8 +22,9 @@ from azure.cli.core.azclierror import (
     InvalidArgumentValueError, UnauthorizedError, ValidationError)
 from knack.log import get_logger
 
-from .target import DEFAULT_KNOWN_HOSTS, SshTarget, resolve_target, split_host
 from azext_edgetpm.echo import shown
+
+from .target import DEFAULT_KNOWN_HOSTS, SshTarget, resolve_target, split_host
 
 logger = get_logger(__name__)
 
@@ -119,7 +120,7 @@ class _Transport(paramiko.Transport):
     needs no separate HMAC per packet, which paramiko computes and compares in Python. Servers
     without it (Dropbear) get the usual CTR + HMAC choices, which stay listed after it."""
     _preferred_ciphers = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com") + tuple(
-        c for c in paramiko.Transport._preferred_ciphers if "gcm" not in c)
+        c for c in paramiko.Transport._preferred_ciphers if "gcm" not in c)  # pylint: disable=protected-access
     # The reader thread wakes on this timeout when the line is idle (10 times a second by default,
     # per device); closing does not wait for it (paramiko closes the socket and packetizer first).
     _active_check_timeout = 1.0

@@ -103,8 +103,9 @@ def resolve_target(host: str, ssh_user: Optional[str] = None, ssh_port: Optional
 
 def _config_port(value: str, name: str) -> int:
     if not str(value).isdigit() or not 0 < int(value) < 65536:
-        raise InvalidArgumentValueError(f"The SSH config gives Port {shown(value)} for {shown(name)}, which is not a TCP port.",
-                                        "Fix the Port line of that Host entry (1-65535), or pass --ssh-port.")
+        raise InvalidArgumentValueError(
+            f"The SSH config gives Port {shown(value)} for {shown(name)}, which is not a TCP port.",
+            "Fix the Port line of that Host entry (1-65535), or pass --ssh-port.")
     return int(value)
 
 

@@ -11,8 +11,9 @@ from typing import Dict, List, Optional
 
 from azure.cli.core.azclierror import UnclassifiedUserFault, ValidationError
 
-from .properties import describe_tpm, parse_fixed_properties  # noqa: F401  pylint: disable=unused-import
 from azext_edgetpm.echo import shown
+
+from .properties import describe_tpm, parse_fixed_properties  # noqa: F401  pylint: disable=unused-import
 
 EK_HANDLE = "0x81010001"
 SRK_HANDLE = "0x81000001"
