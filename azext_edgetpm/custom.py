@@ -466,7 +466,7 @@ def deprovision(cmd, host=None,  # pylint: disable=too-many-locals
                                  skip=lambda record: op.finished(record, services))
     finally:
         if services.hubs is not None:
-            services.hubs.close()
+            services.hubs.close()  # pylint: disable=no-member
     return fleet.finish(outcomes, lambda h, rec, status, secs: op.result_from_record(h, rec, status, services, secs),
                         "done")
 

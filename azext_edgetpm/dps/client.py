@@ -124,7 +124,8 @@ def error_from_response(response, operation: str, target: Optional[DpsTarget] = 
     return err
 
 
-def pipeline_client(endpoint: str, auth, cli_ctx=None, retry_total: int = 10, retry_backoff_factor: float = 0.8,
+def pipeline_client(endpoint: str, auth, cli_ctx=None,  # pylint: disable=too-many-locals
+                    retry_total: int = 10, retry_backoff_factor: float = 0.8,
                     retry_connect: Optional[int] = None, connection_timeout: float = 20, read_timeout: float = 60,
                     transport=None, budget=None, pool_size=None):
     """An azure-core PipelineClient for one Azure IoT data-plane endpoint (DPS, an IoT hub):

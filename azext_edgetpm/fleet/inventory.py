@@ -317,7 +317,7 @@ def _has_port(host) -> bool:
     return bool(match and match.group("port"))
 
 
-def _device(source, values, issues, base_dir) -> Optional[InventoryDevice]:  # pylint: disable=too-many-statements
+def _device(source, values, issues, base_dir) -> Optional[InventoryDevice]:  # pylint: disable=too-many-statements,too-many-branches
     host_text = _text(values["host"])
     if not host_text:
         issues.append("no host")
