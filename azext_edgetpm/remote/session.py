@@ -399,16 +399,28 @@ class RemoteSession:
         except BaseException:
             # Timed out, or az interrupted (Ctrl+C, SIGTERM): stop the command on the device too,
             # so that no remote work (an apt-get update, say) goes on without anyone waiting for it.
-            # (The process group's line may have arrived after the last drain: read what is there.)
-            try:
-                while len(progress["stderr"]) < 200 and chan.recv_stderr_ready():
-                    progress["stderr"] += chan.recv_stderr(200)
-            except (paramiko.SSHException, EOFError, OSError):
-                pass
-            self._stop_remote(_pgid(progress["stderr"]), as_root)
+            self._stop_remote(_pgid(self._stderr_so_far(chan, progress)), as_root)
             raise
         finally:
             chan.close()
+
+    @staticmethod
+    def _stderr_so_far(chan, progress: dict) -> bytes:
+        """The start of the command's stderr, read on until the process-group line is there
+        (it comes first; a command interrupted at once may not have sent it yet: up to ~2 s)."""
+        data = progress["stderr"]
+        deadline = time.monotonic() + 2.0
+        try:
+            while _pgid(data) is None and time.monotonic() < deadline and not chan.closed:
+                if chan.recv_stderr_ready():
+                    data += chan.recv_stderr(4096)
+                elif chan.exit_status_ready():
+                    break
+                else:
+                    time.sleep(0.05)
+        except (paramiko.SSHException, EOFError, OSError, socket.timeout):
+            pass
+        return data
 
     def _stop_remote(self, pgid: Optional[int], as_root: bool) -> None:
         """SIGTERM, then SIGKILL after 2 s, to the process group of an abandoned command."""
@@ -445,8 +457,8 @@ class RemoteSession:
             while chan.recv_stderr_ready():
                 err.write(chan.recv_stderr(65536))
                 progressed = True
-                if len(progress["stderr"]) < 200:
-                    progress["stderr"] = err.getvalue()[:200]
+            if progressed and len(progress["stderr"]) < 200:
+                progress["stderr"] = err.getvalue()[:200]  # (where the command's process group is named)
             if out.tell() > MAX_OUTPUT_BYTES or err.tell() > MAX_OUTPUT_BYTES:
                 # a device answering with endless output (a broken or hostile tool) must not
                 # exhaust this machine's memory: stop reading (closing the channel stops it)
