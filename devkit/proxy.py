@@ -21,6 +21,8 @@ import socket
 import subprocess
 import time
 
+from devkit.services import runs_with
+
 PROXY_USER = "edge"
 TINYPROXY = "tinyproxy"
 # Fixed ports on the rig's own host address (each rig has its own), so that the `proxied`
@@ -50,15 +52,6 @@ def _wait_listening(host, port, proc, log_path, timeout=10.0):
         except OSError:
             time.sleep(0.05)
     raise RuntimeError("tinyproxy did not listen on %s:%d in time" % (host, port))
-
-
-def _is_ours(pid, conf):
-    try:
-        with open("/proc/%d/cmdline" % pid, "rb") as handle:
-            argv = handle.read().split(b"\0")
-    except OSError:
-        return False
-    return conf.encode() in argv
 
 
 class ProxyService:
@@ -98,14 +91,14 @@ class ProxyService:
 
     def down(self, rig, section):
         for pid, conf in zip(section.get("pids", []), section.get("confs", [])):
-            if not _is_ours(pid, conf):
+            if not runs_with(pid, conf):
                 continue
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 continue
             deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and _is_ours(pid, conf):
+            while time.monotonic() < deadline and runs_with(pid, conf):
                 try:
                     os.waitpid(pid, os.WNOHANG)
                 except ChildProcessError:

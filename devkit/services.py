@@ -53,6 +53,16 @@ def load(name):
     return getattr(importlib.import_module(module_name), attr)()
 
 
+def runs_with(pid, *words):
+    """True when process ``pid`` runs with every one of these arguments (a zombie has none)."""
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as handle:
+            argv = handle.read().split(b"\0")
+    except OSError:
+        return False
+    return all(word.encode() in argv for word in words)
+
+
 class ProcessService:
     """Base of the services that run as their own process (``python -m MODULE serve ...``),
     so that they outlive the process that ran ``python -m devkit up``.
@@ -102,12 +112,7 @@ class ProcessService:
 
     def is_our_server(self, pid):
         """True when ``pid`` still is this service's server (a zombie has an empty cmdline)."""
-        try:
-            with open("/proc/%d/cmdline" % pid, "rb") as handle:
-                argv = handle.read().split(b"\0")
-        except OSError:
-            return False
-        return self.module.encode() in argv and b"serve" in argv
+        return runs_with(pid, self.module, "serve")
 
     def down(self, rig, section):
         """Stop the server (idempotent; works from a fresh process)."""
