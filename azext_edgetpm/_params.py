@@ -192,7 +192,7 @@ def fleet_arguments(c):
     c.argument("only", options_list=["--only"], nargs="+", arg_group="Fleet",
                help="Only these devices of the inventory (host or host:port; space- or comma-separated).")
     c.argument("shard", options_list=["--shard"], arg_group="Fleet",
-               help="i/n: only the devices of shard i of n (a stable hash of the registration ID or host:port, "
+               help="Shard i/n: only the devices of shard i of n (a stable hash of the registration ID or host:port, "
                     "independent of the row order), e.g. --shard $(System.JobPositionInPhase)/"
                     "$(System.TotalJobsInPhase) in parallel pipeline jobs.")
 

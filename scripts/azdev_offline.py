@@ -140,11 +140,31 @@ def extension_only_cli():
     core.get_default_cli = get_default_cli
 
 
+def command_coverage() -> int:
+    """Which commands the tests run, found the way azdev's coverage rules find them (its own
+    regex reader over test_*.py with the cmdcov.yml patterns): prints {command: covered} as JSON
+    and fails when a command of the extension is not run by any test."""
+    import glob
+    import json
+    import yaml
+    from azdev.operations.regex import get_all_tested_commands_from_regex
+    sys.path.insert(0, REPO)
+    from azext_edgetpm._help import helps
+    commands = sorted(name for name, text in helps.items() if (yaml.safe_load(text) or {}).get("type") == "command")
+    tested = []
+    for path in sorted(glob.glob(os.path.join(REPO, "azext_edgetpm", "tests", "**", "test_*.py"), recursive=True)):
+        with open(path, encoding="utf-8") as handle:
+            tested += get_all_tested_commands_from_regex(handle.readlines())
+    covered = {name: any(f"az {name} " in t + " " for t in tested) for name in commands}
+    print(json.dumps(covered, indent=2))
+    return 0 if all(covered.values()) else 1
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--extension-dir", help="AZURE_EXTENSION_DIR holding the extension installed from its wheel")
     parser.add_argument("--work", help="work directory (default: a temporary one, removed afterwards)")
-    parser.add_argument("command", choices=["linter", "style"])
+    parser.add_argument("command", choices=["linter", "style", "coverage"])
     parser.add_argument("azdev_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     work = args.work or tempfile.mkdtemp(prefix="edgetpm-azdev-")
@@ -154,6 +174,8 @@ def main(argv=None) -> int:
         prepare(os.path.abspath(work))
         no_network()
         extension_only_cli()
+        if args.command == "coverage":
+            return command_coverage()
         if args.command == "linter":
             azdev_argv = ["linter", "--include-whl-extensions", EXTENSION] + args.azdev_args
         else:

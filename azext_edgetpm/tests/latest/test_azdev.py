@@ -21,8 +21,10 @@ def azdev_runs(az_without_tss, tmp_path_factory):
         pytest.fail(f"{AZDEV_PYTHON} is missing: run scripts/bootstrap.sh")
     env = dict(os.environ, PYTHONPATH="", AZURE_CONFIG_DIR=str(tmp_path_factory.mktemp("azdev-az")))
     started = {}
-    for check in ("linter", "style"):
+    for check in ("linter", "style", "coverage"):
         argv = [AZDEV_PYTHON, RUNNER, "--extension-dir", az_without_tss.extension_dir, check]
+        if check == "coverage":
+            argv = [AZDEV_PYTHON, RUNNER, check]
         started[check] = subprocess.Popen(argv, env=env, cwd=str(tmp_path_factory.mktemp(check)),
                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return {check: (proc.communicate(timeout=600)[0], proc.returncode) for check, proc in started.items()}
@@ -41,4 +43,10 @@ def test_azdev_style_passes(azdev_runs):
     sys.stdout.write(output)
     assert "Extensions: edge-tpm" in output
     assert "Pylint: PASSED" in output and "Flake8: PASSED" in output
+    assert code == 0, output
+
+
+def test_every_command_is_run_by_a_scenario_test_as_azdev_sees_it(azdev_runs):
+    """azdev's own reader of `self.cmd('az ...')` lines over the test files finds every command."""
+    output, code = azdev_runs["coverage"]
     assert code == 0, output

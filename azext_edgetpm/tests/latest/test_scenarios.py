@@ -133,3 +133,61 @@ class ConfiguredDpsScenarioTest(ScenarioTest):
                  env={"AZURE_DEFAULTS_IOTDPS-DATA-AUTH-TYPE": "login"}, checks=[self.check("registrationId", "{eid}")])
         without = self.cmd("az edge-tpm enrollment show --eid {eid} --login {host}", expect_failure=True)
         assert "no SharedAccessKey" in str(without.error)
+
+
+class CommandCoverageScenarioTest(ScenarioTest):
+    """The remaining commands in azdev's view (`self.cmd('az edge-tpm ...')`), each on a path
+    that needs no IoT Edge install: deletes, registration states, device-side failures (exit code
+    1, never 3, with the way out for that cause), and the lifecycle commands' plans."""
+
+    @pytest.fixture(autouse=True)
+    def _env(self, dps, rig):  # noqa: F811  pylint: disable=redefined-outer-name
+        self.dps, self.rig = dps, rig
+
+    def setUp(self):
+        super().setUp()
+        self.kwargs.update({"cs": "@" + self.dps.cs_file})
+
+    def ssh(self, variant):
+        dev = self.rig.by_variant(variant)
+        self.kwargs.update({"host": f"root@{dev.host}:{dev.port}", "key": dev.key(), "kh": dev.known_hosts})
+        return "--host {host} --ssh-key {key} --known-hosts {kh}"
+
+    def test_enrollment_delete_and_registration_states(self):
+        self.kwargs.update({"eid": "cover-1", "ek": rsa_ek(941)})
+        self.cmd("az edge-tpm enrollment create --eid {eid} --ek {ek} --login {cs}")
+        shown = self.cmd("az edge-tpm registration show --registration-id {eid} --login {cs}", expect_failure=True)
+        assert shown.exit_code == 3 and "not tried to register" in str(shown.error)
+        waited = self.cmd("az edge-tpm registration wait --registration-id {eid} --timeout 1 --interval 1 --login {cs}",
+                          expect_failure=True)
+        assert waited.exit_code == 1 and "not assigned within" in str(waited.error)
+        self.cmd("az edge-tpm enrollment delete --eid {eid} --login {cs} --yes")
+        gone = self.cmd("az edge-tpm enrollment show --eid {eid} --login {cs}", expect_failure=True)
+        assert gone.exit_code == 3
+
+    def test_device_side_problems_exit_1_with_their_own_way_out(self):
+        notools = self.cmd("az edge-tpm ek show " + self.ssh("notools"), expect_failure=True)
+        assert notools.exit_code == 1 and "tpm2-tools is not installed" in str(notools.error)
+        assert "--install-tools" in " ".join(notools.error.recommendations)
+        notpm = self.cmd("az edge-tpm ek show " + self.ssh("notpm"), expect_failure=True)
+        assert notpm.exit_code == 1 and "No TPM answered" in str(notpm.error)
+        assert "--tcti" in " ".join(notpm.error.recommendations)
+        runtime = self.cmd("az edge-tpm status " + self.ssh("fresh"), expect_failure=True)
+        assert runtime.exit_code == 1 and "IoT Edge is not installed" in str(runtime.error)
+        assert "az edge-tpm install" in " ".join(runtime.error.recommendations)
+
+    def test_lifecycle_plans(self):
+        self.kwargs.update({"eid": "cover-2", "ek": rsa_ek(942)})
+        self.cmd("az edge-tpm enrollment create --eid {eid} --ek {ek} --login {cs}")
+        plans = [
+            self.cmd("az edge-tpm deprovision --keep-device --host root@127.0.0.1:1 --registration-id {eid} "
+                     "--login {cs} --dry-run --yes", expect_failure=None),
+            self.cmd("az edge-tpm reprovision --host root@127.0.0.1:1 --registration-id {eid} --login {cs} "
+                     "--dry-run --yes", expect_failure=None),
+            self.cmd("az edge-tpm rekey --host root@127.0.0.1:1 --registration-id {eid} --login {cs} --dry-run --yes",
+                     expect_failure=None)]
+        for out in plans:
+            # a plan, or for rekey (which reads the new EK from the device) the unreachable device
+            assert out.exit_code in (0, 1) and "Traceback" not in out.result.stderr, out.result.stderr
+        self.cmd("az edge-tpm enrollment show --eid {eid} --login {cs}",
+                 checks=[self.check("provisioningStatus", "enabled")])  # a plan changed nothing
