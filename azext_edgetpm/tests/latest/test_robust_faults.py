@@ -10,6 +10,7 @@
 * A slow link and a device that stops answering: clear timeouts, no traceback.
 """
 import os
+import shlex
 import re
 import time
 import tomllib
@@ -27,7 +28,11 @@ DEVICE_CA = "/usr/local/share/ca-certificates/devkit-dps-ca.crt"
 # Files an install stages on the device that must not outlive a run (its own names).
 # (Private mktemp directories of a remote script killed by SIGKILL, which no trap can catch, stay
 # in the device's /tmp until its next boot, as on any Linux: they hold nothing of ours.)
-LEFTOVERS = ("find /tmp /var/tmp /etc /var/secrets -xdev \\( -name '*.tmp-edgetpm' -o -name 'edgetpm-*' "
+# (The checkout the tests run from is left out: a clone in /tmp/edgetpm-... is visible in the device's
+# root too, and is not a leftover.)
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+LEFTOVERS = (f"find /tmp /var/tmp /etc /var/secrets -xdev -path {shlex.quote(_REPO)} -prune -o "
+             "\\( -name '*.tmp-edgetpm' -o -name 'edgetpm-*' "
              "-o -name '*.dpkg-new' -o -name '*.dpkg-tmp' \\) -print 2>/dev/null; "
              "find /var/lib/edge-tpm/staging -type f -print 2>/dev/null")
 
