@@ -449,6 +449,8 @@ class RemoteSession:
         chan.shutdown_write()
         out, err = io.BytesIO(), io.BytesIO()
         deadline = time.monotonic() + timeout
+        quiet_since = time.monotonic()
+        probe_after = max(self.target.connect_timeout, 2.0)
         while True:
             progressed = False
             while chan.recv_ready():
@@ -473,6 +475,18 @@ class RemoteSession:
                 raise ClientRequestError(
                     f"A command on {self.target.display} did not finish within {timeout:.0f}s.",
                     "Check the device's load and network; the step can be re-run safely.")
+            if progressed:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since > probe_after:
+                # a long silent command: is the device still there? (A frozen or cut-off device
+                # would otherwise keep us waiting for the whole command timeout.)
+                if not _answers(chan.get_transport(), self.target.connect_timeout):
+                    raise ClientRequestError(
+                        f"{self.target.display} stopped answering during a command (no reply to an SSH "
+                        f"keepalive within {self.target.connect_timeout:.0f}s).",
+                        "Check that the device is powered and reachable (network, load), then run the command "
+                        "again; the steps can be re-run safely. --ssh-timeout sets how long to wait.")
+                quiet_since = time.monotonic()
             if not progressed:
                 # Woken at once when the exit status arrives; output is drained every 0.5 s meanwhile
                 # (a fleet runs many long commands at once: no 10 ms polling loop per device).
@@ -565,6 +579,27 @@ class RemoteSession:
 # sudo (use_pty) runs the command in a group of its own.
 _REPORT_PGID = '{ read -r _ _ _ _ P _ < /proc/$$/stat; } 2>/dev/null; echo "@@EDGETPM-PGID ${P:-$$}" >&2\n'
 _PGID_LINE = re.compile(rb"^@@EDGETPM-PGID \d+\n", re.MULTILINE)
+
+
+def _answers(transport, timeout: float) -> bool:
+    """Whether the SSH server replies to a keepalive request within `timeout` seconds (any reply,
+    OpenSSH's "request failed" included, shows it is alive). paramiko waits without a limit, so
+    the request runs in a helper thread; it ends with the connection if the server never answers."""
+    import threading
+    if transport is None or not transport.is_active():
+        return False
+    replied = threading.Event()
+
+    def ask():
+        try:
+            transport.global_request("keepalive@openssh.com", wait=True)
+        except Exception:  # pylint: disable=broad-except  # a dead transport: no reply
+            return
+        if transport.is_active():
+            replied.set()
+
+    threading.Thread(target=ask, name="edgetpm-keepalive", daemon=True).start()
+    return replied.wait(timeout)
 
 
 def _pgid(stderr: bytes) -> Optional[int]:

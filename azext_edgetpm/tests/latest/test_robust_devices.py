@@ -8,7 +8,7 @@
 * After an install, the files it wrote have their intended owners and modes.
 * A full provision with --debug leaks no secret (output, az config dir, device files).
 * A slow link still works; a link too slow for --ssh-timeout and a device that stops answering
-  end in one clear timeout error.
+  (before or in the middle of a command) end in one clear timeout error.
 """
 import json
 import os
@@ -384,6 +384,33 @@ def test_slow_link_works_and_a_device_that_stops_answering_times_out_clearly(new
     assert frozen.rc != 0 and "Traceback" not in frozen.stderr
     assert "Timed out after 3s" in frozen.message and frozen.recommendation, frozen.message
     assert took < 30
+    # the device stops answering in the middle of a command (frozen while its TPM query runs):
+    # az notices within --ssh-timeout instead of waiting out the command's own timeout
+    import threading
+    from azext_edgetpm.tests.latest.faults import Severer
+    severer = Severer(dev, tools=("tpm2_getcap",)).install()
+    severer.arm(r"^tpm2_getcap", hold=True)
+    result = {}
+    runner = threading.Thread(target=lambda: result.update(run=az(
+        "edge-tpm", "ek", "show", "--host", f"root@{dev.host}:{dev.port}", "--ssh-key", dev.key("root"),
+        "--known-hosts", dev.known_hosts, "--tcti", dev.tcti, "--no-create", "--ssh-timeout", "3")))
+    runner.start()
+    try:
+        severer.wait_fired(1, timeout=60)
+        pids = netns.netns_pids(dev.netns)
+        started = time.monotonic()
+        signal_all(pids, signal.SIGSTOP)
+        runner.join(timeout=60)
+        took = time.monotonic() - started
+    finally:
+        signal_all(pids, signal.SIGCONT)
+    severer.remove()
+    record("faults injected")
+    assert not runner.is_alive()
+    stuck = result["run"]
+    assert stuck.rc != 0 and "Traceback" not in stuck.stderr
+    assert "stopped answering" in stuck.message and "--ssh-timeout" in stuck.recommendation, stuck.message
+    assert took < 30, took
     # and once it answers again, so does the command
     again = az("edge-tpm", "ek", "show", "--host", f"root@{dev.host}:{dev.port}", "--ssh-key", dev.key("root"),
                "--known-hosts", dev.known_hosts, "--tcti", dev.tcti, "--no-create")
