@@ -143,3 +143,27 @@ def test_ansible_absent_is_said_clearly(tmp_path):
                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": repo})
     assert "ansible-inventory (Ansible) is not installed" in proc.stdout, proc.stderr
     assert "pip install ansible-core" in proc.stdout
+
+
+def test_the_dps_budget_paces_calls_and_holds_back_on_retry_after():
+    """The token bucket with its clock and sleep given (as registration wait takes them)."""
+    from azext_edgetpm.dps.ratelimit import MARGIN, DpsBudget, TokenBucket
+    now = [100.0]
+
+    def sleep(seconds):
+        now[0] += seconds
+    bucket = TokenBucket(60, clock=lambda: now[0], sleep=sleep)   # one a second, one saved up
+    for _ in range(6):
+        bucket.take()
+    assert now[0] == pytest.approx(105.0)
+    bucket.hold(30)                      # DPS said Retry-After: 30
+    bucket.take()
+    assert now[0] >= 135.0
+    budget = DpsBudget(service_per_minute=600, clock=lambda: now[0], sleep=sleep)
+    start = now[0]
+    for _ in range(101):
+        budget.service.take()
+    # A second's worth of calls goes at once, the rest at 600/min less the margin (never faster).
+    rate = 10 * MARGIN
+    assert now[0] - start == pytest.approx((101 - rate) / rate, rel=0.01)
+    assert (101 - 1) / (now[0] - start + 1) < 10   # over the whole run: under 600 a minute
