@@ -36,6 +36,9 @@ class InstallSettings:
     tcti: Optional[str] = None
     dry_run: bool = False
     settle_timeout: float = 90.0
+    # Called right before the runtime is applied (and registers with DPS): a fleet takes a token of
+    # its device-registration budget there.
+    before_registration: Optional[Callable[[], None]] = field(default=None, repr=False, compare=False)
     proxy: Optional[object] = None  # edge.proxy.Proxy (None: direct; proxy files of ours are removed)
 
 

@@ -752,6 +752,8 @@ class RuntimeStep(Step):
             ctx.run("docker rm -f edgeAgent >/dev/null 2>&1", timeout=120)
             done.append("removed the edgeAgent container")
         ctx.progress("iotedge config apply")
+        if ctx.settings.before_registration is not None:
+            ctx.settings.before_registration()
         result = ctx.run("iotedge config apply", timeout=600)
         if not result.ok:
             text = (result.stderr or "") + "\n" + (result.stdout or "")

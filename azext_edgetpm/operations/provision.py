@@ -98,9 +98,9 @@ class InstallStep(Step):
     def run(self, ctx):
         from azext_edgetpm.operations.install import install
         budget = getattr(ctx.services, "budget", None)
-        if budget is not None:
-            budget.registrations.take()   # the runtime registers with DPS at the end of this step
-        settings = dataclasses.replace(ctx.job.install, registration_id=_rid(ctx))
+        # The runtime registers with DPS when it is applied: the registration budget is taken there.
+        settings = dataclasses.replace(ctx.job.install, registration_id=_rid(ctx),
+                                       before_registration=budget.registrations.take if budget is not None else None)
         result = install(ctx.session(), settings, id_format=ctx.job.id_format)
         ctx.data["install"] = result
         steps = {s["name"]: s["status"] for s in result.steps}
