@@ -469,7 +469,10 @@ class RemoteSession:
                     "az edge-tpm stopped reading it.",
                     "Check the tools on the device (tpm2-tools, dpkg, iotedge): one of them prints far more "
                     "than it should, e.g. a wrapper script or a broken install.")
-            if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+            # Done when the exit status is in AND the server said EOF (or closed): sshd may send the
+            # exit status before the last of the command's stderr, which would otherwise be cut off.
+            if (chan.exit_status_ready() and (chan.eof_received or chan.closed)
+                    and not chan.recv_ready() and not chan.recv_stderr_ready()):
                 break
             if time.monotonic() > deadline:
                 raise ClientRequestError(
@@ -490,7 +493,10 @@ class RemoteSession:
             if not progressed:
                 # Woken at once when the exit status arrives; output is drained every 0.5 s meanwhile
                 # (a fleet runs many long commands at once: no 10 ms polling loop per device).
-                chan.status_event.wait(0.5)
+                if chan.status_event.is_set():
+                    time.sleep(0.005)  # the exit status is in; its EOF is a packet away
+                else:
+                    chan.status_event.wait(0.5)
         rc = chan.recv_exit_status()
         if rc == -1 and not chan.get_transport().is_active():
             raise EOFError("the connection closed before the command ended")
