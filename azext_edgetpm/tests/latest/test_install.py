@@ -45,7 +45,9 @@ def test_min_cli_core_version_is_the_tested_one():
 def test_az_extension_add_without_tss_libraries(az_without_tss):
     shown = az_without_tss("extension", "show", "-n", "edge-tpm")
     assert shown.returncode == 0, shown.stderr
-    assert az_without_tss.json(shown)["version"] == "0.1.0"
+    with open(os.path.join(REPO, "setup.py"), encoding="utf-8") as handle:
+        version = re.search(r'^VERSION = "([^"]+)"', handle.read(), re.M).group(1)
+    assert az_without_tss.json(shown)["version"] == version
     installed = os.listdir(os.path.join(az_without_tss.extension_dir, "edge-tpm"))
     assert "tomlkit" in installed and "azext_edgetpm" in installed
     assert not [n for n in installed if n.split("-")[0].lower().replace("_", "-") in AZ_SHIPS + ("tpm2-pytss",)]
