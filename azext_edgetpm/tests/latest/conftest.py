@@ -62,3 +62,16 @@ def az_without_tss(wheel, tmp_path_factory):
     added = az("extension", "add", "--source", str(wheel), "-y", output=None, timeout=300)
     assert added.returncode == 0, added.stderr
     return az
+
+
+@pytest.fixture(scope="module")
+def repo(rig):
+    """The stand-in package repository, served to the module rig's devices."""
+    from devkit.packages.service import AptService
+    service = AptService()
+    try:
+        section = service.up(rig)
+    except Exception as exc:  # pylint: disable=broad-except  # e.g. dpkg-dev missing
+        pytest.skip(f"stand-in package repository unavailable: {exc}")
+    yield section
+    service.down(rig, section)

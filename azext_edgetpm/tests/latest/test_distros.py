@@ -17,8 +17,8 @@ import pytest
 
 from azext_edgetpm.tests.latest.azcli import az
 from azext_edgetpm.tests.latest.test_dps_support import ok
-from azext_edgetpm.tests.latest.test_edge_install import (  # noqa: F401  (dps, repo: module fixtures)
-    DEVICE_CA, changed_since_mark, dps, host_args, install, mark, repo, statuses)
+from azext_edgetpm.tests.latest.test_edge_install import (  # noqa: F401  (dps: a module fixture)
+    DEVICE_CA, changed_since_mark, dps, host_args, install, mark, statuses)
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 # The first test's set-up may wait for a cold build of both userlands (minutes on a loaded machine).

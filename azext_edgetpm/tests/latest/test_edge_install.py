@@ -28,19 +28,6 @@ MARK = "/var/tmp/edgetpm-test-mark"
 
 
 @pytest.fixture(scope="module")
-def repo(rig):
-    """The stand-in package repository, served to the rig's devices."""
-    from devkit.packages.service import AptService
-    service = AptService()
-    try:
-        section = service.up(rig)
-    except Exception as exc:  # pylint: disable=broad-except  # e.g. dpkg-dev missing
-        pytest.skip(f"stand-in package repository unavailable: {exc}")
-    yield section
-    service.down(rig, section)
-
-
-@pytest.fixture(scope="module")
 def dps(rig, tmp_path_factory):
     """The DPS emulator where the devices reach it, trusted by az through REQUESTS_CA_BUNDLE."""
     env = EmulatorEnv(start_emulator(tmp_path_factory.mktemp("edge-dps"), host_ips=[rig.host_ip]))

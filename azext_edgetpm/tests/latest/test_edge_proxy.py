@@ -15,7 +15,7 @@ import pytest
 
 from azext_edgetpm.tests.latest.azcli import az
 from azext_edgetpm.tests.latest.test_edge_install import (  # noqa: F401  (module fixtures used here)
-    changed_since_mark, device, dps, enroll, install, mark, overlay, read, repo, stat, statuses)
+    changed_since_mark, device, dps, enroll, install, mark, overlay, read, stat, statuses)
 
 pytestmark = pytest.mark.devkit
 

@@ -26,18 +26,6 @@ PASSWORD_ENV = "FLEET_TEST_SUDO_PASSWORD"
 
 
 @pytest.fixture(scope="module")
-def repo(rig):
-    from devkit.packages.service import AptService
-    service = AptService()
-    try:
-        section = service.up(rig)
-    except Exception as exc:  # pylint: disable=broad-except  # e.g. dpkg-dev missing
-        pytest.skip(f"stand-in package repository unavailable: {exc}")
-    yield section
-    service.down(rig, section)
-
-
-@pytest.fixture(scope="module")
 def dps(rig, tmp_path_factory):
     env = EmulatorEnv(start_emulator(tmp_path_factory.mktemp("fleet-dps"), host_ips=[rig.host_ip]))
     yield env

@@ -28,18 +28,6 @@ BACKUP = "/var/lib/aziot/identityd/device_info"
 
 
 @pytest.fixture(scope="module")
-def repo(rig):
-    from devkit.packages.service import AptService
-    service = AptService()
-    try:
-        section = service.up(rig)
-    except Exception as exc:  # pylint: disable=broad-except  # e.g. dpkg-dev missing
-        pytest.skip(f"stand-in package repository unavailable: {exc}")
-    yield section
-    service.down(rig, section)
-
-
-@pytest.fixture(scope="module")
 def dps(rig, tmp_path_factory):
     # hub_address: the hubs' registry also on 127.x.y.z:443, for az runs that resolve hub names there
     env = EmulatorEnv(start_emulator(tmp_path_factory.mktemp("lifecycle-dps"), host_ips=[rig.host_ip],

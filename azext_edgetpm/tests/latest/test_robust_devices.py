@@ -24,7 +24,7 @@ from azure.cli.core.azclierror import AzCLIError
 from azext_edgetpm.tests.latest.azcli import az
 from azext_edgetpm.tests.latest.faults import record
 from azext_edgetpm.tests.latest.test_robust_faults import (  # noqa: F401  (module fixtures)
-    dps, enroll, host_args, install, read, repo)
+    dps, enroll, host_args, install, read)
 
 pytestmark = pytest.mark.devkit
 

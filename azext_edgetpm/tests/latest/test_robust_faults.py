@@ -38,18 +38,6 @@ LEFTOVERS = (f"find /tmp /var/tmp /etc /var/secrets -xdev -path {shlex.quote(_RE
 
 
 @pytest.fixture(scope="module")
-def repo(rig):
-    from devkit.packages.service import AptService
-    service = AptService()
-    try:
-        section = service.up(rig)
-    except Exception as exc:  # pylint: disable=broad-except  # e.g. dpkg-dev missing
-        pytest.skip(f"stand-in package repository unavailable: {exc}")
-    yield section
-    service.down(rig, section)
-
-
-@pytest.fixture(scope="module")
 def dps(rig, tmp_path_factory):
     env = EmulatorEnv(start_emulator(tmp_path_factory.mktemp("robust-dps"), host_ips=[rig.host_ip],
                                      assignment_delay_s=0.0, operation_retry_after_s=0))
