@@ -219,27 +219,38 @@ class Bench:
         # the end of each device's install, whose length varies; DPS counts them per minute).
         admin(self.dps, "/config", {"service_ops_per_minute": limit, "service_burst": 1,
                                     "device_registrations_per_minute": limit, "device_burst": max(2, limit // 2)})
+        before = admin(self.dps, "/counters")
         try:
             row = self.fleet(count, "quota", ["--dps-ops-per-minute", str(limit), "--dps-registrations-per-minute",
                                              str(limit)])
         finally:
             admin(self.dps, "/config", {"service_ops_per_minute": 1000, "service_burst": 1000,
-                                                  "device_registrations_per_minute": 1000, "device_burst": 1000})
-        # When DPS assigned each device (read after the measured run, from the emulator's records).
-        from devkit.dps.testing import ServiceClient  # noqa: F401  (only to be sure the kit is complete)
-        times = []
-        state_path = os.path.join(self.dir, "quota-state.json")
-        with open(state_path, encoding="utf-8") as handle:
-            state = json.load(handle)["devices"]
-        for record in state.values():
-            at = (record.get("steps") or {}).get("install", {}).get("at")
-            if at:
-                times.append(datetime.datetime.strptime(at, "%Y-%m-%dT%H:%M:%SZ").timestamp())
-        times.sort()
-        span = times[-1] - times[0] if len(times) > 1 else 0
-        row["registrations_per_minute"] = (len(times) - 1) / span * 60 if span else float("nan")
+                                        "device_registrations_per_minute": 1000, "device_burst": 1000})
+        after = admin(self.dps, "/counters")
+        delta = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+        register = "endpoint.PUT /{scope}/registrations/{id}/register."
+        row["register_requests"] = sum(v for k, v in delta.items() if k.startswith(register) and not k.endswith(".429"))
+        row["throttled_by_kind"] = {k[:-len(".throttled")]: v for k, v in delta.items() if k.endswith(".throttled")}
+        # When DPS assigned each device: its own registration records (read after the measured run,
+        # with the limits lifted again).
+        assigned = sorted(self.assigned_at(r["registrationId"]) for r in row["results"] if r.get("registrationId"))
+        span = assigned[-1] - assigned[0] if len(assigned) > 1 else 0
+        row["devices_per_minute"] = (len(assigned) - 1) / span * 60 if span else float("nan")
         row["limit"] = limit
         return row
+
+    def assigned_at(self, registration_id):
+        """When DPS last changed the device's registration record (its assignment), POSIX seconds."""
+        import requests
+        from devkit.dps import sas
+        parts = dict(p.split("=", 1) for p in self.dps["connection_string"].split(";"))
+        token = sas.generate(parts["HostName"], parts["SharedAccessKey"], parts["SharedAccessKeyName"])
+        answer = requests.get(f"https://{parts['HostName']}/registrations/{registration_id}?api-version=2021-10-01",
+                              headers={"Authorization": token}, verify=self.dps["ca_bundle"], timeout=30)
+        answer.raise_for_status()
+        stamp = answer.json()["lastUpdatedDateTimeUtc"]
+        return datetime.datetime.strptime(stamp[:26], "%Y-%m-%dT%H:%M:%S.%f").replace(
+            tzinfo=datetime.timezone.utc).timestamp()
 
     def run(self):
         args = self.args
@@ -301,14 +312,22 @@ def report_runs(rows, args, startup):
 
 
 def report_quota(quota):
-    if quota:
-        print(f"\n== quota-bound: emulator and provision limited to {quota['limit']} service operations and "
-              f"{quota['limit']} device registrations a minute, {quota['devices']} devices")
-        print(f"registrations per minute (devices' install ends): {quota['registrations_per_minute']:.1f} against {quota['limit']} "
-              f"({quota['registrations_per_minute'] / quota['limit']:.2f} of the limit); DPS service calls "
-              f"{quota['calls']} in {quota['wall']:.0f} s ({quota['calls'] / quota['wall'] * 60:.1f}/min against "
-              f"{quota['limit']}); assigned {quota.get('assigned')} of {quota['devices']}; 429s seen "
-              f"{quota['throttled']}; failed {quota['devices'] - (quota.get('assigned') or 0)}")
+    limit = quota["limit"]
+    # A TPM registration is two register requests (the challenge, the signed one); DPS's device
+    # registration limit counts requests, so at most limit/2 devices a minute can register.
+    per_device = 2
+    devices_limit = limit / per_device
+    print(f"\n== quota-bound: emulator and provision limited to {limit} service operations and {limit} device "
+          f"registrations a minute, {quota['devices']} devices")
+    print(f"devices assigned per minute (DPS's records, first to last assignment): "
+          f"{quota['devices_per_minute']:.2f} against {devices_limit:g} ({limit}/{per_device}: two register requests "
+          f"per TPM registration) = {quota['devices_per_minute'] / devices_limit:.2f} of the limit")
+    print(f"register requests: {quota['register_requests']} for {quota['devices']} devices; "
+          f"{quota['devices_per_minute'] * per_device:.1f}/min against {limit}")
+    print(f"DPS service calls {quota['calls']} in {quota['wall']:.0f} s ({quota['calls'] / quota['wall'] * 60:.1f}/min "
+          f"against {limit}); assigned {quota.get('assigned')} of {quota['devices']}; failed "
+          f"{quota['devices'] - (quota.get('assigned') or 0)}; 429s by kind {quota['throttled_by_kind'] or 'none'}; "
+          f"our CPU {quota['our_cpu_per_device']:.2f} s/device")
 
 
 def main():

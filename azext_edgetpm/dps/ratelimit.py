@@ -34,19 +34,22 @@ class TokenBucket:
         self.taken = 0
         self.waited = 0.0
 
-    def _due(self) -> float:
-        """Reserve one token; the seconds until it may be used."""
+    def _due(self, count: int) -> float:
+        """Reserve `count` tokens at once; the seconds until the last of them may be used."""
         with self._lock:
             now = self._clock()
             self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
             self._last = now
-            self._tokens -= 1
-            self.taken += 1
+            self._tokens -= count
+            self.taken += count
             debt = -self._tokens / self.rate if self._tokens < 0 else 0.0
             return max(debt, self._hold_until - now, 0.0)
 
-    def take(self) -> float:
-        wait = self._due()
+    def take(self, count: int = 1) -> float:
+        """Block until `count` tokens are due. They are reserved together, so that the requests
+        of one piece of work are not interleaved with other threads' (which would delay each piece
+        until every waiting thread had its first token)."""
+        wait = self._due(count)
         if wait > 0:
             self.waited += wait
             self._sleep(wait)
@@ -65,6 +68,10 @@ class TokenBucket:
 # step, and calls spaced exactly at the limit would draw a 429 now and then.
 MARGIN = 0.95
 
+# DPS counts both register requests of a TPM registration: the one answered with the challenge and
+# the signed one.
+REGISTER_REQUESTS_PER_TPM_REGISTRATION = 2
+
 
 class DpsBudget:
     """The service-operation and device-registration budgets of one run, and what it saw."""
@@ -76,6 +83,11 @@ class DpsBudget:
         self.registrations = TokenBucket(registrations_per_minute * MARGIN, clock=clock, sleep=sleep)
         self.throttled = 0
         self._lock = threading.Lock()
+
+    def tpm_registration(self) -> float:
+        """Block until a device may register with TPM attestation: two register requests (the
+        challenge, then the signed one), both counted by DPS, taken as one pair."""
+        return self.registrations.take(REGISTER_REQUESTS_PER_TPM_REGISTRATION)
 
     @property
     def service_calls(self) -> int:

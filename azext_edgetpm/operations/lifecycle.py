@@ -117,7 +117,7 @@ class ReregisterStep(Step):
                     "detail": "would run iotedge system reprovision and wait for the new assignment"}
         budget = getattr(services, "budget", None)
         if budget is not None:
-            budget.registrations.take()   # the device registers with DPS now
+            budget.tpm_registration()   # the device registers with DPS now
         session = ctx.session()
         result = session.run("iotedge system reprovision", sudo=True, timeout=600)
         if result.rc != 0:

@@ -98,11 +98,9 @@ class InstallStep(Step):
     def run(self, ctx):
         from azext_edgetpm.operations.install import install
         budget = getattr(ctx.services, "budget", None)
-        # The runtime registers with DPS when it is applied: the registration budget is taken there,
-        # twice (a TPM registration is two register requests: the challenge, then the signed one).
+        # The runtime registers with DPS when it is applied: the registration budget is taken there.
         settings = dataclasses.replace(ctx.job.install, registration_id=_rid(ctx),
-                                       before_registration=(lambda: [budget.registrations.take() for _ in "12"])
-                                       if budget is not None else None)
+                                       before_registration=budget.tpm_registration if budget is not None else None)
         result = install(ctx.session(), settings, id_format=ctx.job.id_format)
         ctx.data["install"] = result
         steps = {s["name"]: s["status"] for s in result.steps}

@@ -167,3 +167,17 @@ def test_the_dps_budget_paces_calls_and_holds_back_on_retry_after():
     rate = 10 * MARGIN
     assert now[0] - start == pytest.approx((101 - rate) / rate, rel=0.01)
     assert (101 - 1) / (now[0] - start + 1) < 10   # over the whole run: under 600 a minute
+
+
+def test_a_tpm_registration_takes_its_two_register_tokens_as_one_pair():
+    """Devices reaching the registration together get their two tokens back to back: with tokens
+    taken one at a time, every waiting device's first token came before anyone's second, so the
+    first registration of a fleet waited for the whole wave (measured: 64 s at 10/min)."""
+    from azext_edgetpm.dps.ratelimit import MARGIN, DpsBudget
+    waits = []
+    budget = DpsBudget(registrations_per_minute=60 / MARGIN, clock=lambda: 0.0, sleep=waits.append)
+    for _ in range(3):        # three devices arrive at the same instant; nobody's clock moves
+        budget.tpm_registration()
+    # One token a second, one saved up: the pairs end 1, 3 and 5 seconds from now.
+    assert waits == [pytest.approx(1.0), pytest.approx(3.0), pytest.approx(5.0)]
+    assert budget.registrations.taken == 6
