@@ -4,9 +4,11 @@ _error_map (the command groups' exception handler)."""
 from knack.log import get_logger
 
 from azext_edgetpm import _client_factory as factory
+from azext_edgetpm._error_map import register_option_names
 from azext_edgetpm.echo import shown
 
 logger = get_logger(__name__)
+register_option_names()   # domain errors (a fleet's per-device records too) name inputs by their flags
 
 
 def ek_show(cmd, host=None, ssh_user=None, ssh_port=None, ssh_key=None,  # pylint: disable=unused-argument

@@ -5,10 +5,37 @@ the az face (``_error_map.py``) turns them into ``azure.cli.core.azclierror`` er
 recommendation, adding flag names where an error names the input (``field``) it is about.
 The fleet records them per device without any mapping.
 
-Older adapters still raise azclierror errors directly; both kinds carry a message and a
-recommendation, and ``describe()`` reads either.
+An input is named in a message or hint with ``option("ssh_key")`` (its dest name), never with
+a flag: the face registers how options are spelt (``--ssh-key``) with ``name_options`` and the
+texts are rendered when read, so the same adapter error reads right in a single-device command
+and in a fleet's per-device record. Without registered names an option reads as its dest name.
+``describe()`` also reads errors of other libraries (azclierror, knack).
 """
-from typing import Optional
+import re
+import threading
+from typing import Dict, Optional
+
+_MARK = re.compile(r"<option:([a-z][a-z0-9_]*)>")
+_NAMES: Dict[str, str] = {}
+_NAMES_LOCK = threading.Lock()
+
+
+def option(dest: str) -> str:
+    """How an adapter names an input in an error text (rendered later; see name_options)."""
+    return f"<option:{dest}>"
+
+
+def name_options(names: Dict[str, str]) -> None:
+    """The face says how options are spelt (dest name -> flag)."""
+    with _NAMES_LOCK:
+        _NAMES.update(names)
+
+
+def render(text: Optional[str]) -> Optional[str]:
+    """`text` with every option(...) mark replaced by the option's registered name."""
+    if not text or "<option:" not in text:
+        return text
+    return _MARK.sub(lambda m: _NAMES.get(m.group(1), m.group(1)), text)
 
 
 class EdgeTpmError(Exception):
@@ -18,14 +45,33 @@ class EdgeTpmError(Exception):
 
     def __init__(self, message: str, hint: Optional[str] = None, field: Optional[str] = None):
         super().__init__(message)
-        self.message = message
-        self.hint = hint
+        self._message = message
+        self._hint = hint
         self.field = field
+
+    @property
+    def message(self) -> str:
+        return render(self._message)
+
+    @property
+    def hint(self) -> Optional[str]:
+        return render(self._hint)
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class UserInputError(EdgeTpmError):
     """A value the user gave is wrong (shape, range, combination)."""
     kind = "input"
+
+
+class UsageError(UserInputError):
+    """Options used in a way that cannot work together or in this context."""
+
+
+class ExclusiveInputsError(UsageError):
+    """Two inputs that exclude each other were both given."""
 
 
 class MissingInputError(UserInputError):
@@ -53,6 +99,10 @@ class AuthError(EdgeTpmError):
     kind = "auth"
 
 
+class CredentialError(AuthError):
+    """No usable credential on this machine (not logged in, an expired login)."""
+
+
 class PermissionDeniedError(EdgeTpmError):
     """Authenticated, but not allowed."""
     kind = "forbidden"
@@ -71,6 +121,15 @@ class ConflictError(EdgeTpmError):
 class ServiceError(EdgeTpmError):
     """A service (DPS) refused or failed."""
     kind = "service"
+
+
+class BadRequestError(ServiceError):
+    """A service refused the request as malformed."""
+    kind = "input"
+
+
+class ServerError(ServiceError):
+    """A service kept failing on its side (5xx) beyond the retries."""
 
 
 class ThrottledError(ServiceError):
