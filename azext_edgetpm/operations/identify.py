@@ -73,13 +73,13 @@ def identify(session, tcti: Optional[str] = None, create: bool = True, id_format
              install_tools: bool = False, ek_ca_bundle=None) -> Identity:
     """Read (or create) the EK of the device behind a connected RemoteSession (and verify its
     certificate against `ek_ca_bundle` when given)."""
-    from azure.cli.core.azclierror import InvalidArgumentValueError
+    from azext_edgetpm.errors import UserInputError
     from azext_edgetpm.tpm import remote
     from azext_edgetpm.tpm.ek import parse_endorsement_key
     raw = remote.read_ek(session, tcti=tcti, create=create, install_tools=install_tools)
     try:
         ek = parse_endorsement_key(raw.blob)
-    except InvalidArgumentValueError as exc:
+    except UserInputError as exc:
         raise DeviceError(f"The device {session.target.display} returned an invalid endorsement key: {exc}",
                           "Check the TPM at handle 0x81010001 on the device (tpm2_readpublic -c 0x81010001); "
                           "another key may have been persisted there.") from exc

@@ -14,8 +14,9 @@ import binascii
 from dataclasses import dataclass, field
 from typing import List, Set, Tuple
 
-from azure.cli.core.azclierror import FileOperationError
 from knack.log import get_logger
+
+from azext_edgetpm.errors import LocalFileError, option
 
 logger = get_logger(__name__)
 
@@ -46,19 +47,19 @@ def _parse_line(path: str, number: int, line: str):
     try:
         return HostKeyEntry.from_line(line, lineno=number)
     except (InvalidHostKey, ValueError, binascii.Error) as exc:
-        raise FileOperationError(f"Cannot read known hosts file {path}: line {number} is not a host key entry "
-                                 f"({type(exc).__name__}).",
-                                 "Fix or remove that line, or point --known-hosts at another file.") from exc
+        raise LocalFileError(f"Cannot read known hosts file {path}: line {number} is not a host key entry "
+                             f"({type(exc).__name__}).",
+                             f"Fix or remove that line, or point {option('known_hosts')} at another file.") from exc
 
 
 def load_known_hosts(path: str) -> KnownHosts:
-    """Parse `path` (which exists); a line that is not a valid entry is one FileOperationError."""
+    """Parse `path` (which exists); a line that is not a valid entry is one LocalFileError."""
     try:
         with open(path, encoding="utf-8", errors="replace") as handle:
             lines = handle.read().splitlines()
     except OSError as exc:
-        raise FileOperationError(f"Cannot read known hosts file {path}: {exc.strerror or exc}",
-                                 "Fix or replace the file given with --known-hosts.") from exc
+        raise LocalFileError(f"Cannot read known hosts file {path}: {exc.strerror or exc}",
+                             f"Fix or replace the file given with {option('known_hosts')}.") from exc
     known = KnownHosts()
     for number, raw in enumerate(lines, 1):
         line = raw.strip()
@@ -71,13 +72,13 @@ def load_known_hosts(path: str) -> KnownHosts:
         if marker == "@revoked":
             words = line.split()
             if len(words) < 3:
-                raise FileOperationError(f"Cannot read known hosts file {path}: the @revoked line {number} "
-                                         "names no key.", "Fix or remove that line.")
+                raise LocalFileError(f"Cannot read known hosts file {path}: the @revoked line {number} "
+                                     "names no key.", "Fix or remove that line.")
             try:
                 base64.b64decode(words[2], validate=True)
             except (binascii.Error, ValueError) as exc:
-                raise FileOperationError(f"Cannot read known hosts file {path}: the key of the @revoked line "
-                                         f"{number} is not base64.", "Fix or remove that line.") from exc
+                raise LocalFileError(f"Cannot read known hosts file {path}: the key of the @revoked line "
+                                     f"{number} is not base64.", "Fix or remove that line.") from exc
             known.revoked.add((words[1], words[2]))
             continue
         if marker is not None:

@@ -1,9 +1,9 @@
 """One SSH session to one device: host-key policy, ~/.ssh/config, agent and key files,
 ProxyJump, sudo, quoting, file upload, timeouts and retries of transient connect failures.
 
-Every failure a user can cause ends in one `azure.cli.core.azclierror` error with a
-recommendation. Secrets (the sudo password) travel only on the channel's stdin, never on a
-command line, in a log line or in an error message.
+Every failure a user can cause ends in one domain error (azext_edgetpm.errors) with a
+recommendation, which the az face turns into one azclierror. Secrets (the sudo password) travel
+only on the channel's stdin, never on a command line, in a log line or in an error message.
 """
 import base64
 import errno
@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import paramiko
-from azure.cli.core.azclierror import (
-    AzCLIError, AzureConnectionError, ClientRequestError, FileOperationError, ForbiddenError,
-    InvalidArgumentValueError, UnauthorizedError, ValidationError)
 from knack.log import get_logger
 
 from azext_edgetpm.echo import shown
+from azext_edgetpm.errors import (
+    AuthError, DeviceError, EdgeTpmError, LocalFileError, PermissionDeniedError, TransientError, UnreachableError,
+    UserInputError, option)
 
 from .target import DEFAULT_KNOWN_HOSTS, SshTarget, resolve_target, split_host
 
@@ -73,19 +73,19 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
     def missing_host_key(self, client, hostname, key):
         fp = fingerprint(key)
         if self.is_revoked(key):
-            raise ValidationError(
+            raise DeviceError(
                 f"The host key of {self.target.display} ({key.get_name()} {fp}) is marked @revoked in "
                 f"{self.known_hosts}; refusing to connect.",
                 "A revoked key is never accepted: the device must get a new host key (ssh-keygen -A after "
                 "removing the old one), which you then add to known_hosts.")
         if not self.accept_new:
-            raise ValidationError(
+            raise DeviceError(
                 f"The host key of {self.target.display} is not known ({key.get_name()} {fp}); "
                 f"refusing to connect.",
                 f"Check the fingerprint with the device's owner (ssh-keygen -lf "
                 f"/etc/ssh/ssh_host_{_short_type(key)}_key.pub on the device), then add it to "
                 f"{self.known_hosts} (e.g. ssh-keyscan -p {self.target.port} {self.target.hostname} >> "
-                f"{self.known_hosts}), or re-run with --accept-new-host-key to trust it on first use.")
+                f"{self.known_hosts}), or re-run with {option('accept_new_host_key')} to trust it on first use.")
         client.get_host_keys().add(hostname, key.get_name(), key)
         _append_known_host(self.known_hosts, hostname, key)
         logger.warning("Trusting new host key of %s (%s %s); recorded in %s.",
@@ -111,8 +111,8 @@ def _append_known_host(path: str, hostname: str, key) -> None:
         with os.fdopen(fd, "a", encoding="ascii") as handle:
             handle.write(line)
     except OSError as exc:
-        raise FileOperationError(f"Cannot record the new host key in {path}: {exc}",
-                                 "Point --known-hosts at a writable file.") from exc
+        raise LocalFileError(f"Cannot record the new host key in {path}: {exc}",
+                             f"Point {option('known_hosts')} at a writable file.") from exc
 
 
 class _Transport(paramiko.Transport):
@@ -230,55 +230,55 @@ class RemoteSession:
                 return client
             except (paramiko.BadHostKeyException) as exc:
                 client.close()
-                raise ValidationError(
+                raise DeviceError(
                     f"The host key of {target.display} has CHANGED: it offered {exc.key.get_name()} "
                     f"{fingerprint(exc.key)}, but {self.known_hosts} records {fingerprint(exc.expected_key)}. "
                     "Someone may be intercepting the connection, or the device was reinstalled; "
                     "refusing to connect.",
                     f"If the change is expected, remove the old key with `ssh-keygen -R "
                     f"{target.known_hosts_name} -f {self.known_hosts}` and connect again "
-                    "(with --accept-new-host-key to record the new one).") from exc
+                    f"(with {option('accept_new_host_key')} to record the new one).") from exc
             except paramiko.PasswordRequiredException as exc:
                 client.close()
-                raise UnauthorizedError(
+                raise AuthError(
                     f"The SSH key for {target.display} is encrypted and no passphrase can be asked for.",
                     "Load the key into ssh-agent (ssh-add KEY) and run the command again.") from exc
             except paramiko.AuthenticationException as exc:
                 client.close()
-                raise UnauthorizedError(
+                raise AuthError(
                     f"SSH authentication failed for {target.display}: {exc}",
-                    "Check --ssh-user and --ssh-key (or the User/IdentityFile of ~/.ssh/config, or the "
-                    "keys in ssh-agent), and that the public key is in the user's ~/.ssh/authorized_keys "
-                    "on the device.") from exc
+                    f"Check {option('ssh_user')} and {option('ssh_key')} (or the User/IdentityFile of "
+                    "~/.ssh/config, or the keys in ssh-agent), and that the public key is in the user's "
+                    "~/.ssh/authorized_keys on the device.") from exc
             except (paramiko.SSHException, EOFError, ConnectionResetError) as exc:
                 client.close()
                 if "No authentication methods available" in str(exc):
-                    raise UnauthorizedError(
+                    raise AuthError(
                         f"No SSH key to offer {target.display}: none was given, ssh-agent holds none, and "
                         "there is no ~/.ssh/id_* key.",
-                        "Pass --ssh-key, add the key to ssh-agent (ssh-add KEY), or set IdentityFile for the "
-                        "host in ~/.ssh/config.") from exc
+                        f"Pass {option('ssh_key')}, add the key to ssh-agent (ssh-add KEY), or set IdentityFile "
+                        "for the host in ~/.ssh/config.") from exc
                 unusable = _unusable_key_files(target.key_filenames)
                 if unusable and len(unusable) == len(target.key_filenames):
                     # paramiko reports a key file it cannot load only once authentication ran out of
                     # other ways, as a handshake error; it is not transient and not the server's doing.
-                    raise InvalidArgumentValueError(
+                    raise UserInputError(
                         "Not a private key file this SSH client can read: "
                         + "; ".join(f"{path} ({why.split('. See ')[0]})" for path, why in unusable.items()),
-                        "Give the private key file (not the .pub) with --ssh-key, or fix IdentityFile in "
-                        "~/.ssh/config; a key loaded into ssh-agent needs no file.") from exc
+                        f"Give the private key file (not the .pub) with {option('ssh_key')}, or fix IdentityFile "
+                        "in ~/.ssh/config; a key loaded into ssh-agent needs no file.") from exc
                 # A server that accepts TCP but never speaks SSH: paramiko reports the banner
                 # timeout as a handshake error ("Error reading SSH protocol banner", or "No
                 # existing session" when its transport thread gave up first).
                 if (isinstance(exc.__context__, (socket.timeout, TimeoutError))
                         or time.monotonic() - started >= target.connect_timeout * 0.9):
-                    raise ClientRequestError(
+                    raise UnreachableError(
                         f"Timed out after {target.connect_timeout:.0f}s waiting for the SSH server of "
                         f"{target.display} to answer.",
                         "Check that the port belongs to an SSH server and that the device is not overloaded, "
-                        "or raise --ssh-timeout for slow links.") from exc
+                        f"or raise {option('ssh_timeout')} for slow links.") from exc
                 if attempt == _TRANSIENT_CONNECT_ATTEMPTS or sock is not None:
-                    raise AzureConnectionError(
+                    raise TransientError(
                         f"The SSH handshake with {target.display} failed: {exc}",
                         "Check that the port belongs to an SSH server; a device that drops many parallel "
                         "connections may need a higher MaxStartups in its sshd_config.") from exc
@@ -287,20 +287,20 @@ class RemoteSession:
                 delay *= 2
             except (socket.timeout, TimeoutError) as exc:
                 client.close()
-                raise ClientRequestError(
+                raise UnreachableError(
                     f"Timed out after {target.connect_timeout:.0f}s connecting to {target.display}.",
                     "Check that the device is powered on and reachable from here (routing, firewall, VPN), "
-                    "or raise --ssh-timeout for slow links.") from exc
+                    f"or raise {option('ssh_timeout')} for slow links.") from exc
             except socket.gaierror as exc:
                 client.close()
-                raise ClientRequestError(
+                raise UnreachableError(
                     f"Cannot resolve host name {shown(target.hostname)}: {exc.strerror}.",
-                    "Check the spelling of --host, your DNS, or add a Host entry with HostName to "
+                    f"Check the spelling of {option('host')}, your DNS, or add a Host entry with HostName to "
                     "~/.ssh/config.") from exc
             except (paramiko.ssh_exception.NoValidConnectionsError, OSError) as exc:
                 client.close()
-                raise ClientRequestError(_describe_socket_error(target, exc),
-                                         "Check that the device is up, that sshd runs on that port, and "
+                raise UnreachableError(_describe_socket_error(target, exc),
+                                       "Check that the device is up, that sshd runs on that port, and "
                                          "that it is reachable from this machine.") from exc
         raise AssertionError("unreachable")
 
@@ -323,7 +323,7 @@ class RemoteSession:
                 sock = client.get_transport().open_channel("direct-tcpip", dest, ("127.0.0.1", 0),
                                                            timeout=self.target.connect_timeout)
             except (paramiko.SSHException, OSError) as exc:
-                raise ClientRequestError(
+                raise UnreachableError(
                     f"The jump host {hop_target.display} could not reach {dest[0]}:{dest[1]}: {exc}",
                     "Check ProxyJump in ~/.ssh/config and that the jump host allows TCP forwarding.") from exc
         return sock
@@ -345,8 +345,8 @@ class RemoteSession:
                 return self._check_sudo(result)
             self._sudo_needs_password = True
         if stdin is not None:
-            raise ValidationError("Internal: stdin cannot be combined with a sudo password.",
-                                  "Report this as a bug of az edge-tpm.")
+            raise DeviceError("Internal: stdin cannot be combined with a sudo password.",
+                              "Report this as a bug of az edge-tpm.")
         if self._sudo_password is None:
             self._sudo_password = self._sudo_password_cb(self.target)
         secret = (self._sudo_password + "\n").encode()
@@ -357,35 +357,35 @@ class RemoteSession:
         err = result.stderr
         if result.rc != 0 and ("is not in the sudoers file" in err or "is not allowed to run sudo" in err
                                or "may not run sudo" in err):
-            raise ForbiddenError(
+            raise PermissionDeniedError(
                 f"{self.target.user} may not use sudo on {self.target.display}.",
                 "Log in as root, or grant the user sudo rights on the device (e.g. add it to the "
                 "sudo group), then run the command again.")
         if result.rc != 0 and ("incorrect password" in err or "Sorry, try again" in err
                                or "no password was provided" in err):
             self._sudo_password = None
-            raise UnauthorizedError(
+            raise AuthError(
                 f"sudo on {self.target.display} refused the password for {self.target.user}.",
                 f"Set the right password in the environment variable {SUDO_PASSWORD_ENV}, or configure "
                 "NOPASSWD sudo for this user.")
         if result.rc == 127 and ("sudo: not found" in err or "sudo: command not found" in err):
-            raise ValidationError(f"sudo is not installed on {self.target.display}.",
-                                  "Install sudo on the device or log in as root.")
+            raise DeviceError(f"sudo is not installed on {self.target.display}.",
+                              "Install sudo on the device or log in as root.")
         return result
 
     def _exec(self, command: str, stdin: Optional[bytes], timeout: Optional[float], as_root: bool = False) -> Result:
         if "\x00" in command:  # (the face names the option; this is the last line of defence)
-            raise InvalidArgumentValueError("A value holds a NUL character, which no remote command can carry.",
-                                            "Remove the NUL character from the values given.")
+            raise UserInputError("A value holds a NUL character, which no remote command can carry.",
+                                 "Remove the NUL character from the values given.")
         timeout = timeout or self.command_timeout
         transport = self.client.get_transport()
         if transport is None or not transport.is_active():
-            raise AzureConnectionError(f"The SSH connection to {self.target.display} was lost.",
-                                       "Check the device's network and run the command again.")
+            raise TransientError(f"The SSH connection to {self.target.display} was lost.",
+                                 "Check the device's network and run the command again.")
         try:
             chan = transport.open_session(timeout=self.target.connect_timeout)
         except paramiko.ChannelException as exc:
-            raise ForbiddenError(
+            raise PermissionDeniedError(
                 f"The SSH server of {self.target.display} refused to open a session for a command: {exc}",
                 "Check sshd_config on the device (MaxSessions, ForceCommand, or a restricted account in "
                 "authorized_keys): az edge-tpm runs ordinary shell commands.") from exc
@@ -436,10 +436,10 @@ class RemoteSession:
         except Exception as exc:  # pylint: disable=broad-except  # best effort, the original error matters
             logger.warning("Could not stop the command left running on %s: %s", self.target.display, exc)
 
-    def _lost(self, exc: Exception) -> AzureConnectionError:
-        return AzureConnectionError(f"The SSH connection to {self.target.display} failed during a command: {exc}",
-                                    "Check the device's network and run the command again; the steps can be "
-                                    "re-run safely.")
+    def _lost(self, exc: Exception) -> TransientError:
+        return TransientError(f"The SSH connection to {self.target.display} failed during a command: {exc}",
+                              "Check the device's network and run the command again; the steps can be "
+                              "re-run safely.")
 
     def _exchange(self, chan, command: str, stdin: Optional[bytes], timeout: float, progress: dict) -> Result:
         chan.settimeout(1.0)
@@ -464,7 +464,7 @@ class RemoteSession:
             if out.tell() > MAX_OUTPUT_BYTES or err.tell() > MAX_OUTPUT_BYTES:
                 # a device answering with endless output (a broken or hostile tool) must not
                 # exhaust this machine's memory: stop reading (closing the channel stops it)
-                raise ValidationError(
+                raise DeviceError(
                     f"A command on {self.target.display} printed more than {MAX_OUTPUT_BYTES // 2**20} MiB; "
                     "az edge-tpm stopped reading it.",
                     "Check the tools on the device (tpm2-tools, dpkg, iotedge): one of them prints far more "
@@ -475,7 +475,7 @@ class RemoteSession:
                     and not chan.recv_ready() and not chan.recv_stderr_ready()):
                 break
             if time.monotonic() > deadline:
-                raise ClientRequestError(
+                raise UnreachableError(
                     f"A command on {self.target.display} did not finish within {timeout:.0f}s.",
                     "Check the device's load and network; the step can be re-run safely.")
             if progressed:
@@ -484,11 +484,11 @@ class RemoteSession:
                 # a long silent command: is the device still there? (A frozen or cut-off device
                 # would otherwise keep us waiting for the whole command timeout.)
                 if not _answers(chan.get_transport(), self.target.connect_timeout):
-                    raise ClientRequestError(
+                    raise UnreachableError(
                         f"{self.target.display} stopped answering during a command (no reply to an SSH "
                         f"keepalive within {self.target.connect_timeout:.0f}s).",
                         "Check that the device is powered and reachable (network, load), then run the command "
-                        "again; the steps can be re-run safely. --ssh-timeout sets how long to wait.")
+                        f"again; the steps can be re-run safely. {option('ssh_timeout')} sets how long to wait.")
                 quiet_since = time.monotonic()
             if not progressed:
                 # Woken at once when the exit status arrives; output is drained every 0.5 s meanwhile
@@ -509,7 +509,7 @@ class RemoteSession:
         try:
             sftp = self.client.open_sftp()
         except (paramiko.SSHException, EOFError, OSError) as exc:
-            raise FileOperationError(
+            raise LocalFileError(
                 f"The SSH server of {self.target.display} offers no SFTP, which is needed to copy files: "
                 f"{exc or type(exc).__name__}",
                 "Enable SFTP on the device (OpenSSH: `Subsystem sftp internal-sftp` in /etc/ssh/sshd_config; "
@@ -519,8 +519,8 @@ class RemoteSession:
                 handle.chmod(mode)
                 handle.write(data)
         except OSError as exc:
-            raise FileOperationError(f"Cannot write {remote_path} on {self.target.display}: {exc}",
-                                     "Check the free space and permissions on the device.") from exc
+            raise LocalFileError(f"Cannot write {remote_path} on {self.target.display}: {exc}",
+                                 "Check the free space and permissions on the device.") from exc
         except (paramiko.SSHException, EOFError) as exc:
             raise self._lost(exc) from exc
         finally:
@@ -541,15 +541,15 @@ class RemoteSession:
             result = self.run(f"umask 022; mkdir -p {STAGING_ROOT} && chmod 0711 {STAGING_ROOT} && rm -rf -- {q} && "
                               f"mkdir -m 0700 -- {q} && chown -- {shlex.quote(user)}: {q}", sudo=True)
             if not result.ok:
-                raise FileOperationError(
+                raise LocalFileError(
                     f"Cannot prepare the staging directory {base} on {self.target.display}: "
                     f"{result.stderr.strip()[-300:]}", "Check the free space and permissions under /var/lib on the "
                     "device.")
             self._staging_base = base
         made = self.run(f"umask 077; mktemp -d {shlex.quote(base)}/run.XXXXXX").stdout.strip()
         if not made.startswith(base + "/run."):
-            raise FileOperationError(f"Cannot create a staging directory under {base} on {self.target.display}.",
-                                     "Check the free space on the device.")
+            raise LocalFileError(f"Cannot create a staging directory under {base} on {self.target.display}.",
+                                 "Check the free space on the device.")
         return made
 
     def install_file(self, data: bytes, dest: str, mode: int = 0o600, owner: str = "root",
@@ -569,13 +569,13 @@ class RemoteSession:
             result = self.run(script, sudo=True)
             if not result.ok:
                 self.run(f"rm -f {shlex.quote(part)}", sudo=True)
-                raise FileOperationError(f"Cannot write {dest} on {self.target.display}: {result.stderr.strip()}",
-                                         "Check the free space and permissions on the device.")
+                raise LocalFileError(f"Cannot write {dest} on {self.target.display}: {result.stderr.strip()}",
+                                     "Check the free space and permissions on the device.")
             failed = False
         finally:
             try:
                 self.run(f"rm -rf -- {shlex.quote(tmpdir)}")
-            except AzCLIError:
+            except EdgeTpmError:
                 if not failed:  # (a lost connection: the next run's staging_dir removes it)
                     raise
 
@@ -647,7 +647,7 @@ def default_sudo_password(target: SshTarget) -> str:
     try:
         return prompt_pass(f"sudo password for {target.user} on {target.hostname}: ")
     except NoTTYException as exc:
-        raise UnauthorizedError(
+        raise AuthError(
             f"sudo on {target.display} needs a password for {target.user}, and there is no terminal to ask on.",
             f"Put the password in the environment variable {SUDO_PASSWORD_ENV} (in a pipeline, from a "
             "secret variable), configure NOPASSWD sudo, or log in as root. (sudo asks for a password "

@@ -8,9 +8,8 @@ import re
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from azure.cli.core.azclierror import InvalidArgumentValueError
-
 from azext_edgetpm.echo import shown
+from azext_edgetpm.errors import UserInputError, option
 
 DEFAULT_SSH_CONFIG = os.path.join("~", ".ssh", "config")
 DEFAULT_KNOWN_HOSTS = os.path.join("~", ".ssh", "known_hosts")
@@ -54,23 +53,24 @@ class SshTarget:
 def split_host(value: str):
     """Split `user@host[:port]` (IPv6 as `[addr]:port`) into (user, host, port)."""
     if len(value or "") > MAX_HOST_LENGTH:
-        raise InvalidArgumentValueError(
-            f"--host is {len(value):,} characters long; at most {MAX_HOST_LENGTH} are accepted: {shown(value)}",
+        raise UserInputError(
+            f"{option('host')} is {len(value):,} characters long; at most {MAX_HOST_LENGTH} are accepted: "
+            f"{shown(value)}",
             "Give [user@]host[:port]: a host name has at most 253 characters.")
     match = _HOST_RE.match((value or "").strip())
     name = match and (match.group("v6") or match.group("name"))
     if name and (len(name) > 253 or any(len(label) > 63 for label in name.split("."))):
-        raise InvalidArgumentValueError(f"--host {shown(value)} names no valid host: a host name has at most 253 "
-                                        "characters, 63 per dot-separated label.", "Check the spelling of --host.")
+        raise UserInputError(f"{option('host')} {shown(value)} names no valid host: a host name has at most 253 "
+                             "characters, 63 per dot-separated label.", f"Check the spelling of {option('host')}.")
     if not match:
-        raise InvalidArgumentValueError(
-            f"--host {shown(value)} is not of the form [user@]host[:port].",
+        raise UserInputError(
+            f"{option('host')} {shown(value)} is not of the form [user@]host[:port].",
             "Give a host name, an IP address (IPv6 in brackets: [fd00::1]:22) or a Host alias "
             "from ~/.ssh/config, optionally preceded by user@ and followed by :port.")
     port = match.group("port")
     if port is not None and not 0 < int(port) < 65536:
-        raise InvalidArgumentValueError(f"Port {port} in --host is out of range.",
-                                        "Use a TCP port between 1 and 65535.")
+        raise UserInputError(f"Port {port} in {option('host')} is out of range.",
+                             "Use a TCP port between 1 and 65535.")
     return match.group("user"), match.group("v6") or match.group("name"), int(port) if port else None
 
 
@@ -91,8 +91,8 @@ def resolve_target(host: str, ssh_user: Optional[str] = None, ssh_port: Optional
     keys = [os.path.expanduser(ssh_key)] if ssh_key else [
         os.path.expanduser(k) for k in cfg.get("identityfile", []) if os.path.exists(os.path.expanduser(k))]
     if ssh_key and not os.path.isfile(keys[0]):
-        raise InvalidArgumentValueError(f"SSH key file {shown(ssh_key)} does not exist.",
-                                        "Check the path given with --ssh-key.")
+        raise UserInputError(f"SSH key file {shown(ssh_key)} does not exist.",
+                             f"Check the path given with {option('ssh_key')}.")
     proxy = cfg.get("proxyjump")
     if proxy and proxy.lower() == "none":
         proxy = None
@@ -103,9 +103,9 @@ def resolve_target(host: str, ssh_user: Optional[str] = None, ssh_port: Optional
 
 def _config_port(value: str, name: str) -> int:
     if not str(value).isdigit() or not 0 < int(value) < 65536:
-        raise InvalidArgumentValueError(
+        raise UserInputError(
             f"The SSH config gives Port {shown(value)} for {shown(name)}, which is not a TCP port.",
-            "Fix the Port line of that Host entry (1-65535), or pass --ssh-port.")
+            f"Fix the Port line of that Host entry (1-65535), or pass {option('ssh_port')}.")
     return int(value)
 
 
@@ -117,8 +117,8 @@ def _lookup_ssh_config(name: str, path: Optional[str]) -> dict:
     try:
         config = paramiko.SSHConfig.from_path(path)
     except (OSError, paramiko.ssh_exception.ConfigParseError) as exc:
-        raise InvalidArgumentValueError(f"Cannot read SSH config {path}: {exc}",
-                                        "Fix the file, or point --ssh-config at another one.") from exc
+        raise UserInputError(f"Cannot read SSH config {path}: {exc}",
+                             f"Fix the file, or point {option('ssh_config')} at another one.") from exc
     return dict(config.lookup(name))
 
 

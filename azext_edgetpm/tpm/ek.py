@@ -14,7 +14,7 @@ import struct
 from dataclasses import dataclass
 from typing import Optional
 
-from azure.cli.core.azclierror import InvalidArgumentValueError
+from azext_edgetpm.errors import UserInputError, option
 
 ID_FORMATS = ("sha256", "legacy")
 
@@ -29,7 +29,7 @@ _EK_REQUIRED = _FIXED_TPM | _FIXED_PARENT | _SENSITIVE_DATA_ORIGIN | _ADMIN_WITH
 _EK_ALLOWED = _EK_REQUIRED | _USER_WITH_AUTH
 
 _HOW_TO_READ = ("Read it on the device with `tpm2_readpublic -c 0x81010001 -o ek.pub` and pass "
-                "`base64 -w0 ek.pub`, or let az edge-tpm read it with --host.")
+                f"`base64 -w0 ek.pub`, or let az edge-tpm read it with {option('host')}.")
 
 
 def tss_available() -> bool:
@@ -71,27 +71,26 @@ def registration_id(ek_blob: bytes, id_format: str = "sha256") -> str:
         return digest.hex()
     if id_format == "legacy":
         return base64.b32encode(digest).decode("ascii").lower().rstrip("=")
-    raise InvalidArgumentValueError(f"Unknown --id-format {id_format!r}.",
-                                    f"Use one of: {', '.join(ID_FORMATS)}.")
+    raise UserInputError(f"Unknown {option('id_format')} {id_format!r}.", f"Use one of: {', '.join(ID_FORMATS)}.")
 
 
 def decode_endorsement_key(value: str) -> bytes:
     """Base64 text (as DPS and the seed script show it) to bytes, with the usual mistakes named."""
     text = (value or "").strip()
     if text.startswith("-----BEGIN"):
-        raise InvalidArgumentValueError(
+        raise UserInputError(
             "The endorsement key is a PEM document; DPS expects the base64 of the marshalled "
             "TPM2B_PUBLIC structure, not a PEM public key.", _HOW_TO_READ)
     try:
         return base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise InvalidArgumentValueError("The endorsement key is not valid base64.", _HOW_TO_READ) from exc
+        raise UserInputError("The endorsement key is not valid base64.", _HOW_TO_READ) from exc
 
 
 def parse_endorsement_key(blob: bytes) -> EndorsementKey:
     """Validate a marshalled TPM2B_PUBLIC as an EK; raise a clear error for anything else."""
     if len(blob) < 2 + 10:
-        raise InvalidArgumentValueError(
+        raise UserInputError(
             f"The endorsement key is only {len(blob)} bytes long; it is not a marshalled TPM2B_PUBLIC.",
             _HOW_TO_READ)
     size = struct.unpack(">H", blob[:2])[0]
@@ -102,7 +101,7 @@ def parse_endorsement_key(blob: bytes) -> EndorsementKey:
             hint = "It looks like a TPMT_PUBLIC without the 2-byte size prefix of TPM2B_PUBLIC."
         else:
             hint = "Its size prefix does not match its length."
-        raise InvalidArgumentValueError(
+        raise UserInputError(
             f"The endorsement key is not a marshalled TPM2B_PUBLIC. {hint}", _HOW_TO_READ)
     if tss_available():
         return _parse_with_tss(blob)
@@ -117,10 +116,10 @@ def _parse_with_tss(blob: bytes) -> EndorsementKey:
     try:
         public, used = TPM2B_PUBLIC.unmarshal(blob)
     except (TSS2_Exception, ValueError) as exc:
-        raise InvalidArgumentValueError(f"The endorsement key does not unmarshal as TPM2B_PUBLIC: {exc}",
-                                        _HOW_TO_READ) from exc
+        raise UserInputError(f"The endorsement key does not unmarshal as TPM2B_PUBLIC: {exc}",
+                             _HOW_TO_READ) from exc
     if used != len(blob):
-        raise InvalidArgumentValueError(
+        raise UserInputError(
             f"The endorsement key does not unmarshal as a TPM2B_PUBLIC (the TSS could read {used} of its "
             f"{len(blob)} bytes).", _HOW_TO_READ)
     area = public.publicArea
@@ -134,18 +133,18 @@ def _parse_with_tss(blob: bytes) -> EndorsementKey:
     if area.type == TPM2_ALG.RSA:
         bits = int(area.parameters.rsaDetail.keyBits)
         if bits != 2048:
-            raise InvalidArgumentValueError(f"The endorsement key is RSA-{bits}; DPS takes RSA-2048 or ECC P-256 EKs.",
-                                            "Use the TPM's RSA-2048 EK (handle 0x81010001).")
+            raise UserInputError(f"The endorsement key is RSA-{bits}; DPS takes RSA-2048 or ECC P-256 EKs.",
+                                 "Use the TPM's RSA-2048 EK (handle 0x81010001).")
         exponent = int(area.parameters.rsaDetail.exponent) or 65537
         return EndorsementKey(blob, "RSA-2048", "tpm2-pytss",
                               rsa_modulus=int.from_bytes(bytes(area.unique.rsa), "big"), rsa_exponent=exponent)
     if area.type == TPM2_ALG.ECC:
         if area.parameters.eccDetail.curveID != TPM2_ECC.NIST_P256:
-            raise InvalidArgumentValueError("The endorsement key uses an ECC curve other than NIST P-256.",
-                                            "Use the TPM's RSA-2048 EK (handle 0x81010001).")
+            raise UserInputError("The endorsement key uses an ECC curve other than NIST P-256.",
+                                 "Use the TPM's RSA-2048 EK (handle 0x81010001).")
         point = (int.from_bytes(bytes(area.unique.ecc.x), "big"), int.from_bytes(bytes(area.unique.ecc.y), "big"))
         return EndorsementKey(blob, "ECC-NIST-P256", "tpm2-pytss", ecc_point=point)
-    raise InvalidArgumentValueError("The endorsement key is neither an RSA nor an ECC key.", _HOW_TO_READ)
+    raise UserInputError("The endorsement key is neither an RSA nor an ECC key.", _HOW_TO_READ)
 
 
 class _Reader:
@@ -156,7 +155,7 @@ class _Reader:
 
     def take(self, size: int) -> bytes:
         if self.pos + size > len(self.data):
-            raise InvalidArgumentValueError(
+            raise UserInputError(
                 "The endorsement key ends in the middle of its TPMT_PUBLIC structure.", _HOW_TO_READ)
         chunk = self.data[self.pos:self.pos + size]
         self.pos += size
@@ -179,7 +178,7 @@ def _parse_structure(blob: bytes) -> EndorsementKey:
     key_type, _name_alg, attributes = reader.u16(), reader.u16(), reader.u32()
     _check_attributes(attributes)
     if key_type not in (_ALG_RSA, _ALG_ECC):
-        raise InvalidArgumentValueError("The endorsement key is neither an RSA nor an ECC key.", _HOW_TO_READ)
+        raise UserInputError("The endorsement key is neither an RSA nor an ECC key.", _HOW_TO_READ)
     reader.sized()                                  # authPolicy
     algorithm, bits, mode = reader.u16(), None, None  # symmetric: algorithm [, keyBits, mode]
     if algorithm != _ALG_NULL:
@@ -192,8 +191,8 @@ def _parse_structure(blob: bytes) -> EndorsementKey:
         modulus = reader.sized()
         _check_consumed(reader)
         if bits != 2048:
-            raise InvalidArgumentValueError(f"The endorsement key is RSA-{bits}; DPS takes RSA-2048 or ECC P-256 EKs.",
-                                            "Use the TPM's RSA-2048 EK (handle 0x81010001).")
+            raise UserInputError(f"The endorsement key is RSA-{bits}; DPS takes RSA-2048 or ECC P-256 EKs.",
+                                 "Use the TPM's RSA-2048 EK (handle 0x81010001).")
         return EndorsementKey(blob, "RSA-2048", "structure", rsa_modulus=int.from_bytes(modulus, "big"),
                               rsa_exponent=exponent or 65537)
     curve = reader.u16()
@@ -202,15 +201,15 @@ def _parse_structure(blob: bytes) -> EndorsementKey:
     x, y = reader.sized(), reader.sized()
     _check_consumed(reader)
     if curve != _ECC_NIST_P256:
-        raise InvalidArgumentValueError("The endorsement key uses an ECC curve other than NIST P-256.",
-                                        "Use the TPM's RSA-2048 EK (handle 0x81010001).")
+        raise UserInputError("The endorsement key uses an ECC curve other than NIST P-256.",
+                             "Use the TPM's RSA-2048 EK (handle 0x81010001).")
     return EndorsementKey(blob, "ECC-NIST-P256", "structure",
                           ecc_point=(int.from_bytes(x, "big"), int.from_bytes(y, "big")))
 
 
 def _check_consumed(reader: _Reader) -> None:
     if reader.pos != len(reader.data):
-        raise InvalidArgumentValueError(
+        raise UserInputError(
             f"The endorsement key has {len(reader.data) - reader.pos} bytes after its TPMT_PUBLIC structure.",
             _HOW_TO_READ)
 
@@ -223,7 +222,7 @@ def _check_symmetric(algorithm: int, bits: Optional[int], mode: Optional[int]) -
         what = names.get(algorithm, f"algorithm 0x{algorithm:04x}")
         if algorithm != _ALG_NULL:
             what += f"-{bits}" + ("-CFB" if mode == _ALG_CFB else f" in mode 0x{(mode or 0):04x}")
-        raise InvalidArgumentValueError(
+        raise UserInputError(
             f"The endorsement key's symmetric algorithm is {what}; DPS requires AES-128-CFB (the TCG EK "
             "template's), so its TPM attestation would fail.",
             "Use the TPM's EK made from the TCG default template (tpm2_createek -G rsa, handle 0x81010001).")
@@ -231,7 +230,7 @@ def _check_symmetric(algorithm: int, bits: Optional[int], mode: Optional[int]) -
 
 def _check_attributes(attributes: int) -> None:
     if attributes & _EK_REQUIRED != _EK_REQUIRED or attributes & ~_EK_ALLOWED or attributes & _SIGN:
-        raise InvalidArgumentValueError(
+        raise UserInputError(
             f"The key's object attributes (0x{attributes:08x}) are not those of an endorsement key "
             "(fixedTPM, fixedParent, sensitiveDataOrigin, adminWithPolicy, restricted, decrypt); "
             "it may be a storage or signing key.",

@@ -11,7 +11,7 @@ import datetime
 import os
 from typing import List, Optional
 
-from azext_edgetpm.errors import DeviceError, LocalFileError
+from azext_edgetpm.errors import DeviceError, LocalFileError, option
 
 BUNDLE_SUFFIXES = (".pem", ".crt", ".cer", ".der")
 
@@ -84,12 +84,13 @@ def verify_ek_certificate(cert_der: Optional[bytes], ek, bundle: List, device: s
     saying why the device's TPM cannot be trusted. `ek`: the parsed EK (tpm.ek.EndorsementKey)."""
     from cryptography import x509
     from azext_edgetpm.tpm.ek import certificate_summary, trim_der
-    hint = ("Check that --ek-ca-bundle holds the CA certificates of this TPM's maker (and its intermediate "
+    hint = (f"Check that {option('ek_ca_bundle')} holds the CA certificates of this TPM's maker (and its intermediate "
             "CAs); a device whose certificate does not verify must not be enrolled.")
     if not cert_der:
         raise DeviceError(f"{device}: the TPM holds no EK certificate (NV 0x01C00002/0x01C0000A), so it cannot be "
-                          "verified against --ek-ca-bundle.",
-                          "Enroll this device without --ek-ca-bundle only if you trust its TPM by other means.")
+                          f"verified against {option('ek_ca_bundle')}.",
+                          f"Enroll this device without {option('ek_ca_bundle')} only if you trust its TPM by other "
+                          "means.")
     try:
         cert = x509.load_der_x509_certificate(trim_der(cert_der))
     except ValueError as exc:
@@ -105,10 +106,10 @@ def verify_ek_certificate(cert_der: Optional[bytes], ek, bundle: List, device: s
         raise DeviceError(f"{device}: {problem}.", hint)
     issuer, why = _issuer_in(cert, bundle)
     if issuer is None:
-        raise DeviceError(f"{device}: the EK certificate does not chain to --ek-ca-bundle: {why}.", hint)
+        raise DeviceError(f"{device}: the EK certificate does not chain to {option('ek_ca_bundle')}: {why}.", hint)
     problem = _validity_problem(issuer, f"its issuer {_name(issuer)}", now)
     if problem or not _is_ca(issuer):
-        raise DeviceError(f"{device}: the EK certificate does not chain to --ek-ca-bundle: "
+        raise DeviceError(f"{device}: the EK certificate does not chain to {option('ek_ca_bundle')}: "
                           f"{problem or f'its issuer {_name(issuer)} is not a CA certificate'}.", hint)
     return {"verified": True, "issuer": _name(issuer),
             "issuerFingerprint": issuer.fingerprint(_sha256()).hex()}

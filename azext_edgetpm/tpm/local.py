@@ -4,7 +4,7 @@ import os
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from azure.cli.core.azclierror import UnclassifiedUserFault, ValidationError
+from azext_edgetpm.errors import DeviceError, EdgeTpmError, option
 
 from .properties import describe_tpm, from_capability
 from .remote import SRK_ATTRIBUTES
@@ -29,9 +29,10 @@ def _import_tss():
     try:
         import tpm2_pytss  # noqa: F401  pylint: disable=unused-import,import-error
     except (ImportError, OSError) as exc:
-        raise ValidationError(
-            f"--local needs tpm2-pytss and the tpm2-tss libraries, which are not installed here ({exc}).",
-            [how_to_add_tpm2_pytss(), "Or use --host to read the TPM of a Linux device over SSH."]) from exc
+        raise DeviceError(  # (two recommendations, one per line as az prints them)
+            f"{option('local')} needs tpm2-pytss and the tpm2-tss libraries, which are not installed here ({exc}).",
+            "\n".join([how_to_add_tpm2_pytss(),
+                       f"Or use {option('host')} to read the TPM of a Linux device over SSH."])) from exc
 
 
 def how_to_add_tpm2_pytss() -> str:
@@ -54,16 +55,16 @@ def read_ek(tcti: Optional[str] = None, create: bool = True) -> LocalEk:
     try:
         ectx = ESAPI(tcti)
     except TSS2_Exception as exc:
-        raise ValidationError(
+        raise DeviceError(
             f"No TPM answered on this machine{' through ' + repr(tcti) if tcti else ''}: {exc}",
             "Check /dev/tpmrm0 and its permissions (run as root or a member of the tss group), or "
-            "pass the TPM's TCTI with --tcti.") from exc
+            f"pass the TPM's TCTI with {option('tcti')}.") from exc
     try:
         with ectx:
             return _read(ectx, create)
     except TSS2_Exception as exc:
-        raise UnclassifiedUserFault(f"The TPM refused a command: {exc}",
-                                    "Check that the TPM is not in lockout and has no hierarchy password set.") from exc
+        raise EdgeTpmError(f"The TPM refused a command: {exc}",
+                           "Check that the TPM is not in lockout and has no hierarchy password set.") from exc
 
 
 def _read(ectx, create: bool) -> LocalEk:
@@ -78,8 +79,8 @@ def _read(ectx, create: bool) -> LocalEk:
     ek_public = _read_persistent(ectx, EK_HANDLE)
     if ek_public is None:
         if not create:
-            raise ValidationError("This machine's TPM has no endorsement key at 0x81010001.",
-                                        "Run without --no-create to create the EK and SRK.")
+            raise DeviceError("This machine's TPM has no endorsement key at 0x81010001.",
+                              f"Run without {option('no_create')} to create the EK and SRK.")
         handle, ek_public, _, _, _ = ectx.create_primary(TPM2B_SENSITIVE_CREATE(), template, ESYS_TR.ENDORSEMENT)
         ectx.evict_control(ESYS_TR.OWNER, handle, EK_HANDLE)
         ectx.flush_context(handle)

@@ -9,9 +9,8 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from azure.cli.core.azclierror import UnclassifiedUserFault, ValidationError
-
 from azext_edgetpm.echo import shown
+from azext_edgetpm.errors import DeviceError, EdgeTpmError, option
 
 from .properties import describe_tpm, parse_fixed_properties  # noqa: F401  pylint: disable=unused-import
 
@@ -104,7 +103,7 @@ def install_tpm2_tools(session) -> None:
                          "apt-get install -y -q tpm2-tools", sudo=True, timeout=600)
     if not result.ok:
         tail = "\n".join(result.stderr.strip().splitlines()[-3:])
-        raise UnclassifiedUserFault(
+        raise EdgeTpmError(
             f"Installing tpm2-tools on {session.target.display} failed: {tail}",
             "Check the device's package sources (apt-get update) or install tpm2-tools by hand.")
 
@@ -113,34 +112,34 @@ def parse_output(result, display: str, tcti: Optional[str]) -> RemoteEk:
     lines = result.stdout.splitlines()
     stderr = "\n".join(line[len("@@STDERR "):] for line in lines if line.startswith("@@STDERR "))
     if result.rc == _RC_NO_TOOLS:
-        raise ValidationError(  # a device-side problem: not exit code 3 (a missing Azure resource)
+        raise DeviceError(  # a device-side problem: not exit code 3 (a missing Azure resource)
             f"tpm2-tools is not installed on {display}.",
-            "Install it on the device (sudo apt-get install tpm2-tools), or re-run with --install-tools.")
+            f"Install it on the device (sudo apt-get install tpm2-tools), or re-run with {option('install_tools')}.")
     if result.rc == _RC_NO_TPM:
         where = f"through TCTI {shown(tcti)}" if tcti else "(no /dev/tpmrm0, /dev/tpm0 or TPM simulator answered)"
-        raise ValidationError(  # a device-side problem: not exit code 3 (a missing Azure resource)
+        raise DeviceError(  # a device-side problem: not exit code 3 (a missing Azure resource)
             f"No TPM answered on {display} {where}: {_last_line(stderr)}",
             "Check that the device has a TPM 2.0 enabled in its firmware and that the kernel exposes "
-            "/dev/tpmrm0; for a TPM simulator or a resource manager, pass its TCTI with --tcti.")
+            f"/dev/tpmrm0; for a TPM simulator or a resource manager, pass its TCTI with {option('tcti')}.")
     if result.rc == _RC_NO_EK:
-        raise ValidationError(  # a device-side problem: not exit code 3 (a missing Azure resource)
+        raise DeviceError(  # a device-side problem: not exit code 3 (a missing Azure resource)
             f"The TPM of {display} has no endorsement key at {EK_HANDLE}.",
-            "Run without --no-create to create the EK and SRK as the IoT Edge documentation does.")
+            f"Run without {option('no_create')} to create the EK and SRK as the IoT Edge documentation does.")
     if result.rc == _RC_TPM_ERROR:
         step = next((line.split()[2] for line in lines if line.startswith("@@ERR tpm")), "tpm2-tools")
-        raise UnclassifiedUserFault(
+        raise EdgeTpmError(
             f"{step} failed on {display}: {tpm_error_text(stderr) or 'no error text'}",
             "A TPM in lockout or with an owner/endorsement password set refuses key creation: clear the "
             "lockout (tpm2_dictionarylockout) or provide the hierarchy authorization, then run again.")
     if result.rc != 0:
-        raise UnclassifiedUserFault(
+        raise EdgeTpmError(
             f"Reading the EK on {display} failed (exit {result.rc}): {_last_line(result.stderr)}",
             "Run the command again with --debug for details.")
     try:
         return _collect(lines)
     except (binascii.Error, ValueError) as exc:
-        raise ValidationError(f"The device {display} answered with output that is not what tpm2-tools prints: {exc}",
-                              "Run the command again with --debug, and check tpm2_readpublic on the device.") from exc
+        raise DeviceError(f"The device {display} answered with output that is not what tpm2-tools prints: {exc}",
+                          "Run the command again with --debug, and check tpm2_readpublic on the device.") from exc
 
 
 def _collect(lines: List[str]) -> RemoteEk:

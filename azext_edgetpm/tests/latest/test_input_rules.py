@@ -60,12 +60,13 @@ AES_128_CFB = struct.pack(">HHH", 0x0006, 128, 0x0043)
     (struct.pack(">HHH", 0x0006, 128, 0x0044), "AES-128 in mode 0x0044"),  # CBC
 ])
 def test_ek_symmetric_algorithm_dps_refuses(symmetric, named):
+    from azext_edgetpm.errors import UserInputError
     blob = _rsa_ek(symmetric)
     # both ways the EK is checked: with tpm2-pytss (Linux) and structurally (where the TSS
     # libraries do not exist, e.g. Windows; called directly here)
     checks = [ekmod._parse_structure] + ([ekmod._parse_with_tss] if ekmod.tss_available() else [])
     for check in checks:
-        with pytest.raises(InvalidArgumentValueError) as err:
+        with pytest.raises(UserInputError) as err:
             check(blob)
         assert named in str(err.value) and "AES-128-CFB" in str(err.value), (check.__name__, str(err.value))
 

@@ -5,8 +5,8 @@ import signal
 import threading
 
 import pytest
-from azure.cli.core.azclierror import ClientRequestError
 
+from azext_edgetpm.errors import UnreachableError
 from azext_edgetpm.remote.session import RemoteSession, Terminated
 from azext_edgetpm.remote.target import resolve_target
 from devkit.wait import wait_until
@@ -37,7 +37,7 @@ def test_a_command_that_times_out_is_stopped_on_the_device(rig, user, sudo):
     dev = rig.by_variant("mfg")
     seconds = 3001 if sudo else 3002
     with _session(dev, user) as session:
-        with pytest.raises(ClientRequestError) as err:
+        with pytest.raises(UnreachableError) as err:
             session.run(_command(seconds), sudo=sudo, timeout=2)
         assert "did not finish within 2s" in str(err.value)
     wait_until(lambda: _running(dev, seconds) == 0, timeout=10, what=f"the device's `sleep {seconds}` ending")
@@ -79,7 +79,7 @@ def test_a_hanging_apt_get_update_is_stopped_and_leaves_no_temporary_files(rig):
         try:
             before = set(dev.exec("ls -d /tmp/tmp.* 2>/dev/null").stdout.split())
             with _session(dev, "admin") as session:
-                with pytest.raises(ClientRequestError):
+                with pytest.raises(UnreachableError):
                     session.run(update_command([source]), sudo=True, timeout=3)
             wait_until(lambda: int(dev.exec(apt_running).stdout.strip() or 0) == 0, timeout=10,
                        what="the device's apt-get update ending")

@@ -4,8 +4,8 @@ the next run removes it."""
 import uuid
 
 import pytest
-from azure.cli.core.azclierror import AzureConnectionError
 
+from azext_edgetpm.errors import TransientError
 from azext_edgetpm.remote.session import STAGING_ROOT, RemoteSession
 from azext_edgetpm.remote.target import resolve_target
 
@@ -42,7 +42,7 @@ def test_a_drop_between_upload_and_cleanup_is_cleaned_by_the_next_run(rig, user)
             session.client.get_transport().close()
 
         session.upload = upload_then_drop
-        with pytest.raises(AzureConnectionError):
+        with pytest.raises(TransientError):
             session.install_file(marker.encode(), dest, 0o600)
     left = _holding(dev, marker)
     assert len(left) == 1 and left[0].startswith(STAGING_ROOT + "/"), left  # the staged copy, nowhere else
