@@ -5,9 +5,20 @@ module sees `cmd`.
 from contextlib import contextmanager
 
 
+def _quiet_library_debug_logs():
+    """paramiko logs every channel event at DEBUG, and az's root logger passes everything to its
+    handlers, which drop it unless --debug: a fleet built ~3,000 such records for 10 devices.
+    Unless a handler takes DEBUG, paramiko logs from the level the handlers take."""
+    import logging
+    levels = [h.level for h in logging.getLogger().handlers]
+    if levels and min(levels) > logging.DEBUG:
+        logging.getLogger("paramiko").setLevel(min(levels))
+
+
 def ssh_options(host, ssh_user=None, ssh_port=None, ssh_key=None, ssh_config=None, known_hosts=None,
                 accept_new_host_key=False, ssh_timeout=None, sudo_password=None):
     from azext_edgetpm.operations.device import SshOptions
+    _quiet_library_debug_logs()
     return SshOptions.from_args(host, ssh_user=ssh_user, ssh_port=ssh_port, ssh_key=ssh_key, ssh_config=ssh_config,
                                 known_hosts=known_hosts, accept_new_host_key=bool(accept_new_host_key),
                                 ssh_timeout=ssh_timeout, sudo_password=sudo_password)
@@ -81,6 +92,7 @@ def fail_after_output(cmd, error):
 def progress_reporter(cmd, total, verb="Provisioning"):
     """A fleet progress reporter: az's progress bar on a terminal, plain lines in a pipeline log."""
     import sys
+    _quiet_library_debug_logs()
     from azext_edgetpm.fleet.summary import StderrReporter
     if not sys.stderr.isatty():
         return StderrReporter(sys.stderr), None

@@ -13,6 +13,8 @@ Pure text in, text out. The traps of ../shared/docs/iotedge.md are avoided by co
 - Settings of another provisioning source or attestation method (connection_string,
   symmetric_key, identity_cert, ...) are removed, so that the file says one thing.
 """
+import copy
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import List, Optional
@@ -139,11 +141,18 @@ def _drop(table, keys, changes: List[str], prefix: str) -> None:
             changes.append(f"removed {prefix}{key}")
 
 
-def _parse(text: str, where: str):
+@functools.lru_cache(maxsize=8)
+def _parsed(text: str):
     import tomlkit
+    return tomlkit.parse(text)
+
+
+def _parse(text: str, where: str):
+    """A document of `text` to edit: a copy of the one parsed earlier from the same text (a fleet
+    edits the same template on every device; copying costs a quarter of parsing)."""
     from tomlkit.exceptions import TOMLKitError
     try:
-        return tomlkit.parse(text)
+        return copy.deepcopy(_parsed(text))
     except TOMLKitError as exc:
         raise FileOperationError(
             f"{where} is not valid TOML: {exc}",

@@ -1,6 +1,10 @@
 """The --state journal: one JSON document, a record per device with a record per step, rewritten
 atomically (temporary file, fsync, rename, fsync of the directory) whenever a step ends. It
 survives Ctrl-C, a killed process and a reboot: a re-run reads it and skips what is done.
+
+The file holds one device per line. Each device's line is serialized when its record changes and
+kept, so that a write costs the changed record plus joining the lines (json's C encoder; an
+indented dump goes through the pure-Python encoder and re-encoded every device on every step).
 """
 import copy
 import datetime
@@ -12,6 +16,10 @@ from typing import Optional
 from azext_edgetpm.errors import LocalFileError
 
 VERSION = 1
+
+
+def _compact(value) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def _now() -> str:
@@ -28,6 +36,7 @@ class Journal:
         if self.path and os.path.exists(self.path):
             self.doc = self._load(self.path)
         self.doc.setdefault("devices", {})
+        self._lines = {}   # device key -> its serialized record, while the record is unchanged
         if meta:
             self.doc.setdefault("runs", []).append(dict(meta, started=_now()))
         self.writes = 0
@@ -60,6 +69,7 @@ class Journal:
             rec = self.doc["devices"].setdefault(key, {"steps": {}})
             rec.update(fields)
             rec["updated"] = _now()
+            self._lines.pop(key, None)
             self._write()
 
     def step(self, key: str, name: str, entry: dict, **fields) -> None:
@@ -68,18 +78,33 @@ class Journal:
             rec.setdefault("steps", {})[name] = dict(entry, at=_now())
             rec.update(fields)
             rec["updated"] = _now()
+            self._lines.pop(key, None)
             self._write()
 
     def flush(self) -> None:
         with self._lock:
             self._write()
 
+    def _serialize(self) -> str:
+        """The document as JSON: the top level sorted, one device per line."""
+        lines = []
+        for key in sorted(self.doc["devices"]):
+            line = self._lines.get(key)
+            if line is None:
+                line = self._lines[key] = _compact(key) + ": " + _compact(self.doc["devices"][key])
+            lines.append(line)
+        parts = []
+        for name in sorted(self.doc):
+            value = "{\n" + ",\n".join(lines) + "\n}" if name == "devices" else _compact(self.doc[name])
+            parts.append(_compact(name) + ": " + value)
+        return "{" + ",\n".join(parts) + "}\n"
+
     def _write(self) -> None:
         if not self.path:
             return
         directory = os.path.dirname(self.path) or "."
         tmp = f"{self.path}.tmp-{os.getpid()}-{threading.get_ident()}"
-        data = json.dumps(self.doc, indent=1, sort_keys=True).encode("utf-8")
+        data = self._serialize().encode("utf-8")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb") as handle:
