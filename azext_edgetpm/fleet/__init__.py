@@ -12,5 +12,5 @@ A new fleet command (deprovision, rekey, ...) brings its own pipeline and reuses
 Each step gets a DeviceContext: ctx.session() (the device's one SSH connection), ctx.services
 (what the run shares: one DPS client with its budget), ctx.data (earlier steps' results),
 ctx.record (the journal record of an earlier run). A step returns {"status": ok|changed, ...} for
-the journal, or raises (domain error or azclierror): that device stops there, the others go on.
+the journal, or raises (a domain error): that device stops there, the others go on.
 """

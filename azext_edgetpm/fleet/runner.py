@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
-from azext_edgetpm.errors import InterruptedWork, describe
+from azext_edgetpm.errors import InterruptedWork, describe, option
 
 from azext_edgetpm.operations.pipeline import DONE_STATES, FAILED, OK, DeviceContext, Step  # noqa: F401
 
@@ -112,7 +112,8 @@ class Runner:
         for step in self.steps:
             if self.stop.is_set():
                 err = describe(InterruptedWork("The run was stopped before this device finished.",
-                                               "Run the same command again with the same --state file."))
+                                               f"Run the same command again with the same {option('state')} "
+                                               "file."))
                 self.journal.update(key, status="interrupted", **_err(err))
                 return Outcome(key, "interrupted", ctx, err, time.monotonic() - started)
             recorded = steps_record.get(step.name) or {}

@@ -13,7 +13,7 @@ import os
 import threading
 from typing import Optional
 
-from azext_edgetpm.errors import LocalFileError
+from azext_edgetpm.errors import LocalFileError, option
 
 VERSION = 1
 
@@ -123,5 +123,6 @@ class Journal:
             except OSError:
                 pass
             raise LocalFileError(f"Cannot write the state file {self.path}: {exc}",
-                                 "Point --state at a writable location with free space.", "state") from exc
+                                 f"Point {option('state')} at a writable location with free space.",
+                                 "state") from exc
         self.writes += 1

@@ -2,7 +2,7 @@
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from azext_edgetpm.errors import AuthError, MissingInputError
+from azext_edgetpm.errors import AuthError, MissingInputError, option
 
 SUDO_PASSWORD_ENV = "AZ_EDGETPM_SUDO_PASSWORD"
 
@@ -29,7 +29,8 @@ class SshOptions:
     def from_args(cls, host, **kwargs) -> "SshOptions":
         if not host:
             raise MissingInputError("No device given.",
-                                    "Pass --host [user@]host[:port] (or --local for this machine's TPM).", "host")
+                                    f"Pass {option('host')} [user@]host[:port] (or {option('local')} for this "
+                                    "machine's TPM).", "host")
         return cls(host=host, **kwargs)
 
     def target(self):

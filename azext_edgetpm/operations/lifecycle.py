@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
-from azext_edgetpm.errors import ConflictError, DeviceError, MissingInputError, NotFoundError
+from azext_edgetpm.errors import ConflictError, DeviceError, MissingInputError, NotFoundError, option
 from azext_edgetpm.operations.pipeline import CHANGED, OK, Step
 
 WOULD_CHANGE, SKIPPED = "would-change", "skipped"
@@ -91,7 +91,8 @@ class ResolveStep(Step):
         if not found:
             raise MissingInputError(
                 f"{session.target.display} has no registration ID in its IoT Edge configuration.",
-                "Give the enrollment's registration ID (--registration-id, or registration_id in the inventory).",
+                f"Give the enrollment's registration ID ({option('registration_id')}, or registration_id in the "
+                "inventory).",
                 "registration_id")
         ctx.data["registration_id"] = found
         return {"status": OK, "registrationId": found, "source": source, "detail": f"from {source}"}
@@ -165,7 +166,7 @@ class VerifyStep(Step):
 def confirm_or_stop(confirm: Optional[Callable[[str], bool]], question: str) -> None:
     """Ask (when a confirmation callback is given); a 'no' stops this device."""
     if confirm is not None and not confirm(question):
-        raise ConflictError(f"Not confirmed: {question}", "Run the command again and confirm, or pass --yes.")
+        raise ConflictError(f"Not confirmed: {question}", f"Run the command again and confirm, or pass {option('yes')}.")
 
 
 def require_enrollment(enrollment: Optional[dict], registration_id: str) -> dict:

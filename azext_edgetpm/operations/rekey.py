@@ -10,7 +10,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
-from azext_edgetpm.errors import ConflictError
+from azext_edgetpm.errors import ConflictError, option
 from azext_edgetpm.operations.lifecycle import (
     WOULD_CHANGE, DeviceOutcome, ResolveStep, ReregisterStep, VerifyStep, confirm_or_stop, ek_digest, outcome_fields,
     require_enrollment, rid)
@@ -93,7 +93,8 @@ class EnrollmentKeyStep(Step):
                 f"The endorsement key of {ctx.job.host} (SHA-256 {digest}…) belongs to the enrollment {holder!r}, "
                 f"not to {rid(ctx)!r}.",
                 "One TPM, one enrollment: deprovision the other enrollment first (az edge-tpm deprovision "
-                f"--registration-id {holder} --mode delete), or check that --host names the right device.")
+                f"{option('registration_id')} {holder} {option('mode')} delete), or check that {option('host')} "
+                "names the right device.")
         question = (f"Replace the endorsement key of enrollment {rid(ctx)!r} (SHA-256 {old_digest}…) with the key "
                     f"the TPM of {ctx.job.host} holds now (SHA-256 {digest}…)?")
         if services.dry_run:
