@@ -222,8 +222,13 @@ def _install_values(namespace):
             "Give the URL without user:password@ and put the credentials in /etc/apt/auth.conf.d/ on the device "
             "(apt's own place for them).")
     if source and source.strip().split(" ", 1)[0] in ("deb", "deb-src"):
+        from azext_edgetpm._error_map import to_azclierror
         from azext_edgetpm.edge.apt import check_apt_line
-        check_apt_line(source)
+        from azext_edgetpm.errors import EdgeTpmError
+        try:
+            check_apt_line(source)
+        except EdgeTpmError as exc:  # (validators run before the command groups' exception handler)
+            raise to_azclierror(exc) from exc
     elif source and not re.fullmatch(r"(https?|file)://\S+", source):
         raise InvalidArgumentValueError(
             f"--package-source {shown(source)} is neither an apt line nor a URL.",
@@ -258,9 +263,14 @@ def validate_proxy(namespace):
     ca = getattr(namespace, "proxy_ca", None)
     if ca is not None and not os.path.isfile(os.path.expanduser(ca)):
         raise InvalidArgumentValueError("--proxy-ca is not a file.", "Give the PEM file of the proxy's root CA.")
+    from azext_edgetpm._error_map import to_azclierror
     from azext_edgetpm.edge.proxy import check_file_readable, parse
-    parse(namespace.proxy if proxy is not None else None, getattr(namespace, "no_proxy", None),
-          check_file_readable(os.path.expanduser(ca)) if ca else None)
+    from azext_edgetpm.errors import EdgeTpmError
+    try:
+        parse(namespace.proxy if proxy is not None else None, getattr(namespace, "no_proxy", None),
+              check_file_readable(os.path.expanduser(ca)) if ca else None)
+    except EdgeTpmError as exc:  # (validators run before the command groups' exception handler)
+        raise to_azclierror(exc) from exc
 
 
 def _fleet_values(namespace, single_flags):

@@ -10,10 +10,8 @@ import tarfile
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional
 
-from azure.cli.core.azclierror import (
-    FileOperationError, InvalidArgumentValueError, UnclassifiedUserFault)
-
 from azext_edgetpm.echo import shown
+from azext_edgetpm.errors import EdgeTpmError, LocalFileError, UserInputError, option
 
 APT_ENV = "DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=a"
 APT_OPTS = ("-y -q -o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef "
@@ -97,11 +95,11 @@ def upstream(version: Optional[str]) -> Optional[str]:
 _FAILURES = (
     (r"Unable to locate package (\S+)|Package '?(\S+?)'? has no installation candidate",
      "{pkg} is not available from the device's package sources.",
-     "Check --package-source (a mirror's base URL or an apt line that carries IoT Edge's packages), or "
-     "install from .deb files with --offline-packages DIR."),
+     f"Check {option('package_source')} (a mirror's base URL or an apt line that carries IoT Edge's packages), "
+     f"or install from .deb files with {option('offline_packages')} DIR."),
     (r"Version '([^']+)' for '([^']+)' was not found",
      "Version {m1} of {m2} is not in the device's package sources.",
-     "Pick a version the source has (apt-cache madison aziot-edge on the device) or omit --edge-version."),
+     f"Pick a version the source has (apt-cache madison aziot-edge on the device) or omit {option('edge_version')}."),
     (r"Could not get lock|Unable to acquire the dpkg frontend lock|is held by process",
      "Another package manager (unattended-upgrades, apt) holds the lock on the device.",
      "Wait until it finishes (or stop it), then run the command again; the install continues where it stopped."),
@@ -111,17 +109,17 @@ _FAILURES = (
     (r"NO_PUBKEY|is not signed|The following signatures couldn't be verified|EXPKEYSIG",
      "apt does not trust the package source's signing key.",
      "Install the repository's signing key on the device (Microsoft's comes with packages-microsoft-prod), "
-     "or give an apt line with signed-by=... in --package-source."),
+     f"or give an apt line with signed-by=... in {option('package_source')}."),
     (r"Failed to fetch|Could not resolve|Temporary failure resolving|Could not connect|Connection refused|"
      r"Unable to connect|Connection timed out|404\s+Not Found|Some index files failed to download|"
      r"Network is unreachable|No route to host",
      "The device could not download from its package source.",
-     "Check the device's network and the URL of --package-source; for networks that cannot reach "
-     "packages.microsoft.com use a mirror (--package-source) or --offline-packages DIR."),
+     f"Check the device's network and the URL of {option('package_source')}; for networks that cannot reach "
+     f"packages.microsoft.com use a mirror ({option('package_source')}) or {option('offline_packages')} DIR."),
     (r"unmet dependencies|held broken packages|Depends: .* but .* is to be installed",
      "apt cannot resolve the packages' dependencies on the device.",
      "Check that the package source matches the device's distribution and version; a pinned "
-     "--edge-version needs the matching aziot-identity-service in the same source."),
+     f"{option('edge_version')} needs the matching aziot-identity-service in the same source."),
 )
 
 
@@ -136,10 +134,9 @@ def raise_for(result, what: str, display: str) -> None:
             groups = [g for g in match.groups() if g] if match.groups() else []
             msg = message.format(pkg=groups[0] if groups else "A package",
                                  m1=groups[0] if groups else "", m2=groups[1] if len(groups) > 1 else "")
-            raise UnclassifiedUserFault(f"{what} failed on {display}: {msg} apt said: {tail(text)}",
-                                        recommendation)
-    raise UnclassifiedUserFault(f"{what} failed on {display} (exit {result.rc}): {tail(text)}",
-                                "Run the command again with --debug, or run it on the device to see apt's output.")
+            raise EdgeTpmError(f"{what} failed on {display}: {msg} apt said: {tail(text)}", recommendation)
+    raise EdgeTpmError(f"{what} failed on {display} (exit {result.rc}): {tail(text)}",
+                       "Run the command again with --debug, or run it on the device to see apt's output.")
 
 
 # URI schemes of apt's transports (apt-transport-*: http, https, file, copy, cdrom, mirror,
@@ -149,12 +146,12 @@ APT_SCHEMES = ("http", "https", "file", "copy", "cdrom", "mirror", "mirror+http"
 
 
 def check_apt_line(line: str) -> None:
-    """Raise InvalidArgumentValueError unless `line` is one sources.list entry apt can parse:
+    """Raise UserInputError unless `line` is one sources.list entry apt can parse:
     `deb|deb-src [ [key=value ...] ] URI suite [component ...]` (a suite ending in / takes no
     components; any other suite needs at least one)."""
     def bad(why: str):
-        return InvalidArgumentValueError(
-            f"--package-source {shown(line)} is not a valid apt line: {why}.",
+        return UserInputError(
+            f"{option('package_source')} {shown(line)} is not a valid apt line: {why}.",
             "Write it as in /etc/apt/sources.list.d/: deb [signed-by=/usr/share/keyrings/KEY.gpg] "
             "https://mirror.example.com/microsoft/ubuntu/22.04/prod jammy main (or 'deb [trusted=yes] URL ./').")
 
@@ -172,10 +169,10 @@ def check_apt_line(line: str) -> None:
         options, _, rest = rest[1:].partition("]")
         if "[" in options or "]" in rest:
             raise bad("its [options] are not balanced")
-        for option in options.split():
-            key, eq, value = option.partition("=")
+        for entry in options.split():
+            key, eq, value = entry.partition("=")
             if not eq or not value or not re.fullmatch(r"[A-Za-z][A-Za-z0-9.\-]*[+-]?", key):
-                raise bad(f"the option {shown(option, 40)} is not key=value")
+                raise bad(f"the option {shown(entry, 40)} is not key=value")
         rest = rest.strip()
     elif "[" in rest or "]" in rest:
         raise bad("its [options] must come right after " + kind)
@@ -291,8 +288,8 @@ def read_deb(path: str) -> DebFile:
         with open(path, "rb") as handle:
             data = handle.read()
     except OSError as exc:
-        raise FileOperationError(f"Cannot read {path}: {exc.strerror}.",
-                                 "Check the --offline-packages directory.") from exc
+        raise LocalFileError(f"Cannot read {path}: {exc.strerror}.",
+                             f"Check the {option('offline_packages')} directory.") from exc
     control = _control_text(data)
     fields = {}
     if control:
@@ -303,9 +300,9 @@ def read_deb(path: str) -> DebFile:
     if not fields.get("Package"):
         parts = os.path.basename(path)[:-4].split("_")
         if len(parts) != 3:
-            raise InvalidArgumentValueError(
+            raise UserInputError(
                 f"{path} is not a Debian package that can be read here.",
-                "Put only .deb files (named package_version_arch.deb) in the --offline-packages directory.")
+                f"Put only .deb files (named package_version_arch.deb) in the {option('offline_packages')} directory.")
         fields = {"Package": parts[0], "Version": parts[1].replace("%3a", ":"), "Architecture": parts[2]}
     return DebFile(path, fields["Package"], fields.get("Version", ""), fields.get("Architecture", "all"))
 
@@ -314,14 +311,14 @@ def read_offline_dir(directory: str, arch: str, edge_version: Optional[str] = No
     """The .deb files of --offline-packages for this architecture; one version per package
     (several aziot-edge / aziot-identity-service versions are narrowed by --edge-version)."""
     if not os.path.isdir(directory):
-        raise FileOperationError(f"--offline-packages {shown(directory)} is not a directory.",
-                                 "Give a directory that holds the .deb files to install.")
+        raise LocalFileError(f"{option('offline_packages')} {shown(directory)} is not a directory.",
+                             "Give a directory that holds the .deb files to install.")
     debs = [read_deb(os.path.join(directory, n)) for n in sorted(os.listdir(directory)) if n.endswith(".deb")]
     debs = [d for d in debs if d.architecture in ("all", arch)]
     if not debs:
-        raise FileOperationError(f"--offline-packages {shown(directory)} holds no .deb file for {arch}.",
-                                    "Download moby-engine, aziot-identity-service and aziot-edge for the device's "
-                                    "distribution and architecture into that directory.")
+        raise LocalFileError(f"{option('offline_packages')} {shown(directory)} holds no .deb file for {arch}.",
+                             "Download moby-engine, aziot-identity-service and aziot-edge for the device's "
+                             "distribution and architecture into that directory.")
     by_name: Dict[str, List[DebFile]] = {}
     for deb in debs:
         by_name.setdefault(deb.package, []).append(deb)
@@ -331,10 +328,11 @@ def read_offline_dir(directory: str, arch: str, edge_version: Optional[str] = No
             narrowed = [d for d in group if match_version(edge_version, [d.version])]
             group = narrowed or group
         if len(group) > 1:
-            raise InvalidArgumentValueError(
-                f"--offline-packages {shown(directory)} has {len(group)} versions of {name}: "
+            raise UserInputError(
+                f"{option('offline_packages')} {shown(directory)} has {len(group)} versions of {name}: "
                 f"{', '.join(d.version for d in group)}.",
                 "Keep one version of each package in the directory"
-                + (" (or choose the IoT Edge version with --edge-version)." if name.startswith("aziot") else "."))
+                + (f" (or choose the IoT Edge version with {option('edge_version')})." if name.startswith("aziot")
+                   else "."))
         chosen.append(group[0])
     return chosen

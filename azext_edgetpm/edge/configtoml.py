@@ -19,8 +19,8 @@ import re
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from azure.cli.core.azclierror import FileOperationError, ValidationError
 from azext_edgetpm.echo import shown
+from azext_edgetpm.errors import DeviceError, LocalFileError
 
 CONFIG_PATH = "/etc/aziot/config.toml"
 TEMPLATE_PATH = "/etc/aziot/config.toml.edge.template"
@@ -154,7 +154,7 @@ def _parse(text: str, where: str):
     try:
         return copy.deepcopy(_parsed(text))
     except TOMLKitError as exc:
-        raise FileOperationError(
+        raise LocalFileError(
             f"{where} is not valid TOML: {exc}",
             f"Fix the file on the device (or move it away to start again from the template, "
             f"{TEMPLATE_PATH}), then run the command again.") from exc
@@ -169,15 +169,15 @@ def edit_config(base_text: str, settings: DpsTpmSettings,  # pylint: disable=too
 
     nested = [k for k in _NESTED_KEYS if k in doc]
     if nested:
-        raise ValidationError(
+        raise DeviceError(
             f"{where} sets {nested[0]} = {shown(doc[nested[0]])}: this is a nested (child) IoT Edge device, and "
             "DPS provisioning is not supported in nested mode; iotedge config apply would refuse the file.",
             f"Remove {nested[0]} from {where} on the device if it is not a child device, or provision "
             "child devices manually instead of through DPS.")
     for key in ("provisioning", "tpm"):
         if key in doc and not isinstance(doc[key], dict):
-            raise FileOperationError(f"{where}: `{key}` is not a table.",
-                                     f"Fix or remove `{key}` in {where} on the device, then run again.")
+            raise LocalFileError(f"{where}: `{key}` is not a table.",
+                                 f"Fix or remove `{key}` in {where} on the device, then run again.")
 
     # Misplaced auto_reprovisioning_mode (inside a table): remembered, removed.
     misplaced = None
@@ -236,7 +236,7 @@ def edit_config(base_text: str, settings: DpsTpmSettings,  # pylint: disable=too
     current_index = current_index.unwrap() if hasattr(current_index, "unwrap") else current_index
     index = parse_auth_key_index(current_index) if current_index is not None else DEFAULT_AUTH_KEY_INDEX
     if index is None:
-        raise FileOperationError(
+        raise LocalFileError(
             f"{where}: [tpm] auth_key_index = {shown(current_index)} is not a number.",
             "Set it to an integer such as 0x00_01_00 (the default), or remove it, then run again.")
     if not isinstance(current_index, int) or isinstance(current_index, bool):
@@ -262,8 +262,8 @@ def _edit_agent(doc, settings: DpsTpmSettings, changes: List[str]) -> None:
     import tomlkit
     agent = doc.get("agent")
     if agent is not None and not isinstance(agent, dict):
-        raise FileOperationError("/etc/aziot/config.toml: `agent` is not a table.",
-                                 "Fix or remove `agent` in the file on the device, then run again.")
+        raise LocalFileError("/etc/aziot/config.toml: `agent` is not a table.",
+                             "Fix or remove `agent` in the file on the device, then run again.")
     if not settings.proxy_url:
         env = agent.get("env") if agent is not None else None
         if isinstance(env, dict) and "https_proxy" in env:

@@ -62,8 +62,7 @@ class RuntimeStopStep(Step):
         still = _running(ctx)
         if still:
             raise DeviceError(f"{', '.join(still)} still running on {ctx.display} after iotedge system stop.",
-                                        "Look at `sudo iotedge system status` on the device, then run the command "
-                                        "again.")
+                              "Look at `sudo iotedge system status` on the device, then run the command again.")
 
 
 class ConfigResetStep(Step):
@@ -112,8 +111,7 @@ class ConfigResetStep(Step):
     def verify(self, ctx, check):
         if self.check(ctx).changes:
             raise DeviceError(f"The IoT Edge configuration of {ctx.display} is still provisioned after "
-                                        "the reset.", "Run the command again; if it persists, look at /etc/aziot "
-                                                      "on the device.")
+                              "the reset.", "Run the command again; if it persists, look at /etc/aziot on the device.")
 
 
 class UninstallStep(Step):
@@ -139,7 +137,7 @@ class UninstallStep(Step):
         left = [p for p in EDGE_PACKAGES if ctx.facts.installed(p)]
         if left:
             raise DeviceError(f"{', '.join(left)} still installed on {ctx.display} after apt-get purge.",
-                                        "Look at `dpkg -l 'aziot*'` on the device, then run the command again.")
+                              "Look at `dpkg -l 'aziot*'` on the device, then run the command again.")
 
 
 STEPS = (RuntimeStopStep, ConfigResetStep, UninstallStep)

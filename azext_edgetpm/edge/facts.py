@@ -10,8 +10,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional
 
-from azure.cli.core.azclierror import ValidationError
-
+from azext_edgetpm.errors import DeviceError
 from .apt import tail
 
 PACKAGES = ("packages-microsoft-prod", "moby-engine", "docker-ce", "docker.io", "aziot-edge",
@@ -167,7 +166,7 @@ def gather(session, files: Iterable[str], init_scripts: Iterable[str] = ("docker
     result = session.run(build_script(files, init_scripts, stat_files=stat_files, packages=packages),
                          sudo=True, timeout=120)
     if result.rc != 0 or "@@ARCH" not in result.stdout:
-        raise ValidationError(
+        raise DeviceError(
             f"Could not read the state of {session.target.display} (exit {result.rc}): "
             f"{tail(result.stderr)}",
             "Check that the device runs a Debian-based Linux with /bin/sh, dpkg and base64, then run again "

@@ -3,6 +3,7 @@ steps.py run through plan.run_steps, and the runtime's health report, shaped for
 import time
 from typing import Callable, Optional
 
+from azext_edgetpm.errors import DeviceError, EdgeTpmError, option
 from . import configtoml, facts as facts_mod, platform, runtime, steps
 from .plan import CHANGED, WOULD_CHANGE, Context, InstallSettings, run_steps
 from .proxy import DIRECT_ONLY_CHECKS
@@ -22,10 +23,10 @@ def install(session, settings: InstallSettings, read_registration_id: Optional[C
     failure = None
     try:
         report = run_steps(ctx, [cls() for cls in STEPS])
-    except Exception as exc:  # pylint: disable=broad-except  # run_steps' failure, with its report
+    except EdgeTpmError as exc:  # run_steps' failure, with its step report
         if getattr(exc, "report", None) is None:
             raise
-        failure, report = exc, getattr(exc, "report")
+        failure, report = exc, exc.report
     changed = any(s["status"] == CHANGED for s in report)
     result = {
         "device": ctx.display,
@@ -73,12 +74,11 @@ def _runtime_view(report: Optional[dict]) -> Optional[dict]:
 
 def status(session) -> dict:
     """Health of IoT Edge on a device, read-only."""
-    from azure.cli.core.azclierror import ValidationError
     facts = facts_mod.gather(session, [configtoml.CONFIG_PATH])
     display = session.target.display
     if not facts.has("iotedge") or not facts.installed("aziot-edge"):
-        raise ValidationError(f"IoT Edge is not installed on {display}.",
-                                    f"Install it with az edge-tpm install --host {session.target.alias} ...")
+        raise DeviceError(f"IoT Edge is not installed on {display}.",
+                          f"Install it with az edge-tpm install {option('host')} {session.target.alias} ...")
     config = facts.file(configtoml.CONFIG_PATH)
     behind_proxy = bool(config and configtoml.agent_proxy_url(config.text))
     report = runtime.collect(session, with_check=True, dont_run=DIRECT_ONLY_CHECKS if behind_proxy else ())

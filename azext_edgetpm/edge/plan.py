@@ -6,7 +6,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Set
 
-from azure.cli.core.azclierror import AzCLIError
 from knack.log import get_logger
 
 from azext_edgetpm.errors import EdgeTpmError
@@ -54,7 +53,7 @@ class Check:
 
 class Step:
     """One idempotent step. Subclasses implement check(); apply() and verify() when they can
-    change something. Errors are azclierror exceptions with a recommendation."""
+    change something. Errors are domain errors (azext_edgetpm.errors) with a recommendation."""
     name = "step"
     title = "Step"
 
@@ -136,7 +135,7 @@ def run_steps(ctx: Context, steps: List[Step]) -> List[dict]:
     raise that failure after logging what was done, so a re-run continues from there. The raised
     error carries the step report as `.report`."""
     report: List[dict] = []
-    failure: Optional[Exception] = None
+    failure: Optional[EdgeTpmError] = None
     for step in steps:
         if failure is not None:
             report.append({"name": step.name, "status": SKIPPED, "detail": "not run: an earlier step failed"})
@@ -160,7 +159,7 @@ def run_steps(ctx: Context, steps: List[Step]) -> List[dict]:
                 extra = step.verify(ctx, found)
                 entry = {"name": step.name, "status": CHANGED,
                          "detail": "; ".join(d for d in (detail, extra) if d)}
-        except (AzCLIError, EdgeTpmError) as exc:
+        except EdgeTpmError as exc:
             failure = exc
             entry = {"name": step.name, "status": FAILED, "detail": str(exc)}
         entry["seconds"] = round(time.monotonic() - started, 2)
@@ -170,12 +169,9 @@ def run_steps(ctx: Context, steps: List[Step]) -> List[dict]:
         done = ", ".join(f"{e['name']} {e['status']}" for e in report)
         logger.warning("%s: %s", ctx.display, done)
         failed = next(e for e in report if e["status"] == FAILED)
-        if isinstance(failure, EdgeTpmError):
-            failure.message = f"Step {failed['name']} failed: {failure.message}"
-            failure.args = (failure.message,)
-        else:
-            failure.error_msg = f"Step {failed['name']} failed: {failure.error_msg}"
-            failure.args = (failure.error_msg,)
+        # (the unrendered text, so that options named with errors.option still render as flags)
+        failure._message = f"Step {failed['name']} failed: {failure._message}"  # pylint: disable=protected-access
+        failure.args = (failure._message,)  # pylint: disable=protected-access
         failure.report = report
         raise failure
     return report

@@ -10,7 +10,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Dict, Optional
 
-from azure.cli.core.azclierror import ValidationError
+from azext_edgetpm.errors import DeviceError
 
 MICROSOFT_CONFIG_URL = "https://packages.microsoft.com/config/{distro}/{version}/packages-microsoft-prod.deb"
 
@@ -89,7 +89,7 @@ def _os_id(values: Dict[str, str]) -> str:
 
 
 def detect(os_release_text: str, arch: str, display: str = "the device") -> Platform:
-    """The device's platform, or a ValidationError when IoT Edge does not support it."""
+    """The device's platform, or a DeviceError when IoT Edge does not support it."""
     values = parse_os_release(os_release_text)
     os_id = _os_id(values)
     version = values.get("VERSION_ID", "")
@@ -97,22 +97,22 @@ def detect(os_release_text: str, arch: str, display: str = "the device") -> Plat
     supported_list = ("Ubuntu 20.04/22.04/24.04 (amd64, arm64), Debian 11/12, "
                       "Raspberry Pi OS Bullseye/Bookworm (armhf, arm64)")
     if not values:
-        raise ValidationError(f"{display} has no readable /etc/os-release; cannot tell which system it runs.",
-                              f"IoT Edge 1.5 supports {supported_list}.")
+        raise DeviceError(f"{display} has no readable /etc/os-release; cannot tell which system it runs.",
+                          f"IoT Edge 1.5 supports {supported_list}.")
     key = (os_id, version)
     if key in _RETIRED:
-        raise ValidationError(
+        raise DeviceError(
             f"{display} runs {pretty}: {_RETIRED[key]}. Nothing was changed on the device.",
             f"Upgrade the device's OS (Raspberry Pi OS: to Bullseye or Bookworm); IoT Edge 1.5 supports "
             f"{supported_list}.")
     if key not in _SUPPORTED:
-        raise ValidationError(
+        raise DeviceError(
             f"{display} runs {pretty}, which is not a tier 1 system of IoT Edge 1.5. Nothing was changed "
             "on the device.",
             f"Use a supported system: {supported_list}. For tier 2 systems, install the .deb files of an "
             "IoT Edge release yourself.")
     if arch not in _SUPPORTED[key]:
-        raise ValidationError(
+        raise DeviceError(
             f"{display} runs {pretty} on {arch}; IoT Edge supports it only on "
             f"{', '.join(_SUPPORTED[key])}. Nothing was changed on the device.",
             f"Use a device of a supported architecture; supported: {supported_list}.")

@@ -14,8 +14,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from azure.cli.core.azclierror import (
-    AzureConnectionError, FileOperationError, InvalidArgumentValueError, UnauthorizedError)
+from azext_edgetpm.errors import AuthError, LocalFileError, TransientError, UserInputError, option
 
 APT_CONF = "/etc/apt/apt.conf.d/80edge-tpm-proxy"
 APT_AUTH = "/etc/apt/auth.conf.d/edge-tpm-proxy.conf"
@@ -81,48 +80,48 @@ class Proxy:
 
 def parse(value: Optional[str], no_proxy: Optional[str] = None, ca_pem: Optional[bytes] = None) -> Optional[Proxy]:
     """--proxy (None / "none": no proxy) with --no-proxy and --proxy-ca's PEM; an
-    InvalidArgumentValueError that never echoes the password for anything else."""
+    UserInputError that never echoes the password for anything else."""
     if value is None or value.strip().lower() in ("", "none"):
         if no_proxy or ca_pem:
-            raise InvalidArgumentValueError("--no-proxy and --proxy-ca only go with --proxy URL.",
-                                            "Add --proxy http://host:port, or drop them.")
+            raise UserInputError(f"{option('no_proxy')} and {option('proxy_ca')} only go with {option('proxy')} URL.",
+                                 f"Add {option('proxy')} http://host:port, or drop them.")
         return None
     text = value.strip()
     shown = redact(text)
     if re.search(r"[\s\"'\\]", text):
-        raise InvalidArgumentValueError(f"--proxy {shown!r} contains spaces, quotes or backslashes.",
-                                        "Give the URL as http://[user:password@]host:port (percent-encode special "
-                                        "characters of the password).")
+        raise UserInputError(f"{option('proxy')} {shown!r} contains spaces, quotes or backslashes.",
+                             "Give the URL as http://[user:password@]host:port (percent-encode special "
+                             "characters of the password).")
     try:
         parts = urllib.parse.urlsplit(text)
         port = parts.port
         host = parts.hostname
     except ValueError as exc:
-        raise InvalidArgumentValueError(f"--proxy {shown!r} is not a URL ({redact(str(exc))}).",
-                                        "Give it as http://[user:password@]host:port.") from exc
+        raise UserInputError(f"{option('proxy')} {shown!r} is not a URL ({redact(str(exc))}).",
+                             "Give it as http://[user:password@]host:port.") from exc
     if parts.scheme.lower() != "http":
-        raise InvalidArgumentValueError(
-            f"--proxy {shown!r}: the scheme {parts.scheme or '(none)'!r} is not supported.",
+        raise UserInputError(
+            f"{option('proxy')} {shown!r}: the scheme {parts.scheme or '(none)'!r} is not supported.",
             "IoT Edge's daemons and containers reach a proxy over plain HTTP (TLS goes through CONNECT): "
-            "give http://host:port, even for a proxy that inspects TLS (add its CA with --proxy-ca).")
+            f"give http://host:port, even for a proxy that inspects TLS (add its CA with {option('proxy_ca')}).")
     if not host or parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise InvalidArgumentValueError(f"--proxy {shown!r} is not of the form http://[user:password@]host:port.",
-                                        "Give the proxy's host and port only, without a path.")
+        raise UserInputError(f"{option('proxy')} {shown!r} is not of the form http://[user:password@]host:port.",
+                             "Give the proxy's host and port only, without a path.")
     user = urllib.parse.unquote(parts.username) if parts.username is not None else None
     password = urllib.parse.unquote(parts.password) if parts.password is not None else None
     if user is not None and (not user or re.search(r"[\s:\x00-\x1f]", user) or
                              re.search(r"[\s\x00-\x1f]", password or "")):
-        raise InvalidArgumentValueError(f"--proxy {shown!r}: the user name or password is empty or holds spaces or "
-                                        "control characters.", "apt's auth.conf cannot hold such credentials; use "
-                                        "an account whose name and password have none.")
+        raise UserInputError(f"{option('proxy')} {shown!r}: the user name or password is empty or holds spaces or "
+                             "control characters.", "apt's auth.conf cannot hold such credentials; use "
+                             "an account whose name and password have none.")
     hosts = list(DEFAULT_NO_PROXY)
     for item in (no_proxy or "").split(","):
         item = item.strip()
         if not item:
             continue
         if not re.fullmatch(r"[A-Za-z0-9.*:\-_/\[\]]+", item):
-            raise InvalidArgumentValueError(f"--no-proxy entry {item!r} is not a host name, domain or address.",
-                                            "Give a comma-separated list such as 10.0.0.0/8,.corp.example.com.")
+            raise UserInputError(f"{option('no_proxy')} entry {item!r} is not a host name, domain or address.",
+                                 "Give a comma-separated list such as 10.0.0.0/8,.corp.example.com.")
         if item not in hosts:
             hosts.append(item)
     if ca_pem is not None:
@@ -136,11 +135,10 @@ def _check_ca(pem: bytes) -> None:
     try:
         certs = x509.load_pem_x509_certificates(pem)
     except ValueError as exc:
-        raise InvalidArgumentValueError(f"--proxy-ca is not a PEM certificate: {exc}",
-                                        "Give the PEM file of the proxy's root CA (-----BEGIN CERTIFICATE-----)."
-                                        ) from exc
+        raise UserInputError(f"{option('proxy_ca')} is not a PEM certificate: {exc}",
+                             "Give the PEM file of the proxy's root CA (-----BEGIN CERTIFICATE-----).") from exc
     if not certs:
-        raise InvalidArgumentValueError("--proxy-ca holds no certificate.", "Give the proxy's root CA as PEM.")
+        raise UserInputError(f"{option('proxy_ca')} holds no certificate.", "Give the proxy's root CA as PEM.")
 
 
 # -- the files ---------------------------------------------------------------------------------
@@ -300,12 +298,12 @@ def _judge_direct(t: Target, rc: int, text: str, display: str, notes: List[str])
         notes.append(f"{display} reaches {t.host} but nothing accepts connections on port {t.port} ({t.label}).")
         return
     why = "timed out" if rc == 124 else (text or f"exit {rc}")
-    raise AzureConnectionError(
+    raise TransientError(
         f"{display} cannot reach {t.label} ({t.host}:{t.port}) directly: {why}. Its network does not let it "
         "connect there; nothing was changed.",
-        "If the device's network leads out only through an HTTP proxy, pass --proxy http://proxy:port (with "
-        "credentials: --proxy @file, a file holding http://user:password@proxy:port); otherwise open the "
-        "device's firewall to that address.")
+        f"If the device's network leads out only through an HTTP proxy, pass {option('proxy')} http://proxy:port "
+        f"(with credentials: {option('proxy')} @file, a file holding http://user:password@proxy:port); otherwise "
+        "open the device's firewall to that address.")
 
 
 def _judge_proxy(t: Target, rc: int, text: str, proxy: Proxy, display: str) -> None:
@@ -313,21 +311,22 @@ def _judge_proxy(t: Target, rc: int, text: str, proxy: Proxy, display: str) -> N
     code = int(status.group(1)) if status else None
     if code is None:
         why = "timed out" if rc == 124 else (text or f"exit {rc}")
-        raise AzureConnectionError(
+        raise TransientError(
             f"{display} cannot reach the proxy {proxy.display}: {why}. Nothing was changed.",
-            "Check the proxy's host and port (--proxy) and that the device's network allows it.")
+            f"Check the proxy's host and port ({option('proxy')}) and that the device's network allows it.")
     if code in (401, 407):
         # (407 is the standard answer; some proxies, tinyproxy among them, answer wrong credentials with 401)
-        raise UnauthorizedError(
+        raise AuthError(
             f"The proxy {proxy.display} refused {'the credentials' if proxy.user else 'to work without credentials'} "
             f"of {display} ({text}). Nothing was changed.",
-            "Give the proxy's user and password in the URL of --proxy (as a file: --proxy @file).")
+            f"Give the proxy's user and password in the URL of {option('proxy')} (as a file: {option('proxy')} @file).")
     if code == 403 or code >= 500 or (t.tunnel and code != 200):
-        raise AzureConnectionError(
+        raise TransientError(
             f"The proxy {proxy.display} did not let {display} reach {t.label} ({t.host}:{t.port}): {text}. "
             "Nothing was changed.",
             f"Allow {t.host}:{t.port} on the proxy (IoT Edge needs its DPS endpoint, IoT hub, package source and "
-            "container registries on 443), or list the host in --no-proxy if the device reaches it directly.")
+            f"container registries on 443), or list the host in {option('no_proxy')} if the device reaches it "
+            "directly.")
 
 
 def check_file_readable(path: str) -> bytes:
@@ -335,5 +334,5 @@ def check_file_readable(path: str) -> bytes:
         with open(path, "rb") as handle:
             return handle.read()
     except OSError as exc:
-        raise FileOperationError(f"Cannot read --proxy-ca {path!r}: {exc.strerror}.",
-                                 "Give the PEM file of the proxy's root CA.") from exc
+        raise LocalFileError(f"Cannot read {option('proxy_ca')} {path!r}: {exc.strerror}.",
+                             "Give the PEM file of the proxy's root CA.") from exc

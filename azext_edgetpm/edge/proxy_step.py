@@ -13,8 +13,7 @@ verify: the files read back as written.
 import shlex
 from typing import List
 
-from azure.cli.core.azclierror import FileOperationError, UnclassifiedUserFault
-
+from azext_edgetpm.errors import EdgeTpmError, LocalFileError, option
 from . import apt, proxy as proxy_mod
 from .plan import Check, Step
 from .services import ServiceManager
@@ -70,8 +69,8 @@ class ProxyStep(Step):
         if proxy_mod.OS_CA in diff:
             result = ctx.run("update-ca-certificates --fresh >/dev/null", timeout=120)
             if not result.ok:
-                raise UnclassifiedUserFault(f"update-ca-certificates failed on {ctx.display}: "
-                                            f"{apt.tail(result.stderr)}", "Check the CA file of --proxy-ca.")
+                raise EdgeTpmError(f"update-ca-certificates failed on {ctx.display}: "
+                                   f"{apt.tail(result.stderr)}", f"Check the CA file of {option('proxy_ca')}.")
             done.append("update-ca-certificates")
         units = [u for u in proxy_mod.UNITS if proxy_mod.dropin(u) in diff]
         if units:
@@ -79,8 +78,8 @@ class ProxyStep(Step):
             manager = ServiceManager.detect(ctx.facts)
             result = ctx.run("systemctl daemon-reload")
             if ctx.facts.systemd and not result.ok:
-                raise UnclassifiedUserFault(f"systemctl daemon-reload failed on {ctx.display}: "
-                                            f"{apt.tail(result.stderr)}", "Run it on the device to see why.")
+                raise EdgeTpmError(f"systemctl daemon-reload failed on {ctx.display}: "
+                                   f"{apt.tail(result.stderr)}", "Run it on the device to see why.")
             # (without systemd -- and before the packages bring the dev kit's systemctl -- services read
             # their drop-ins when they start)
             done.append("systemctl daemon-reload")
@@ -88,14 +87,14 @@ class ProxyStep(Step):
                 ctx.progress("restarting the container engine (its proxy changed)")
                 result = manager.restart(ctx.session, "docker")
                 if result is not None and not result.ok:
-                    raise UnclassifiedUserFault(f"The container engine did not restart on {ctx.display}: "
-                                                f"{apt.tail(result.stderr + result.stdout)}",
-                                                "Run systemctl status docker on the device.")
+                    raise EdgeTpmError(f"The container engine did not restart on {ctx.display}: "
+                                       f"{apt.tail(result.stderr + result.stdout)}",
+                                       "Run systemctl status docker on the device.")
                 done.append("restarted the container engine")
         return "; ".join(done)
 
     def verify(self, ctx, check):
         left = proxy_mod.differences(ctx.facts, ctx.settings.proxy)
         if left:
-            raise FileOperationError(f"{', '.join(left)} on {ctx.display} did not read back as written.",
-                                     "Check the files on the device and run the command again.")
+            raise LocalFileError(f"{', '.join(left)} on {ctx.display} did not read back as written.",
+                                 "Check the files on the device and run the command again.")

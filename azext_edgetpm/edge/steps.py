@@ -15,9 +15,7 @@ import shlex
 import time
 from typing import List, Optional
 
-from azure.cli.core.azclierror import (
-    FileOperationError, UnclassifiedUserFault, ValidationError)
-
+from azext_edgetpm.errors import DeviceError, EdgeTpmError, LocalFileError, option
 from . import apt, configtoml, health, platform, proxy as proxy_mod, runtime
 from .plan import Check, Context, Step
 from .services import ServiceManager
@@ -47,8 +45,8 @@ def backup(ctx: Context, path: str) -> str:
     dest = backup_name(path)
     result = ctx.run(f"cp -p -- {shlex.quote(path)} {shlex.quote(dest)}")
     if not result.ok:
-        raise FileOperationError(f"Cannot back up {path} on {ctx.display}: {apt.tail(result.stderr)}",
-                                 "Check the free space on the device; nothing was changed.")
+        raise LocalFileError(f"Cannot back up {path} on {ctx.display}: {apt.tail(result.stderr)}",
+                             "Check the free space on the device; nothing was changed.")
     return dest
 
 
@@ -111,10 +109,10 @@ def ensure_candidates(ctx: Context, names: List[str]) -> dict:
     if missing:
         if ctx.full_update_result is not None and not ctx.full_update_result.ok:
             apt.raise_for(ctx.full_update_result, "apt-get update", ctx.display)
-        raise ValidationError(
+        raise DeviceError(
             f"{', '.join(missing)} cannot be installed on {ctx.display}: no package source of the device offers it.",
-            "Point --package-source at a repository (mirror base URL or apt line) that has IoT Edge's packages "
-            "for this distribution, or install from .deb files with --offline-packages DIR.")
+            f"Point {option('package_source')} at a repository (mirror base URL or apt line) that has IoT Edge's "
+            f"packages for this distribution, or install from .deb files with {option('offline_packages')} DIR.")
     return found
 
 
@@ -141,8 +139,8 @@ class OsStep(Step):
         arch = platform.debian_arch(f.dpkg_arch, f.uname_machine)
         ctx.platform = platform.detect(f.os_release, arch, ctx.display)
         if not f.has("apt-get") or not f.has("dpkg"):
-            raise ValidationError(f"{ctx.display} has no apt-get/dpkg.",
-                                  "IoT Edge's packages install with apt on Debian, Ubuntu and Raspberry Pi OS.")
+            raise DeviceError(f"{ctx.display} has no apt-get/dpkg.",
+                              "IoT Edge's packages install with apt on Debian, Ubuntu and Raspberry Pi OS.")
         init = ServiceManager.detect(f).describe()
         return Check(detail=f"{ctx.platform.pretty_name} ({ctx.platform.arch}); {init}")
 
@@ -252,8 +250,8 @@ class PackageSourceStep(Step):
         if check.data.get("tpm2_tools") and not f.installed("tpm2-tools"):
             missing.append("tpm2-tools")
         if missing:
-            raise UnclassifiedUserFault(f"After installing, {', '.join(missing)} is still not installed on "
-                                        f"{ctx.display}.", "Run apt-get install on the device to see why.")
+            raise EdgeTpmError(f"After installing, {', '.join(missing)} is still not installed on "
+                               f"{ctx.display}.", "Run apt-get install on the device to see why.")
 
     @staticmethod
     def _write_list(ctx, text):
@@ -294,8 +292,8 @@ class PackageSourceStep(Step):
             f"{apt.APT_ENV} dpkg --force-confdef --force-confold -i \"$F\"")
         result = ctx.run(script, timeout=600)
         if result.rc == 3 and "no curl" in result.stderr:
-            raise ValidationError(f"{ctx.display} has no curl, wget or python3 to download {url} with.",
-                                        "Install curl on the device, or use --offline-packages DIR.")
+            raise DeviceError(f"{ctx.display} has no curl, wget or python3 to download {url} with.",
+                              f"Install curl on the device, or use {option('offline_packages')} DIR.")
         apt.raise_for(result, f"Installing the package repository configuration from {url}", ctx.display)
 
     @staticmethod
@@ -324,12 +322,12 @@ def merge_daemon_json(current_text: Optional[str], log_driver: str, display: str
         try:
             old = json.loads(current_text)
         except ValueError as exc:
-            raise FileOperationError(f"{DAEMON_JSON} on {display} is not valid JSON ({exc}); it was left as it is.",
-                                     "Fix the file (or remove it), then run the command again; "
-                                     "--log-driver keep leaves it alone.") from exc
+            raise LocalFileError(f"{DAEMON_JSON} on {display} is not valid JSON ({exc}); it was left as it is.",
+                                 "Fix the file (or remove it), then run the command again; "
+                                 f"{option('log_driver')} keep leaves it alone.") from exc
         if not isinstance(old, dict):
-            raise FileOperationError(f"{DAEMON_JSON} on {display} is not a JSON object; it was left as it is.",
-                                     "Fix the file (or remove it), then run the command again.")
+            raise LocalFileError(f"{DAEMON_JSON} on {display} is not a JSON object; it was left as it is.",
+                                 "Fix the file (or remove it), then run the command again.")
     if log_driver == "keep" or old.get("log-driver") == log_driver:
         return None, old
     new = dict(old)
@@ -397,21 +395,21 @@ class ContainerEngineStep(Step):
         else:
             ctx.run(f"rm -f {shlex.quote(DAEMON_JSON)}")
         manager.restart(ctx.session, "docker")
-        raise UnclassifiedUserFault(
+        raise EdgeTpmError(
             f"The container engine did not restart with the new {DAEMON_JSON} on {ctx.display} "
             f"({apt.tail(result.stderr + result.stdout)}); the previous file was restored.",
-            "Check --log-driver (e.g. local, json-file, journald) or use --log-driver keep.")
+            f"Check {option('log_driver')} (e.g. local, json-file, journald) or use {option('log_driver')} keep.")
 
     def verify(self, ctx, check):
         f = ctx.facts
         if check.data.get("install") and not f.installed("moby-engine"):
-            raise UnclassifiedUserFault(f"moby-engine is not installed on {ctx.display} after apt-get install.",
-                                        "Run apt-get install moby-engine on the device to see why.")
+            raise EdgeTpmError(f"moby-engine is not installed on {ctx.display} after apt-get install.",
+                               "Run apt-get install moby-engine on the device to see why.")
         if "daemon_json" in check.data:
             current = f.file(DAEMON_JSON)
             if current is None or json.loads(current.text).get("log-driver") != ctx.settings.log_driver:
-                raise FileOperationError(f"{DAEMON_JSON} on {ctx.display} does not have the log driver set.",
-                                         "Check the file on the device and run the command again.")
+                raise LocalFileError(f"{DAEMON_JSON} on {ctx.display} does not have the log driver set.",
+                                     "Check the file on the device and run the command again.")
 
 
 # -- 4 --------------------------------------------------------------------------------------------------
@@ -444,10 +442,10 @@ class IotEdgeStep(Step):
             if edge_full is None:
                 if not found["aziot-edge"]["versions"] and not ctx.updated_sources:
                     update_sources(ctx)
-                raise ValidationError(
+                raise DeviceError(
                     f"aziot-edge {pin} is not offered by the package source of {ctx.display} "
                     f"(available: {', '.join(found['aziot-edge']['versions']) or 'none'}).",
-                    "Pick one of the available versions for --edge-version, or omit it for the latest.")
+                    f"Pick one of the available versions for {option('edge_version')}, or omit it for the latest.")
             ident_versions = found["aziot-identity-service"]["versions"]
             ident_full = next((v for v in ident_versions if apt.upstream(v) == apt.upstream(edge_full)), None)
             specs = [f"aziot-edge={edge_full}"] + ([f"aziot-identity-service={ident_full}"] if ident_full
@@ -462,12 +460,12 @@ class IotEdgeStep(Step):
         f = ctx.facts
         edge = f.installed("aziot-edge")
         if not edge or not f.installed("aziot-identity-service") or not f.has("iotedge"):
-            raise UnclassifiedUserFault(f"IoT Edge is not installed on {ctx.display} after apt-get install.",
-                                        "Run apt-get install aziot-edge on the device to see why.")
+            raise EdgeTpmError(f"IoT Edge is not installed on {ctx.display} after apt-get install.",
+                               "Run apt-get install aziot-edge on the device to see why.")
         pin = check.data.get("pin")
         if pin and not apt.match_version(pin, [edge]):
-            raise UnclassifiedUserFault(f"aziot-edge {edge} is installed on {ctx.display}, not {pin}.",
-                                        "Check that the package source offers that version.")
+            raise EdgeTpmError(f"aziot-edge {edge} is installed on {ctx.display}, not {pin}.",
+                               "Check that the package source offers that version.")
 
 
 # -- 5 --------------------------------------------------------------------------------------------------
@@ -478,8 +476,11 @@ class ConfigStep(Step):
     def _registration_id(self, ctx) -> Optional[str]:
         try:
             return ctx.registration_id(create=not ctx.dry_run)
-        except (ValidationError, UnclassifiedUserFault) as exc:
-            if ctx.dry_run:
+        except EdgeTpmError as exc:
+            # Under --dry-run a device not ready to show its EK (no tpm2-tools, no EK: a DeviceError or an
+            # unclassified failure) leaves the ID pending; other kinds (unreachable, auth, ...) fail the step.
+            unready = isinstance(exc, DeviceError) or type(exc) is EdgeTpmError  # pylint: disable=C0123
+            if ctx.dry_run and unready:
                 ctx.extra["registration_id_pending"] = str(exc)
                 return None
             raise
@@ -570,15 +571,15 @@ class ConfigStep(Step):
     def verify(self, ctx, check):
         current = ctx.facts.file(configtoml.CONFIG_PATH)
         if current is None or current.text != check.data["text"] or current.mode != 0o600:
-            raise FileOperationError(f"{configtoml.CONFIG_PATH} on {ctx.display} is not what was written.",
-                                     "Check the file on the device and run the command again.")
+            raise LocalFileError(f"{configtoml.CONFIG_PATH} on {ctx.display} is not what was written.",
+                                 "Check the file on the device and run the command again.")
         summary = configtoml.summarize(current.text)
         wanted = {"source": "dps", "attestation": "tpm", "idScope": ctx.settings.id_scope,
                   "registrationId": ctx.registration_id(), "globalEndpoint": ctx.settings.global_endpoint}
         wrong = {k: summary[k] for k, v in wanted.items() if summary[k] != v}
         if wrong or not isinstance(summary["authKeyIndex"], int):
-            raise FileOperationError(f"{configtoml.CONFIG_PATH} on {ctx.display} reads back differently: {wrong}.",
-                                     "Report this as a bug of az edge-tpm, with the file's content.")
+            raise LocalFileError(f"{configtoml.CONFIG_PATH} on {ctx.display} reads back differently: {wrong}.",
+                                 "Report this as a bug of az edge-tpm, with the file's content.")
 
 
 # -- 6 --------------------------------------------------------------------------------------------------
@@ -602,8 +603,8 @@ class TpmAccessStep(Step):
         if "aziottpm" not in f.users:
             if ctx.dry_run:
                 return Check(changes=[f"give aziottpm access to {', '.join(f.tpm_devices)} ({mode})"])
-            raise ValidationError(f"The aziottpm user does not exist on {ctx.display}.",
-                                        "Reinstall aziot-identity-service on the device; it creates the user.")
+            raise DeviceError(f"The aziottpm user does not exist on {ctx.display}.",
+                              "Reinstall aziot-identity-service on the device; it creates the user.")
         changes, data = [], {"mode": mode}
         if mode == "udev":
             rule = f.file(UDEV_RULE_PATH)
@@ -616,17 +617,17 @@ class TpmAccessStep(Step):
                 data["trigger"] = True
         elif mode == "tss-group":
             if "tss" not in f.groups:
-                raise ValidationError(f"{ctx.display} has no tss group.",
-                                            "Install tpm2-tools (its tpm-udev rules create the tss group), or use "
-                                            "--tpm-access udev.")
+                raise DeviceError(f"{ctx.display} has no tss group.",
+                                  "Install tpm2-tools (its tpm-udev rules create the tss group), or use "
+                                  f"{option('tpm_access')} udev.")
             if "tss" not in f.users["aziottpm"]:
                 changes.append("add aziottpm to the tss group")
                 data["group"] = True
         else:
             if not f.systemd:
-                raise ValidationError(
-                    f"--tpm-access root needs systemd, which {ctx.display} does not run.",
-                    "Use --tpm-access udev or --tpm-access tss-group on devices without systemd.")
+                raise DeviceError(
+                    f"{option('tpm_access')} root needs systemd, which {ctx.display} does not run.",
+                    f"Use {option('tpm_access')} udev or {option('tpm_access')} tss-group on devices without systemd.")
             override = f.file(TPMD_OVERRIDE_PATH)
             if override is None or override.text != TPMD_OVERRIDE:
                 changes.append(f"run aziot-tpmd as root ({TPMD_OVERRIDE_PATH})")
@@ -648,8 +649,8 @@ class TpmAccessStep(Step):
         if check.data.get("group"):
             result = ctx.run("usermod -aG tss aziottpm")
             if not result.ok:
-                raise UnclassifiedUserFault(f"usermod -aG tss aziottpm failed on {ctx.display}: "
-                                            f"{apt.tail(result.stderr)}", "Add the user to the group on the device.")
+                raise EdgeTpmError(f"usermod -aG tss aziottpm failed on {ctx.display}: "
+                                   f"{apt.tail(result.stderr)}", "Add the user to the group on the device.")
             done.append("added aziottpm to tss")
         if check.data.get("override"):
             ctx.run(f"mkdir -p {shlex.quote(TPMD_OVERRIDE_PATH.rsplit('/', 1)[0])}")
@@ -665,12 +666,12 @@ class TpmAccessStep(Step):
             wrong = [f"{d} ({st['owner']}:{st['group']} {st['mode']:o})" for d, st in f.tpm_devices.items()
                      if not _owner_ok(st)]
             if wrong:
-                raise UnclassifiedUserFault(
+                raise EdgeTpmError(
                     f"The udev rule is in place on {ctx.display}, but {', '.join(wrong)} did not change owner.",
-                    "Reboot the device so that udev applies the rule, or use --tpm-access tss-group.")
+                    f"Reboot the device so that udev applies the rule, or use {option('tpm_access')} tss-group.")
         elif mode == "tss-group" and "tss" not in f.users.get("aziottpm", []):
-            raise UnclassifiedUserFault(f"aziottpm is not in the tss group on {ctx.display}.",
-                                        "Add it on the device: usermod -aG tss aziottpm.")
+            raise EdgeTpmError(f"aziottpm is not in the tss group on {ctx.display}.",
+                               "Add it on the device: usermod -aG tss aziottpm.")
 
 
 def _owner_ok(st: dict) -> bool:
@@ -693,8 +694,8 @@ class RuntimeStep(Step):
         if ctx.dry_run and (upstream_changes or not f.has("iotedge")):
             return Check(changes=["run iotedge config apply, then check the runtime"])
         if not f.has("iotedge"):
-            raise ValidationError(f"iotedge is not installed on {ctx.display}.",
-                                        "Run the command again: the iotedge step installs it.")
+            raise DeviceError(f"iotedge is not installed on {ctx.display}.",
+                              "Run the command again: the iotedge step installs it.")
         reasons = [f"{n} changed" for n in upstream_changes]
         config_mtime = f.mtimes.get(configtoml.CONFIG_PATH) or (f.file(configtoml.CONFIG_PATH).mtime
                                                                  if f.file(configtoml.CONFIG_PATH) else 0)
@@ -761,7 +762,7 @@ class RuntimeStep(Step):
             message = apt.tail(result.stderr or result.stdout, 4)
             backup_note = (f" The previous config.toml is kept as {ctx.extra['config_backup']}."
                            if ctx.extra.get("config_backup") else "")
-            raise ValidationError(
+            raise DeviceError(
                 f"iotedge config apply rejected the configuration on {ctx.display}: {message}.{backup_note}",
                 problems[0]["recommendation"] if problems else
                 "Fix /etc/aziot/config.toml on the device as the message says, then run the command again.")
@@ -790,7 +791,7 @@ class RuntimeStep(Step):
             ctx.run("docker rm -f edgeAgent >/dev/null 2>&1; iotedge system restart", timeout=600)
             stale = self._stale_agent_env(ctx)
             if stale:
-                raise UnclassifiedUserFault(
+                raise EdgeTpmError(
                     f"The edgeAgent container on {ctx.display} still runs with another proxy environment ({stale}).",
                     "Remove it on the device (docker rm -f edgeAgent) and restart IoT Edge (iotedge system restart).")
         report = runtime.collect(ctx.session, with_check=True, dont_run=self._dont_run(ctx))
@@ -811,13 +812,13 @@ class RuntimeStep(Step):
             first = config_errors[0] if config_errors else None
             what = (f"check {first['id']}: {' '.join(first['details'])}" if first else
                     f"{problem['meaning']} ({problem['line']})")
-            raise UnclassifiedUserFault(
+            raise EdgeTpmError(
                 f"IoT Edge on {ctx.display} is not healthy: {what}. {runtime.summary(report)}",
                 problem["recommendation"] if problem else
                 "Run iotedge check and iotedge system logs on the device for details.")
         proxy_problem = next((p for p in check["problems"] if p["id"] == "proxy-settings"), None)
         if ctx.settings.proxy and proxy_problem:
-            raise UnclassifiedUserFault(
+            raise EdgeTpmError(
                 f"IoT Edge on {ctx.display} does not use one proxy everywhere: check proxy-settings: "
                 f"{' '.join(proxy_problem['details'])}",
                 "Check the https_proxy of [agent.env] in /etc/aziot/config.toml and of the docker, aziot-edged and "

@@ -7,7 +7,7 @@ import sys
 import tomllib
 
 import pytest
-from azure.cli.core.azclierror import FileOperationError, ValidationError
+from azext_edgetpm.errors import DeviceError, LocalFileError
 
 from azext_edgetpm.edge.configtoml import DpsTpmSettings, edit_config, parse_auth_key_index, summarize
 
@@ -125,11 +125,11 @@ def test_existing_values_are_kept_when_not_given():
 
 
 def test_refusals():
-    with pytest.raises(ValidationError, match="nested mode"):
+    with pytest.raises(DeviceError, match="nested mode"):
         edit_config('parent_hostname = "gateway"\n', DpsTpmSettings("s", "r"))
-    with pytest.raises(FileOperationError, match="not valid TOML"):
+    with pytest.raises(LocalFileError, match="not valid TOML"):
         edit_config("auto_reprovisioning_mode = Dynamic\n", DpsTpmSettings("s", "r"))
-    with pytest.raises(FileOperationError, match="auth_key_index"):
+    with pytest.raises(LocalFileError, match="auth_key_index"):
         edit_config('[tpm]\nauth_key_index = "high"\n', DpsTpmSettings("s", "r"))
 
 

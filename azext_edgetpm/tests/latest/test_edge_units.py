@@ -6,7 +6,7 @@ import shutil
 import subprocess
 
 import pytest
-from azure.cli.core.azclierror import FileOperationError, InvalidArgumentValueError, ValidationError
+from azext_edgetpm.errors import DeviceError, EdgeTpmError, LocalFileError, UserInputError
 
 from azext_edgetpm.edge import apt, facts, health, platform
 from azext_edgetpm.edge.steps import config_package_url, merge_daemon_json
@@ -38,10 +38,10 @@ def test_supported_platforms(text, arch, distro_url):
     ("", "amd64", "no readable /etc/os-release"),
 ])
 def test_refused_platforms(text, arch, words):
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(DeviceError) as info:
         platform.detect(text, arch, "dev")
     assert words in str(info.value)
-    assert info.value.recommendations
+    assert info.value.hint
 
 
 def test_debian_arch_falls_back_to_uname():
@@ -148,7 +148,7 @@ def test_merge_daemon_json():
     assert merge_daemon_json('{"log-driver": "local"}', "local")[0] is None
     assert merge_daemon_json(None, "keep") == (None, {})
     assert merge_daemon_json(None, "journald")[0] == {"log-driver": "journald"}
-    with pytest.raises(FileOperationError, match="not valid JSON"):
+    with pytest.raises(LocalFileError, match="not valid JSON"):
         merge_daemon_json("{broken", "local")
 
 
@@ -191,10 +191,10 @@ def test_apt_failures_become_errors_with_recommendations():
     assert apt.update_failed(ok) is ok
     warned = apt.update_failed(Result(0, "", "W: Failed to fetch http://x/./InRelease  Could not connect to x:1\n"))
     assert warned.rc == 100
-    with pytest.raises(Exception) as info:
+    with pytest.raises(EdgeTpmError) as info:
         apt.raise_for(warned, "apt-get update", "dev")
-    assert "could not download" in str(info.value) and info.value.recommendations
-    with pytest.raises(Exception) as info:
+    assert "could not download" in str(info.value) and info.value.hint
+    with pytest.raises(EdgeTpmError) as info:
         apt.raise_for(Result(100, "", "E: Unable to locate package aziot-edge\n"), "Installing aziot-edge", "dev")
     assert "aziot-edge is not available" in str(info.value)
 
@@ -214,7 +214,7 @@ def test_read_offline_dir(tmp_path):
     build("moby-engine", "25.0.5-1")
     build("aziot-edge", "1.5.9-1")
     build("aziot-edge", "1.5.10-1")
-    with pytest.raises(InvalidArgumentValueError, match="2 versions of aziot-edge"):
+    with pytest.raises(UserInputError, match="2 versions of aziot-edge"):
         apt.read_offline_dir(str(tmp_path / "debs"), "amd64")
     debs = apt.read_offline_dir(str(tmp_path / "debs"), "amd64", edge_version="1.5.9")
     assert [(d.package, d.version) for d in debs] == [("aziot-edge", "1.5.9-1"), ("moby-engine", "25.0.5-1")]
@@ -279,13 +279,31 @@ def test_tpm_access_plans():
     assert done.changes == [] and "aziottpm:tss 660" in done.detail
     assert step.check(_FakeCtx(_tpm_facts(), mode="tss-group")).data == {"mode": "tss-group", "group": True}
     assert step.check(_FakeCtx(_tpm_facts(groups=("aziottpm", "tss")), mode="tss-group")).changes == []
-    with pytest.raises(ValidationError, match="needs systemd"):
+    with pytest.raises(DeviceError, match="needs systemd"):
         step.check(_FakeCtx(_tpm_facts(), mode="root"))
     assert step.check(_FakeCtx(_tpm_facts(systemd=True), mode="root")).data == {"mode": "root", "override": True}
 
 
+def test_a_failed_step_keeps_its_class_names_the_step_and_carries_the_report():
+    from types import SimpleNamespace
+    from azext_edgetpm._error_map import register_option_names, to_azclierror
+    from azext_edgetpm.edge.plan import Context, run_steps
+    from azext_edgetpm.edge.steps import OsStep, TpmAccessStep
+    register_option_names()
+    # A stand-in for the session (only its display name is read): the step fails in its check, on
+    # facts given as in test_tpm_access_plans (no device here has a /dev/tpm0), before any command.
+    ctx = Context(SimpleNamespace(target=SimpleNamespace(display="dev")), _FakeCtx(None, mode="root").settings)
+    ctx.facts = _tpm_facts()
+    with pytest.raises(DeviceError) as info:
+        run_steps(ctx, [TpmAccessStep(), OsStep()])
+    assert info.value.message.startswith("Step tpm-access failed: --tpm-access root needs systemd")
+    assert "--tpm-access udev" in info.value.hint and str(info.value) == info.value.message
+    assert [(e["name"], e["status"]) for e in info.value.report] == [("tpm-access", "failed"), ("os", "skipped")]
+    az_error = to_azclierror(info.value)
+    assert type(az_error).__name__ == "ValidationError" and az_error.error_msg == info.value.message
+
+
 def test_runtime_judgement():
-    from azure.cli.core.azclierror import UnclassifiedUserFault
     from azext_edgetpm.edge.steps import RuntimeStep
     down = {"healthy": False, "checks": {"errors": [], "problems": []},
             "provisioning": {"state": "failed", "error": "401", "recommendation": "create the enrollment"}}
@@ -295,15 +313,15 @@ def test_runtime_judgement():
                                                    "recommendation": "r"}]))
     assert ctx.notes and "DPS has not assigned" in ctx.notes[0]
     # A TPM the runtime cannot open: the step fails with what to do.
-    with pytest.raises(UnclassifiedUserFault) as info:
+    with pytest.raises(EdgeTpmError) as info:
         RuntimeStep._judge(ctx, dict(down, problems=[{"kind": "tpm-permission", "meaning": "no access",
                                                        "line": "Permission denied", "recommendation": "udev"}]))
-    assert info.value.recommendations == ["udev"]
+    assert info.value.hint == "udev"
     # A configuration check in error fails it too, even with the services up.
     bad = {"healthy": True, "provisioning": {"state": "assigned"},
            "checks": {"errors": ["tpmd-config-well-formed"], "problems": [
                {"id": "tpmd-config-well-formed", "result": "error", "details": ["could not parse"]}]}}
-    with pytest.raises(UnclassifiedUserFault, match="tpmd-config-well-formed"):
+    with pytest.raises(EdgeTpmError, match="tpmd-config-well-formed"):
         RuntimeStep._judge(ctx, bad)
 
 

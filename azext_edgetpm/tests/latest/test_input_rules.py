@@ -89,7 +89,8 @@ def test_ek_with_aes_128_cfb_is_accepted_both_ways():
     ("deb http://10.0.0.1/", "needs a URI and a suite"),
 ])
 def test_malformed_apt_lines_are_refused(line, why):
-    with pytest.raises(InvalidArgumentValueError) as err:
+    from azext_edgetpm.errors import UserInputError
+    with pytest.raises(UserInputError) as err:
         check_apt_line(line)
     assert why in str(err.value)
 
