@@ -35,10 +35,10 @@ def test_a_drop_between_upload_and_cleanup_is_cleaned_by_the_next_run(rig, user)
     with _session(dev, user) as session:
         real_upload = session.upload
 
-        def upload_then_drop(data, path, mode=0o600):
+        def upload_then_drop(data, path, mode=0o600, **kwargs):
             # Fault injection (the real upload, then the connection closes for real, as a network
             # that drops it would): nothing after the upload reaches the device.
-            real_upload(data, path, mode)
+            real_upload(data, path, mode, **kwargs)
             session.client.get_transport().close()
 
         session.upload = upload_then_drop
