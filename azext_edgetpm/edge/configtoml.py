@@ -16,6 +16,7 @@ Pure text in, text out. The traps of ../shared/docs/iotedge.md are avoided by co
 import copy
 import functools
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -141,10 +142,18 @@ def _drop(table, keys, changes: List[str], prefix: str) -> None:
             changes.append(f"removed {prefix}{key}")
 
 
+_PARSE_LOCK = threading.Lock()
+
+
 @functools.lru_cache(maxsize=8)
-def _parsed(text: str):
+def _parsed_once(text: str):
     import tomlkit
     return tomlkit.parse(text)
+
+
+def _parsed(text: str):
+    with _PARSE_LOCK:   # (a fleet's devices reach this together: one parses, the others wait for it)
+        return _parsed_once(text)
 
 
 def _parse(text: str, where: str):
