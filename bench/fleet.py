@@ -1,7 +1,9 @@
 """What `az edge-tpm provision --inventory` costs next to what a user can script today, on the
 same kind of dev-kit devices and in the same run:
 
-- fleet:      ONE `az edge-tpm provision --inventory --max-parallel P` over N fresh devices;
+- fleet:      ONE `az edge-tpm provision --inventory --max-parallel P` over N fresh devices, and
+              again over fewer (--small): the difference is what one more device costs, with
+              what a run pays once (az start-up, imports) cancelled out;
 - xargs:      the five single-device commands (ek show, enrollment create, install,
               registration wait, status) per device, devices run with `xargs -P P`;
 - sequential: the same five commands per device, one device after the other (S devices).
@@ -16,7 +18,7 @@ minute), and the achieved rates printed against L.
 
 Needs root (dev-kit devices). The machine is shared: busy % includes whatever else runs.
 
-    .venv/bin/python bench/fleet.py [--devices 20] [--max-parallel 10] [--sequential 3] [--quota 10]
+    .venv/bin/python bench/fleet.py [--devices 20] [--small 4] [--max-parallel 10] [--sequential 3] [--quota 10]
 """
 import argparse
 import csv
@@ -270,6 +272,8 @@ class Bench:
             rows = []
             if not args.quota_only:
                 rows = [self.fleet(args.devices)]
+                if args.small:
+                    rows[0]["small"] = self.fleet(args.small, "fleet-small")
                 rows.append(self.scripted(args.devices, args.max_parallel, "xargs"))
                 if args.sequential:
                     rows.append(self.scripted(args.sequential, 1, "sequential"))
@@ -300,6 +304,14 @@ def report_runs(rows, args, startup):
     print(f"wall: fleet / xargs -P {args.max_parallel} = {fleet['wall'] / xargs['wall']:.2f}")
     print(f"our CPU per device: fleet / xargs = {fleet['our_cpu_per_device'] / xargs['our_cpu_per_device']:.3f} "
           f"({fleet['our_cpu_per_device']:.3f} vs {xargs['our_cpu_per_device']:.3f} CPU-s; goal <= 0.15)")
+    small = fleet.get("small")
+    if small and small["devices"] < fleet["devices"]:
+        # What one more device costs: the difference of two fleet runs, so that every cost paid once
+        # per run (az start-up, imports, the DPS target) cancels out.
+        each = (fleet["our_cpu"] - small["our_cpu"]) / (fleet["devices"] - small["devices"])
+        print(f"our CPU per additional device (fleet of {fleet['devices']} minus fleet of {small['devices']}): "
+              f"{each:.3f} CPU-s (goal <= 0.15); paid once per run: {small['our_cpu'] - each * small['devices']:.2f} "
+              f"CPU-s")
     marginal = (fleet["our_cpu"] - startup) / fleet["devices"]
     print(f"our CPU per device beyond the one az start-up ({startup:.2f} CPU-s): fleet {marginal:.3f} CPU-s; "
           f"xargs pays the start-up 5 times per device ({5 * startup:.2f} CPU-s)")
@@ -336,6 +348,9 @@ def main():
     parser.add_argument("--max-parallel", type=int, default=10, help="parallelism of fleet and xargs (default 10)")
     parser.add_argument("--sequential", type=int, default=3,
                         help="devices for the one-after-the-other baseline (default 3; 0 skips it)")
+    parser.add_argument("--small", type=int, default=4,
+                        help="devices of a second, smaller fleet run; the difference gives the CPU of one more device "
+                             "(default 4; 0 skips it)")
     parser.add_argument("--quota", type=int, default=10,
                         help="limit per minute for the quota-bound run (default 10; 0 skips it)")
     parser.add_argument("--quota-devices", type=int, default=12, help="devices of the quota-bound run (default 12)")
