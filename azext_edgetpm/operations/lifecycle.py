@@ -7,11 +7,11 @@ recorded as done for the same registration ID is not run again.
 """
 import hashlib
 import time
-from dataclasses import dataclass, field
-from typing import Callable, List, Optional
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 from azext_edgetpm.errors import ConflictError, DeviceError, MissingInputError, NotFoundError, option
-from azext_edgetpm.operations.pipeline import CHANGED, OK, Step
+from azext_edgetpm.operations.pipeline import CHANGED, OK, DeviceOutcome, Step  # noqa: F401  (re-exported)
 
 WOULD_CHANGE, SKIPPED = "would-change", "skipped"
 
@@ -166,7 +166,8 @@ class VerifyStep(Step):
 def confirm_or_stop(confirm: Optional[Callable[[str], bool]], question: str) -> None:
     """Ask (when a confirmation callback is given); a 'no' stops this device."""
     if confirm is not None and not confirm(question):
-        raise ConflictError(f"Not confirmed: {question}", f"Run the command again and confirm, or pass {option('yes')}.")
+        raise ConflictError(f"Not confirmed: {question}",
+                            f"Run the command again and confirm, or pass {option('yes')}.")
 
 
 def require_enrollment(enrollment: Optional[dict], registration_id: str) -> dict:
@@ -175,30 +176,6 @@ def require_enrollment(enrollment: Optional[dict], registration_id: str) -> dict
                             "Enroll the device first: az edge-tpm provision (or enrollment create).",
                             "registration_id")
     return enrollment
-
-
-
-@dataclass
-class DeviceOutcome:
-    """What every lifecycle result holds: the device, how it ended, its steps and why it failed.
-    Subclasses add their own fields and return them from `details()`."""
-    host: str
-    status: str                          # the command's success word | planned | failed | interrupted
-    registration_id: Optional[str] = None
-    steps: List[dict] = field(default_factory=list)
-    error: Optional[str] = None
-    recommendation: Optional[str] = None
-    failed_step: Optional[str] = None
-    skipped: bool = False                # finished by an earlier run (--state)
-    seconds: float = 0.0
-
-    def details(self) -> dict:
-        return {}
-
-    def to_output(self) -> dict:
-        return {"host": self.host, "status": self.status, "registrationId": self.registration_id, **self.details(),
-                "failedStep": self.failed_step, "error": self.error, "recommendation": self.recommendation,
-                "doneEarlier": self.skipped, "seconds": round(self.seconds, 1), "steps": self.steps}
 
 
 def outcome_fields(host: str, record: dict, outcome: str, step_names, ok_status: str, dry_run: bool = False,

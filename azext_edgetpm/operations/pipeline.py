@@ -4,7 +4,7 @@ The fleet runner (fleet/runner.py) runs a pipeline for many devices in parallel 
 every step; `az edge-tpm provision --host` runs the same pipeline for one device.
 """
 from dataclasses import dataclass, field
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional
 
 OK, CHANGED, FAILED, SKIPPED = "ok", "changed", "failed", "skipped"
 DONE_STATES = (OK, CHANGED, SKIPPED)
@@ -49,3 +49,26 @@ class DeviceContext:
         if self._session is not None:
             self._session.close()
             self._session = None
+
+
+@dataclass
+class DeviceOutcome:
+    """What every lifecycle result holds: the device, how it ended, its steps and why it failed.
+    Subclasses add their own fields and return them from `details()`."""
+    host: str
+    status: str                          # the command's success word | planned | failed | interrupted
+    registration_id: Optional[str] = None
+    steps: List[dict] = field(default_factory=list)
+    error: Optional[str] = None
+    recommendation: Optional[str] = None
+    failed_step: Optional[str] = None
+    skipped: bool = False                # finished by an earlier run (--state)
+    seconds: float = 0.0
+
+    def details(self) -> dict:
+        return {}
+
+    def to_output(self) -> dict:
+        return {"host": self.host, "status": self.status, "registrationId": self.registration_id, **self.details(),
+                "failedStep": self.failed_step, "error": self.error, "recommendation": self.recommendation,
+                "doneEarlier": self.skipped, "seconds": round(self.seconds, 1), "steps": self.steps}

@@ -6,10 +6,10 @@ recorded for the same registration ID and EK is not enrolled again.
 """
 import dataclasses
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional
 
-from azext_edgetpm.operations.pipeline import CHANGED, OK, DeviceContext, Step
+from azext_edgetpm.operations.pipeline import CHANGED, OK, DeviceContext, DeviceOutcome, Step
 
 STEP_NAMES = ("identify", "enroll", "install", "wait", "status")
 
@@ -142,28 +142,16 @@ def pipeline() -> List[Step]:
 
 
 @dataclass
-class ProvisionResult:
-    """One device's outcome, as `provision` prints it."""
-    host: str
-    status: str                          # assigned | failed | interrupted
-    registration_id: Optional[str] = None
+class ProvisionResult(DeviceOutcome):
+    """One device's outcome, as `provision` prints it (status: assigned | failed | interrupted)."""
     device_id: Optional[str] = None
     assigned_hub: Optional[str] = None
     edge_version: Optional[str] = None
     healthy: Optional[bool] = None
-    steps: List[dict] = field(default_factory=list)
-    error: Optional[str] = None
-    recommendation: Optional[str] = None
-    failed_step: Optional[str] = None
-    skipped: bool = False                # finished by an earlier run (--state)
-    seconds: float = 0.0
 
-    def to_output(self) -> dict:
-        return {"host": self.host, "status": self.status, "registrationId": self.registration_id,
-                "deviceId": self.device_id, "assignedHub": self.assigned_hub, "edgeVersion": self.edge_version,
-                "healthy": self.healthy, "failedStep": self.failed_step, "error": self.error,
-                "recommendation": self.recommendation, "doneEarlier": self.skipped,
-                "seconds": round(self.seconds, 1), "steps": self.steps}
+    def details(self) -> dict:
+        return {"deviceId": self.device_id, "assignedHub": self.assigned_hub, "edgeVersion": self.edge_version,
+                "healthy": self.healthy}
 
 
 def result_from_record(host: str, record: dict, outcome_status: str, seconds: float = 0.0) -> ProvisionResult:
