@@ -60,6 +60,11 @@ class EdgeTpmError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def prefix(self, text: str) -> None:
+        """Put `text` before the message (a caller saying where the error happened)."""
+        self._message = text + self._message
+        self.args = (self._message,)
+
 
 class UserInputError(EdgeTpmError):
     """A value the user gave is wrong (shape, range, combination)."""

@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
+from azext_edgetpm.errors import option, render
+
 SERVICES = ("aziot-edged", "aziot-identityd", "aziot-keyd", "aziot-certd", "aziot-tpmd")
 
 
@@ -98,15 +100,15 @@ KNOWN_FAILURES = (
         "tpm-permission", r"(?:Failed to open|open).{0,80}/dev/tpm(?:rm)?0.{0,40}Permission denied|"
                           r"Permission denied.{0,40}/dev/tpm(?:rm)?0",
         "aziot-tpmd may not open the TPM device (/dev/tpmrm0: permission denied).",
-        "Give the aziottpm user access to the TPM: re-run az edge-tpm install with --tpm-access udev "
-        "(default) or --tpm-access tss-group; if the rule is in place but the device node kept its owner, "
+        "Give the aziottpm user access to the TPM: re-run az edge-tpm install with " + option("tpm_access") + " udev "
+        "(default) or " + option("tpm_access") + " tss-group; if the rule is in place but the device node kept its owner, "
         "reboot the device so that udev applies it."),
     KnownFailure(
         "tcti", r"Could not initialize TCTI|tcti:IO failure|Tss2_Tcti\w*.*(?:fail|error)|"
                 r"TCTI.{0,40}(?:Connection refused|No such file)",
         "aziot-tpmd could not open the TPM through its TCTI.",
-        "Check [tpm] tcti in /etc/aziot/config.toml (--tcti): 'device' needs /dev/tpmrm0 and TPM access for "
-        "aziottpm (--tpm-access); a TPM simulator or resource manager needs its own TCTI "
+        "Check [tpm] tcti in /etc/aziot/config.toml (" + option("tcti") + "): 'device' needs /dev/tpmrm0 and TPM "
+        "access for aziottpm (" + option("tpm_access") + "); a TPM simulator or resource manager needs its own TCTI "
         "(e.g. swtpm:host=127.0.0.1,port=2321) and must be running."),
     KnownFailure(
         "evict-control", r"Esys_EvictControl.{0,80}(?:0x14c|0x0000014c|14c)|Esys_EvictControl",
@@ -127,14 +129,14 @@ KNOWN_FAILURES = (
                        r"(?:Connection refused|No such file)",
         "The TPM service (aziot-tpmd) is not running, so the identity service cannot use the TPM.",
         "Find why aziot-tpmd stopped (`iotedge system logs` on the device, often its [tpm] tcti or the aziottpm "
-        "user's access to /dev/tpmrm0): fix --tcti or --tpm-access with az edge-tpm install, then run "
+        "user's access to /dev/tpmrm0): fix " + option("tcti") + " or " + option("tpm_access") + " with az edge-tpm install, then run "
         "`sudo iotedge config apply`."),
     KnownFailure(
         "dps-unreachable", r"name resolution|Name or service not known|Could not resolve|Connection refused|"
                            r"Connection timed out|timed out|No route to host|Network is unreachable|"
                            r"CERTIFICATE_VERIFY_FAILED|certificate verify failed|SSL.{0,20}error",
         "The device cannot reach the DPS endpoint (network, DNS, proxy or TLS trust).",
-        "Check --global-endpoint and that the device reaches it (DNS, firewall, proxy: outbound 443, or 8883/5671 "
+        "Check " + option("global_endpoint") + " and that the device reaches it (DNS, firewall, proxy: outbound 443, or 8883/5671 "
         "for other protocols); a DPS behind a private CA needs that CA in the device's trust store "
         "(/usr/local/share/ca-certificates + update-ca-certificates)."),
     KnownFailure(
@@ -142,7 +144,8 @@ KNOWN_FAILURES = (
                     r"registration)|status (?:failed|disabled)|Failed to provision with IoT Hub",
         "DPS did not assign the device.",
         "Check that an enrollment exists for this registration ID with this TPM's endorsement key and is "
-        "enabled (az edge-tpm enrollment show / enrollment create --host DEVICE), and that --id-scope is "
+        "enabled (az edge-tpm enrollment show / enrollment create " + option("host") + " DEVICE), and that "
+        + option("id_scope") + " is "
         "the DPS instance's ID scope."),
     KnownFailure(
         "config", r"could not parse config file|Command failed: .*(?:invalid|unknown variant|missing field|"
@@ -178,7 +181,7 @@ def diagnose(lines: List[str]) -> List[dict]:
                 continue
             if re.search(failure.pattern, line, re.IGNORECASE):
                 found[failure.key] = {"kind": failure.key, "line": _message_of(line),
-                                      "meaning": failure.meaning, "recommendation": failure.recommendation}
+                                      "meaning": failure.meaning, "recommendation": render(failure.recommendation)}
                 break
     return list(found.values())
 

@@ -169,9 +169,7 @@ def run_steps(ctx: Context, steps: List[Step]) -> List[dict]:
         done = ", ".join(f"{e['name']} {e['status']}" for e in report)
         logger.warning("%s: %s", ctx.display, done)
         failed = next(e for e in report if e["status"] == FAILED)
-        # (the unrendered text, so that options named with errors.option still render as flags)
-        failure._message = f"Step {failed['name']} failed: {failure._message}"  # pylint: disable=protected-access
-        failure.args = (failure._message,)  # pylint: disable=protected-access
+        failure.prefix(f"Step {failed['name']} failed: ")
         failure.report = report
         raise failure
     return report
