@@ -141,10 +141,15 @@ def validate_enrollment_create(namespace):
         raise RequiredArgumentMissingError("No endorsement key given.",
                                            "Pass --host [user@]host to read it from the device over SSH, or "
                                            "--endorsement-key <base64 of ek.pub>.")
-    if namespace.registration_id:
-        namespace.registration_id = normalize_registration_id(namespace.registration_id, "--enrollment-id")
-    if getattr(namespace, "device_id", None) is not None:
-        namespace.device_id = validate_device_id(namespace.device_id)
+    from azext_edgetpm._error_map import to_azclierror
+    from azext_edgetpm.errors import EdgeTpmError
+    try:
+        if namespace.registration_id:
+            namespace.registration_id = normalize_registration_id(namespace.registration_id, "--enrollment-id")
+        if getattr(namespace, "device_id", None) is not None:
+            namespace.device_id = validate_device_id(namespace.device_id)
+    except EdgeTpmError as exc:  # (validators run before the command groups' exception handler)
+        raise to_azclierror(exc) from exc
     if namespace.iot_hubs is not None:
         hubs = [h for item in namespace.iot_hubs for h in item.replace(",", " ").split()]
         namespace.iot_hubs = hubs
@@ -203,8 +208,7 @@ def _install_values(namespace):
         raise InvalidArgumentValueError(f"--id-scope {shown(scope)} is not a DPS ID scope.",
                                         "Copy the ID scope (e.g. 0ne00ABCDEF) from the DPS overview page.")
     if namespace.registration_id:
-        from azext_edgetpm.dps.enrollment import normalize_registration_id
-        namespace.registration_id = normalize_registration_id(namespace.registration_id)
+        _registration_id(namespace)
     endpoint = namespace.global_endpoint
     if endpoint and not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(?::\d{1,5})?/?", endpoint):
         raise InvalidArgumentValueError(f"--global-endpoint {shown(endpoint)} is not an https:// URL of a host.",
@@ -314,6 +318,18 @@ def _fleet_values(namespace, single_flags):
             raise InvalidArgumentValueError(f"--shard: {exc.message}", exc.hint) from exc
 
 
+def _registration_id(namespace):
+    """--registration-id in DPS's form (validators run before the command groups' exception
+    handler, so the adapter's domain error becomes its azclierror here)."""
+    from azext_edgetpm._error_map import to_azclierror
+    from azext_edgetpm.dps.enrollment import normalize_registration_id
+    from azext_edgetpm.errors import EdgeTpmError
+    try:
+        namespace.registration_id = normalize_registration_id(namespace.registration_id)
+    except EdgeTpmError as exc:
+        raise to_azclierror(exc) from exc
+
+
 def validate_provision(namespace):
     """`edge-tpm provision`: one device (--host) or an inventory, the DPS, and the install values."""
     check_values(namespace)
@@ -326,8 +342,7 @@ def validate_provision(namespace):
         raise MutuallyExclusiveArgumentError("--id-scope and --dps-name cannot be used together.",
                                              "The ID scope of --dps-name comes from the DPS resource; drop one.")
     if namespace.registration_id:
-        from azext_edgetpm.dps.enrollment import normalize_registration_id
-        namespace.registration_id = normalize_registration_id(namespace.registration_id)
+        _registration_id(namespace)
     if namespace.iot_hubs is not None:
         namespace.iot_hubs = [h for item in namespace.iot_hubs for h in item.replace(",", " ").split()]
     if namespace.allocation_policy == "static" and len(namespace.iot_hubs or []) != 1:
@@ -342,14 +357,13 @@ def validate_provision(namespace):
 def validate_lifecycle(namespace):
     """deprovision | reprovision | rekey: a device or an inventory, a valid registration ID, a
     consistent enrollment change."""
-    from azext_edgetpm.dps.enrollment import normalize_registration_id
     check_values(namespace)
     _fleet_values(namespace, ("--registration-id",))
     if not namespace.dps_name and not namespace.login:
         raise RequiredArgumentMissingError("No DPS given.", "Pass --dps-name/-n [-g] (found through ARM with your az "
                                            "login identity), or --login with the DPS connection string (@file).")
     if getattr(namespace, "registration_id", None):
-        namespace.registration_id = normalize_registration_id(namespace.registration_id)
+        _registration_id(namespace)
     if getattr(namespace, "keep_device", False) and getattr(namespace, "uninstall", False):
         raise MutuallyExclusiveArgumentError("--keep-device and --uninstall cannot be used together.",
                                              "--keep-device leaves the device alone; --uninstall removes IoT Edge "

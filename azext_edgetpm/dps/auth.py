@@ -11,8 +11,9 @@ import hmac
 import time
 import urllib.parse
 
-from azure.cli.core.azclierror import InvalidArgumentValueError
 from azure.core.pipeline.policies import SansIOHTTPPolicy
+
+from azext_edgetpm.errors import UserInputError
 
 # Entra ID resource of the DPS service API (the token audience).
 DPS_RESOURCE = "https://azure-devices-provisioning.net"
@@ -26,17 +27,16 @@ class SharedAccessKey:
 
     def __init__(self, key_name: str, key: str):
         if not key_name:
-            raise InvalidArgumentValueError("The shared access policy has no name (SharedAccessKeyName).",
-                                            "Give the DPS connection string as the portal or "
-                                            "`az iot dps policy show` shows it.")
+            raise UserInputError("The shared access policy has no name (SharedAccessKeyName).",
+                                 "Give the DPS connection string as the portal or `az iot dps policy show` shows it.")
         try:
             self._key = base64.b64decode(key or "", validate=True)
         except (binascii.Error, ValueError):
             self._key = b""
         if not self._key:
             # The key itself is never part of the message.
-            raise InvalidArgumentValueError(f"The key of shared access policy {key_name!r} is not valid base64.",
-                                            "Copy the connection string again (SharedAccessKey=...).")
+            raise UserInputError(f"The key of shared access policy {key_name!r} is not valid base64.",
+                                 "Copy the connection string again (SharedAccessKey=...).")
         self.key_name = key_name
 
     def __repr__(self):

@@ -6,18 +6,17 @@ policy, and azure-core's HttpLoggingPolicy, which logs only allow-listed headers
 parameters (the Authorization header is shown as REDACTED) and never bodies. TLS is verified
 against the system's or REQUESTS_CA_BUNDLE's CA bundle; there is no way to turn that off.
 
-DPS errors (`{"errorCode", "message", "trackingId"}`) become azure.cli.core.azclierror errors
-that carry the code, the message and the tracking ID.
+DPS errors (`{"errorCode", "message", "trackingId"}`) become domain errors (errors.py) that
+carry the code, the message and the tracking ID.
 """
 import logging
 from typing import Iterator, List, Optional
 
-from azure.cli.core.azclierror import (
-    AzureConnectionError, AzureInternalError, AzureResponseError, BadRequestError, ForbiddenError,
-    InvalidArgumentValueError, ResourceNotFoundError, UnauthorizedError)
 from knack.log import get_logger
 
+from azext_edgetpm import errors
 from azext_edgetpm.dps.discovery import DpsTarget
+from azext_edgetpm.errors import option
 
 logger = get_logger(__name__)
 
@@ -31,12 +30,14 @@ _HOW_TO_READ_EK = ("DPS takes the base64 of the marshalled TPM2B_PUBLIC (it star
                    "TPMT_PUBLIC without its 2-byte size prefix is refused.")
 
 
-class DpsConflictError(AzureResponseError):
-    """409 (exists / changed) and 412 (etag mismatch) answers."""
+class DpsConflictError(errors.ConflictError):
+    """409 (exists / changed) and 412 (etag mismatch) answers (`.dps`: what DPS said, when the error is its answer)."""
+    dps: dict  # (set by error_from_response)
 
 
-class DpsThrottledError(AzureResponseError):
-    """429 answers that outlasted the retry policy."""
+class DpsThrottledError(errors.ThrottledError):
+    """429 answers that outlasted the retry policy (`.dps`: what DPS said)."""
+    dps: dict  # (set by error_from_response)
 
 
 class _DebugLogger(logging.LoggerAdapter):
@@ -73,7 +74,7 @@ def _retry_after(value) -> Optional[float]:
 
 def error_from_response(response, operation: str, target: Optional[DpsTarget] = None,
                         credential_accepted: bool = False) -> Exception:
-    """One azclierror for a failed DPS answer; the error keeps `.dps` (status, errorCode,
+    """One domain error for a failed DPS answer; the error keeps `.dps` (status, errorCode,
     message, trackingId) for callers that act on it. `credential_accepted`: DPS already accepted
     this credential for another operation, so a 401 means a missing right, not a wrong key."""
     d = _dps_details(response)
@@ -90,36 +91,37 @@ def error_from_response(response, operation: str, target: Optional[DpsTarget] = 
         how = ("the shared access policy " + repr(target.policy) if target.auth_type == "key"
                else "your az login identity")
     if code == ENDORSEMENT_KEY_INVALID:
-        err = InvalidArgumentValueError(f"Endorsement key is invalid: {detail}", _HOW_TO_READ_EK)
+        err = errors.UserInputError(f"Endorsement key is invalid: {detail}", _HOW_TO_READ_EK)
     elif status == 400:
-        err = BadRequestError(text, "Check the values given; `az edge-tpm enrollment create -h` lists them.")
+        err = errors.BadRequestError(text, "Check the values given; `az edge-tpm enrollment create -h` lists them.")
     elif status == 401 and credential_accepted:
         # DPS answers 401 (not 403) when a valid credential lacks the right for the operation.
-        err = UnauthorizedError(text, f"DPS accepted {how} for other operations but not to {operation}: it lacks "
-                                      "the right. Use a shared access policy with EnrollmentWrite for enrollment "
-                                      "changes (EnrollmentRead to read, RegistrationStatusRead for registration "
-                                      "states), or with --auth-type login the 'Device Provisioning Service Data "
-                                      "Contributor' role.")
+        err = errors.AuthError(text, f"DPS accepted {how} for other operations but not to {operation}: it lacks "
+                                     "the right. Use a shared access policy with EnrollmentWrite for enrollment "
+                                     "changes (EnrollmentRead to read, RegistrationStatusRead for registration "
+                                     f"states), or with {option('auth_type')} login the 'Device Provisioning Service "
+                                     "Data Contributor' role.")
     elif status == 401:
-        err = UnauthorizedError(text, f"DPS did not accept {how}: with --login, the key may be wrong or regenerated "
-                                      "(copy the connection string again) or the policy may lack the right for this "
-                                      "operation; with --auth-type login, run `az login` again or check the "
-                                      "identity's role on the DPS.")
+        err = errors.AuthError(text, f"DPS did not accept {how}: with {option('login')}, the key may be wrong or "
+                                     "regenerated (copy the connection string again) or the policy may lack the right "
+                                     f"for this operation; with {option('auth_type')} login, run `az login` again or "
+                                     "check the identity's role on the DPS.")
     elif status == 403:
-        err = ForbiddenError(text, f"{how} lacks the right for this. Use a policy with EnrollmentWrite (or, with "
-                                   "--auth-type login, the 'Device Provisioning Service Data Contributor' role).")
+        err = errors.PermissionDeniedError(text, f"{how} lacks the right for this. Use a policy with EnrollmentWrite "
+                                                 f"(or, with {option('auth_type')} login, the 'Device Provisioning "
+                                                 "Service Data Contributor' role).")
     elif status == 404:
-        err = ResourceNotFoundError(text, "Check the ID (`az edge-tpm enrollment list` shows the enrollments).")
+        err = errors.NotFoundError(text, "Check the ID (`az edge-tpm enrollment list` shows the enrollments).")
     elif status in (409, 412):
         err = DpsConflictError(text, "It changed meanwhile; run the command again.")
     elif status == 429:
         err = DpsThrottledError(text, "DPS limits service operations per minute (1,000 by default) and kept "
                                       "throttling after the retries; wait a minute and run the command again.")
     elif status >= 500:
-        err = AzureInternalError(text, "DPS had a server error and kept having it after the retries; "
+        err = errors.ServerError(text, "DPS had a server error and kept having it after the retries; "
                                        "try again later.")
     else:
-        err = AzureResponseError(text, "Try again; if it persists, report the trackingId.")
+        err = errors.ServiceError(text, "Try again; if it persists, report the trackingId.")
     err.dps = d
     return err
 
@@ -227,7 +229,7 @@ class DpsClient:
         try:
             return response.json()
         except ValueError as exc:  # e.g. an HTML page from a proxy in between
-            raise AzureResponseError(
+            raise errors.ServiceError(
                 f"The DPS answered HTTP {response.status_code} with something that is not JSON "
                 f"({response.headers.get('Content-Type', 'no content type')}).",
                 "Check for a proxy or gateway between here and the DPS (HTTPS_PROXY, NO_PROXY).") from exc
@@ -237,7 +239,7 @@ class DpsClient:
     def _get(self, path: str, operation: str, missing_ok: bool = False, **options):
         try:
             return self._json(self._request("GET", path, operation, **options))
-        except ResourceNotFoundError:
+        except errors.NotFoundError:
             if missing_ok:
                 return None
             raise
@@ -285,14 +287,14 @@ class DpsClient:
     def bulk(self, mode: str, enrollments: List[dict]) -> dict:
         """Bulk operation (create | update | updateIfMatchETag | delete) in calls of at most ten;
         per-item errors gathered as DPS reports them."""
-        errors, successful = [], True
+        refused, successful = [], True
         for start in range(0, len(enrollments), BULK_MAX):
             chunk = enrollments[start:start + BULK_MAX]
             result = self._json(self._request("POST", "/enrollments", f"run the bulk {mode} of {len(chunk)} "
                                               "enrollments", body={"mode": mode, "enrollments": chunk})) or {}
             successful = successful and bool(result.get("isSuccessful"))
-            errors.extend(result.get("errors") or [])
-        return {"isSuccessful": successful and not errors, "errors": errors}
+            refused.extend(result.get("errors") or [])
+        return {"isSuccessful": successful and not refused, "errors": refused}
 
     # -- registration state ---------------------------------------------------------------
 
@@ -325,13 +327,13 @@ def _connection_error(target: DpsTarget, exc: Exception) -> Exception:
     """`.transient` says whether trying again later may help (an unreachable DPS) or not (TLS)."""
     text = str(exc)
     if "CERTIFICATE_VERIFY_FAILED" in text or "SSLError" in text or "certificate" in text.lower():
-        err = AzureConnectionError(
+        err = errors.TransientError(
             f"The TLS certificate of {target.host} could not be verified: {text}",
             "If the DPS is reached through a TLS-inspecting proxy or a private endpoint with its own CA, point "
             "REQUESTS_CA_BUNDLE at a bundle that holds that CA. Verification is never turned off.")
         err.transient = False
         return err
-    err = AzureConnectionError(f"Could not reach the DPS at {target.host}: {text}",
-                               "Check the network path (proxy settings, DNS, firewall) to the DPS and retry.")
+    err = errors.TransientError(f"Could not reach the DPS at {target.host}: {text}",
+                                "Check the network path (proxy settings, DNS, firewall) to the DPS and retry.")
     err.transient = True
     return err

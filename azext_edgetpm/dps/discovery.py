@@ -18,10 +18,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Optional, Tuple
 
-from azure.cli.core.azclierror import (
-    ArgumentUsageError, ForbiddenError, InvalidArgumentValueError, MutuallyExclusiveArgumentError,
-    RequiredArgumentMissingError, ResourceNotFoundError)
 from knack.log import get_logger
+
+from azext_edgetpm.errors import (
+    CredentialError, ExclusiveInputsError, LocalFileError, MissingInputError, NotFoundError, PermissionDeniedError,
+    UsageError, UserInputError, option)
 
 logger = get_logger(__name__)
 
@@ -69,7 +70,7 @@ def parse_connection_string(text: str) -> dict:
             continue
         name, sep, value = item.partition("=")
         if not sep:
-            raise InvalidArgumentValueError(
+            raise UserInputError(
                 "The DPS connection string is not a list of Name=value pairs separated by ';'.",
                 "Pass it as HostName=<dps>.azure-devices-provisioning.net;SharedAccessKeyName=<policy>;"
                 "SharedAccessKey=<key> (or @file to read it from a file).")
@@ -85,9 +86,9 @@ def _host_from_login(login: str) -> Tuple[str, dict]:
     parts = parse_connection_string(login)
     host = parts.get("hostname")
     if not host:
-        raise InvalidArgumentValueError("The DPS connection string has no HostName.",
-                                        "Copy the connection string of a shared access policy of the DPS "
-                                        "(HostName=...;SharedAccessKeyName=...;SharedAccessKey=...).")
+        raise UserInputError("The DPS connection string has no HostName.",
+                             "Copy the connection string of a shared access policy of the DPS "
+                             "(HostName=...;SharedAccessKeyName=...;SharedAccessKey=...).")
     return host.lower(), parts
 
 
@@ -101,49 +102,50 @@ def resolve_target(cmd, dps_name: Optional[str] = None, resource_group: Optional
     auth_type = str(auth_type or "key").lower()
     if auth_type not in AUTH_TYPES:
         if configured:
-            raise InvalidArgumentValueError(
+            raise UserInputError(
                 f"The configured default auth type {auth_type!r} is neither key nor login.",
-                "Fix it with `az configure --defaults iotdps-data-auth-type=login` (or =key), or pass --auth-type.")
-        raise InvalidArgumentValueError(f"Unknown --auth-type {auth_type!r}.", "Use --auth-type key or login.")
+                f"Fix it with `az configure --defaults iotdps-data-auth-type=login` (or =key), or pass "
+                f"{option('auth_type')}.")
+        raise UserInputError(f"Unknown {option('auth_type')} {auth_type!r}.",
+                             f"Use {option('auth_type')} key or login.")
     if dps_name and login and getattr(dps_name, "is_default", False):
         dps_name = None  # a typed --login wins over a configured default DPS
     if dps_name and login:
-        raise MutuallyExclusiveArgumentError("--dps-name and --login cannot be used together.",
-                                             "Name the DPS with --dps-name [-g] (found through ARM with your "
-                                             "az login identity), or pass its connection string with --login.")
+        raise ExclusiveInputsError(f"{option('dps_name')} and {option('login')} cannot be used together.",
+                                   f"Name the DPS with {option('dps_name')} [-g] (found through ARM with your "
+                                   f"az login identity), or pass its connection string with {option('login')}.")
     if login:
         # (-g may come from `az configure --defaults group=...`; a connection string needs none.)
         return _target_from_login(cmd, login, auth_type)
     if not dps_name:
-        raise RequiredArgumentMissingError(
+        raise MissingInputError(
             "No Device Provisioning Service given.",
-            "Pass --dps-name/-n <name> [-g <group>] to find it with your az login identity, or --login "
-            "<connection string> (--login @file reads it from a file).")
+            f"Pass {option('dps_name')}/-n <name> [-g <group>] to find it with your az login identity, or "
+            f"{option('login')} <connection string> ({option('login')} @file reads it from a file).")
     return _target_from_arm(cmd, dps_name, resource_group, auth_type, rights)
 
 
 def _target_from_login(cmd, login: str, auth_type: str) -> DpsTarget:
     if login.strip().startswith("@"):  # az leaves @file as it was when it cannot read the file
-        from azure.cli.core.azclierror import FileOperationError
-        raise FileOperationError(f"--login {login.strip()}: the file cannot be read.",
-                                 "Check the path after @ and that the file is readable.")
+        raise LocalFileError(f"{option('login')} {login.strip()}: the file cannot be read.",
+                             "Check the path after @ and that the file is readable.")
     host, parts = _host_from_login(login)
     if not _HOST.match(host):
         # The value is not repeated: a mangled connection string (',' or ' ' between its pairs, a key
         # pasted alone) would carry the key into the message and, as a host, into later ones.
-        raise InvalidArgumentValueError(
-            "--login is neither a DPS connection string nor a DPS host name (its value is not shown, as it "
-            "may hold a key).",
+        raise UserInputError(
+            f"{option('login')} is neither a DPS connection string nor a DPS host name (its value is not shown, as "
+            "it may hold a key).",
             "Pass HostName=<dps>.azure-devices-provisioning.net;SharedAccessKeyName=...;SharedAccessKey=... "
-            "with ';' between the pairs (or @file); to name the DPS resource instead, use --dps-name.")
+            f"with ';' between the pairs (or @file); to name the DPS resource instead, use {option('dps_name')}.")
     if auth_type == "login":
         return DpsTarget(host=host, auth_type="login", credential=bearer_credential(cmd),
                          source="connection-string", name=host.split(".")[0])
     if not parts or not parts.get("sharedaccesskey"):
-        raise RequiredArgumentMissingError(
+        raise MissingInputError(
             "The DPS connection string has no SharedAccessKey.",
-            "Pass a connection string with SharedAccessKeyName and SharedAccessKey, or add --auth-type login "
-            "to use your az login identity (Entra ID) instead of a key.")
+            f"Pass a connection string with SharedAccessKeyName and SharedAccessKey, or add {option('auth_type')} "
+            "login to use your az login identity (Entra ID) instead of a key.")
     from azext_edgetpm.dps.auth import SharedAccessKey
     credential = SharedAccessKey(parts.get("sharedaccesskeyname"), parts["sharedaccesskey"])
     return DpsTarget(host=host, auth_type="key", credential=credential, source="connection-string",
@@ -168,24 +170,26 @@ def _mgmt_client(cmd):
 
 @contextmanager
 def _az_login_needed():
-    """az's own "Please run 'az login'" (a bare knack CLIError) as an error with a way out; and the
-    sign-in endpoint out of reach (MSAL's requests fail while the az login identity is set up)."""
-    from azure.cli.core.azclierror import AzCLIError, AuthenticationError, AzureConnectionError
+    """az's own "Please run 'az login'" (a bare knack CLIError, or an azclierror of az's login
+    code with its own recommendation) as a CredentialError with a way out; and the sign-in endpoint
+    out of reach (MSAL's requests fail while the az login identity is set up)."""
     from knack.util import CLIError
     from requests.exceptions import RequestException
+    from azext_edgetpm.errors import TransientError
     try:
         yield
-    except AzCLIError:
-        raise
     except CLIError as exc:
-        raise AuthenticationError(
-            str(exc), recommendation="Run `az login` (in a pipeline: az login --service-principal or --identity), "
-            "or pass the DPS connection string with --login, which needs no az login.") from exc
+        # (an azclierror keeps its message and recommendations: az's login code knows its case best)
+        own = " ".join(str(r) for r in getattr(exc, "recommendations", None) or [])
+        raise CredentialError(
+            str(getattr(exc, "error_msg", None) or exc),
+            own or "Run `az login` (in a pipeline: az login --service-principal or --identity), or pass the DPS "
+            f"connection string with {option('login')}, which needs no az login.") from exc
     except RequestException as exc:
-        raise AzureConnectionError(
+        raise TransientError(
             f"Could not reach the sign-in endpoint of az login: {exc}",
-            "Check the network path to it (HTTPS_PROXY/NO_PROXY, DNS, firewall), or use --login with the DPS "
-            "connection string, which needs neither az login nor ARM.") from exc
+            f"Check the network path to it (HTTPS_PROXY/NO_PROXY, DNS, firewall), or use {option('login')} with "
+            "the DPS connection string, which needs neither az login nor ARM.") from exc
 
 
 def _resource_group_of(resource_id: str) -> Optional[str]:
@@ -211,7 +215,7 @@ def find_resource(cmd, dps_name: str, resource_group: Optional[str] = None):
         matches = [r for r in client.iot_dps_resource.list_by_subscription()
                    if (r.name or "").lower() == dps_name.lower()]
     except CoreNotFound as exc:
-        raise ResourceNotFoundError(
+        raise NotFoundError(
             f"No Device Provisioning Service named {dps_name!r} in resource group {resource_group!r}.",
             "Check the name and group with `az iot dps list -o table`, or omit -g to search the "
             "whole subscription.") from exc
@@ -220,40 +224,40 @@ def find_resource(cmd, dps_name: str, resource_group: Optional[str] = None):
     except (ServiceRequestError, ServiceResponseError, RequestException) as exc:
         raise _arm_unreachable(cmd, exc, dps_name) from exc
     if not matches:
-        raise ResourceNotFoundError(
+        raise NotFoundError(
             f"No Device Provisioning Service named {dps_name!r} in the current subscription.",
             "Check the name with `az iot dps list -o table`, or select the subscription that has it with "
             "`az account set -s <subscription>`.")
     if len(matches) > 1:
         groups = ", ".join(sorted(_resource_group_of(r.id) or "?" for r in matches))
-        raise ArgumentUsageError(f"More than one Device Provisioning Service is named {dps_name!r} ({groups}).",
-                                 "Add -g <resource group> to say which one.")
+        raise UsageError(f"More than one Device Provisioning Service is named {dps_name!r} ({groups}).",
+                         "Add -g <resource group> to say which one.")
     return client, matches[0], _resource_group_of(matches[0].id)
 
 
 def _arm_error(exc, dps_name):
-    from azure.cli.core.azclierror import AzureResponseError, UnauthorizedError
+    from azext_edgetpm.errors import AuthError, ServiceError
     status = getattr(exc, "status_code", None)
     text = getattr(exc, "message", None) or str(exc)
     if status == 401:
-        return UnauthorizedError(f"ARM refused the az login identity while looking up {dps_name!r}: {text}",
-                                 "Run `az login` again.")
+        return AuthError(f"ARM refused the az login identity while looking up {dps_name!r}: {text}",
+                         "Run `az login` again.")
     if status == 403:
-        return ForbiddenError(f"The az login identity may not read the DPS {dps_name!r}: {text}",
-                              "Ask for a role with Microsoft.Devices/provisioningServices/read and listkeys "
-                              "(e.g. Contributor) on it, or use --login with a connection string.")
-    return AzureResponseError(f"ARM request for the DPS {dps_name!r} failed: {text}",
-                              "Retry later; check `az account show` for the subscription in use.")
+        return PermissionDeniedError(f"The az login identity may not read the DPS {dps_name!r}: {text}",
+                                     "Ask for a role with Microsoft.Devices/provisioningServices/read and listkeys "
+                                     f"(e.g. Contributor) on it, or use {option('login')} with a connection string.")
+    return ServiceError(f"ARM request for the DPS {dps_name!r} failed: {text}",
+                        "Retry later; check `az account show` for the subscription in use.")
 
 
 def _arm_unreachable(cmd, exc, dps_name):
-    from azure.cli.core.azclierror import AzureConnectionError
+    from azext_edgetpm.errors import TransientError
     arm = getattr(getattr(getattr(cmd, "cli_ctx", None), "cloud", None), "endpoints", None)
     arm = getattr(arm, "resource_manager", None) or "Azure Resource Manager"
-    return AzureConnectionError(
+    return TransientError(
         f"Could not reach {arm} (or the sign-in endpoint of az login) to look up the DPS {dps_name!r}: {exc}",
         "Check the network path to it (HTTPS_PROXY/NO_PROXY, DNS, firewall; REQUESTS_CA_BUNDLE behind a "
-        "TLS-inspecting proxy), or use --login with the DPS connection string, which needs no ARM call.")
+        f"TLS-inspecting proxy), or use {option('login')} with the DPS connection string, which needs no ARM call.")
 
 
 def _rights_of(policy) -> set:
@@ -276,8 +280,8 @@ def _target_from_arm(cmd, dps_name, resource_group, auth_type, rights) -> DpsTar
     props = resource.properties
     host = props.service_operations_host_name
     if not host:
-        raise ResourceNotFoundError(f"The DPS {dps_name!r} reports no service operations host name.",
-                                    "Wait until it is fully provisioned (provisioningState Succeeded) and retry.")
+        raise NotFoundError(f"The DPS {dps_name!r} reports no service operations host name.",
+                            "Wait until it is fully provisioned (provisioningState Succeeded) and retry.")
     subscription = client._config.subscription_id  # pylint: disable=protected-access
     common = dict(source="arm", name=resource.name, resource_group=group, subscription=subscription,  # pylint: disable=use-dict-literal
                   id_scope=props.id_scope, device_host=props.device_provisioning_host_name, host=host.lower())
@@ -290,21 +294,22 @@ def _target_from_arm(cmd, dps_name, resource_group, auth_type, rights) -> DpsTar
                                                           resource_group_name=group, logging_enable=False))
     except HttpResponseError as exc:
         if getattr(exc, "status_code", None) == 403:
-            raise ForbiddenError(
+            raise PermissionDeniedError(
                 f"The az login identity may not list the keys of the DPS {dps_name!r}.",
-                "Use --auth-type login (Entra ID; needs the 'Device Provisioning Service Data Contributor' "
-                "role), or --login with a connection string.") from exc
+                f"Use {option('auth_type')} login (Entra ID; needs the 'Device Provisioning Service Data Contributor' "
+                f"role), or {option('login')} with a connection string.") from exc
         raise _arm_error(exc, dps_name) from exc
     except (ServiceRequestError, ServiceResponseError) as exc:
         raise _arm_unreachable(cmd, exc, dps_name) from exc
     policy = pick_policy(policies, rights)
     if policy is None:
         names = ", ".join(p.key_name for p in policies) or "none"
-        raise ForbiddenError(
+        # (the flags of another command, az iot's, spelt as it spells them)
+        add = f"az iot dps policy create --dps-name {resource.name} -g {group} --pn edge-tpm --rights {rights[0]}"
+        raise PermissionDeniedError(
             f"No shared access policy of the DPS {dps_name!r} has the right {' or '.join(rights)} "
             f"(policies: {names}).",
-            f"Add one with `az iot dps policy create --dps-name {resource.name} -g {group} --pn edge-tpm "
-            f"--rights {rights[0]}`, or use --auth-type login.")
+            f"Add one with `{add}`, or use {option('auth_type')} login.")
     from azext_edgetpm.dps.auth import SharedAccessKey
     logger.info("Using shared access policy %r of the DPS %s.", policy.key_name, host)
     return DpsTarget(auth_type="key", credential=SharedAccessKey(policy.key_name, policy.primary_key),

@@ -13,9 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import List, Optional
 
-from azure.cli.core.azclierror import InvalidArgumentValueError
-
 from azext_edgetpm.dps.client import DpsClient, DpsConflictError
+from azext_edgetpm.errors import UserInputError, option
 
 # --reprovision-policy as the azure-iot extension names it → (updateHubAssignment, migrateDeviceData)
 REPROVISION_POLICIES = {
@@ -50,23 +49,27 @@ _COMPARED = (
 )
 
 
-def normalize_registration_id(value: str, what: str = "--registration-id") -> str:
-    """Registration IDs compare case-insensitively in DPS; lower case is the safe form."""
+def normalize_registration_id(value: str, what: Optional[str] = None) -> str:
+    """Registration IDs compare case-insensitively in DPS; lower case is the safe form. `what`
+    names the input in the error (default: the option registration_id)."""
     from azext_edgetpm.echo import shown
+    what = what or option("registration_id")
     rid = (value or "").strip().lower()
     if not _REGISTRATION_ID.match(rid):
-        raise InvalidArgumentValueError(
+        raise UserInputError(
             f"{what} {shown(value)} is not a valid DPS registration ID.",
             "Use at most 128 characters: letters, digits and - . _ : , ending in a letter, a digit or - "
             "(or omit it to derive the ID from the EK).")
     return rid
 
 
-def validate_device_id(value: str, what: str = "--device-id") -> str:
-    """IoT Hub's device ID rules, checked before DPS stores an ID the hub would refuse."""
+def validate_device_id(value: str, what: Optional[str] = None) -> str:
+    """IoT Hub's device ID rules, checked before DPS stores an ID the hub would refuse. `what`
+    names the input in the error (default: the option device_id)."""
     from azext_edgetpm.echo import shown
+    what = what or option("device_id")
     if not _DEVICE_ID.match(value or ""):
-        raise InvalidArgumentValueError(
+        raise UserInputError(
             f"{what} {shown(value)} is not a valid IoT Hub device ID.",
             "Use at most 128 ASCII characters: letters, digits and - . % _ * ? ! ( ) , : = @ $ ' "
             "(or omit it: the device ID is then the registration ID).")
@@ -215,8 +218,8 @@ def create_enrollment(client: DpsClient, spec: EnrollmentSpec, force: bool = Fal
         raise DpsConflictError(
             f"The enrollment {spec.registration_id!r} exists with {held}, not the given key "
             f"(SHA-256 {_key_digest(spec.endorsement_key)}…).",
-            "If the device was replaced or its TPM cleared, add --force to replace the key (an update guarded by "
-            "the enrollment's etag); otherwise use another --enrollment-id.")
+            f"If the device was replaced or its TPM cleared, add {option('force')} to replace the key (an update "
+            f"guarded by the enrollment's etag); otherwise use another {option('registration_id')}.")
     desired = spec.apply(existing, replace_ek=not same_ek)
     changes = differences(existing, desired)
     if not changes:

@@ -11,7 +11,7 @@ from typing import Callable, Dict, List, Optional
 
 from azext_edgetpm.dps.client import DpsClient, DpsConflictError
 from azext_edgetpm.dps.enrollment import _READ_ONLY, EnrollmentSpec, differences
-from azext_edgetpm.errors import ConflictError
+from azext_edgetpm.errors import ConflictError, NotFoundError
 
 OK, CHANGED, WOULD_CHANGE, FAILED = "ok", "changed", "would-change", "failed"
 
@@ -55,7 +55,7 @@ def disable_enrollment(client: DpsClient, registration_id: str, dry_run: bool = 
         client.put_enrollment(body, etag=current.get("etag"))
     except DpsConflictError as exc:
         raise ConflictError(f"The enrollment {registration_id!r} changed while it was being disabled: {exc}",
-                               "Someone else changed it meanwhile; run the command again.") from exc
+                            "Someone else changed it meanwhile; run the command again.") from exc
     return Change(CHANGED, "enrollment disabled", {"enrollment": "disabled", "registrationState": registered})
 
 
@@ -73,14 +73,13 @@ def delete_enrollment(client: DpsClient, registration_id: str, dry_run: bool = F
         client.delete_enrollment(registration_id, etag=current.get("etag"))
     except DpsConflictError as exc:
         raise ConflictError(f"The enrollment {registration_id!r} changed while it was being deleted: {exc}",
-                               "Someone else changed it meanwhile; look at it with `az edge-tpm enrollment show` "
-                               "and run the command again.") from exc
+                            "Someone else changed it meanwhile; look at it with `az edge-tpm enrollment show` "
+                            "and run the command again.") from exc
     return Change(CHANGED, "enrollment deleted", {"enrollment": "absent", "registrationState": registered})
 
 
 def delete_registration_state(client: DpsClient, registration_id: str, dry_run: bool = False) -> Change:
     """Delete the device's registration record (If-Match: its etag); keeps what it said in `data`."""
-    from azure.cli.core.azclierror import ResourceNotFoundError
     state = client.find_registration(registration_id)
     if state is None:
         return Change(OK, "no registration record", {"registration": None})
@@ -90,13 +89,13 @@ def delete_registration_state(client: DpsClient, registration_id: str, dry_run: 
                       {"registration": summary})
     try:
         client.delete_registration(registration_id, etag=state.get("etag"))
-    except ResourceNotFoundError:
+    except NotFoundError:
         return Change(OK, "no registration record", {"registration": summary})
     except DpsConflictError as exc:
         raise ConflictError(f"The registration record of {registration_id!r} changed while it was being "
-                               f"deleted (the device registered again?): {exc}",
-                               "Make sure the device no longer registers (its enrollment disabled or deleted), "
-                               "then run the command again.") from exc
+                            f"deleted (the device registered again?): {exc}",
+                            "Make sure the device no longer registers (its enrollment disabled or deleted), "
+                            "then run the command again.") from exc
     return Change(CHANGED, f"registration record deleted (was {state.get('status')})", {"registration": summary})
 
 

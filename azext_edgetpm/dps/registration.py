@@ -8,11 +8,11 @@ that times out that way names the last error DPS (or the network) gave.
 import time
 from typing import Callable, Optional
 
-from azure.cli.core.azclierror import (
-    AzCLIError, AzureConnectionError, AzureInternalError, AzureResponseError, UnclassifiedUserFault)
 from knack.log import get_logger
 
-from azext_edgetpm.dps.client import DpsClient, DpsThrottledError
+from azext_edgetpm.dps.client import DpsClient
+from azext_edgetpm.errors import (
+    EdgeTpmError, NotFoundError, ServerError, ServiceError, ThrottledError, TransientError, option)
 
 logger = get_logger(__name__)
 
@@ -23,20 +23,20 @@ MAX_BACKOFF = 60.0
 FAILED_STATES = ("failed", "disabled")
 
 
-class RegistrationFailedError(AzureResponseError):
+class RegistrationFailedError(ServiceError):
     """DPS reports the registration as failed or disabled; `.state` holds what it said."""
 
-    def __init__(self, error_msg, recommendation=None, state=None):
-        super().__init__(error_msg, recommendation)
+    def __init__(self, message, hint=None, state=None):
+        super().__init__(message, hint)
         self.state = state
 
 
-class RegistrationTimeoutError(UnclassifiedUserFault):
+class RegistrationTimeoutError(EdgeTpmError):
     """The device was not assigned within the timeout; `.state` holds the last state seen,
     `.last_error` the last error of a poll (or None)."""
 
-    def __init__(self, error_msg, recommendation=None, state=None, last_error=None):
-        super().__init__(error_msg, recommendation)
+    def __init__(self, message, hint=None, state=None, last_error=None):
+        super().__init__(message, hint)
         self.state = state
         self.last_error = last_error
 
@@ -65,9 +65,9 @@ def _failure(state: dict) -> RegistrationFailedError:
 
 def _transient(exc: Exception) -> bool:
     """Errors a wait outlives: DPS unreachable, throttling, server errors (not TLS or auth)."""
-    if isinstance(exc, AzureConnectionError):
+    if isinstance(exc, TransientError):
         return getattr(exc, "transient", True)
-    return isinstance(exc, (DpsThrottledError, AzureInternalError))
+    return isinstance(exc, (ThrottledError, ServerError))
 
 
 def _describe(exc: Exception) -> str:
@@ -103,7 +103,7 @@ def wait_for_assignment(client: DpsClient, registration_id: str, timeout: float 
                                              read_timeout=min(60.0, remaining))
             polls += 1
             failures, last_error, delay = 0, None, interval
-        except AzCLIError as exc:
+        except EdgeTpmError as exc:  # (the client's errors: DPS's answers and the network's)
             if not _transient(exc):
                 raise
             failures += 1
@@ -131,15 +131,16 @@ def wait_for_assignment(client: DpsClient, registration_id: str, timeout: float 
                 err = RegistrationTimeoutError(
                     f"The device {registration_id!r} was not assigned within {timeout:g} s: the last of "
                     f"{attempts} polls ({polls} answered) failed: {_describe(last_error)}{seen}.",
-                    list(getattr(last_error, "recommendations", None) or [])
-                    + ["Run `az edge-tpm registration wait` again once DPS answers; the device keeps "
-                       "registering on its own meanwhile."], state=state, last_error=last_error)
+                    " ".join(h for h in (last_error.hint, "Run `az edge-tpm registration wait` again once DPS "
+                                         "answers; the device keeps registering on its own meanwhile.") if h),
+                    state=state, last_error=last_error)
             else:
                 err = RegistrationTimeoutError(
                     f"The device {registration_id!r} was not assigned within {timeout:g} s "
                     f"({polls} polls); it {now_text}.",
                     "Check that the device runs IoT Edge with this ID scope and registration ID "
-                    "(`sudo iotedge system logs` / `iotedge check` on the device), or wait longer with --timeout.",
+                    "(`sudo iotedge system logs` / `iotedge check` on the device), or wait longer with "
+                    f"{option('timeout')}.",
                     state=state)
             raise err
         sleep(min(delay, remaining))
@@ -147,10 +148,9 @@ def wait_for_assignment(client: DpsClient, registration_id: str, timeout: float 
 
 def show_registration(client: DpsClient, registration_id: str) -> dict:
     """The registration state; a clear error while the device has not tried to register."""
-    from azure.cli.core.azclierror import ResourceNotFoundError
     state = client.find_registration(registration_id)
     if state is None:
-        raise ResourceNotFoundError(
+        raise NotFoundError(
             f"DPS has no registration state for {registration_id!r}: the device has not tried to register yet.",
             "Check that the enrollment exists (`az edge-tpm enrollment show`), then wait for the device with "
             "`az edge-tpm registration wait`.")

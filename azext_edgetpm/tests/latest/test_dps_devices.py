@@ -112,7 +112,8 @@ def test_wrong_endorsement_key_fails_with_dps_error(dps_rig, new_device):
        "--enrollment-id", mine["registrationId"], "--force")
     waited, device_side, _ = wait_while_registering(dev, env, mine["registrationId"], env.login, timeout="30")
     assert "error" in device_side, device_side  # the device is refused at the TPM challenge
-    assert waited.rc != 0 and type(waited.error).__name__ == "RegistrationFailedError"
+    assert waited.rc != 0 and type(waited.error).__name__ == "AzureResponseError"
+    assert type(waited.error.__cause__).__name__ == "RegistrationFailedError"
     state = ok("edge-tpm", "registration", "show", "--registration-id", mine["registrationId"], *env.login).out
     assert state["status"] == "failed" and state["errorCode"] and state["errorMessage"]
     assert str(state["errorCode"]) in waited.message and state["errorMessage"] in waited.message
@@ -127,7 +128,8 @@ def test_disabled_enrollment_fails_with_dps_error(dps_rig, new_device):
     assert created["provisioningStatus"] == "disabled"
     waited, device_side, _ = wait_while_registering(dev, env, created["registrationId"], env.login, timeout="30")
     assert device_side.get("status") in ("disabled", "failed") or "error" in device_side, device_side
-    assert waited.rc != 0 and type(waited.error).__name__ == "RegistrationFailedError"
+    assert waited.rc != 0 and type(waited.error).__name__ == "AzureResponseError"
+    assert type(waited.error.__cause__).__name__ == "RegistrationFailedError"
     state = ok("edge-tpm", "registration", "show", "--registration-id", created["registrationId"], *env.login).out
     assert state["status"] in ("disabled", "failed") and state["errorCode"]
     assert str(state["errorCode"]) in waited.message and state["errorMessage"] in waited.message

@@ -124,7 +124,9 @@ def test_other_key_is_a_conflict_and_force_replaces_it(dps):
        "--initial-twin-tags", '{"site": "plant-1"}')
     clash = az("edge-tpm", "enrollment", "create", *dps.login, "--endorsement-key", rsa_ek(11),
                "--enrollment-id", "swap-1")
-    assert clash.rc != 0 and type(clash.error).__name__ == "DpsConflictError"
+    # (az sees the azclierror the face made of the adapter's domain error, its __cause__)
+    assert clash.rc != 0 and type(clash.error).__name__ == "AzureResponseError"
+    assert type(clash.error.__cause__).__name__ == "DpsConflictError"
     assert "exists with an endorsement key" in clash.message and "--force" in clash.recommendation
     assert ok("edge-tpm", "enrollment", "show", *dps.login, "--enrollment-id", "swap-1").out[
         "attestation"]["tpm"]["endorsementKey"] == rsa_ek(10)
@@ -233,7 +235,7 @@ def test_throttling_that_outlasts_the_retries_is_a_clear_error(dps):
     finally:
         dps.emu.configure(service_ops_per_minute=1000, service_burst=1000)
     assert "HTTP 429" in str(err.value) and "429001" in str(err.value)
-    assert "wait a minute" in " ".join(err.value.recommendations)
+    assert "wait a minute" in err.value.hint
 
 
 def test_injected_server_errors_are_retried(dps):
@@ -247,8 +249,8 @@ def test_injected_server_errors_are_retried(dps):
     dps.emu.configure(faults={"fail_next": {"service": 50}, "status": 503, "retry_after": 1})
     try:
         with _client(dps, retry_total=2) as client:
-            from azure.cli.core.azclierror import AzureInternalError
-            with pytest.raises(AzureInternalError) as err:
+            from azext_edgetpm.errors import ServerError
+            with pytest.raises(ServerError) as err:
                 client.get_enrollment("flaky-1")
     finally:
         dps.emu.configure(clear_faults=True)
@@ -258,13 +260,13 @@ def test_injected_server_errors_are_retried(dps):
 # -- DPS-shaped errors ---------------------------------------------------------------------
 
 def test_invalid_endorsement_key_from_dps_says_how_to_read_it(dps):
-    from azure.cli.core.azclierror import InvalidArgumentValueError
+    from azext_edgetpm.errors import UserInputError
     raw_modulus = __import__("base64").b64encode(b"\x01" * 256).decode()
-    with _client(dps) as client, pytest.raises(InvalidArgumentValueError) as err:
+    with _client(dps) as client, pytest.raises(UserInputError) as err:
         client.put_enrollment({"registrationId": "bad-ek", "attestation": {"type": "tpm", "tpm": {
             "endorsementKey": raw_modulus}}})
     assert "Endorsement key is invalid" in str(err.value) and "400004" in str(err.value)
-    assert "tpm2_readpublic" in " ".join(err.value.recommendations)
+    assert "tpm2_readpublic" in err.value.hint and err.value.dps["errorCode"] == 400004
     # the command checks it before DPS sees it
     local = az("edge-tpm", "enrollment", "create", *dps.login, "--endorsement-key", raw_modulus,
                "--enrollment-id", "bad-ek")
@@ -353,7 +355,8 @@ def test_registration_show_and_wait_before_the_device_registers(dps):
     waited = az("edge-tpm", "registration", "wait", *dps.login, "--registration-id", "quiet-1",
                 "--timeout", "3", "--interval", "1")
     elapsed = time.monotonic() - started
-    assert type(waited.error).__name__ == "RegistrationTimeoutError"
+    assert type(waited.error).__name__ == "UnclassifiedUserFault"
+    assert type(waited.error.__cause__).__name__ == "RegistrationTimeoutError"
     assert "not assigned within 3 s" in waited.message and "has not registered yet" in waited.message
     assert 2.5 <= elapsed < 15
     assert 3 <= dps.count("endpoint.GET /registrations/{id}") - polls <= 5, "about one poll per interval"

@@ -88,7 +88,8 @@ def test_wait_on_a_failing_dps_honours_its_timeout_and_names_the_error(dps):
         elapsed = time.monotonic() - started
     finally:
         dps.emu.configure(clear_faults=True)
-    assert waited.rc != 0 and type(waited.error).__name__ == "RegistrationTimeoutError", waited.message
+    assert waited.rc != 0 and type(waited.error).__name__ == "UnclassifiedUserFault", waited.message
+    assert type(waited.error.__cause__).__name__ == "RegistrationTimeoutError"
     assert "not assigned within 4 s" in waited.message
     assert "HTTP 503" in waited.message and "503001" in waited.message, waited.message
     assert "has not registered yet" not in waited.message

@@ -15,7 +15,8 @@ from azext_edgetpm.tpm import ek as ekmod
 
 @pytest.mark.parametrize("rid", [".", "..", "...", "dev.", "dev_", "dev:", "a" * 129, "dev 1", "dév", "dev/1", ""])
 def test_registration_ids_dps_refuses_are_refused_locally(rid):
-    with pytest.raises(InvalidArgumentValueError):
+    from azext_edgetpm.errors import UserInputError
+    with pytest.raises(UserInputError):
         normalize_registration_id(rid)
 
 
@@ -32,7 +33,8 @@ def test_path_segments_are_encoded():
 @pytest.mark.parametrize("device_id", ["a b", "a/b", "a;b", "a#b", "a+b", "a&b", "a|b", "a`b", 'a"b', "a\nb",
                                        "a\x00b", "dé", "x" * 129, "", "<script>"])
 def test_device_ids_iot_hub_refuses_are_refused_locally(device_id):
-    with pytest.raises(InvalidArgumentValueError) as err:
+    from azext_edgetpm.errors import UserInputError
+    with pytest.raises(UserInputError) as err:
         validate_device_id(device_id)
     assert len(str(err.value)) < 300
 

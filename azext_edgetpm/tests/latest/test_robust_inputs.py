@@ -160,7 +160,7 @@ def test_registration_ids_accepted_locally_are_accepted_by_dps():
         tally("hostile inputs tried")
         try:
             rid = normalize_registration_id(value)
-        except AzCLIError as exc:
+        except EdgeTpmError as exc:  # (UserInputError: the az face turns it into one az error)
             assert len(str(exc)) < MESSAGE_LIMIT and "\x00" not in str(exc)
             try:
                 check_registration_id(value.strip())
@@ -185,7 +185,7 @@ def test_device_ids_follow_iot_hub_rules():
         tally("hostile inputs tried")
         try:
             assert validate_device_id(value) == value
-        except AzCLIError as exc:
+        except EdgeTpmError as exc:  # (UserInputError)
             assert len(str(exc)) < MESSAGE_LIMIT and "\x00" not in str(exc)
             assert not hub_rule.match(value)
             return
