@@ -109,7 +109,7 @@ def to_azclierror(exc):
     flag = FLAGS.get(exc.field or "")
     if flag and flag not in message:
         message = f"{flag}: {message}"
-    out = cls(message, exc.hint)
+    out = cls(message, recommendation=exc.hint)  # (keyword: AuthenticationError takes msal_error second)
     out.__cause__ = exc
     return out
 
