@@ -104,7 +104,7 @@ def resolve_target(cmd, dps_name: Optional[str] = None, resource_group: Optional
         if configured:
             raise UserInputError(
                 f"The configured default auth type {auth_type!r} is neither key nor login.",
-                f"Fix it with `az configure --defaults iotdps-data-auth-type=login` (or =key), or pass "
+                "Fix it with `az configure --defaults iotdps-data-auth-type=login` (or =key), or pass "
                 f"{option('auth_type')}.")
         raise UserInputError(f"Unknown {option('auth_type')} {auth_type!r}.",
                              f"Use {option('auth_type')} key or login.")
