@@ -2,7 +2,7 @@
 """Packaging for the `edge-tpm` Azure CLI extension."""
 from setuptools import setup, find_packages
 
-VERSION = "0.2.0"
+VERSION = "0.2.1"
 
 CLASSIFIERS = [
     "Development Status :: 3 - Alpha",
