@@ -100,9 +100,9 @@ KNOWN_FAILURES = (
         "tpm-permission", r"(?:Failed to open|open).{0,80}/dev/tpm(?:rm)?0.{0,40}Permission denied|"
                           r"Permission denied.{0,40}/dev/tpm(?:rm)?0",
         "aziot-tpmd may not open the TPM device (/dev/tpmrm0: permission denied).",
-        "Give the aziottpm user access to the TPM: re-run az edge-tpm install with " + option("tpm_access") + " udev "
-        "(default) or " + option("tpm_access") + " tss-group; if the rule is in place but the device node kept its owner, "
-        "reboot the device so that udev applies it."),
+        f"Give the aziottpm user access to the TPM: re-run az edge-tpm install with {option('tpm_access')} udev "
+        f"(default) or {option('tpm_access')} tss-group; if the rule is in place but the device node kept its "
+        "owner, reboot the device so that udev applies it."),
     KnownFailure(
         "tcti", r"Could not initialize TCTI|tcti:IO failure|Tss2_Tcti\w*.*(?:fail|error)|"
                 r"TCTI.{0,40}(?:Connection refused|No such file)",
@@ -129,15 +129,15 @@ KNOWN_FAILURES = (
                        r"(?:Connection refused|No such file)",
         "The TPM service (aziot-tpmd) is not running, so the identity service cannot use the TPM.",
         "Find why aziot-tpmd stopped (`iotedge system logs` on the device, often its [tpm] tcti or the aziottpm "
-        "user's access to /dev/tpmrm0): fix " + option("tcti") + " or " + option("tpm_access") + " with az edge-tpm install, then run "
-        "`sudo iotedge config apply`."),
+        f"user's access to /dev/tpmrm0): fix {option('tcti')} or {option('tpm_access')} with az edge-tpm install, "
+        "then run `sudo iotedge config apply`."),
     KnownFailure(
         "dps-unreachable", r"name resolution|Name or service not known|Could not resolve|Connection refused|"
                            r"Connection timed out|timed out|No route to host|Network is unreachable|"
                            r"CERTIFICATE_VERIFY_FAILED|certificate verify failed|SSL.{0,20}error",
         "The device cannot reach the DPS endpoint (network, DNS, proxy or TLS trust).",
-        "Check " + option("global_endpoint") + " and that the device reaches it (DNS, firewall, proxy: outbound 443, or 8883/5671 "
-        "for other protocols); a DPS behind a private CA needs that CA in the device's trust store "
+        f"Check {option('global_endpoint')} and that the device reaches it (DNS, firewall, proxy: outbound 443, "
+        "or 8883/5671 for other protocols); a DPS behind a private CA needs that CA in the device's trust store "
         "(/usr/local/share/ca-certificates + update-ca-certificates)."),
     KnownFailure(
         "dps-auth", r"DPS client error|\b401\b.{0,40}(?:Unauthorized|DPS)|\b404\b.{0,60}(?:DPS|enrollment|"

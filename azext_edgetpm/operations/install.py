@@ -46,9 +46,10 @@ def install(session, settings, id_format: str = "sha256", progress: Optional[Cal
         report = run_plan(session, settings, read_registration_id, progress)
         failure = None
     except Exception as exc:  # pylint: disable=broad-except  # a plan failure with its report
-        if getattr(exc, "result", None) is None:
+        report = getattr(exc, "result", None)
+        if report is None:
             raise
-        report, failure = exc.result, exc
+        failure = exc
     return InstallResult(device=report.get("device") or session.target.display,
                          registration_id=report.get("registrationId"), changed=bool(report.get("changed")),
                          steps=list(report.get("steps") or []), failure=failure, report=report)

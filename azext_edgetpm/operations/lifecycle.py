@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from azext_edgetpm.errors import ConflictError, DeviceError, MissingInputError, NotFoundError, option
-from azext_edgetpm.operations.pipeline import CHANGED, OK, DeviceOutcome, Step  # noqa: F401  (re-exported)
+from azext_edgetpm.operations.pipeline import CHANGED, OK, Step
 
 WOULD_CHANGE, SKIPPED = "would-change", "skipped"
 
