@@ -11,8 +11,8 @@ def _quiet_library_debug_logs():
     Unless a handler takes DEBUG, paramiko logs from the level the handlers take."""
     import logging
     levels = [h.level for h in logging.getLogger().handlers]
-    if levels and min(levels) > logging.DEBUG:
-        logging.getLogger("paramiko").setLevel(min(levels))
+    # (NOTSET when a handler takes DEBUG: an earlier command in the same process may have raised it)
+    logging.getLogger("paramiko").setLevel(min(levels) if levels and min(levels) > logging.DEBUG else logging.NOTSET)
 
 
 def ssh_options(host, ssh_user=None, ssh_port=None, ssh_key=None, ssh_config=None, known_hosts=None,

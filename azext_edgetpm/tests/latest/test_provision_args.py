@@ -181,3 +181,25 @@ def test_a_tpm_registration_takes_its_two_register_tokens_as_one_pair():
     # One token a second, one saved up: the pairs end 1, 3 and 5 seconds from now.
     assert waits == [pytest.approx(1.0), pytest.approx(3.0), pytest.approx(5.0)]
     assert budget.registrations.taken == 6
+
+
+def test_paramiko_debug_records_are_built_only_when_a_log_handler_takes_them():
+    """az sets the root logger to DEBUG and filters in its handlers: paramiko's per-packet DEBUG
+    records were built for nothing (~300 a device). Its level follows the handlers; --debug (a
+    handler at DEBUG) gets them all again, also after an earlier command in the same process."""
+    import logging
+    from azext_edgetpm._client_factory import _quiet_library_debug_logs
+    root, paramiko_logger = logging.getLogger(), logging.getLogger("paramiko")
+    saved = (list(root.handlers), paramiko_logger.level)
+    handler = logging.NullHandler()
+    try:
+        root.handlers = [handler]
+        handler.setLevel(logging.WARNING)
+        _quiet_library_debug_logs()
+        assert not paramiko_logger.isEnabledFor(logging.DEBUG)
+        handler.setLevel(logging.DEBUG)
+        _quiet_library_debug_logs()
+        assert paramiko_logger.level == logging.NOTSET
+    finally:
+        root.handlers = saved[0]
+        paramiko_logger.setLevel(saved[1])
