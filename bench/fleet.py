@@ -243,12 +243,11 @@ class Bench:
 
     def assigned_at(self, registration_id):
         """When DPS last changed the device's registration record (its assignment), POSIX seconds."""
-        import requests
-        from devkit.dps import sas
+        from devkit.dps.testing import ServiceClient
         parts = dict(p.split("=", 1) for p in self.dps["connection_string"].split(";"))
-        token = sas.generate(parts["HostName"], parts["SharedAccessKey"], parts["SharedAccessKeyName"])
-        answer = requests.get(f"https://{parts['HostName']}/registrations/{registration_id}?api-version=2021-10-01",
-                              headers={"Authorization": token}, verify=self.dps["ca_bundle"], timeout=30)
+        client = ServiceClient(f"https://{parts['HostName']}", self.dps["ca_bundle"], parts["HostName"],
+                               parts["SharedAccessKey"], parts["SharedAccessKeyName"])
+        answer = client.call("GET", f"/registrations/{registration_id}")
         answer.raise_for_status()
         stamp = answer.json()["lastUpdatedDateTimeUtc"]
         return datetime.datetime.strptime(stamp[:26], "%Y-%m-%dT%H:%M:%S.%f").replace(

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from azext_edgetpm.operations.lifecycle import (
-    SKIPPED, WOULD_CHANGE, ResolveStep, outcome_fields, rid)
-from azext_edgetpm.operations.pipeline import CHANGED, OK, DeviceOutcome, Step
+    SKIPPED, WOULD_CHANGE, ResolveStep, rid)
+from azext_edgetpm.operations.pipeline import CHANGED, OK, DeviceOutcome, Step, outcome_fields
 
 MODES = ("disable", "delete")
 STEP_NAMES = ("identify", "enrollment", "registration", "hub", "device")

@@ -6,6 +6,8 @@ steps done and the failure (as Ansible's fail_json does); the caller decides the
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
+from azext_edgetpm.errors import EdgeTpmError
+
 
 @dataclass
 class InstallResult:
@@ -45,7 +47,7 @@ def install(session, settings, id_format: str = "sha256", progress: Optional[Cal
     try:
         report = run_plan(session, settings, read_registration_id, progress)
         failure = None
-    except Exception as exc:  # pylint: disable=broad-except  # a plan failure with its report
+    except EdgeTpmError as exc:  # a plan failure with its report (edge.install sets .result)
         report = getattr(exc, "result", None)
         if report is None:
             raise

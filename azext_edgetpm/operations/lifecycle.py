@@ -176,19 +176,3 @@ def require_enrollment(enrollment: Optional[dict], registration_id: str) -> dict
                             "Enroll the device first: az edge-tpm provision (or enrollment create).",
                             "registration_id")
     return enrollment
-
-
-def outcome_fields(host: str, record: dict, outcome: str, step_names, ok_status: str, dry_run: bool = False,
-                   seconds: float = 0.0) -> dict:
-    """The DeviceOutcome fields of one device from its journal record (this run's or an earlier one's)."""
-    steps = record.get("steps") or {}
-    status = ("planned" if dry_run and outcome == "done" else
-              ok_status if outcome in ("done", "skipped") else outcome)
-    fields = {"host": host, "status": status, "registration_id": (steps.get("identify") or {}).get("registrationId"),
-              "steps": [{"name": n, "status": steps[n].get("status"), "seconds": steps[n].get("seconds"),
-                         "detail": steps[n].get("detail")} for n in step_names if n in steps],
-              "skipped": outcome == "skipped", "seconds": seconds}
-    if status not in (ok_status, "planned"):
-        fields.update(error=record.get("error"), recommendation=record.get("recommendation"),
-                      failed_step=record.get("failedStep"))
-    return fields

@@ -72,3 +72,19 @@ class DeviceOutcome:
         return {"host": self.host, "status": self.status, "registrationId": self.registration_id, **self.details(),
                 "failedStep": self.failed_step, "error": self.error, "recommendation": self.recommendation,
                 "doneEarlier": self.skipped, "seconds": round(self.seconds, 1), "steps": self.steps}
+
+
+def outcome_fields(host: str, record: dict, outcome: str, step_names, ok_status: str, dry_run: bool = False,
+                   seconds: float = 0.0) -> dict:
+    """The DeviceOutcome fields of one device from its journal record (this run's or an earlier one's)."""
+    steps = record.get("steps") or {}
+    status = ("planned" if dry_run and outcome == "done" else
+              ok_status if outcome in ("done", "skipped") else outcome)
+    fields = {"host": host, "status": status, "registration_id": (steps.get("identify") or {}).get("registrationId"),
+              "steps": [{"name": n, "status": steps[n].get("status"), "seconds": steps[n].get("seconds"),
+                         "detail": steps[n].get("detail")} for n in step_names if n in steps],
+              "skipped": outcome == "skipped", "seconds": seconds}
+    if status not in (ok_status, "planned"):
+        fields.update(error=record.get("error"), recommendation=record.get("recommendation"),
+                      failed_step=record.get("failedStep"))
+    return fields

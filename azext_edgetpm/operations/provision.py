@@ -9,7 +9,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import List, Optional
 
-from azext_edgetpm.operations.pipeline import CHANGED, OK, DeviceContext, DeviceOutcome, Step
+from azext_edgetpm.operations.pipeline import CHANGED, OK, DeviceContext, DeviceOutcome, Step, outcome_fields
 
 STEP_NAMES = ("identify", "enroll", "install", "wait", "status")
 
@@ -165,14 +165,7 @@ def result_from_record(host: str, record: dict, outcome_status: str, seconds: fl
                 return value
         return None
 
-    status = {"done": "assigned", "skipped": "assigned"}.get(outcome_status, outcome_status)
     return ProvisionResult(
-        host=host, status=status, registration_id=field_of("registrationId", "enroll", "identify"),
+        **outcome_fields(host, record, outcome_status, STEP_NAMES, "assigned", seconds=seconds),
         device_id=field_of("deviceId", "wait", "enroll"), assigned_hub=field_of("assignedHub", "wait"),
-        edge_version=field_of("edgeVersion", "status", "install"), healthy=field_of("healthy", "status"),
-        steps=[{"name": n, "status": steps[n].get("status"), "seconds": steps[n].get("seconds"),
-                "detail": steps[n].get("detail")} for n in STEP_NAMES if n in steps],
-        error=record.get("error") if status != "assigned" else None,
-        recommendation=record.get("recommendation") if status != "assigned" else None,
-        failed_step=record.get("failedStep") if status != "assigned" else None,
-        skipped=outcome_status == "skipped", seconds=seconds)
+        edge_version=field_of("edgeVersion", "status", "install"), healthy=field_of("healthy", "status"))

@@ -12,9 +12,9 @@ from typing import Callable, Dict, List, Optional
 
 from azext_edgetpm.errors import ConflictError, option
 from azext_edgetpm.operations.lifecycle import (
-    WOULD_CHANGE, ResolveStep, ReregisterStep, VerifyStep, confirm_or_stop, ek_digest, outcome_fields,
+    WOULD_CHANGE, ResolveStep, ReregisterStep, VerifyStep, confirm_or_stop, ek_digest,
     require_enrollment, rid)
-from azext_edgetpm.operations.pipeline import CHANGED, OK, DeviceOutcome, Step
+from azext_edgetpm.operations.pipeline import CHANGED, OK, DeviceOutcome, Step, outcome_fields
 
 STEP_NAMES = ("identify", "ek", "enrollment", "reregister", "verify")
 

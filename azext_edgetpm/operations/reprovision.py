@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from azext_edgetpm.operations.lifecycle import (
-    WOULD_CHANGE, ResolveStep, ReregisterStep, VerifyStep, outcome_fields, rid)
-from azext_edgetpm.operations.pipeline import FAILED, OK, DeviceOutcome, Step
+    WOULD_CHANGE, ResolveStep, ReregisterStep, VerifyStep, rid)
+from azext_edgetpm.operations.pipeline import FAILED, OK, DeviceOutcome, Step, outcome_fields
 
 STEP_NAMES = ("identify", "enrollment", "reregister", "verify")
 

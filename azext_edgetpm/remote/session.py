@@ -575,16 +575,14 @@ class RemoteSession:
         # The staging place is this session's (made anew by its first use, 0700, the login
         # user's): a random name in it needs no directory of its own.
         staged = f"{self._staging_place()}/{secrets.token_hex(8)}.payload"
-        uploaded = False
         try:
             self.upload(data, staged, 0o600, exclusive=True)
-            uploaded = True
-        finally:
-            if not uploaded:
-                try:
-                    self.run(f"rm -f -- {shlex.quote(staged)}")
-                except EdgeTpmError:
-                    pass  # (a lost connection: the next run's first staging empties the place)
+        except BaseException:
+            try:
+                self.run(f"rm -f -- {shlex.quote(staged)}")
+            except EdgeTpmError:
+                pass  # (a lost connection: the next run's first staging empties the place)
+            raise
         part = dest + ".tmp-edgetpm"
         q_staged, q_part = shlex.quote(staged), shlex.quote(part)
         # One command: install, rename into place, and remove the staged copy whatever happened.
