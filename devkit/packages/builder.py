@@ -12,6 +12,7 @@ interpreter or the devkit checkout path change (the packages embed the last two)
 packages-microsoft-prod is not built here: its apt line names the server's address, so
 ``AptRepo`` builds it when it starts serving (``build_config_package``).
 """
+import collections
 import glob
 import gzip
 import hashlib
@@ -27,7 +28,18 @@ RUNTIME = os.path.join(HERE, "runtime")
 FILES = os.path.join(RUNTIME, "files")
 DEVKIT_ROOT = os.path.dirname(os.path.dirname(HERE))
 
-EDGE_VERSIONS = ("1.5.9-1", "1.5.10-1")
+
+class Release(collections.namedtuple("Release", "edge identity")):
+    """One aziot-edge version and the one aziot-identity-service version it depends on with
+    `=`: the two numbers differ, as in the real packages (edgelet/contrib/debian/control of
+    Azure/iotedge at tags 1.5.9 and 1.5.10: `aziot-identity-service (= 1.5.2-1)`, `(= 1.5.3-1)`)."""
+
+
+# Served versions, oldest first (the last is the latest). A new release line is one more row
+# (e.g. Release("1.6.0-1", "1.6.0-1")); every row gets its own offline set debs/<edge>/.
+RELEASES = (Release("1.5.9-1", "1.5.2-1"), Release("1.5.10-1", "1.5.3-1"))
+EDGE_VERSIONS = tuple(r.edge for r in RELEASES)
+IDENTITY_VERSIONS = tuple(dict.fromkeys(r.identity for r in RELEASES))
 MOBY_VERSION = "25.0.5-1"
 SHIM_VERSION = "1.0-1"
 CONFIG_PKG_VERSION = "1.1-debian12"
@@ -221,38 +233,58 @@ def identity_package(version, python, devkit_root):
         lines.append("    chmod 0700 /var/lib/aziot/%s\n" % short)
     lines.append("fi\n")
     pkg.scripts["postinst"] = "".join(lines)
-    # As the real package: services stopped before removal; a purge removes the services'
-    # configuration, state and users (the imported key in the TPM is not the package's).
+    # As the real package: services stopped before removal. A purge removes ALL of /etc/aziot
+    # and /var/lib/aziot, whatever else is in them (backups included), and the service users
+    # (iot-identity-service contrib/debian/postrm, purge). The key in the TPM is not the package's.
     units = " ".join(u for u in reversed(IDENTITY_UNITS))
     pkg.scripts["prerm"] = (
         'if [ "$1" = remove ] || [ "$1" = deconfigure ]; then\n'
         "    for unit in %s; do /etc/init.d/$unit stop >/dev/null 2>&1 || true; done\n"
         "fi\n" % units)
-    shorts = " ".join(short for short, _user in SERVICE_DIRS.values())
     users = " ".join(user for _short, user in SERVICE_DIRS.values())
     pkg.scripts["postrm"] = (
         'if [ "$1" = purge ]; then\n'
-        "    for d in %s; do rm -rf /etc/aziot/$d /var/lib/aziot/$d; done\n"
-        "    rm -rf /var/lib/aziot/standin\n"
+        "    rm -rf /etc/aziot\n"
+        "    rm -rf /var/lib/aziot\n"
         "    for u in %s; do userdel $u >/dev/null 2>&1 || true; "
         "groupdel $u >/dev/null 2>&1 || true; done\n"
-        "    rmdir /var/lib/aziot 2>/dev/null || true\n"
-        "fi\n" % (shorts, users))
+        "fi\n" % users)
     return pkg
 
 
-def edge_package(version):
-    """aziot-edge: the iotedge stand-in, the config template, the iotedge user."""
+def edge_package(release):
+    """aziot-edge: the iotedge stand-in, the config template, the iotedge user.
+
+    Its dependencies are the real package's (edgelet/contrib/debian/control on release/1.5):
+    one exact aziot-identity-service, and NO container engine; instead its preinst refuses to
+    install when the `docker` group does not exist yet (edgelet/contrib/debian/preinst,
+    check_runtime), so the engine must be installed (and configured: moby-engine's postinst
+    creates the group) in an earlier apt transaction. The shim is the kit's own."""
+    version = release.edge
     upstream = version.rsplit("-", 1)[0]
-    major_minor = ".".join(upstream.split(".")[:2])
-    next_minor = "%s.%d" % (major_minor.split(".")[0], int(major_minor.split(".")[1]) + 1)
     pkg = Package("aziot-edge", version,
                   "Azure IoT Edge runtime (devkit stand-in)\n"
                   "Ships /usr/bin/iotedge (config apply, system status/logs, list, check,\n"
                   "version) and /etc/aziot/config.toml.edge.template.",
-                  depends=("aziot-identity-service (>= %s)" % version,
-                           "aziot-identity-service (<< %s~)" % next_minor,
-                           "moby-engine", "devkit-systemctl-shim"), section="admin")
+                  depends=("aziot-identity-service (= %s)" % release.identity,
+                           "devkit-systemctl-shim"), section="admin")
+    # As edgelet/contrib/debian/preinst: check_runtime on install|upgrade, same message, exit 1.
+    banner = "!" * 79
+    pkg.scripts["preinst"] = (
+        'case "$1" in\n'
+        "    install|upgrade)\n"
+        "        if ! getent group docker >/dev/null; then\n"
+        '            echo "%s"\n'
+        '            echo ""\n'
+        '            echo " ERROR: No container runtime detected."\n'
+        '            echo ""\n'
+        '            echo " Please install a container runtime and run this install again."\n'
+        '            echo ""\n'
+        '            echo "%s"\n'
+        "            exit 1\n"
+        "        fi\n"
+        "        ;;\n"
+        "esac\n" % (banner, banner))
     pkg.add("/usr/bin/iotedge", _read("iotedge"), 0o755)
     pkg.add("/usr/lib/aziot-standin/edge.json",
             json.dumps({"edge_version": upstream}, indent=1) + "\n")
@@ -275,13 +307,16 @@ def edge_package(version):
         'if [ "$1" = remove ] || [ "$1" = deconfigure ]; then\n'
         "    /etc/init.d/aziot-edged stop >/dev/null 2>&1 || true\n"
         "fi\n")
-    # As the real package's purge: edged's config and state, the super config and the user go.
+    # As the real package's purge (edgelet/contrib/debian/postrm): edged's config and state, the
+    # super config, /var/log/aziot, the user; /var/lib/aziot when nothing else is left in it.
     pkg.scripts["postrm"] = (
         'if [ "$1" = purge ]; then\n'
-        "    rm -rf /etc/aziot/edged /var/lib/aziot/edged /var/log/aziot/edged\n"
-        "    rm -f /etc/aziot/config.toml\n"
+        "    if [ -d /etc/aziot ]; then rm -rf /etc/aziot/edged; rm -f /etc/aziot/config.toml; fi\n"
+        "    rm -rf /var/log/aziot\n"
         "    userdel iotedge >/dev/null 2>&1 || true\n"
         "    groupdel iotedge >/dev/null 2>&1 || true\n"
+        "    rm -rf /var/lib/aziot/edged\n"
+        '    if [ -d /var/lib/aziot ] && [ -z "$(ls -A /var/lib/aziot)" ]; then rm -rf /var/lib/aziot; fi\n'
         "fi\n")
     return pkg
 
@@ -349,7 +384,7 @@ def _cache_key(python, devkit_root):
             h.update(path.encode())
             with open(path, "rb") as f:
                 h.update(f.read())
-    h.update(("%s\n%s\n%s\n%s" % (python, devkit_root, EDGE_VERSIONS, MOBY_VERSION)).encode())
+    h.update(("%s\n%s\n%s\n%s" % (python, devkit_root, RELEASES, MOBY_VERSION)).encode())
     for path in sorted(glob.glob(os.path.join(_tomlkit_dir(), "*.py"))):
         with open(path, "rb") as f:
             h.update(f.read())
@@ -401,20 +436,22 @@ def build_repo(out_dir, python=None, devkit_root=None):
         pool = os.path.join(staging, "pool")
         os.makedirs(pool)
         built = {"shim": shim_package().build(pool), "moby": moby_package().build(pool)}
-        for version in EDGE_VERSIONS:
+        for version in IDENTITY_VERSIONS:
             built["identity-" + version] = identity_package(version, python,
                                                             devkit_root).build(pool)
-            built["edge-" + version] = edge_package(version).build(pool)
+        for release in RELEASES:
+            built["edge-" + release.edge] = edge_package(release).build(pool)
         debian = fetch_debian_debs(pool, os.path.join(os.path.dirname(out_dir),
                                                       "debian-debs-cache"))
         scan(staging)
-        for version in EDGE_VERSIONS:
-            offline = os.path.join(staging, "debs", version)
+        for release in RELEASES:
+            offline = os.path.join(staging, "debs", release.edge)
             os.makedirs(offline)
-            for path in [built["shim"], built["moby"], built["identity-" + version],
-                         built["edge-" + version]] + [os.path.join(pool, n) for n in debian]:
+            for path in [built["shim"], built["moby"], built["identity-" + release.identity],
+                         built["edge-" + release.edge]] + [os.path.join(pool, n) for n in debian]:
                 _link(path, os.path.join(offline, os.path.basename(path)))
         manifest = {"key": key, "edge_versions": list(EDGE_VERSIONS),
+                    "identity_versions": {r.edge: r.identity for r in RELEASES},
                     "latest": EDGE_VERSIONS[-1], "moby_version": MOBY_VERSION,
                     "python": python, "devkit_root": devkit_root,
                     "pool": sorted(os.listdir(pool))}

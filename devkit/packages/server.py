@@ -133,6 +133,7 @@ class AptRepo:
             "debs_dirs": {v: os.path.join(self.repo_dir, "debs", v)
                           for v in manifest["edge_versions"]},
             "edge_versions": manifest["edge_versions"],
+            "identity_versions": manifest["identity_versions"],
             "latest_edge_version": latest,
         }
 

@@ -23,7 +23,7 @@ import pytest
 
 from devkit.dps.testing import free_port_pair
 
-from devkit.packages import EDGE_VERSIONS, AptRepo, build_repo
+from devkit.packages import EDGE_VERSIONS, RELEASES, AptRepo, build_repo
 from devkit.packages.runtime.aziot_standin import superconfig
 
 GOOD = textwrap.dedent("""\
@@ -135,9 +135,9 @@ def test_served_index_lists_both_edge_versions(served):
     """The flat index over HTTP carries both aziot-edge versions and tpm2-tools."""
     with urllib.request.urlopen(served["base_url"] + "Packages.gz", timeout=5) as resp:
         index = gzip.decompress(resp.read()).decode()
-    for version in EDGE_VERSIONS:
-        assert "Package: aziot-edge\nVersion: %s\n" % version in index
-        assert "Package: aziot-identity-service\nVersion: %s\n" % version in index
+    for release in RELEASES:
+        assert "Package: aziot-edge\nVersion: %s\n" % release.edge in index
+        assert "Package: aziot-identity-service\nVersion: %s\n" % release.identity in index
     for name in ("moby-engine", "packages-microsoft-prod", "tpm2-tools", "devkit-systemctl-shim"):
         assert "Package: %s\n" % name in index
     assert served["apt_line"] == "deb [trusted=yes] %s ./" % served["base_url"]
@@ -241,7 +241,8 @@ def device(served, tmp_path_factory):
 @pytest.fixture
 def installed(device):
     """The throwaway root with aziot-edge installed (whatever version a test left)."""
-    device.run("dpkg -s aziot-edge >/dev/null 2>&1 || apt-get install -y -q aziot-edge")
+    device.run("dpkg -s aziot-edge >/dev/null 2>&1 || { apt-get install -y -q moby-engine"
+               " && apt-get install -y -q aziot-edge; }")
     return device
 
 
@@ -252,14 +253,31 @@ def test_config_package_points_apt_at_the_repo(device, served):
 
 
 def test_install_pinned_version_then_upgrade(device):
-    """Pinning both packages installs 1.5.9; a plain install upgrades to the latest."""
-    old, new = EDGE_VERSIONS[0], EDGE_VERSIONS[-1]
-    device.run("apt-get install -y -q aziot-edge=%s aziot-identity-service=%s" % (old, old))
-    assert device.run("iotedge version").stdout.strip() == "iotedge " + old.rsplit("-", 1)[0]
+    """As the real packages (Azure/iotedge edgelet/contrib/debian/control and preinst, release/1.5):
+    aziot-edge depends on one exact aziot-identity-service of another number, which apt does not
+    take by itself when it is not the candidate (a pin must name both); aziot-edge refuses to
+    install before a container engine made the `docker` group; a plain install upgrades both."""
+    old, new = RELEASES[0], RELEASES[-1]
+    fields = device.run("apt-cache show aziot-edge=%s" % old.edge).stdout
+    assert "Depends: aziot-identity-service (= %s)" % old.identity in fields
+    assert old.identity != old.edge and "moby-engine" not in fields
+    alone = device.run("apt-get install -y -q aziot-edge=%s" % old.edge, check=False)
+    assert alone.returncode != 0
+    assert "Depends: aziot-identity-service (= %s) but %s is to be installed" % (
+        old.identity, new.identity) in alone.stdout
+    both = "apt-get install -y -q aziot-edge=%s aziot-identity-service=%s" % (old.edge, old.identity)
+    refused = device.run(both, check=False)
+    assert refused.returncode != 0, refused.stdout
+    assert "ERROR: No container runtime detected." in refused.stdout + refused.stderr
+    device.run("apt-get install -y -q moby-engine && getent group docker")
+    device.run(both)
+    assert device.run("iotedge version").stdout.strip() == "iotedge " + old.edge.rsplit("-", 1)[0]
+    out = device.run("dpkg-query -W aziot-identity-service").stdout
+    assert "aziot-identity-service\t%s" % old.identity in out
     device.run("apt-get install -y -q aziot-edge")
-    assert device.run("iotedge version").stdout.strip() == "iotedge " + new.rsplit("-", 1)[0]
+    assert device.run("iotedge version").stdout.strip() == "iotedge " + new.edge.rsplit("-", 1)[0]
     out = device.run("dpkg-query -W aziot-identity-service moby-engine").stdout
-    assert "aziot-identity-service\t%s" % new in out
+    assert "aziot-identity-service\t%s" % new.identity in out
 
 
 def test_install_creates_users_dirs_and_template(device, installed):
@@ -491,7 +509,8 @@ def test_rig_device_installs_from_served_repo_over_ssh(rig, new_device, repo_dir
         fetch = "python3 -c 'import sys, urllib.request; urllib.request.urlretrieve(*sys.argv[1:])'"
         out = ssh("set -e; cd /tmp; " + fetch + " '%s' pmp.deb; apt-get install -y -q ./pmp.deb"
                   " >/dev/null; rm -f /etc/apt/sources.list.d/debian.sources;"
-                  " apt-get update -q >/dev/null; apt-get install -y -q aziot-edge tpm2-tools"
+                  " apt-get update -q >/dev/null; apt-get install -y -q moby-engine tpm2-tools"
+                  " >/dev/null; apt-get install -y -q aziot-edge"
                   " >/dev/null; command -v tpm2_createek; command -v systemctl" % url)
         assert out.returncode == 0, out.stdout + out.stderr
         assert out.stdout.split() == ["/usr/bin/tpm2_createek", "/usr/local/sbin/systemctl"]
