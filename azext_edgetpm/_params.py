@@ -136,11 +136,14 @@ def install_arguments(c):
     c.argument("offline_packages", options_list=["--offline-packages"], arg_group="Packages",
                help="Directory on this machine holding .deb files (moby-engine, aziot-identity-service, "
                     "aziot-edge, optionally tpm2-tools and its libraries): those not installed at their "
-                    "version are uploaded over SFTP and installed with apt-get. No package source is configured.")
+                    "version are uploaded over SFTP and installed with apt-get, the container engine and "
+                    "tpm2-tools first, then aziot-identity-service and aziot-edge (whose installer needs the "
+                    "engine). No package source is configured.")
     c.argument("edge_version", options_list=["--edge-version"], arg_group="Packages",
-               help="Install this IoT Edge version (e.g. 1.5.10 or 1.5.10-1), with the matching "
-                    "aziot-identity-service; downgrades too. Default: the latest, and an installed version is "
-                    "left as it is.")
+               help="Install this IoT Edge version (e.g. 1.5.10 or 1.5.10-1), with the one "
+                    "aziot-identity-service version that aziot-edge version depends on (its own number: "
+                    "aziot-edge 1.5.10-1 needs aziot-identity-service 1.5.3-1); downgrades too. Default: the "
+                    "latest, and an installed version is left as it is.")
     c.argument("log_driver", options_list=["--log-driver"], arg_group="Packages",
                help="Docker log driver set in /etc/docker/daemon.json (other keys are kept; the engine restarts "
                     "only when the file changes), or 'keep' to leave the file alone. local (rotated logs) is "

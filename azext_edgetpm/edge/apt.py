@@ -75,6 +75,43 @@ def parse_policy(text: str) -> Dict[str, dict]:
     return out
 
 
+def show_command(name: str, version: str) -> str:
+    """`apt-cache show NAME=VERSION`: that version's control fields, as the package source has them."""
+    return "LC_ALL=C apt-cache show " + shlex.quote(f"{name}={version}")
+
+
+def control_field(text: str, field_name: str) -> str:
+    """One field of a control paragraph (`apt-cache show`, a .deb's control file); continuation
+    lines joined; '' when absent. Only the first paragraph is read."""
+    value, inside = [], False
+    for line in (text or "").splitlines():
+        if not line.strip():
+            if inside or value:
+                break
+            continue
+        if line[0] in " \t":
+            if inside:
+                value.append(line.strip())
+            continue
+        key, _, rest = line.partition(":")
+        inside = key.strip().lower() == field_name.lower()
+        if inside:
+            value.append(rest.strip())
+    return " ".join(value)
+
+
+def exact_dependency(depends: str, package: str) -> Optional[str]:
+    """The version `package` must have by a `Depends:` value, when it names exactly one
+    (`package (= V)`, e.g. aziot-edge's `aziot-identity-service (= 1.5.3-1)`); None otherwise."""
+    for clause in (depends or "").split(","):
+        if "|" in clause:
+            continue
+        match = re.fullmatch(r"\s*(\S+?)(?::\S+)?\s*\(\s*=\s*([^)\s]+)\s*\)\s*", clause)
+        if match and match.group(1) == package:
+            return match.group(2)
+    return None
+
+
 def match_version(wanted: str, versions: List[str]) -> Optional[str]:
     """The full Debian version for `--edge-version` (1.5.10 matches 1.5.10-1; exact wins)."""
     if wanted in versions:
@@ -116,10 +153,16 @@ _FAILURES = (
      "The device could not download from its package source.",
      f"Check the device's network and the URL of {option('package_source')}; for networks that cannot reach "
      f"packages.microsoft.com use a mirror ({option('package_source')}) or {option('offline_packages')} DIR."),
+    (r"No container runtime detected",
+     "aziot-edge refuses to install before a container engine is installed (its preinst looks for the "
+     "docker group, which moby-engine creates).",
+     f"Install moby-engine first, or put its .deb files in the {option('offline_packages')} directory, "
+     "then run the command again."),
     (r"unmet dependencies|held broken packages|Depends: .* but .* is to be installed",
      "apt cannot resolve the packages' dependencies on the device.",
      "Check that the package source matches the device's distribution and version; a pinned "
-     f"{option('edge_version')} needs the matching aziot-identity-service in the same source."),
+     f"{option('edge_version')} needs the exact aziot-identity-service that aziot-edge version names (apt-cache show "
+     "aziot-edge=VERSION) in the same source."),
 )
 
 
@@ -235,6 +278,7 @@ class DebFile:
     package: str
     version: str
     architecture: str
+    depends: str = ""
 
     @property
     def name(self) -> str:
@@ -304,12 +348,14 @@ def read_deb(path: str) -> DebFile:
                 f"{path} is not a Debian package that can be read here.",
                 f"Put only .deb files (named package_version_arch.deb) in the {option('offline_packages')} directory.")
         fields = {"Package": parts[0], "Version": parts[1].replace("%3a", ":"), "Architecture": parts[2]}
-    return DebFile(path, fields["Package"], fields.get("Version", ""), fields.get("Architecture", "all"))
+    return DebFile(path, fields["Package"], fields.get("Version", ""), fields.get("Architecture", "all"),
+                   control_field(control or "", "Depends"))
 
 
 def read_offline_dir(directory: str, arch: str, edge_version: Optional[str] = None) -> List[DebFile]:
     """The .deb files of --offline-packages for this architecture; one version per package
-    (several aziot-edge / aziot-identity-service versions are narrowed by --edge-version)."""
+    (several aziot-edge versions are narrowed by --edge-version, several aziot-identity-service
+    versions by the exact one the chosen aziot-edge depends on)."""
     if not os.path.isdir(directory):
         raise LocalFileError(f"{option('offline_packages')} {shown(directory)} is not a directory.",
                              "Give a directory that holds the .deb files to install.")
@@ -322,11 +368,21 @@ def read_offline_dir(directory: str, arch: str, edge_version: Optional[str] = No
     by_name: Dict[str, List[DebFile]] = {}
     for deb in debs:
         by_name.setdefault(deb.package, []).append(deb)
-    chosen = []
-    for name, group in sorted(by_name.items()):
-        if len(group) > 1 and edge_version and name in ("aziot-edge", "aziot-identity-service"):
-            narrowed = [d for d in group if match_version(edge_version, [d.version])]
-            group = narrowed or group
+    chosen: Dict[str, DebFile] = {}
+    # aziot-edge first: the identity service's version follows from its Depends.
+    for name in sorted(by_name, key=lambda n: (n != "aziot-edge", n)):
+        group = by_name[name]
+        if len(group) > 1 and edge_version and name == "aziot-edge":
+            group = [d for d in group if match_version(edge_version, [d.version])] or group
+        needed = exact_dependency(chosen["aziot-edge"].depends, name) if "aziot-edge" in chosen else None
+        if needed is not None:
+            if not any(d.version == needed for d in group):
+                raise UserInputError(
+                    f"aziot-edge {chosen['aziot-edge'].version} depends on {name} (= {needed}), but "
+                    f"{option('offline_packages')} {shown(directory)} has {name} "
+                    f"{', '.join(d.version for d in group)}.",
+                    f"Download {name} {needed} (the version aziot-edge names) into that directory.")
+            group = [d for d in group if d.version == needed]
         if len(group) > 1:
             raise UserInputError(
                 f"{option('offline_packages')} {shown(directory)} has {len(group)} versions of {name}: "
@@ -334,5 +390,16 @@ def read_offline_dir(directory: str, arch: str, edge_version: Optional[str] = No
                 "Keep one version of each package in the directory"
                 + (f" (or choose the IoT Edge version with {option('edge_version')})." if name.startswith("aziot")
                    else "."))
-        chosen.append(group[0])
-    return chosen
+        chosen[name] = group[0]
+    return [chosen[name] for name in sorted(chosen)]
+
+
+def engine_first(debs: List[DebFile]) -> List[List[DebFile]]:
+    """The apt transactions of an offline install, in order: everything but IoT Edge's own two
+    packages (the container engine, tpm2-tools and what they need), then aziot-identity-service
+    and aziot-edge. aziot-edge's preinst refuses to install while the docker group that the
+    engine's postinst creates is missing, so a single transaction would depend on apt's order
+    (Microsoft's offline instructions install the engine first, too)."""
+    edge = ("aziot-edge", "aziot-identity-service")
+    return [group for group in ([d for d in debs if d.package not in edge], [d for d in debs if d.package in edge])
+            if group]

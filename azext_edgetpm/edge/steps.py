@@ -40,10 +40,15 @@ def backup_name(path: str) -> str:
     return f"{path}.edgetpm-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.bak"
 
 
-def backup(ctx: Context, path: str) -> str:
-    """Copy `path` next to itself (mode and owner kept) before it is replaced; return the copy's name."""
+def backup(ctx: Context, path: str, directory: Optional[str] = None) -> str:
+    """Copy `path` next to itself, or into `directory` (made root-only when missing), mode and owner kept,
+    before it is replaced; return the copy's name."""
     dest = backup_name(path)
-    result = ctx.run(f"cp -p -- {shlex.quote(path)} {shlex.quote(dest)}")
+    make = ""
+    if directory:
+        dest = f"{directory}/{dest.rsplit('/', 1)[1]}"
+        make = f"mkdir -p -m 0700 -- {shlex.quote(directory)} && "
+    result = ctx.run(f"{make}cp -p -- {shlex.quote(path)} {shlex.quote(dest)}")
     if not result.ok:
         raise LocalFileError(f"Cannot back up {path} on {ctx.display}: {apt.tail(result.stderr)}",
                              "Check the free space on the device; nothing was changed.")
@@ -309,7 +314,10 @@ class PackageSourceStep(Step):
                 dest = f"{tmp}/{os.path.basename(deb.path)}"
                 ctx.session.upload(data, dest, 0o644)
                 remote.append(dest)
-            apt_install(ctx, remote, ", ".join(d.package for d in debs), allow_downgrades=True)
+            paths = dict(zip((d.path for d in debs), remote))
+            for group in apt.engine_first(debs):
+                apt_install(ctx, [paths[d.path] for d in group], ", ".join(d.package for d in group),
+                            allow_downgrades=True)
         finally:
             ctx.session.run(f"rm -rf {shlex.quote(tmp)}")
 
@@ -436,7 +444,7 @@ class IotEdgeStep(Step):
     def apply(self, ctx, check):
         pin = check.data.get("pin")
         found = ensure_candidates(ctx, list(EDGE_PACKAGES))
-        specs, downgrade = list(EDGE_PACKAGES), False
+        edge_full = found["aziot-edge"]["candidate"]
         if pin:
             edge_full = apt.match_version(pin, found["aziot-edge"]["versions"] or [found["aziot-edge"]["candidate"]])
             if edge_full is None:
@@ -446,26 +454,38 @@ class IotEdgeStep(Step):
                     f"aziot-edge {pin} is not offered by the package source of {ctx.display} "
                     f"(available: {', '.join(found['aziot-edge']['versions']) or 'none'}).",
                     f"Pick one of the available versions for {option('edge_version')}, or omit it for the latest.")
-            ident_versions = found["aziot-identity-service"]["versions"]
-            ident_full = next((v for v in ident_versions if apt.upstream(v) == apt.upstream(edge_full)), None)
-            specs = [f"aziot-edge={edge_full}"] + ([f"aziot-identity-service={ident_full}"] if ident_full
-                                                   else ["aziot-identity-service"])
-            downgrade = True
-        apt_install(ctx, specs, " ".join(specs), allow_downgrades=downgrade)
+        # aziot-edge depends on ONE exact aziot-identity-service, whose number is not its own (1.5.10-1 needs
+        # 1.5.3-1). apt takes only candidates for packages not named, so that version is named too.
+        ident = self.identity_needed(ctx, edge_full)
+        check.data["identity"] = ident
+        specs = [f"aziot-edge={edge_full}"] + ([f"aziot-identity-service={ident}"] if ident else [])
+        apt_install(ctx, specs, " ".join(specs), allow_downgrades=bool(pin))
         ctx.refresh()
         return (f"installed aziot-edge {ctx.facts.installed('aziot-edge')}, "
                 f"aziot-identity-service {ctx.facts.installed('aziot-identity-service')}")
 
+    @staticmethod
+    def identity_needed(ctx, edge_version: str) -> Optional[str]:
+        """The aziot-identity-service version that aziot-edge `edge_version` depends on with `=`, from its
+        control fields in the package source (`apt-cache show`); None when it names no exact one."""
+        shown_fields = ctx.run(apt.show_command("aziot-edge", edge_version), timeout=120)
+        apt.raise_for(shown_fields, f"Reading the dependencies of aziot-edge {edge_version}", ctx.display)
+        return apt.exact_dependency(apt.control_field(shown_fields.stdout, "Depends"), "aziot-identity-service")
+
     def verify(self, ctx, check):
         f = ctx.facts
-        edge = f.installed("aziot-edge")
-        if not edge or not f.installed("aziot-identity-service") or not f.has("iotedge"):
+        edge, ident = f.installed("aziot-edge"), f.installed("aziot-identity-service")
+        if not edge or not ident or not f.has("iotedge"):
             raise EdgeTpmError(f"IoT Edge is not installed on {ctx.display} after apt-get install.",
                                "Run apt-get install aziot-edge on the device to see why.")
         pin = check.data.get("pin")
         if pin and not apt.match_version(pin, [edge]):
             raise EdgeTpmError(f"aziot-edge {edge} is installed on {ctx.display}, not {pin}.",
                                "Check that the package source offers that version.")
+        needed = check.data.get("identity")
+        if needed and ident != needed:
+            raise EdgeTpmError(f"aziot-identity-service {ident} is installed on {ctx.display}, but aziot-edge {edge} "
+                               f"depends on {needed}.", "Run apt-get install aziot-edge on the device to see why.")
 
 
 # -- 5 --------------------------------------------------------------------------------------------------

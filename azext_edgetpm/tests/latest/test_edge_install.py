@@ -248,25 +248,45 @@ def test_refusals(device, repo, dps, rig):
     assert kept["trust_bundle_cert"] == "certs/bundle.pem" and kept["provisioning"]["source"] == "dps"
 
 
+def installed_versions(dev):
+    out = dev.exec("dpkg-query -W -f='${Package} ${Version} ${Status}\\n' aziot-edge aziot-identity-service tpm2-tools",
+                   check=True).stdout
+    return {line.split()[0]: line.split()[1] for line in out.splitlines() if line.endswith(" installed")}
+
+
 def test_pinned_version_then_upgrade_and_offline_packages(device, repo, dps):
+    """As with the real packages (Azure/iotedge release/1.5, edgelet/contrib/debian/control and preinst,
+    imitated by the stand-ins): aziot-edge depends on ONE aziot-identity-service version whose number is not
+    its own, and its preinst stops with "No container runtime detected" while the docker group that
+    moby-engine's postinst creates is missing."""
     dev = device("notools")
     old, new = repo["edge_versions"][0], repo["latest_edge_version"]
-    # .deb files carried to the device (no package source at all), tpm2-tools among them.
+    identity = repo["identity_versions"]
+    assert identity[old] != old and identity[old] != identity[new]
+    # A fresh device with .deb files carried to it (no package source at all), tpm2-tools among them: the
+    # engine and tpm2-tools go in first, then IoT Edge.
     first = install(dev, dps, "--offline-packages", repo["debs_dirs"][old], "--edge-version", old.rsplit("-", 1)[0],
                     "--registration-id", "edge-offline-1")
-    assert first.rc == 0, first.message
+    assert first.rc == 0, f"{first.message} | {first.recommendation}"
     assert statuses(first)["package-source"] == "changed"
-    versions = dev.exec("dpkg-query -W -f='${Package} ${Version}\\n' aziot-edge aziot-identity-service tpm2-tools",
-                        check=True).stdout
-    assert f"aziot-edge {old}" in versions and f"aziot-identity-service {old}" in versions and "tpm2-tools" in versions
+    versions = installed_versions(dev)
+    assert versions["aziot-edge"] == old and versions["aziot-identity-service"] == identity[old], versions
+    assert "tpm2-tools" in versions
     assert read(dev, "/etc/apt/sources.list.d/edge-tpm.list") is None
     # The newer version, pinned, from the repository.
     upgraded = install(dev, dps, "--package-source", repo["apt_line"], "--edge-version", new,
                        "--registration-id", "edge-offline-1")
     assert upgraded.rc == 0, upgraded.message
     assert statuses(upgraded)["iotedge"] == "changed"
-    assert f"aziot-edge {new}" in dev.exec("dpkg-query -W -f='${Package} ${Version}\\n' aziot-edge",
-                                           check=True).stdout
+    versions = installed_versions(dev)
+    assert versions["aziot-edge"] == new and versions["aziot-identity-service"] == identity[new], versions
+    # Back to the older one from the repository: the identity service it names is not apt's candidate, and
+    # exactly that one is installed.
+    back = install(dev, dps, "--package-source", repo["apt_line"], "--edge-version", old.rsplit("-", 1)[0],
+                   "--registration-id", "edge-offline-1")
+    assert back.rc == 0, f"{back.message} | {back.recommendation}"
+    versions = installed_versions(dev)
+    assert versions["aziot-edge"] == old and versions["aziot-identity-service"] == identity[old], versions
 
 
 def test_install_before_the_enrollment_then_dps_assigns_it(device, repo, dps):

@@ -199,27 +199,52 @@ def test_apt_failures_become_errors_with_recommendations():
     assert "aziot-edge is not available" in str(info.value)
 
 
+def test_exact_dependency_from_control_fields():
+    """aziot-edge names one exact aziot-identity-service (Azure/iotedge edgelet/contrib/debian/control)."""
+    shown_fields = ("Package: aziot-edge\nVersion: 1.5.10-1\nDepends: adduser, ca-certificates, hostname,\n"
+                    " psmisc, sed, aziot-identity-service (= 1.5.3-1)\nDescription: x\n\n"
+                    "Package: aziot-edge\nVersion: 1.5.9-1\nDepends: aziot-identity-service (= 1.5.2-1)\n")
+    depends = apt.control_field(shown_fields, "Depends")
+    assert depends.endswith("sed, aziot-identity-service (= 1.5.3-1)")
+    assert apt.exact_dependency(depends, "aziot-identity-service") == "1.5.3-1"
+    assert apt.exact_dependency("aziot-identity-service (>= 1.5.0)", "aziot-identity-service") is None
+    assert apt.exact_dependency("foo (= 1) | aziot-identity-service (= 2)", "aziot-identity-service") is None
+    assert apt.show_command("aziot-edge", "1.5.9-1") == "LC_ALL=C apt-cache show aziot-edge=1.5.9-1"
+
+
 @pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-deb is not installed")
 def test_read_offline_dir(tmp_path):
-    def build(name, version):
+    def build(name, version, depends=None, where="debs"):
         root = tmp_path / f"{name}-{version}"
-        (root / "DEBIAN").mkdir(parents=True)
+        (root / "DEBIAN").mkdir(parents=True, exist_ok=True)
         (root / "DEBIAN" / "control").write_text(
-            f"Package: {name}\nVersion: {version}\nArchitecture: all\nMaintainer: t <t@t>\nDescription: t\n")
-        out = tmp_path / "debs" / f"{name}_{version}_all.deb"
+            f"Package: {name}\nVersion: {version}\nArchitecture: all\nMaintainer: t <t@t>\n"
+            + (f"Depends: {depends}\n" if depends else "") + "Description: t\n")
+        out = tmp_path / where / f"{name}_{version}_all.deb"
         out.parent.mkdir(exist_ok=True)
         subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(root), str(out)], check=True,
                        capture_output=True)
         return out
     build("moby-engine", "25.0.5-1")
-    build("aziot-edge", "1.5.9-1")
-    build("aziot-edge", "1.5.10-1")
+    build("aziot-edge", "1.5.9-1", "aziot-identity-service (= 1.5.2-1)")
+    build("aziot-edge", "1.5.10-1", "aziot-identity-service (= 1.5.3-1)")
+    build("aziot-identity-service", "1.5.2-1")
+    build("aziot-identity-service", "1.5.3-1")
     with pytest.raises(UserInputError, match="2 versions of aziot-edge"):
         apt.read_offline_dir(str(tmp_path / "debs"), "amd64")
     debs = apt.read_offline_dir(str(tmp_path / "debs"), "amd64", edge_version="1.5.9")
-    assert [(d.package, d.version) for d in debs] == [("aziot-edge", "1.5.9-1"), ("moby-engine", "25.0.5-1")]
+    # the identity service that 1.5.9-1 names, not the one of the same number (there is none)
+    assert [(d.package, d.version) for d in debs] == [
+        ("aziot-edge", "1.5.9-1"), ("aziot-identity-service", "1.5.2-1"), ("moby-engine", "25.0.5-1")]
+    assert [[d.package for d in group] for group in apt.engine_first(debs)] == [
+        ["moby-engine"], ["aziot-edge", "aziot-identity-service"]]
     os.rename(tmp_path / "debs" / "moby-engine_25.0.5-1_all.deb", tmp_path / "debs" / "renamed.deb")
     assert apt.read_deb(str(tmp_path / "debs" / "renamed.deb")).package == "moby-engine"
+    # an identity service other than the one aziot-edge names: refused before anything is uploaded
+    build("aziot-edge", "1.5.10-1", "aziot-identity-service (= 1.5.3-1)", where="wrong")
+    build("aziot-identity-service", "1.5.2-1", where="wrong")
+    with pytest.raises(UserInputError, match=r"depends on aziot-identity-service \(= 1\.5\.3-1\)"):
+        apt.read_offline_dir(str(tmp_path / "wrong"), "amd64")
 
 
 def test_facts_parse():
