@@ -159,8 +159,10 @@ def wanted_files(proxy: Optional[Proxy]) -> Dict[str, Optional[Tuple[bytes, int]
     files[APT_CONF] = ((HEADER.replace("#", "//", 1) + "\n".join(apt_lines) + "\n").encode(), 0o644)
     secret = proxy.user is not None
     if secret:
-        files[APT_AUTH] = ((HEADER + f"machine {proxy.hostport} login {proxy.user} password {proxy.password}\n")
-                           .encode(), 0o600)
+        # With the scheme: apt (2.6 on Debian 12, apt_auth.conf(5)) matches a `machine` without one only for
+        # https and tor+https, and ignores it for this http:// proxy ("Annotate with http:// to use").
+        files[APT_AUTH] = ((HEADER + f"machine http://{proxy.hostport} login {proxy.user} password "
+                            f"{proxy.password}\n").encode(), 0o600)
     url = _systemd(proxy.url)
     no_proxy = _systemd(",".join(proxy.no_proxy))
     for unit in UNITS:

@@ -214,6 +214,35 @@ def test_proxy_only_device(device, repo, dps, proxies, tmp_path):
           f"switched {switched.out['seconds']}s, with a CA {with_ca.out['seconds']}s, undone {undone.out['seconds']}s")
 
 
+def test_fresh_device_behind_the_authenticated_proxy(device, repo, dps, proxies, tmp_path):
+    """A device that never had IoT Edge and whose only way out is the authenticated proxy: `provision --proxy
+    @file` ends assigned, apt's and the runtime's traffic went through that proxy, and the password is only in
+    root-only files. apt (Debian 12's own 2.6 on the device; apt_auth.conf(5)) uses an auth.conf entry for an
+    http:// proxy only when its `machine` carries the scheme: without it apt gets 407 at the package source."""
+    dev = device("proxied")
+    auth = proxies["auth"]
+    password = auth["password"]
+    url_file = tmp_path / "auth-proxy.txt"
+    url_file.write_text(f"http://{auth['user']}:{password}@{auth['url'].split('//', 1)[1]}\n")
+    offset = log_size(auth["log"])
+    result = az("edge-tpm", "provision", "--host", f"admin@{dev.host}:{dev.port}", "--ssh-key", dev.key("admin"),
+                "--known-hosts", dev.known_hosts, "--tcti", dev.tcti, *dps.login, "--id-scope", dps.section["id_scope"],
+                "--global-endpoint", dps.section["device_endpoint"], "--package-source", repo["base_url"],
+                "--proxy", f"@{url_file}")
+    assert result.rc == 0, f"{result.message} | {result.recommendation}"
+    row = result.out[0] if isinstance(result.out, list) else result.out
+    assert row["status"] == "assigned", row
+    assert dps.emu.store.get_registration(row["registrationId"])["status"] == "assigned"
+    assert "machine http://" in read(dev, AUTH_FILE) and stat(dev, AUTH_FILE) == ["600", "root", "root"]
+    seen = log_since(auth["log"], offset)
+    repo_hostport = repo["base_url"].split("//", 1)[1].rstrip("/")
+    assert re.search(rf"Request .*: GET http://{re.escape(repo_hostport)}/.*aziot-edge", seen), seen[-3000:]
+    assert re.search(rf"Request .*: CONNECT {re.escape(dps.section['device_endpoint'].split('//', 1)[1])} ", seen)
+    assert password not in result.text + result.stderr + result.message
+    found = device_files_holding(dev, password)
+    assert found and all(line.startswith("600 ") for line in found), found
+
+
 def test_refused_before_anything_changes(device, dps, proxies, repo):
     """A proxy that cannot be reached, or that wants credentials it did not get: one clear error from
     the proxy step, before anything is written."""
