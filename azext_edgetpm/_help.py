@@ -311,7 +311,8 @@ long-summary: >
     (3) registration: the device's registration record in DPS is deleted (guarded by its etag);
 
     (4) device: IoT Edge stopped (iotedge system stop), config.toml reset to unprovisioned (its
-    [provisioning] removed, a backup kept, every other setting kept), the configuration applied by
+    [provisioning] removed, a backup kept in /var/backups/edge-tpm - outside /etc/aziot, which the
+    purge of --uninstall removes whole -, every other setting kept), the configuration applied by
     iotedge config apply and the identity service's provisioning state removed; with --uninstall the
     aziot-edge and aziot-identity-service packages are purged too.
 

@@ -1,7 +1,8 @@
 """The device side of `az edge-tpm deprovision`, as idempotent steps (check -> change -> verify):
 
 1 runtime-stop   `iotedge system stop` while an aziot service runs
-2 config-reset   config.toml without [provisioning] (backup kept, every other setting kept), the
+2 config-reset   config.toml without [provisioning] (backup in /var/backups/edge-tpm, outside /etc/aziot
+                 which a purge removes whole; every other setting kept), the
                  configuration `iotedge config apply` wrote under /etc/aziot/*/config.d removed, and
                  the identity service's provisioning state (device_info, prev_state) removed, so the
                  runtime neither provisions nor starts from a cached identity
@@ -22,6 +23,9 @@ from . import apt, configtoml, facts as facts_mod, health
 from .plan import CHANGED, WOULD_CHANGE, Check, Context, Step, run_steps
 from .steps import backup
 
+# Outside /etc/aziot: purging aziot-identity-service removes /etc/aziot whole (iot-identity-service
+# contrib/debian/postrm), a backup next to config.toml included.
+BACKUP_DIR = "/var/backups/edge-tpm"
 IDENTITY_STATE = ("/var/lib/aziot/identityd/device_info", "/var/lib/aziot/identityd/prev_state")
 EDGE_PACKAGES = ("aziot-edge", "aziot-identity-service")
 LEFT_ON_DEVICE = "the container engine (moby-engine), the package source and the TPM's EK and SRK"
@@ -95,7 +99,7 @@ class ConfigResetStep(Step):
     def apply(self, ctx, check):
         done = []
         if "config" in check.data:
-            saved = backup(ctx, configtoml.CONFIG_PATH)
+            saved = backup(ctx, configtoml.CONFIG_PATH, BACKUP_DIR)
             ctx.extra["config_backup"] = saved
             current = ctx.facts.file(configtoml.CONFIG_PATH)
             ctx.session.install_file(check.data["config"].encode("utf-8"), configtoml.CONFIG_PATH,

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.devkit
 DEVICE_CA = "/usr/local/share/ca-certificates/devkit-dps-ca.crt"
 APPLIED = "/etc/aziot/identityd/config.d/00-super.toml"
 BACKUP = "/var/lib/aziot/identityd/device_info"
+DEPROVISION_BACKUPS = "/var/backups/edge-tpm/config.toml.edgetpm-*.bak"   # outside /etc/aziot, which a purge removes
 
 
 @pytest.fixture(scope="module")
@@ -251,7 +252,7 @@ def test_deprovision_disable_and_delete_uninstall_third_untouched(devices, dps, 
     config = tomllib.loads(a.sh("cat /etc/aziot/config.toml"))
     assert "provisioning" not in config and "auto_reprovisioning_mode" not in config
     assert config["tpm"]["tcti"] == a.dev.tcti     # the other settings kept
-    assert len(a.sh("ls /etc/aziot/config.toml.edgetpm-*.bak").split()) == 1
+    assert len(a.sh(f"ls {DEPROVISION_BACKUPS}").split()) == 1
     assert not a.exists(APPLIED) and not a.exists(BACKUP)
     services = json.loads(a.sh("cat /var/lib/aziot/standin/services.json"))
     assert {s["state"] for s in services.values()} == {"inactive"}
@@ -295,7 +296,13 @@ def test_deprovision_disable_and_delete_uninstall_third_untouched(devices, dps, 
                       ).returncode != 0
     assert not b.exists("/etc/aziot/config.toml") and not b.exists("/etc/aziot/identityd")
     assert b.dev.exec("getent passwd aziotid iotedge").returncode != 0
-    assert len(b.sh("ls /etc/aziot/config.toml.edgetpm-*.bak").split()) == 1   # the backup stays
+    # The real purge removes /etc/aziot whole (iot-identity-service contrib/debian/postrm, as the stand-in
+    # does): the backup deprovision reported lives outside it, and stays.
+    prefix = "device: the previous configuration in "
+    (saved,) = [line[len(prefix):] for line in gone["remains"] if line.startswith(prefix)]
+    assert not b.exists("/etc/aziot") and b.exists(saved), f"{saved}, reported by deprovision, is gone"
+    assert b.sh(f"ls {DEPROVISION_BACKUPS}").split() == [saved]
+    assert "[provisioning]" in b.sh(f"cat {saved}") and b.sh(f"stat -c %a {saved}").strip() == "600"
 
     # C: untouched
     assert _snapshot(dps, c) == untouched
@@ -341,7 +348,7 @@ def test_deprovision_killed_half_way_then_finished(devices, dps, rig, hub_login,
     # over both runs, each DPS change happened once (the re-run did not even read the enrollment again)
     assert writes(dps) == {"PUT /enrollments/{id}": 1, "DELETE /registrations/{id}": 1}
     assert record(dps, c.rid) is None and not c.exists(APPLIED)
-    assert len(c.sh("ls /etc/aziot/config.toml.edgetpm-*.bak").split()) == 1
+    assert len(c.sh(f"ls {DEPROVISION_BACKUPS}").split()) == 1
 
     # a third run with the same state, where the hub can be reached: only the hub step runs again
     third = az_with_hubs(dps, tmp_path, *args)[0]
