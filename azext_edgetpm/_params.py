@@ -1,5 +1,16 @@
-"""Arguments of every command. Only knack/azure-cli-core helpers are imported here."""
+"""Arguments of every command. Only knack/azure-cli-core helpers are imported here: az loads this
+module for every run of a command (and its -h), before anything is validated.
+
+A validator on an argument is named, never imported: ``validator=validator("validate_x")`` with
+``validate_x`` in _validators.py; it is imported when the command runs (see _lazy.py, guarded by
+test_load.py)::
+
+    c.argument("size", options_list=["--size"], type=int, validator=validator("validate_size"),
+               help="...")
+"""
 from knack.arguments import CLIArgumentType
+
+from azext_edgetpm._lazy import validator  # noqa: F401  pylint: disable=unused-import  (see above)
 
 
 def ssh_arguments(c):

@@ -1,14 +1,13 @@
 """Thin command functions: arguments -> typed options (through _client_factory, where `cmd`
 stops) -> one operation per step -> its result's JSON. Domain errors become az errors in
-_error_map (the command groups' exception handler)."""
+_error_map (the command groups' exception handler). az imports this module to read the
+commands' arguments (even for -h): import here only what that needs; the rest inside functions."""
 from knack.log import get_logger
 
 from azext_edgetpm import _client_factory as factory
-from azext_edgetpm._error_map import register_option_names
 from azext_edgetpm.echo import shown
 
 logger = get_logger(__name__)
-register_option_names()   # domain errors (a fleet's per-device records too) name inputs by their flags
 
 
 def ek_show(cmd, host=None, ssh_user=None, ssh_port=None, ssh_key=None,  # pylint: disable=unused-argument

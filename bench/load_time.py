@@ -1,32 +1,52 @@
-"""How much the extension adds to az's start: the time to import it and build its command
-table and arguments, next to a bare azure-cli-core baseline (importing azure.cli.core and
-creating a CLI object), both measured in the same run, each in fresh interpreters.
+"""What the extension adds to az's start, next to az's own start in the same run.
+
+Each figure is a median over fresh interpreters (samples interleaved, so a busy machine weighs on
+all figures alike):
+  az start      importing azure.cli.core and creating the CLI object and its invocation (baseline)
+  table         importing the extension and building its command table
+  one command   the table, then the arguments of `az edge-tpm provision` as az loads them when that
+                command runs (or shows -h): the function's signature from custom.py, _params.py
+  whole table   the table, then every command's arguments (az's path for docs and `az find`)
+With bytecode cached, as in an installed extension (pip compiles it; a private cache directory,
+filled by a first run, holds it here), and the extension compiled from source every time, as in
+a checkout that cannot write __pycache__ (az's own modules keep their bytecode).
 
     .venv/bin/python bench/load_time.py [--runs N]
 """
 import argparse
+import datetime
 import os
+import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
 from devkit import loadprobe  # noqa: E402
 
-# Fresh interpreters print milliseconds: the baseline starts azure-cli-core (import + CLI
-# object + invocation); the extension's figure is its own load on top of that.
-BASELINE = "import time; t0 = time.perf_counter()\n" + loadprobe.SETUP + "print((time.perf_counter() - t0) * 1000)\n"
-EXTENSION = (loadprobe.SETUP + "import time; t0 = time.perf_counter()\n" + loadprobe.LOAD
-             + "print((time.perf_counter() - t0) * 1000)\n")
+_CLOCK = "import time; t0 = time.perf_counter()\n"
+_PRINT = "print((time.perf_counter() - t0) * 1000)\n"
+# The extension's modules compiled from source: no bytecode is found (a cache under os.devnull
+# cannot exist) and none is written. Set after az's start, so az keeps its own bytecode.
+_FROM_SOURCE = "import os, sys; sys.pycache_prefix = os.path.join(os.devnull, 'none'); sys.dont_write_bytecode = True\n"
+
+FIGURES = {
+    "az start": _CLOCK + loadprobe.SETUP + _PRINT,
+    "table": loadprobe.SETUP + _CLOCK + loadprobe.TABLE + _PRINT,
+    "one command": loadprobe.SETUP + _CLOCK + loadprobe.TABLE + loadprobe.arguments(loadprobe.COMMAND) + _PRINT,
+    "whole table": loadprobe.SETUP + _CLOCK + loadprobe.TABLE + loadprobe.arguments(None) + _PRINT,
+}
+FROM_SOURCE = ("one command", "whole table")
 
 
-def sample(code: str, runs: int) -> list:
-    out = []
-    for _ in range(runs):
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-        out.append(float(proc.stdout.strip().splitlines()[-1]))
-    return out
+def run(code: str, env: dict) -> float:
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env,
+                          cwd=REPO)
+    return float(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -34,12 +54,30 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=15)
     args = parser.parse_args()
     start = time.perf_counter()
-    base = sample(BASELINE, args.runs)
-    ext = sample(EXTENSION, args.runs)
-    b, e = statistics.median(base), statistics.median(ext)
-    print(f"azure-cli-core baseline (import + CLI + invocation): median {b:7.1f} ms  (min {min(base):.1f})")
-    print(f"edge-tpm load (import + command table + args): median {e:7.1f} ms  (min {min(ext):.1f})")
-    print(f"ratio extension/baseline: {e / b:.3f}   runs: {args.runs}   wall: {time.perf_counter() - start:.1f} s")
+    cache = tempfile.mkdtemp(prefix="edgetpm-bytecode-")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env.update(PYTHONPYCACHEPREFIX=cache, PYTHONPATH=os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")])))
+    probes = dict(FIGURES)
+    probes.update({f"{name}, from source": loadprobe.SETUP + _FROM_SOURCE + FIGURES[name].split(
+        loadprobe.SETUP, 1)[1] for name in FROM_SOURCE})
+    try:
+        for code in probes.values():  # fills the bytecode cache (not counted)
+            run(code, env)
+        samples = {name: [] for name in probes}
+        for _ in range(args.runs):
+            for name, code in probes.items():
+                samples[name].append(run(code, env))
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    base = statistics.median(samples["az start"])
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"{datetime.date.today()}  {platform.machine()}, {os.cpu_count()} cores, load average {load:.1f} at the end;"
+          f"  Python {platform.python_version()}, runs {args.runs}")
+    print(f"{'':28} {'median ms':>9} {'min ms':>7} {'ratio to az start':>18}")
+    for name, values in samples.items():
+        median = statistics.median(values)
+        print(f"{name:28} {median:9.1f} {min(values):7.1f} {median / base:18.3f}")
+    print(f"(one command: `az {loadprobe.COMMAND}`; wall {time.perf_counter() - start:.0f} s)")
 
 
 if __name__ == "__main__":

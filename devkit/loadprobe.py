@@ -10,13 +10,26 @@ cli.invocation = cli.invocation_cls(cli_ctx=cli, parser_cls=cli.parser_cls,
                                     commands_loader_cls=cli.commands_loader_cls, help_cls=cli.help_cls)
 """
 
-# Imports the extension, loads its command table and every command's arguments.
-LOAD = r"""
+# Imports the extension and builds its command table (what az does first for any `az edge-tpm ...`).
+TABLE = r"""
 from azext_edgetpm import EdgeTpmCommandsLoader
 loader = EdgeTpmCommandsLoader(cli_ctx=cli)
 table = loader.load_command_table(None)
-for name in table:
-    cli.invocation.data = {"command_string": name}
-    loader.command_name = name
-    loader.load_arguments(name)
 """
+
+# The command whose arguments "one command" loads.
+COMMAND = "edge-tpm provision"
+
+
+def arguments(command=None) -> str:
+    """After TABLE: the arguments of `command` (None: of every command), loaded through az's own
+    MainCommandsLoader.load_arguments as when that command runs (-h too): az reads the command
+    function's signature (importing custom.py), applies _params.py's argument contexts and merges
+    the registries into the commands."""
+    return (
+        "main = cli.invocation.commands_loader\n"
+        "main.command_table.update(table)\n"
+        "for name in table:\n"
+        "    main.cmd_to_loader_map[name] = [loader]\n"
+        f"cli.invocation.data = {{'command_string': {command or ''!r}}}\n"
+        f"main.load_arguments({command!r})\n")
