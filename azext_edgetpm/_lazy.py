@@ -6,14 +6,19 @@ whatever commands.py or _params.py import at that point every `az edge-tpm ...` 
 (a string ``table_transformer=`` is a JMESPath query), so these stand in for them: a `Named`
 function is imported from its module the first time az calls it, i.e. when that command runs.
 
-Write every new one this way, in commands.py or _params.py::
+Write every new one this way::
 
-    g.custom_command("show", "thing_show", validator=validator("validate_thing"),
+    # commands.py
+    g.custom_command("show", "thing_show", validator=command_validator("validate_thing"),
                      table_transformer=table("thing_table"))
+    # _params.py
     c.argument("size", validator=validator("validate_size"))
 
-(`validate_thing` in _validators.py, `thing_table` in _format.py.) test_load.py checks that
-every name resolves and that building the table imports neither module.
+(`validate_thing`, `validate_size` in _validators.py, `thing_table` in _format.py.) az (knack)
+runs the validators of a command's arguments only when the command has no validator of its own;
+every command here has one, and `command_validator` runs the arguments' validators first, so an
+argument's validator always runs. test_load.py checks that every name resolves and that building
+the table and the arguments imports neither module.
 """
 
 _VALIDATORS = "azext_edgetpm._validators"
@@ -54,8 +59,45 @@ class Named:
         return f"<{self.module}.{self.name}>"
 
 
+def _wanted(function, cmd, namespace) -> dict:
+    """The keyword arguments az gives a validator: those its signature names (cmd, namespace, ns)."""
+    import inspect
+    names = inspect.signature(function).parameters
+    given = {"cmd": cmd, "namespace": namespace, "ns": namespace}
+    return {name: value for name, value in given.items() if name in names}
+
+
+class CommandValidator(Named):
+    """A command's validator, by name, run after the validators of the command's arguments (which
+    az itself runs only for a command without a validator)."""
+
+    __slots__ = ()
+
+    def __call__(self, cmd, namespace):  # pylint: disable=arguments-differ
+        for argument_validator in getattr(namespace, "_argument_validators", None) or ():
+            argument_validator(**_wanted(argument_validator, cmd, namespace))
+        if hasattr(namespace, "_argument_validators"):
+            delattr(namespace, "_argument_validators")
+        function = self.resolve()
+        return function(**_wanted(function, cmd, namespace))
+
+    @property
+    def __signature__(self):
+        import inspect
+        return inspect.signature(_command_validator_signature)
+
+
+def _command_validator_signature(cmd, namespace):  # pylint: disable=unused-argument
+    """What a CommandValidator asks az for."""
+
+
+def command_validator(name: str) -> CommandValidator:
+    """A command's validator of _validators.py, by name (commands.py)."""
+    return CommandValidator(_VALIDATORS, name)
+
+
 def validator(name: str) -> Named:
-    """A validator of _validators.py, by name (command-level or on one argument)."""
+    """An argument's validator of _validators.py, by name (_params.py)."""
     return Named(_VALIDATORS, name)
 
 

@@ -2,15 +2,16 @@
 module for every run of a command (and its -h), before anything is validated.
 
 A validator on an argument is named, never imported: ``validator=validator("validate_x")`` with
-``validate_x`` in _validators.py; it is imported when the command runs (see _lazy.py, guarded by
-test_load.py)::
+``validate_x`` in _validators.py; it is imported when the command runs, and runs before the
+command's own validator (see _lazy.py; test_load.py guards what loads)::
 
     c.argument("size", options_list=["--size"], type=int, validator=validator("validate_size"),
                help="...")
 """
 from knack.arguments import CLIArgumentType
 
-from azext_edgetpm._lazy import validator  # noqa: F401  pylint: disable=unused-import  (see above)
+# (imported for the validators to come: name them with it, as the docstring shows)
+from azext_edgetpm._lazy import validator  # noqa: F401  pylint: disable=unused-import
 
 
 def ssh_arguments(c):

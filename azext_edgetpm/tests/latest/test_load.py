@@ -11,6 +11,8 @@ import subprocess
 import sys
 from unittest import mock
 
+import pytest
+
 from devkit import loadprobe
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -77,7 +79,7 @@ def _loaded_commands():
 
 
 def test_every_named_function_exists_and_az_sees_its_signature():
-    from azext_edgetpm._lazy import Named
+    from azext_edgetpm._lazy import CommandValidator, Named
     named = []
     for name, command in _loaded_commands().items():
         for role in ("validator", "table_transformer", "exception_handler"):
@@ -96,7 +98,43 @@ def test_every_named_function_exists_and_az_sees_its_signature():
         real = function.resolve()
         assert callable(real) and real.__name__ == function.name, function
         # az passes a validator `cmd`/`namespace` as its signature asks (azure.cli.core.util.get_arg_list)
-        assert inspect.signature(function) == inspect.signature(real)
+        wanted = list(inspect.signature(real).parameters)
+        if isinstance(function, CommandValidator):
+            wanted = ["cmd", "namespace"]  # (it hands each validator what that one asks for)
+        assert list(inspect.signature(function).parameters) == wanted, function
+
+
+def _seen_by_validator(namespace):
+    """An argument's validator for the test below: records the value and changes it."""
+    SEEN.append(namespace.host)
+    namespace.host = namespace.host.upper()
+
+
+SEEN = []
+
+
+def test_an_arguments_validator_runs_and_before_the_commands():
+    """az (knack) skips the arguments' validators of a command that has its own validator: ours
+    runs them first. A named validator on --host of `edge-tpm status`, parsed and validated by az."""
+    from azure.cli.core.azclierror import InvalidArgumentValueError
+    from azext_edgetpm._lazy import Named
+    namespace = {}
+    code = loadprobe.SETUP + loadprobe.TABLE + loadprobe.arguments("edge-tpm status")
+    exec(code, namespace)  # pylint: disable=exec-used
+    cli, main = namespace["cli"], namespace["main"]
+    # as c.argument("host", validator=...) in _params.py would set it
+    host = main.command_table["edge-tpm status"].arguments["host"]
+    host.type.settings["validator"] = Named(__name__, "_seen_by_validator")
+    parser = cli.invocation.parser
+    parser.load_command_table(main)
+    SEEN.clear()
+    parsed = parser.parse_args(["edge-tpm", "status", "--host", "dev1"])
+    cli.invocation._validation(parsed)  # pylint: disable=protected-access
+    assert SEEN == ["dev1"] and parsed.host == "DEV1"
+    # the command's own validator (check_values) comes after, and sees the changed value
+    parsed = parser.parse_args(["edge-tpm", "status", "--host", "dev\n1"])
+    with pytest.raises(InvalidArgumentValueError, match="'DEV\\\\n1'"):
+        cli.invocation._validation(parsed)  # pylint: disable=protected-access
 
 
 def test_a_running_command_names_options_by_their_flags():
