@@ -84,11 +84,7 @@ class CommandValidator(Named):
     @property
     def __signature__(self):
         import inspect
-        return inspect.signature(_command_validator_signature)
-
-
-def _command_validator_signature(cmd, namespace):  # pylint: disable=unused-argument
-    """What a CommandValidator asks az for."""
+        return inspect.signature(self.__call__)  # (cmd, namespace): each validator gets what it asks for
 
 
 def command_validator(name: str) -> CommandValidator:
