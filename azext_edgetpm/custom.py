@@ -501,9 +501,9 @@ def reprovision(cmd, host=None,  # pylint: disable=too-many-locals
             outcomes = fleet.run(op.identify_pipeline(), services, skip=finished)
             found = {o.key: fleet.journal.record(o.key)["steps"]["identify"]["registrationId"]
                      for o in outcomes if o.status == "done"}
-            todo = {k: r for k, r in found.items()
-                    if (fleet.journal.record(k).get("steps") or {}).get("enrollment", {}).get("status")
-                    not in ("ok", "changed")}
+            recorded = {k: (fleet.journal.record(k).get("steps") or {}).get("enrollment") or {} for k in found}
+            todo = {k: r for k, r in found.items()   # (an entry of another registration ID is not this device's)
+                    if recorded[k].get("status") not in ("ok", "changed") or recorded[k].get("registrationId") != r}
             for rid, entry in op.enrollment_changes(services, sorted(set(todo.values()))).items():
                 for key in [k for k, r in todo.items() if r == rid]:
                     fleet.journal.step(key, "enrollment", entry)

@@ -123,7 +123,8 @@ class Demo:
 
     def login(self, dps):
         self.say("\n== az login with a service principal, against the emulator registered as a cloud")
-        self.az("cloud", "register", "-n", dps["cloud_name"], "--endpoint-resource-manager", dps["arm_endpoint"])
+        # (with the cloud's IoT Hub and DPS domains, which the product checks hub and DPS host names against)
+        self.az("cloud", "register", "-n", dps["cloud_name"], "--cloud-config", json.dumps(dps["cloud_config"]))
         self.az("cloud", "set", "-n", dps["cloud_name"])
         secret_file = os.path.join(self.dir, "sp-secret")
         fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

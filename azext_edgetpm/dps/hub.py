@@ -6,6 +6,9 @@ DPS never deletes what it created in a hub. `delete_device_identity` does, when 
 never fails the caller: a hub that cannot be reached, or an identity without the right to
 delete there, leaves the identity where it is, and the `Change` says so (status `left`) with
 the reason; the command that removes it is `removal_command()`.
+
+A hub's host name is checked (dps/hosts.py: a DNS name in the cloud's IoT Hub domain) before a
+client, and so a URL or a token, is made for it; a host that fails raises a UserInputError.
 """
 import threading
 import urllib.parse
@@ -48,10 +51,12 @@ def _error_code(response) -> Optional[str]:
 class HubClient:
     """Device identities of one IoT hub (`host`: its host name, e.g. my-hub.azure-devices.net)."""
 
-    def __init__(self, host: str, credential, cli_ctx=None, retry_total: int = 3, transport=None):
+    def __init__(self, host: str, credential, cli_ctx=None, retry_total: int = 3, transport=None,
+                 source: str = "the hub DPS assigned"):
         from azure.core.pipeline.policies import BearerTokenCredentialPolicy
         from azext_edgetpm.dps.client import pipeline_client
-        self.host = host
+        from azext_edgetpm.dps.hosts import HUB, check
+        self.host = check(host, HUB, cli_ctx, source)   # never a URL of an unchecked host
         self._client = pipeline_client(
             f"https://{host}", BearerTokenCredentialPolicy(credential, IOTHUB_SCOPE), cli_ctx=cli_ctx,
             retry_total=retry_total, retry_backoff_factor=0.5, retry_connect=1, connection_timeout=10,
@@ -122,16 +127,18 @@ class HubClients:
         self._clients: Dict[str, HubClient] = {}
         self._lock = threading.Lock()
 
-    def client(self, host: str) -> HubClient:
+    def client(self, host: str, source: str = "the hub DPS assigned") -> HubClient:
+        """The client of `host`, checked first (a UserInputError, before any credential is asked for)."""
+        from azext_edgetpm.dps.hosts import HUB, check
+        key = check(host, HUB, self._cli_ctx, source)
         with self._lock:
-            key = host.lower()
             if key not in self._clients:
                 if self._credential is None:
                     try:
                         self._credential = self._credential_source()
                     except Exception as exc:  # pylint: disable=broad-except  # e.g. not logged in: said, not raised
                         raise HubCallError(f"no az login to reach the IoT hub with: {exc}", status=401) from exc
-                self._clients[key] = self._make(host, self._credential, cli_ctx=self._cli_ctx)
+                self._clients[key] = self._make(key, self._credential, cli_ctx=self._cli_ctx)
             return self._clients[key]
 
     def close(self):
@@ -143,10 +150,11 @@ class HubClients:
 
 def delete_device_identity(clients: HubClients, hub: str, device_id: str, dry_run: bool = False) -> Change:
     """Delete `device_id` in `hub`: ok (not there), changed (deleted), would-change (dry run), or
-    left (with the reason) when the hub cannot be reached or refuses."""
+    left (with the reason) when the hub cannot be reached or refuses. A hub host outside the
+    cloud's IoT Hub domain raises (dps/hosts.py), before anything is sent."""
     data = {"hub": hub, "deviceId": device_id}
     try:
-        client = clients.client(hub)
+        client = clients.client(hub)   # (a UserInputError passes through: a host refused is not "left")
         if dry_run:
             found = client.get_device(device_id)
             if found is None:

@@ -2,14 +2,17 @@
 record deleted, and on the device IoT Edge stopped and its configuration reset (optionally
 uninstalled), as a per-device pipeline that one device and a fleet share.
 
-identify -> enrollment -> registration [-> hub] -> device. The cloud side comes first, so that a device
+identify -> enrollment [-> hub] -> registration -> device. The cloud side comes first, so that a device
 that cannot be reached still gets it (unless require_device); every step reads the current
 state and changes only what differs, so a re-run after an interruption finishes the work and
 does nothing twice. With `hubs` (--delete-hub-device) the hub step deletes the device's identity in
-the IoT hub DPS assigned it to (known from the registration record, or from the enrollment's
-registration state when deleting the enrollment took the record with it); a hub that cannot be
-reached, or refuses, leaves it there without failing the device (status `left`, said in `remains`),
-and a resumed run tries it again.
+the IoT hub DPS assigned it to, as DPS says it now (its registration record, or the enrollment's
+registration state this run read before deleting the enrollment took the record with it), never
+as a state file says; a hub that cannot be reached, or refuses, leaves it there without failing
+the device (status `left`, said in `remains`), and the registration record is then kept (`kept`)
+so that a resumed run can confirm the hub from DPS, try again, and delete the record after.
+With --mode delete the record goes with the enrollment: a hub identity left then is named in
+`remains`, and a resumed run cannot confirm it any more (it says so and deletes nothing).
 """
 from dataclasses import dataclass, field
 from typing import List, Optional
@@ -19,7 +22,9 @@ from azext_edgetpm.operations.lifecycle import (
 from azext_edgetpm.operations.pipeline import CHANGED, OK, DeviceOutcome, Step, outcome_fields
 
 MODES = ("disable", "delete")
-STEP_NAMES = ("identify", "enrollment", "registration", "hub", "device")
+STEP_NAMES = ("identify", "enrollment", "hub", "registration", "device")
+LEFT = "left"   # dps.hub.LEFT: a hub identity not deleted (the hub out of reach, or refusing)
+KEPT = "kept"   # the registration record, while the hub identity is left (a resumed run confirms the hub from it)
 
 
 @dataclass
@@ -46,11 +51,9 @@ class _CloudStep(Step):
         raise NotImplementedError
 
     def reuse(self, ctx, recorded):
-        if (recorded.get("registrationId") != ctx.data.get("registration_id")
-                or recorded.get("mode") != ctx.services.mode):
-            return False
-        ctx.data[self.name] = recorded      # what the hub step needs: where the device was assigned
-        return True
+        # (what the entry says of DPS is not restored: the hub step asks DPS itself)
+        return (recorded.get("registrationId") == ctx.data.get("registration_id")
+                and recorded.get("mode") == ctx.services.mode)
 
     def run(self, ctx):
         entry = self.change(ctx)
@@ -73,8 +76,15 @@ class EnrollmentStep(_CloudStep):
 class RegistrationStep(_CloudStep):
     name = "registration"
 
+    def reuse(self, ctx, recorded):
+        return recorded.get("status") != KEPT and super().reuse(ctx, recorded)
+
     def change(self, ctx):
         from azext_edgetpm.dps import lifecycle
+        if (ctx.data.get("hub") or {}).get("status") == LEFT and not ctx.services.dry_run:
+            return {"status": KEPT, "registrationId": rid(ctx), "mode": ctx.services.mode,
+                    "detail": "registration record kept while the hub identity is left (a re-run confirms the "
+                              "hub from it, then deletes it)"}
         change = lifecycle.delete_registration_state(ctx.services.client, rid(ctx), dry_run=ctx.services.dry_run)
         return {"status": _status(change), "detail": change.detail, "registrationId": rid(ctx),
                 "mode": ctx.services.mode, "registration": change.data.get("registration")}
@@ -89,8 +99,20 @@ def _assignment(data: dict) -> dict:
     return {}
 
 
+def _recorded_assignment(record: dict) -> dict:
+    """What the journal says of the assignment (compared with DPS's answer, never acted on)."""
+    steps = record.get("steps") or {}
+    hub = steps.get("hub") or {}
+    if hub.get("hub") and hub.get("deviceId"):
+        return {"assignedHub": hub["hub"], "deviceId": hub["deviceId"]}
+    return _assignment(steps)
+
+
 class HubStep(Step):
-    """The device's identity in its IoT hub deleted (--delete-hub-device), after the DPS side."""
+    """The device's identity in its IoT hub deleted (--delete-hub-device), after the enrollment is
+    disabled or deleted (so the device cannot register again) and before the registration record
+    goes. The hub and device ID are DPS's answer: the registration record read now, else the
+    enrollment's registration state this run's enrollment step read; the journal's are only compared."""
     name = "hub"
 
     def reuse(self, ctx, recorded):
@@ -98,22 +120,40 @@ class HubStep(Step):
 
     def run(self, ctx):
         from azext_edgetpm.dps.hub import delete_device_identity
-        assigned = _assignment(ctx.data)
+        from azext_edgetpm.dps.lifecycle import registration_summary
+        from azext_edgetpm.operations.lifecycle import mismatch
+        record = registration_summary(ctx.services.client.find_registration(rid(ctx)))
+        assigned = _assignment({"registration": {"registration": record}, "enrollment": ctx.data.get("enrollment")})
+        journal = _recorded_assignment(ctx.record)
+        entry = {"registrationId": rid(ctx)}
+        said = (journal.get("assignedHub"), journal.get("deviceId"))
+        if journal and assigned and said != (assigned["assignedHub"], assigned["deviceId"]):
+            entry["stateMismatch"] = mismatch(ctx, "hub identity", f"{said[1]} in {said[0]}",
+                                              f"{assigned['deviceId']} in {assigned['assignedHub']}", "DPS")
         if not assigned:
-            return {"status": OK, "registrationId": rid(ctx), "identity": "unknown",
-                    "detail": "no hub identity known (DPS has no registration record of the device)"}
+            detail = "no hub identity known (DPS has no registration record of the device)"
+            if journal:
+                detail = (f"DPS no longer records where the device was assigned; the state file names the device "
+                          f"identity {said[1]!r} in {said[0]!r}, which is not trusted without DPS: nothing deleted")
+            return dict(entry, status=OK, identity="unknown", detail=detail,
+                        unconfirmed={"hub": said[0], "deviceId": said[1]} if journal else None)
         change = delete_device_identity(ctx.services.hubs, assigned["assignedHub"], assigned["deviceId"],
                                         dry_run=ctx.services.dry_run)
         identity = {"ok": "already gone", "changed": "deleted", "would-change": "would delete"}.get(change.status,
                                                                                                   change.status)
-        return {"status": change.status, "detail": change.detail, "registrationId": rid(ctx), "identity": identity,
-                "hub": assigned["assignedHub"], "deviceId": assigned["deviceId"], "reason": change.data.get("reason")}
+        detail = change.detail + (f"; {entry['stateMismatch']}" if entry.get("stateMismatch") else "")
+        entry.update(status=change.status, detail=detail, identity=identity, hub=assigned["assignedHub"],
+                     deviceId=assigned["deviceId"], reason=change.data.get("reason"))
+        ctx.data[self.name] = entry
+        return entry
 
 
 class DeviceStep(Step):
     name = "device"
 
     def reuse(self, ctx, recorded):
+        if recorded.get("registrationId") != ctx.data.get("registration_id"):
+            return False                          # (another device's record, or one of an older version)
         if recorded.get("status") == SKIPPED:     # --keep-device then; maybe not now
             return ctx.services.keep_device
         return bool(recorded.get("uninstalled")) or not ctx.services.uninstall
@@ -121,7 +161,7 @@ class DeviceStep(Step):
     def run(self, ctx):
         from azext_edgetpm.edge.deprovision import DeprovisionSettings, deprovision
         if ctx.services.keep_device:
-            return {"status": SKIPPED, "detail": "left alone (--keep-device)"}
+            return {"status": SKIPPED, "detail": "left alone (--keep-device)", "registrationId": rid(ctx)}
         try:
             session = ctx.session()
         except Exception as exc:  # pylint: disable=broad-except  # recorded: the device was not reached
@@ -138,12 +178,13 @@ class DeviceStep(Step):
         status = WOULD_CHANGE if report["wouldChange"] else CHANGED if report["changed"] else OK
         details = [f"{s['name']}: {s['detail']}" for s in report["steps"] if s["status"] != "skipped"]
         return {"status": status, "steps": steps, "detail": "; ".join(details) or "nothing to do",
-                "configBackup": report.get("configBackup"), "uninstalled": ctx.services.uninstall}
+                "configBackup": report.get("configBackup"), "uninstalled": ctx.services.uninstall,
+                "registrationId": rid(ctx)}
 
 
 def pipeline(require_device: bool = False, delete_hub_device: bool = False) -> List[Step]:
-    return [ResolveStep(derive=True, needs_device=require_device), EnrollmentStep(), RegistrationStep(),
-            *([HubStep()] if delete_hub_device else []), DeviceStep()]
+    return [ResolveStep(derive=True, needs_device=require_device), EnrollmentStep(),
+            *([HubStep()] if delete_hub_device else []), RegistrationStep(), DeviceStep()]
 
 
 def finished(record: dict, services: DeprovisionServices) -> bool:
@@ -152,7 +193,7 @@ def finished(record: dict, services: DeprovisionServices) -> bool:
     if record.get("status") != "done":
         return False
     hub = (record.get("steps") or {}).get("hub") or {}
-    return services.hubs is None or hub.get("status") != "left"
+    return services.hubs is None or hub.get("status") != LEFT
 
 
 @dataclass
@@ -209,12 +250,13 @@ def result_from_record(host: str, record: dict, outcome: str, services: Deprovis
         result.device = ("not reached" if failed_at == "identify" or step("device").get("reached") is False else
                          "not finished" if failed_at == "device" else "not started")
     if not planned:
-        result.remains = _remains(result, step("device"), done("enrollment"), done("registration"), hub_step)
+        result.remains = _remains(result, step("device"), done("enrollment"), done("registration"), hub_step,
+                                  step("registration").get("status"))
     return result
 
 
-def _remains(result: DeprovisionResult, device_step: dict, enrollment_done: bool, registration_done: bool,
-             hub_step: dict) -> list:
+def _remains(result: DeprovisionResult, device_step: dict, enrollment_done: bool,  # pylint: disable=too-many-arguments
+             registration_done: bool, hub_step: dict, registration_status: Optional[str] = None) -> list:
     """What is still there after this run, side by side (cloud, hub, device)."""
     out = []
     rid_text = result.registration_id or "the device's registration ID"
@@ -222,8 +264,15 @@ def _remains(result: DeprovisionResult, device_step: dict, enrollment_done: bool
         out.append(f"DPS: the enrollment {rid_text} is unchanged (the run stopped before it)")
     elif result.mode == "disable":
         out.append(f"DPS: the enrollment {rid_text}, disabled (--mode delete removes it)")
-    if not registration_done:
+    if registration_status == KEPT:
+        out.append(f"DPS: the registration record of {rid_text}, kept while the hub identity is left (a re-run "
+                   "confirms the hub from it, deletes the identity, then the record)")
+    elif not registration_done:
         out.append(f"DPS: the registration record of {rid_text} (the run stopped before it)")
+    unconfirmed = hub_step.get("unconfirmed") or {}
+    if unconfirmed.get("hub"):
+        out.append(f"IoT hub: maybe the device identity {unconfirmed.get('deviceId')!r} in {unconfirmed['hub']!r}, "
+                   "as the state file says; DPS no longer confirms it, so nothing was deleted (check it in the hub)")
     if result.assigned_hub and result.device_id and result.hub_identity not in ("deleted", "already gone"):
         from azext_edgetpm.dps.hub import removal_command
         why = ("DPS never deletes it; --delete-hub-device does" if result.hub_identity == "kept" else

@@ -4,13 +4,20 @@ finds its registration ID, and the steps that make it register again and check t
 The steps run in the per-device pipeline of operations/pipeline.py (one device, or a fleet
 through fleet/runner.py with its journal): each records what a resumed run needs, and a step
 recorded as done for the same registration ID is not run again.
+
+The journal (--state) is a record of what was done, never the authority for what to do next:
+the registration ID is always read from its source (the inventory row or argument, else the
+device's config.toml or EK), never restored from the journal; a journal record naming another
+ID is not this device's record and is set aside (the device runs as without it, and its
+result says so: `stateMismatch`); when the source cannot be read (the device out of reach and
+no ID in the row), the device stops with an error naming the journal's value.
 """
 import hashlib
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from azext_edgetpm.errors import ConflictError, DeviceError, MissingInputError, NotFoundError, option
+from azext_edgetpm.errors import ConflictError, DeviceError, EdgeTpmError, MissingInputError, NotFoundError, option
 from azext_edgetpm.operations.pipeline import CHANGED, OK, Step
 
 WOULD_CHANGE, SKIPPED = "would-change", "skipped"
@@ -68,18 +75,37 @@ class ResolveStep(Step):
         self.derive, self.needs_device = derive, needs_device
 
     def reuse(self, ctx, recorded):
-        if not recorded.get("registrationId") or self.needs_device:
+        # Only an ID this run read from its source (reprovision's two phases); never the journal's alone.
+        confirmed = getattr(ctx.services, "confirmed", None) or {}
+        if self.needs_device or not confirmed.get(ctx.key) or confirmed[ctx.key] != recorded.get("registrationId"):
             return False
-        if ctx.job.registration_id and ctx.job.registration_id.lower() != recorded["registrationId"]:
-            return False
-        ctx.data["registration_id"] = recorded["registrationId"]
+        ctx.data["registration_id"] = confirmed[ctx.key]
         return True
 
     def run(self, ctx):
+        recorded = ((ctx.record.get("steps") or {}).get(self.name) or {}).get("registrationId")
+        found, source = self._from_source(ctx, recorded)
+        ctx.data["registration_id"] = found
+        entry = {"status": OK, "registrationId": found, "source": source, "detail": f"from {source}"}
+        if recorded and str(recorded).lower() != found:
+            entry["stateMismatch"] = set_aside(ctx, self.name, "registration ID", recorded, found, source)
+            entry["detail"] += f"; {entry['stateMismatch']}"
+        confirmed = getattr(ctx.services, "confirmed", None)
+        if confirmed is not None:
+            confirmed[ctx.key] = found
+        return entry
+
+    def _from_source(self, ctx, recorded):
         if ctx.job.registration_id and not self.needs_device:
-            ctx.data["registration_id"] = ctx.job.registration_id.lower()
-            return {"status": OK, "registrationId": rid(ctx), "source": "argument", "detail": "given"}
-        session = ctx.session()
+            return ctx.job.registration_id.lower(), "argument"
+        try:
+            session = ctx.session()
+        except EdgeTpmError as exc:
+            if recorded and not ctx.job.registration_id:
+                exc.prefix(f"The state file names the registration ID {recorded!r} for {ctx.job.host}, which only the "
+                           "device can confirm (a state file is not trusted to name an enrollment; to act without the "
+                           f"device, give its ID in the inventory's registration_id or {option('registration_id')}): ")
+            raise
         if ctx.job.registration_id:
             found, source = ctx.job.registration_id.lower(), "argument"
         else:
@@ -94,8 +120,23 @@ class ResolveStep(Step):
                 f"Give the enrollment's registration ID ({option('registration_id')}, or registration_id in the "
                 "inventory).",
                 "registration_id")
-        ctx.data["registration_id"] = found
-        return {"status": OK, "registrationId": found, "source": source, "detail": f"from {source}"}
+        return found, source
+
+
+def set_aside(ctx, step_name: str, what: str, recorded, found, source: str) -> str:
+    """The journal's record of this device names another `what` than its source: it is not this
+    device's record (addresses changed, another run's file, or a tampered one). Its steps are
+    forgotten for this run (none is reused) and the note says both values."""
+    steps = ctx.record.get("steps")
+    if isinstance(steps, dict):
+        for name in [n for n in steps if n != step_name]:
+            del steps[name]          # (in place: the runner reads this dict for the steps after this one)
+    return mismatch(ctx, what, recorded, found, source) + ": that record is not this device's and was not used"
+
+
+def mismatch(ctx, what: str, recorded, found, source: str) -> str:
+    """The note of a journal value its source contradicts (both named; the source's is the one acted on)."""
+    return f"the state file's record of {ctx.job.host} names the {what} {recorded!r}, the {source} says {found!r}"
 
 
 class ReregisterStep(Step):
@@ -104,10 +145,8 @@ class ReregisterStep(Step):
     name = "reregister"
 
     def reuse(self, ctx, recorded):
-        if recorded.get("registrationId") != ctx.data.get("registration_id"):
-            return False
-        ctx.data["assignment"] = recorded
-        return True
+        # (done by an earlier run: the verify step then compares with DPS's record, not the journal's)
+        return recorded.get("registrationId") == ctx.data.get("registration_id")
 
     def run(self, ctx):
         from azext_edgetpm.dps.registration import wait_for_assignment
@@ -144,6 +183,8 @@ class VerifyStep(Step):
         if ctx.services.dry_run:
             return {"status": SKIPPED, "detail": "dry run"}
         wanted = (ctx.data.get("assignment") or {}).get("assignedHub")
+        if not wanted:  # registered in an earlier run: DPS's record says where, not the journal
+            wanted = (ctx.services.client.find_registration(rid(ctx)) or {}).get("assignedHub")
         session = ctx.session()
         deadline = time.monotonic() + ctx.services.timeout
         while True:  # the runtime may report its new assignment a little after DPS made it

@@ -64,6 +64,7 @@ class DeviceOutcome:
     failed_step: Optional[str] = None
     skipped: bool = False                # finished by an earlier run (--state)
     seconds: float = 0.0
+    state_mismatch: List[str] = field(default_factory=list)   # journal values their source contradicted
 
     def details(self) -> dict:
         return {}
@@ -71,7 +72,8 @@ class DeviceOutcome:
     def to_output(self) -> dict:
         return {"host": self.host, "status": self.status, "registrationId": self.registration_id, **self.details(),
                 "failedStep": self.failed_step, "error": self.error, "recommendation": self.recommendation,
-                "doneEarlier": self.skipped, "seconds": round(self.seconds, 1), "steps": self.steps}
+                "doneEarlier": self.skipped, "seconds": round(self.seconds, 1), "steps": self.steps,
+                **({"stateMismatch": list(self.state_mismatch)} if self.state_mismatch else {})}
 
 
 def outcome_fields(host: str, record: dict, outcome: str, step_names, ok_status: str, dry_run: bool = False,
@@ -83,7 +85,9 @@ def outcome_fields(host: str, record: dict, outcome: str, step_names, ok_status:
     fields = {"host": host, "status": status, "registration_id": (steps.get("identify") or {}).get("registrationId"),
               "steps": [{"name": n, "status": steps[n].get("status"), "seconds": steps[n].get("seconds"),
                          "detail": steps[n].get("detail")} for n in step_names if n in steps],
-              "skipped": outcome == "skipped", "seconds": seconds}
+              "skipped": outcome == "skipped", "seconds": seconds,
+              "state_mismatch": [steps[n]["stateMismatch"] for n in step_names
+                                 if n in steps and steps[n].get("stateMismatch")]}
     if status not in (ok_status, "planned"):
         fields.update(error=record.get("error"), recommendation=record.get("recommendation"),
                       failed_step=record.get("failedStep"))

@@ -43,6 +43,7 @@ class ReprovisionServices:
     timeout: float = 300.0
     wait_interval: float = 2.0
     budget: object = None
+    confirmed: dict = field(default_factory=dict)   # device key -> the registration ID this run read from its source
 
 
 class EnrollmentStep(Step):

@@ -39,7 +39,12 @@ log = logging.getLogger("devkit.dps")
 ARM_AUDIENCE = "https://management.azure.local/"
 PUBLIC_ARM_AUDIENCES = ("https://management.core.windows.net/", "https://management.azure.com/")
 CLOUD_NAME = "DevkitEmulator"
-DEFAULT_HUBS = ("hub-devkit-1.azure-devices.net", "hub-devkit-2.azure-devices.net")
+# The IoT Hub and DPS domains of the dev kit's cloud, as a sovereign cloud has its own (azure-devices.us, ...):
+# `cloud_config()` registers them in az's cloud configuration with the cloud (suffixes iotHubDns, iotDpsDns),
+# where the product reads a cloud's IoT domains (azext_edgetpm/dps/hosts.py).
+HUB_DOMAIN = "azure-devices.devkit.local"
+DPS_DOMAIN = "azure-devices-provisioning.devkit.local"
+DEFAULT_HUBS = (f"hub-devkit-1.{HUB_DOMAIN}", f"hub-devkit-2.{HUB_DOMAIN}")
 DEFAULT_POLICIES = {
     "provisioningserviceowner": ["ServiceConfig", "DeviceConnect", "EnrollmentWrite"],
     "enrollmentread": ["EnrollmentRead"],
@@ -264,7 +269,8 @@ class Emulator:
     def service_host_aliases(self, request_host: str = "") -> List[str]:
         """Names a SAS ``sr`` may carry for the service API (with and without the port)."""
         port = self.port
-        names = [f"{self.dps_name}.azure-devices-provisioning.net", "127.0.0.1", "localhost", *self.host_ips]
+        names = [f"{self.dps_name}.azure-devices-provisioning.net", self.dps_host_name, "127.0.0.1", "localhost",
+                 *self.host_ips]
         out = [self.service_host, request_host] if request_host else [self.service_host]
         for n in names:
             out += [f"{n}:{port}", n]
@@ -275,6 +281,7 @@ class Emulator:
             "127.0.0.1", *self.host_ips, "localhost",
             f"{self.dps_name}.azure-devices-provisioning.net",
             "global.azure-devices-provisioning.net",
+            self.dps_host_name,
             "management.azure.local", "login.azure.local",
             *self.store.hub_names(),
             *self.extra_names,
@@ -287,6 +294,17 @@ class Emulator:
     def www_authenticate(self) -> str:
         return (f'Bearer authorization_uri="{self.identity_endpoint}/{self.tenant}", '
                 f'error="invalid_token", error_description="The authentication failed"')
+
+    @property
+    def dps_host_name(self) -> str:
+        """The service API's DNS name in the dev kit's DPS domain (served on the hub listener's :443)."""
+        return f"{self.dps_name}.{DPS_DOMAIN}"
+
+    def cloud_config(self) -> Dict[str, Any]:
+        """`az cloud register -n <cloud_name> --cloud-config <this JSON>`: ARM's endpoint (the rest comes
+        from its metadata) and the cloud's IoT Hub and DPS domains, which ARM's metadata has no field for."""
+        return {"endpoints": {"resourceManager": self.arm_endpoint},
+                "suffixes": {"iotHubDns": HUB_DOMAIN, "iotDpsDns": DPS_DOMAIN}}
 
     def cloud_metadata(self) -> Dict[str, Any]:
         """ARM's ``/metadata/endpoints`` document (2022-09-01 shape) describing this cloud."""
@@ -465,6 +483,8 @@ class Emulator:
             "identity_endpoint": self.identity_endpoint,
             "dps_audience": DPS_AUDIENCE,
             "cloud_name": self.cloud_name,
+            "cloud_config": self.cloud_config(),
+            "dps_host_name": self.dps_host_name,
             "subscription": self.subscription,
             "tenant": self.tenant,
             "resource_group": self.resource_group,

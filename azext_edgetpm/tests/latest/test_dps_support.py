@@ -6,6 +6,7 @@ API, ARM and an Entra ID-like identity endpoint. The ARM path logs in for real: 
 register` with the emulator's ARM endpoint, then `az login --service-principal`.
 """
 import base64
+import json
 import os
 import subprocess
 import sys
@@ -101,7 +102,8 @@ class ArmLogin:
     def __init__(self, env: EmulatorEnv):
         s = env.section
         self.cloud = s["cloud_name"]
-        ok("cloud", "register", "-n", self.cloud, "--endpoint-resource-manager", s["arm_endpoint"])
+        # (--cloud-config: ARM's endpoint and the cloud's IoT Hub and DPS domains, as for a sovereign cloud)
+        ok("cloud", "register", "-n", self.cloud, "--cloud-config", json.dumps(s["cloud_config"]))
         # MSAL would otherwise ask login.microsoftonline.com whether the custom authority is known.
         ok("config", "set", "core.instance_discovery=false")
         ok("cloud", "set", "-n", self.cloud)
