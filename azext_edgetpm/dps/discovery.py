@@ -7,7 +7,8 @@
   read: requests carry an Entra ID bearer token of the `az login` identity for the DPS service.
 - `--login <connection string>`: no ARM call; host and key come from the string.
 - `--login <connection string or host name> --auth-type login`: only the host is used, with a
-  bearer token.
+  bearer token; it must be a DNS name in the cloud's DPS domain (dps/hosts.py), as the token
+  goes there.
 
 The ID scope and endpoints come from the resource (properties.idScope,
 serviceOperationsHostName, deviceProvisioningHostName), never from the user; a connection
@@ -139,6 +140,10 @@ def _target_from_login(cmd, login: str, auth_type: str) -> DpsTarget:
             "Pass HostName=<dps>.azure-devices-provisioning.net;SharedAccessKeyName=...;SharedAccessKey=... "
             f"with ';' between the pairs (or @file); to name the DPS resource instead, use {option('dps_name')}.")
     if auth_type == "login":
+        # The az login's token goes where this names: a DNS name in the cloud's DPS domain only. (A key's
+        # SAS token names its host in `sr`, so no other host could use it; ARM's answer is ARM's.)
+        from azext_edgetpm.dps.hosts import dps_login_host
+        host = dps_login_host(host, getattr(cmd, "cli_ctx", None))
         return DpsTarget(host=host, auth_type="login", credential=bearer_credential(cmd),
                          source="connection-string", name=host.split(".")[0])
     if not parts or not parts.get("sharedaccesskey"):

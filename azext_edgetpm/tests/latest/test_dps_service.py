@@ -2,6 +2,7 @@
 the three ways to reach a DPS, idempotent create, conflicts and the etag guard, paging, bulk,
 throttling and injected server errors, DPS-shaped errors, and secrets kept out of output and logs."""
 import glob
+import json
 import os
 import re
 import subprocess
@@ -97,7 +98,7 @@ def test_arm_unreachable_or_no_az_login_is_one_clear_error(dps, arm_login, tmp_p
     assert "Traceback" not in proc.stderr
 
 
-def test_entra_id_bearer_token_with_local_auth_disabled(dps, arm_login):
+def test_entra_id_bearer_token_with_local_auth_disabled(dps, arm_login, tmp_path):
     s = dps.section
     dps.emu.configure(local_auth_disabled=True)
     try:
@@ -108,11 +109,24 @@ def test_entra_id_bearer_token_with_local_auth_disabled(dps, arm_login):
         created = ok("edge-tpm", "enrollment", "create", *dps.arm, "--auth-type", "login",
                      "--endorsement-key", rsa_ek(3), "--registration-id", "aad-dev-1").out
         assert created["result"] == "created"
-        # --login with only the host name and a bearer token: no ARM at all
-        arm_before = dps.count("arm.requests")
-        shown = ok("edge-tpm", "enrollment", "show", "--login", s["service_host"], "--auth-type", "login",
-                   "--enrollment-id", "aad-dev-1").out
-        assert shown["etag"] == created["etag"] and dps.count("arm.requests") == arm_before
+        # --login with only the host name and a bearer token: no ARM at all. The token goes to a DNS name
+        # in the cloud's DPS domain only (the dev kit's cloud registers its own, as a sovereign cloud has)
+        arm_before, requests_before = dps.count("arm.requests"), dps.count("service.requests")
+        for host in (s["service_host"], "127.0.0.1", f"{s['dps_name']}.azure-devices-provisioning.net"):
+            refused = az("edge-tpm", "enrollment", "show", "--login", host, "--auth-type", "login",
+                         "--enrollment-id", "aad-dev-1")
+            assert type(refused.error).__name__ == "InvalidArgumentValueError", (host, refused.message)
+            assert "no request is sent" in refused.message and "az cloud" in refused.recommendation
+        assert dps.count("service.requests") == requests_before
+        if "hub_ip" in s:   # (root: the service API on :443 of an address a child process resolves the name to)
+            from devkit.dps.testing import resolving_prefix
+            prefix = resolving_prefix([s["dps_host_name"]], s["hub_ip"], str(tmp_path))
+            proc = subprocess.run([*prefix, sys.executable, "-m", "azure.cli", "edge-tpm", "enrollment", "show",
+                                   "--login", s["dps_host_name"], "--auth-type", "login", "--enrollment-id",
+                                   "aad-dev-1", "-o", "json"], capture_output=True, text=True, timeout=120,
+                                  env=dict(os.environ), check=False)
+            assert proc.returncode == 0, proc.stderr[-2000:]
+            assert json.loads(proc.stdout)["etag"] == created["etag"] and dps.count("arm.requests") == arm_before
     finally:
         dps.emu.configure(local_auth_disabled=False)
 

@@ -129,7 +129,8 @@ def az_subprocess(*args, timeout=120):
 
 @pytest.fixture(scope="module")
 def dps(tmp_path_factory):
-    env = EmulatorEnv(start_emulator(tmp_path_factory.mktemp("dps")))
+    # (as root, the service API also on <address>:443, where a child process resolves the DPS's DNS name)
+    env = EmulatorEnv(start_emulator(tmp_path_factory.mktemp("dps"), hub_address="auto" if os.geteuid() == 0 else None))
     try:
         yield env
     finally:

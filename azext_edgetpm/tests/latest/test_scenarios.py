@@ -127,10 +127,12 @@ class ConfiguredDpsScenarioTest(ScenarioTest):
         self.kwargs.update({"eid": "configured-1", "ek": rsa_ek(931)})
         self.cmd("az edge-tpm enrollment create --eid {eid} --ek {ek}", env=env,
                  checks=[self.check("registrationId", "{eid}")])
-        # azure-iot's `az configure --defaults iotdps-data-auth-type=login`: the host name alone is enough then.
+        # azure-iot's `az configure --defaults iotdps-data-auth-type=login`: the host name alone is enough then,
+        # as a DNS name in the cloud's DPS domain (the emulator's address is refused before any request).
         self.kwargs["host"] = section["connection_string"].split(";")[0].split("=", 1)[1]
-        self.cmd("az edge-tpm enrollment show --eid {eid} --login {host}",
-                 env={"AZURE_DEFAULTS_IOTDPS-DATA-AUTH-TYPE": "login"}, checks=[self.check("registrationId", "{eid}")])
+        bearer = self.cmd("az edge-tpm enrollment show --eid {eid} --login {host}",
+                          env={"AZURE_DEFAULTS_IOTDPS-DATA-AUTH-TYPE": "login"}, expect_failure=True)
+        assert "not a DNS name alone" in str(bearer.error)
         without = self.cmd("az edge-tpm enrollment show --eid {eid} --login {host}", expect_failure=True)
         assert "no SharedAccessKey" in str(without.error)
 
