@@ -58,7 +58,7 @@ def register_hint(cloud_name: str) -> str:
             f"`az cloud update -n {cloud_name} --cloud-config '{{\"suffixes\": {{{example}}}}}'`.")
 
 
-def check(host, kind: str, cli_ctx, source: str, field: Optional[str] = None, show: bool = True) -> str:
+def check(host, kind: str, cli_ctx, source: str, *, field: Optional[str] = None, show: bool = True) -> str:
     """`host` (lowercased) when it is a DNS name inside the cloud's `kind` domain; else a
     UserInputError saying where it came from (`source`). `show=False` keeps the value out of the
     message (a mangled connection string may hold a key)."""
@@ -66,11 +66,11 @@ def check(host, kind: str, cli_ctx, source: str, field: Optional[str] = None, sh
     name, suffix = domain(cli_ctx, kind)
     shown = repr(text[:120]) if show else "the value"
     if not is_dns_name(text):
+        example = suffix or KNOWN_DOMAINS["azurecloud"][0 if kind == HUB else 1]
         raise UserInputError(
             f"The {kind} host {shown} ({source}) is not a DNS name alone (no port, path, user or address may be "
             "part of it); no request is sent to it.",
-            f"An {kind} is addressed by its host name, e.g. <name>.{suffix or KNOWN_DOMAINS['azurecloud'][0 if kind == HUB else 1]}.",
-            field)
+            f"An {kind} is addressed by its host name, e.g. <name>.{example}.", field)
     if suffix is None:
         raise UserInputError(
             f"The {kind} host {shown} ({source}) cannot be checked: the cloud {name!r} az is set to has no "

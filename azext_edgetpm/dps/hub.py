@@ -51,7 +51,7 @@ def _error_code(response) -> Optional[str]:
 class HubClient:
     """Device identities of one IoT hub (`host`: its host name, e.g. my-hub.azure-devices.net)."""
 
-    def __init__(self, host: str, credential, cli_ctx=None, retry_total: int = 3, transport=None,
+    def __init__(self, host: str, credential, cli_ctx=None, retry_total: int = 3, transport=None, *,
                  source: str = "the hub DPS assigned"):
         from azure.core.pipeline.policies import BearerTokenCredentialPolicy
         from azext_edgetpm.dps.client import pipeline_client

@@ -129,7 +129,7 @@ class HubStep(Step):
         said = (journal.get("assignedHub"), journal.get("deviceId"))
         if journal and assigned and said != (assigned["assignedHub"], assigned["deviceId"]):
             entry["stateMismatch"] = mismatch(ctx, "hub identity", f"{said[1]} in {said[0]}",
-                                              f"{assigned['deviceId']} in {assigned['assignedHub']}", "DPS")
+                                              f"{assigned['deviceId']} in {assigned['assignedHub']}", source="DPS")
         if not assigned:
             detail = "no hub identity known (DPS has no registration record of the device)"
             if journal:
@@ -139,8 +139,8 @@ class HubStep(Step):
                         unconfirmed={"hub": said[0], "deviceId": said[1]} if journal else None)
         change = delete_device_identity(ctx.services.hubs, assigned["assignedHub"], assigned["deviceId"],
                                         dry_run=ctx.services.dry_run)
-        identity = {"ok": "already gone", "changed": "deleted", "would-change": "would delete"}.get(change.status,
-                                                                                                  change.status)
+        words = {"ok": "already gone", "changed": "deleted", "would-change": "would delete"}
+        identity = words.get(change.status, change.status)
         detail = change.detail + (f"; {entry['stateMismatch']}" if entry.get("stateMismatch") else "")
         entry.update(status=change.status, detail=detail, identity=identity, hub=assigned["assignedHub"],
                      deviceId=assigned["deviceId"], reason=change.data.get("reason"))

@@ -7,7 +7,8 @@ recorded as done for the same registration ID is not run again.
 
 The journal (--state) is a record of what was done, never the authority for what to do next:
 the registration ID is always read from its source (the inventory row or argument, else the
-device's config.toml or EK), never restored from the journal; a journal record naming another
+device's config.toml, else its EK: the ID derived from it, or the journal's ID when DPS's
+enrollment of that ID holds this EK), never restored from the journal; a journal record naming another
 ID is not this device's record and is set aside (the device runs as without it, and its
 result says so: `stateMismatch`); when the source cannot be read (the device out of reach and
 no ID in the row), the device stops with an error naming the journal's value.
@@ -88,7 +89,7 @@ class ResolveStep(Step):
         ctx.data["registration_id"] = found
         entry = {"status": OK, "registrationId": found, "source": source, "detail": f"from {source}"}
         if recorded and str(recorded).lower() != found:
-            entry["stateMismatch"] = set_aside(ctx, self.name, "registration ID", recorded, found, source)
+            entry["stateMismatch"] = set_aside(ctx, self.name, "registration ID", recorded, found, source=source)
             entry["detail"] += f"; {entry['stateMismatch']}"
         confirmed = getattr(ctx.services, "confirmed", None)
         if confirmed is not None:
@@ -112,8 +113,11 @@ class ResolveStep(Step):
             found, source = configured_registration_id(session), "config.toml"
         if not found and self.derive:
             from azext_edgetpm.operations.identify import identify
-            found = identify(session, tcti=ctx.job.tcti, create=False, id_format=ctx.job.id_format).registration_id
-            source = "endorsement key"
+            identity = identify(session, tcti=ctx.job.tcti, create=False, id_format=ctx.job.id_format)
+            found, source = identity.registration_id, "endorsement key"
+            if recorded and str(recorded).lower() != found and _holds_key(ctx, str(recorded), identity):
+                # (a custom ID, or a TPM rekeyed: DPS's enrollment of that ID holds this TPM's EK)
+                found, source = str(recorded).lower(), "enrollment holding the device's EK"
         if not found:
             raise MissingInputError(
                 f"{session.target.display} has no registration ID in its IoT Edge configuration.",
@@ -123,7 +127,14 @@ class ResolveStep(Step):
         return found, source
 
 
-def set_aside(ctx, step_name: str, what: str, recorded, found, source: str) -> str:
+def _holds_key(ctx, registration_id: str, identity) -> bool:
+    """Whether DPS's enrollment `registration_id` holds the device's EK (DPS confirms the ID, not the journal)."""
+    from azext_edgetpm.dps.enrollment import same_endorsement_key
+    enrollment = ctx.services.client.find_enrollment(registration_id)
+    return bool(enrollment) and same_endorsement_key(enrollment, identity.endorsement_key)
+
+
+def set_aside(ctx, step_name: str, what: str, recorded, found, *, source: str) -> str:
     """The journal's record of this device names another `what` than its source: it is not this
     device's record (addresses changed, another run's file, or a tampered one). Its steps are
     forgotten for this run (none is reused) and the note says both values."""
@@ -131,10 +142,11 @@ def set_aside(ctx, step_name: str, what: str, recorded, found, source: str) -> s
     if isinstance(steps, dict):
         for name in [n for n in steps if n != step_name]:
             del steps[name]          # (in place: the runner reads this dict for the steps after this one)
-    return mismatch(ctx, what, recorded, found, source) + ": that record is not this device's and was not used"
+    note = mismatch(ctx, what, recorded, found, source=source)
+    return note + ": that record is not this device's and was not used"
 
 
-def mismatch(ctx, what: str, recorded, found, source: str) -> str:
+def mismatch(ctx, what: str, recorded, found, *, source: str) -> str:
     """The note of a journal value its source contradicts (both named; the source's is the one acted on)."""
     return f"the state file's record of {ctx.job.host} names the {what} {recorded!r}, the {source} says {found!r}"
 

@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -30,7 +31,7 @@ SCRIPT = r"""
 import json, sys, requests
 from azure.core.credentials import AccessToken
 from azext_edgetpm.dps.hub import HubClients, delete_device_identity
-hub, device, token, dps_token, ca = sys.argv[1:6]
+hub, device, token, dps_token, ca, cloud_config = sys.argv[1:7]
 url = f"https://{hub}/devices/{device}?api-version=2021-04-12"
 auth = {"Authorization": "Bearer " + token}
 out = {}
@@ -52,7 +53,13 @@ class Token:  # the token the test fetched; the product asks for the IoT Hub sco
     def get_token(self, *scopes, **kwargs):
         assert scopes == ("https://iothubs.azure.net/.default",), scopes
         return AccessToken(token, 2 ** 31)
-clients = HubClients(lambda: Token())
+# The dev kit's cloud in az's cloud configuration (a throwaway AZURE_CONFIG_DIR), with its IoT Hub domain:
+# the product checks a hub's host name against the domain of the cloud az is set to.
+from azure.cli.core import get_default_cli
+for argv in (["cloud", "register", "-n", "DevkitEmulator", "--cloud-config", cloud_config],
+             ["cloud", "set", "-n", "DevkitEmulator"]):
+    assert get_default_cli().invoke(argv + ["-o", "none"]) == 0, argv
+clients = HubClients(lambda: Token(), cli_ctx=get_default_cli())
 for name in ("product_gone", "product_second"):
     change = delete_device_identity(clients, hub, device)
     out[name] = {"status": change.status, "detail": change.detail}
@@ -72,7 +79,9 @@ def hub_emu(tmp_path_factory):
 
 def _in_namespace(emu, tmp_path, *argv):
     prefix = resolving_prefix(emu.store.hub_names(), emu.hub_ip, str(tmp_path))
-    env = dict(os.environ, REQUESTS_CA_BUNDLE=emu.ca_bundle, PYTHONPATH=REPO)
+    env = dict(os.environ, REQUESTS_CA_BUNDLE=emu.ca_bundle, PYTHONPATH=REPO,
+               AZURE_CONFIG_DIR=tempfile.mkdtemp(prefix="az-", dir=tmp_path), AZURE_CORE_COLLECT_TELEMETRY="no")
+    argv = (*argv, json.dumps(emu.cloud_config()))
     proc = subprocess.run([*prefix, sys.executable, "-c", SCRIPT, *argv], capture_output=True, text=True,
                           env=env, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]

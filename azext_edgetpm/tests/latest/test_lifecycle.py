@@ -337,24 +337,27 @@ def test_deprovision_killed_half_way_then_finished(devices, dps, rig, hub_login,
     finished = ok(*args).out[0]
     assert finished["status"] == "done", finished
     steps = {s["name"]: s["status"] for s in finished["steps"]}
-    assert steps == {"identify": "ok", "enrollment": "changed", "registration": "changed", "hub": "left",
+    assert steps == {"identify": "ok", "enrollment": "changed", "hub": "left", "registration": "kept",
                      "device": "changed"}
-    # the hub could not be reached: the deprovision is done on the DPS and device sides, and says what is left
+    # the hub could not be reached: the deprovision is done on the DPS and device sides, and says what is left;
+    # the registration record stays until then (where a resumed run confirms the hub from, not the state file)
     assert finished["hubIdentity"] == "left" and hub_identity(dps, hub_c, c.rid) is not None
+    assert any(line.startswith(f"DPS: the registration record of {c.rid}, kept") for line in finished["remains"])
     hub_line = [line for line in finished["remains"] if line.startswith("IoT hub:")]
     assert len(hub_line) == 1 and "could not be reached" in hub_line[0], finished["remains"]
     assert f"{c.rid} in {hub_c}" in hub_line[0]
     assert f"az iot hub device-identity delete -n {hub_c.split('.')[0]} -d {c.rid}" in hub_line[0]
     # over both runs, each DPS change happened once (the re-run did not even read the enrollment again)
-    assert writes(dps) == {"PUT /enrollments/{id}": 1, "DELETE /registrations/{id}": 1}
-    assert record(dps, c.rid) is None and not c.exists(APPLIED)
+    assert writes(dps) == {"PUT /enrollments/{id}": 1}
+    assert record(dps, c.rid) is not None and not c.exists(APPLIED)
     assert len(c.sh(f"ls {DEPROVISION_BACKUPS}").split()) == 1
 
     # a third run with the same state, where the hub can be reached: only the hub step runs again
     third = az_with_hubs(dps, tmp_path, *args)[0]
     assert third["status"] == "done" and third["hubIdentity"] == "deleted" and not third["doneEarlier"], third
     assert {s["name"]: s["status"] for s in third["steps"]}["hub"] == "changed"
-    assert hub_identity(dps, hub_c, c.rid) is None
+    assert {s["name"]: s["status"] for s in third["steps"]}["registration"] == "changed"
+    assert hub_identity(dps, hub_c, c.rid) is None and record(dps, c.rid) is None
     assert not any(line.startswith("IoT hub:") for line in third["remains"])
     done_writes = {"PUT /enrollments/{id}": 1, "DELETE /registrations/{id}": 1, "DELETE /devices/{id}": 1}
     assert writes(dps) == done_writes
