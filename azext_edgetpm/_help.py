@@ -308,7 +308,8 @@ long-summary: >
     (2) enrollment: --mode disable sets provisioningStatus disabled (the enrollment stays, the device
     can no longer register), --mode delete deletes it; both guarded by the enrollment's etag;
 
-    (3) registration: the device's registration record in DPS is deleted (guarded by its etag);
+    (3) registration: the device's registration record in DPS is deleted (guarded by its etag;
+    with --delete-hub-device after the hub step, and kept while the hub identity is left);
 
     (4) device: IoT Edge stopped (iotedge system stop), config.toml reset to unprovisioned (its
     [provisioning] removed, a backup kept in /var/backups/edge-tpm - outside /etc/aziot, which the
@@ -319,11 +320,15 @@ long-summary: >
     The cloud side comes first, so a device that cannot be reached still gets it (unless
     --require-device); the result lists what remains where ("remains"). The device's identity in
     its IoT hub is never deleted by DPS: the result names it with the command that removes it.
-    With --delete-hub-device a hub step after the DPS side deletes it (IoT Hub service API, with
-    the az login identity - also when DPS is reached with --login); a hub that cannot be reached,
-    or an identity without the right there, leaves it in place without failing the device
-    ("hubIdentity": left, and "remains" says why and how to remove it; the same fleet command again
-    with its --state file runs only that step again); gone already counts as done.
+    With --delete-hub-device a hub step after the enrollment step deletes it (IoT Hub service API,
+    with the az login identity - also when DPS is reached with --login), in the hub and under the
+    device ID DPS's registration record names (never those of a --state file; a hub's host name must
+    be in the IoT Hub domain of az's cloud); a hub that cannot be reached, or an identity without
+    the right there, leaves it in place without failing the device ("hubIdentity": left, and
+    "remains" says why and how to remove it; the same fleet command again with its --state file
+    tries again); gone already counts as done. On a resumed run the registration ID is read again
+    from the row or the device, never taken from the state file alone ("stateMismatch" names a
+    record that was not this device's).
     Asks for confirmation unless --yes; --dry-run shows the plan and changes nothing.
 examples:
   - name: Retire a device, keeping its enrollment (disabled) for later.

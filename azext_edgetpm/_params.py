@@ -201,7 +201,8 @@ def fleet_arguments(c):
     c.argument("state", options_list=["--state"], arg_group="Fleet",
                help="JSON file recording every device's steps as they end (written atomically). A re-run with "
                     "the same file skips finished devices and finished steps (no DPS write, no device change "
-                    "made twice) and continues the rest.")
+                    "made twice) and continues the rest. The file only says what was done: what a step acts on "
+                    "(registration ID, hub) is read again from the inventory, the device or DPS.")
     c.argument("retry_failed", options_list=["--retry-failed"], action="store_true", arg_group="Fleet",
                help="With --state: run only the devices that failed (or were interrupted) in the earlier run.")
     c.argument("only", options_list=["--only"], nargs="+", arg_group="Fleet",

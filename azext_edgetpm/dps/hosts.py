@@ -64,22 +64,23 @@ def check(host, kind: str, cli_ctx, source: str, *, field: Optional[str] = None,
     message (a mangled connection string may hold a key)."""
     text = str(host or "").strip().lower()
     name, suffix = domain(cli_ctx, kind)
-    shown = repr(text[:120]) if show else "the value"
+    shown = f"{text[:120]!r} " if show else ""
+    article = "an" if kind == HUB else "a"
     if not is_dns_name(text):
         example = suffix or KNOWN_DOMAINS["azurecloud"][0 if kind == HUB else 1]
         raise UserInputError(
-            f"The {kind} host {shown} ({source}) is not a DNS name alone (no port, path, user or address may be "
+            f"The {kind} host {shown}({source}) is not a DNS name alone (no port, path, user or address may be "
             "part of it); no request is sent to it.",
-            f"An {kind} is addressed by its host name, e.g. <name>.{example}.", field)
+            f"Name {article} {kind} by its host name alone, e.g. <name>.{example}.", field)
     if suffix is None:
         raise UserInputError(
-            f"The {kind} host {shown} ({source}) cannot be checked: the cloud {name!r} az is set to has no "
+            f"The {kind} host {shown}({source}) cannot be checked: the cloud {name!r} az is set to has no "
             f"{kind} domain in az's cloud configuration; no request is sent to it.", register_hint(name), field)
     if not text.endswith("." + suffix):
         raise UserInputError(
-            f"The {kind} host {shown} ({source}) is not in the {kind} domain of the cloud {name} ({suffix}); "
+            f"The {kind} host {shown}({source}) is not in the {kind} domain of the cloud {name} ({suffix}); "
             "no request is sent to it.",
-            f"Name an {kind} of this cloud (<name>.{suffix}), or switch az to the cloud it belongs to "
+            f"Name {article} {kind} of this cloud (<name>.{suffix}), or switch az to the cloud it belongs to "
             f"(`az cloud set -n <cloud>`). {register_hint(name)}", field)
     return text
 

@@ -10,7 +10,7 @@ from azext_edgetpm.tests.latest.scenario import ScenarioTest
 from azext_edgetpm.tests.latest.test_dps_support import (  # noqa: F401  pylint: disable=unused-import
     arm_login, dps, rsa_ek)
 
-HUB = "hub-devkit-1.azure-devices.net"
+HUB = "hub-devkit-1.azure-devices.devkit.local"   # the emulator's first hub, in the dev kit's IoT Hub domain
 
 
 class AzureIotScenarioTest(ScenarioTest):
