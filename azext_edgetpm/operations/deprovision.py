@@ -81,7 +81,9 @@ class RegistrationStep(_CloudStep):
 
     def change(self, ctx):
         from azext_edgetpm.dps import lifecycle
-        if (ctx.data.get("hub") or {}).get("status") == LEFT and not ctx.services.dry_run:
+        # (--mode delete: the record went with the enrollment, nothing to keep)
+        if (ctx.data.get("hub") or {}).get("status") == LEFT and ctx.services.mode == "disable" \
+                and not ctx.services.dry_run:
             return {"status": KEPT, "registrationId": rid(ctx), "mode": ctx.services.mode,
                     "detail": "registration record kept while the hub identity is left (a re-run confirms the "
                               "hub from it, then deletes it)"}

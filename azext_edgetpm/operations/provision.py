@@ -71,9 +71,16 @@ class IdentifyStep(Step):
         identity = identify(ctx.session(), tcti=ctx.job.tcti, create=True, id_format=ctx.job.id_format,
                             ek_ca_bundle=ctx.services.ek_ca_bundle)
         ctx.data["identity"] = identity
-        return {"status": CHANGED if identity.created else OK, "registrationId": _rid(ctx),
-                "ekSha256": _ek_digest(identity), "keyType": identity.key_type,
-                "detail": ("created " + ", ".join(identity.created_keys)) if identity.created else "EK read"}
+        entry = {"status": CHANGED if identity.created else OK, "registrationId": _rid(ctx),
+                 "ekSha256": _ek_digest(identity), "keyType": identity.key_type,
+                 "detail": ("created " + ", ".join(identity.created_keys)) if identity.created else "EK read"}
+        recorded = ((ctx.record.get("steps") or {}).get(self.name) or {}).get("registrationId")
+        if recorded and recorded != entry["registrationId"]:   # another device's record (addresses changed?)
+            from azext_edgetpm.operations.lifecycle import set_aside
+            source = "row" if ctx.job.enroll.registration_id else "device's EK"
+            entry["stateMismatch"] = set_aside(ctx, self.name, "registration ID", recorded, entry["registrationId"],
+                                               source=source)
+        return entry
 
 
 class EnrollStep(Step):
