@@ -288,6 +288,10 @@ examples:
     text: az edge-tpm provision --inventory fleet.csv --dps-name my-dps -g my-rg --max-parallel 20 --state fleet-state.json -o table
   - name: An Ansible inventory, only the group 'plant7', SSH key and known hosts for all rows.
     text: az edge-tpm provision --inventory hosts.ini --limit plant7 --dps-name my-dps -g my-rg --ssh-key ~/.ssh/fleet --known-hosts ./known_hosts
+  - name: An Ansible INI inventory whose name has no extension (read, never run).
+    text: az edge-tpm provision --inventory ./hosts --inventory-format ansible --dps-name my-dps -g my-rg
+  - name: A dynamic inventory script (an executable the command runs through ansible-inventory; only with ansible-script).
+    text: az edge-tpm provision --inventory ./inventory.py --inventory-format ansible-script --limit plant7 --dps-name my-dps -g my-rg
   - name: Only devices whose TPM's EK certificate chains to the makers' CA certificates.
     text: az edge-tpm provision --inventory fleet.csv --dps-name my-dps -g my-rg --ek-ca-bundle ./tpm-maker-cas/
   - name: Re-run only the devices that failed last time.

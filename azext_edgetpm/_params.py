@@ -186,13 +186,17 @@ def fleet_arguments(c):
                help="A fleet: a CSV file (header row; columns host, port, user, ssh_key, registration_id, "
                     "device_id, tags (JSON), iot_hubs, tcti, edge_version, sudo_password_env), a YAML or JSON "
                     "file (a list of such devices, or {defaults: {...}, devices: [...]}), or an Ansible "
-                    "inventory (INI or YAML, read with ansible-inventory: ansible_host, ansible_user, "
-                    "ansible_port, ansible_ssh_private_key_file). The whole file is checked before anything "
-                    "starts. The SSH, TPM and package options act as defaults for every row.")
+                    "inventory (.ini or Ansible YAML, read with ansible-inventory's static parsers: ansible_host, "
+                    "ansible_user, ansible_port, ansible_ssh_private_key_file). The whole file (at most 16 MiB) is "
+                    "checked before anything starts. The SSH, TPM and package options act as defaults for every "
+                    "row.")
     c.argument("inventory_format", options_list=["--inventory-format"], arg_group="Fleet",
-               arg_type=get_enum_type(["csv", "yaml", "json", "ansible"]),
-               help="Format of --inventory. Default: from the file name (.csv, .json, .yml/.yaml; an Ansible "
-                    "inventory otherwise, or a YAML file with Ansible's groups).")
+               arg_type=get_enum_type(["csv", "yaml", "json", "ansible", "ansible-script"]),
+               help="Format of --inventory. Default: from the file name (.csv, .json, .yml/.yaml, .ini; a YAML "
+                    "file with Ansible's groups is an Ansible inventory); any other name needs this option. "
+                    "ansible: an Ansible INI or YAML inventory of any name, read, never run. ansible-script: "
+                    "an executable dynamic inventory, RUN on this machine through ansible-inventory (with your "
+                    "environment and credentials): the only way an inventory is ever executed.")
     c.argument("limit", options_list=["--limit"], arg_group="Fleet",
                help="Ansible inventories: only the hosts of these groups or hosts (comma-separated), as "
                     "ansible's --limit.")

@@ -8,6 +8,7 @@ from azext_edgetpm.limits import MAX_LENGTHS, MAX_PAYLOAD_BYTES  # noqa: F401  (
 _ONE_LINE = ("host", "ssh_user", "tcti", "id_scope", "registration_id", "device_id", "edge_version", "log_driver",
              "package_source", "global_endpoint", "proxy", "no_proxy")
 _OPTION_NAMES = {"resource_group_name": "--resource-group"}
+_NEVER_ECHOED = ("login",)  # a connection string holds a key
 
 
 def typed(value) -> bool:
@@ -22,10 +23,18 @@ def option_name(dest: str, namespace=None) -> str:
     return _OPTION_NAMES.get(dest, "--" + dest.replace("_", "-"))
 
 
+def _echoable(dest: str, value: str) -> str:
+    """What an error may echo of a value: a proxy value (or any URL) with everything up to its
+    last @ replaced, whatever the shape of the password."""
+    if "@" in value and (dest == "proxy" or "://" in value):
+        from azext_edgetpm.edge.proxy import redact_value
+        return redact_value(value)
+    return value
+
+
 def check_values(namespace):
     """Bound the length of every value of MAX_LENGTHS, and refuse control characters (NUL, line
     breaks) in values that become one line on the device; each with one clear error."""
-    import re
     from azext_edgetpm.echo import control_character, shown
     for dest, limit in MAX_LENGTHS.items():
         value = getattr(namespace, dest, None)
@@ -34,8 +43,7 @@ def check_values(namespace):
             if not isinstance(item, str):
                 continue
             name = option_name(dest, namespace)
-            # a URL with user:password@ is never echoed
-            echo = "" if re.search(r"://[^/\s@]*@", item) else f": {shown(item)}"
+            echo = "" if dest in _NEVER_ECHOED else f": {shown(_echoable(dest, item))}"
             if len(item) > limit:
                 raise InvalidArgumentValueError(
                     f"{name} is {len(item):,} characters long; at most {limit:,} are accepted{echo}",

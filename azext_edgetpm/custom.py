@@ -112,8 +112,9 @@ def _payload(payload):
     from azure.cli.core.azclierror import InvalidArgumentValueError
     if not payload:
         return None, None
-    with open(os.path.expanduser(payload), "rb") as handle:
-        data = handle.read()
+    from azext_edgetpm.files import LIMITS, read_bounded
+    data = read_bounded(payload, LIMITS["payload"], "The payload file", "payload",
+                        "Give a small JSON file to send to DPS at registration.")
     try:
         json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:

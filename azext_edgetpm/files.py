@@ -12,6 +12,7 @@ from typing import Optional
 
 from azext_edgetpm.echo import shown
 from azext_edgetpm.errors import LocalFileError
+from azext_edgetpm.limits import MAX_PAYLOAD_BYTES
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -21,7 +22,7 @@ LIMITS = {
     "ca_bundle": 4 * MIB,      # PEM/DER certificates (--ek-ca-bundle, --proxy-ca, proxy_ca)
     "inventory": 16 * MIB,     # a fleet's inventory (some 100,000 rows)
     "state": 64 * MIB,         # a fleet's --state journal
-    "payload": 64 * KIB,       # --payload (sent to DPS at every registration)
+    "payload": MAX_PAYLOAD_BYTES,  # --payload (sent to DPS at every registration)
     "ssh_key": 64 * KIB,       # a private key
     "known_hosts": 16 * MIB,
     "package": 1024 * MIB,     # an --offline-packages .deb
@@ -45,7 +46,7 @@ def read_bounded(path: str, limit: int, what: str, field: Optional[str] = None,
     if not isinstance(path, str) or not path:
         raise LocalFileError(f"{what}: no file name given.", hint, field)
     if "\x00" in path:
-        raise LocalFileError(f"{what} {shown(path)}: a file name cannot hold a NUL character.", hint, field)
+        raise LocalFileError(f"{what} {shown(path, 200)}: a file name cannot hold a NUL character.", hint, field)
     full = os.path.expanduser(path)
     try:
         with open(full, "rb") as handle:

@@ -10,7 +10,7 @@ MAX_LENGTHS = {
     "tcti": 256, "id_scope": 64, "registration_id": 128, "device_id": 128, "edge_version": 64,
     "log_driver": 64, "package_source": 1024, "global_endpoint": 256, "payload": 4096,
     "offline_packages": 4096, "endorsement_key": 2048, "dps_name": 64, "resource_group_name": 90,
-    "proxy": 1024, "no_proxy": 2048, "proxy_ca": 4096,
+    "proxy": 1024, "no_proxy": 2048, "proxy_ca": 4096, "login": 4096, "ek_ca_bundle": 4096, "inventory": 4096,
 }
 # --payload is sent to DPS at every registration: a small JSON document.
 MAX_PAYLOAD_BYTES = 64 * 1024

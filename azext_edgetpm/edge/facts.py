@@ -17,6 +17,9 @@ PACKAGES = ("packages-microsoft-prod", "moby-engine", "docker-ce", "docker.io", 
             "aziot-identity-service", "tpm2-tools")
 SERVICE_USERS = ("aziotks", "aziotcs", "aziotid", "aziottpm", "iotedge")
 COMMANDS = ("curl", "wget", "python3", "iotedge", "udevadm", "apt-get", "dpkg", "usermod", "runuser")
+# A file the steps read from a device (config.toml, os-release, the proxy files and CA) is read up
+# to this size; a larger one is refused by name, before any of it crosses the connection.
+FILE_LIMIT = 4 * 2**20
 APPLIED_CONFIGS = ("/etc/aziot/keyd/config.d/00-super.toml", "/etc/aziot/certd/config.d/00-super.toml",
                    "/etc/aziot/identityd/config.d/00-super.toml", "/etc/aziot/tpmd/config.d/00-super.toml",
                    "/etc/aziot/edged/config.d/00-super.toml")
@@ -25,7 +28,9 @@ _SCRIPT = r"""
 set -u
 file() {{
   if [ -f "$1" ]; then
-    echo "@@FILE $1 $(stat -c '%a %U %G %Y' "$1") $(base64 -w0 < "$1")"
+    size=$(stat -c %s "$1")
+    if [ "$size" -gt {file_limit} ]; then echo "@@BIGFILE $1 $size"; return; fi
+    echo "@@FILE $1 $(stat -c '%a %U %G %Y' "$1") $(head -c {file_limit} "$1" | base64 -w0)"
   else
     echo "@@NOFILE $1"
   fi
@@ -88,6 +93,7 @@ class Facts:
     tpm_devices: Dict[str, dict] = field(default_factory=dict)
     files: Dict[str, Optional[RemoteFile]] = field(default_factory=dict)
     mtimes: Dict[str, int] = field(default_factory=dict)
+    too_big: Dict[str, int] = field(default_factory=dict)   # path: size of files beyond FILE_LIMIT
 
     def installed(self, name: str) -> Optional[str]:
         """The installed version of a package, or None."""
@@ -108,7 +114,8 @@ def build_script(files: Iterable[str], init_scripts: Iterable[str] = ("docker",)
         return " ".join(shlex.quote(v) for v in values) or "''"
     return _SCRIPT.format(commands=words(COMMANDS), init_scripts=words(init_scripts),
                           packages=words(dict.fromkeys(list(PACKAGES) + list(packages))),
-                          users=words(SERVICE_USERS), files=words(files), stat_files=words(stat_files))
+                          users=words(SERVICE_USERS), files=words(files), stat_files=words(stat_files),
+                          file_limit=FILE_LIMIT)
 
 
 def parse(stdout: str) -> Facts:
@@ -125,6 +132,9 @@ def parse(stdout: str) -> Facts:
             facts.files[path] = rf
             if path.endswith("os-release"):
                 facts.os_release = rf.text
+        elif tag == "@@BIGFILE":
+            path, _, size = rest.rpartition(" ")
+            facts.too_big[path] = int(size) if size.isdigit() else 0
         elif tag == "@@NOFILE":
             facts.files[rest.strip()] = None
         elif tag == "@@ARCH":
@@ -171,4 +181,12 @@ def gather(session, files: Iterable[str], init_scripts: Iterable[str] = ("docker
             f"{tail(result.stderr)}",
             "Check that the device runs a Debian-based Linux with /bin/sh, dpkg and base64, then run again "
             "with --debug for details.")
-    return parse(result.stdout)
+    facts = parse(result.stdout)
+    if facts.too_big:
+        path, size = next(iter(facts.too_big.items()))
+        raise DeviceError(
+            f"{path} on {session.target.display} is {size:,} bytes, more than the {FILE_LIMIT // 2**20} MiB such a "
+            "file can hold; it was not read.",
+            "Check what wrote that file (it is not one a working device has at this size), move it away, and run "
+            "again.")
+    return facts

@@ -14,7 +14,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from azext_edgetpm.errors import AuthError, LocalFileError, TransientError, UserInputError, option
+from azext_edgetpm.errors import AuthError, TransientError, UserInputError, option
 
 APT_CONF = "/etc/apt/apt.conf.d/80edge-tpm-proxy"
 APT_AUTH = "/etc/apt/auth.conf.d/edge-tpm-proxy.conf"
@@ -30,6 +30,7 @@ DIRECT_ONLY_CHECKS = ("host-connect-iothub-amqp", "host-connect-iothub-mqtt",
                       "container-default-connect-upstream-amqp", "container-default-connect-upstream-mqtt",
                       "container-connect-upstream-amqp", "container-connect-upstream-mqtt")
 _SECRET_IN_URL = re.compile(r"(\b[a-z][a-z0-9+.\-]*://[^:/@\s\"']*):[^@\s\"']*@", re.IGNORECASE)
+_SCHEME = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.\-]*://")
 
 
 def dropin(unit: str) -> str:
@@ -40,8 +41,22 @@ MANAGED_FILES = (APT_CONF, APT_AUTH, OS_CA, TRUST_BUNDLE) + tuple(dropin(u) for 
 
 
 def redact(text: Optional[str]) -> Optional[str]:
-    """`text` with the password of every scheme://user:password@ URL replaced by ***."""
+    """`text` (what a device or a tool printed) with the password of every scheme://user:password@
+    URL in it replaced by ***. For a proxy value itself use redact_value, which needs no URL shape."""
     return _SECRET_IN_URL.sub(r"\1:***@", text) if text else text
+
+
+def redact_value(value) -> str:
+    """A proxy value as it may be shown anywhere: everything between the scheme (or the start)
+    and the LAST @ replaced by *** -- on the raw text, before any parsing, so that no shape of
+    password (spaces, quotes, control characters, / # ? @ :, no scheme at all) gets through."""
+    text = "" if value is None else str(value)
+    at = text.rfind("@")
+    if at < 0:
+        return text
+    scheme = _SCHEME.match(text)
+    start = scheme.end() if scheme and scheme.end() <= at else 0
+    return text[:start] + "***" + text[at:]
 
 
 @dataclass(frozen=True)
@@ -87,31 +102,39 @@ def parse(value: Optional[str], no_proxy: Optional[str] = None, ca_pem: Optional
                                  f"Add {option('proxy')} http://host:port, or drop them.")
         return None
     text = value.strip()
-    shown = redact(text)
-    if re.search(r"[\s\"'\\]", text):
-        raise UserInputError(f"{option('proxy')} {shown!r} contains spaces, quotes or backslashes.",
-                             "Give the URL as http://[user:password@]host:port (percent-encode special "
-                             "characters of the password).")
+    # What any message may show of the value: redacted on the raw text, escaped and bounded.
+    shown = _shown(redact_value(text))
+    form = "http://[user:password@]host:port"
+    if re.search(r"[\s\"'\\\x00-\x1f\x7f]", text):
+        raise UserInputError(f"{option('proxy')} {shown} contains spaces, quotes, backslashes or control characters.",
+                             f"Give the URL as {form} (percent-encode special characters of the password).")
     try:
         parts = urllib.parse.urlsplit(text)
         port = parts.port
         host = parts.hostname
-    except ValueError as exc:
-        raise UserInputError(f"{option('proxy')} {shown!r} is not a URL ({redact(str(exc))}).",
-                             "Give it as http://[user:password@]host:port.") from exc
+    except ValueError:
+        # (urllib's text quotes the netloc, the password included: never passed on, nor chained;
+        # without an @, what urllib took for host:port may be user:password: not shown either)
+        if "@" not in text:
+            scheme = _SCHEME.match(text)
+            shown = _shown((scheme.group(0).strip() if scheme else "") + "***")
+        raise UserInputError(f"{option('proxy')} {shown} is not a URL of the form {form}: its host or port cannot "
+                             "be read.", f"Give it as {form}; percent-encode / # ? @ : in the password.") from None
     if parts.scheme.lower() != "http":
+        scheme = _shown(parts.scheme) if _SCHEME.match(text) else "(none)"
         raise UserInputError(
-            f"{option('proxy')} {shown!r}: the scheme {parts.scheme or '(none)'!r} is not supported.",
+            f"{option('proxy')} {shown}: the scheme {scheme} is not supported.",
             "IoT Edge's daemons and containers reach a proxy over plain HTTP (TLS goes through CONNECT): "
             f"give http://host:port, even for a proxy that inspects TLS (add its CA with {option('proxy_ca')}).")
     if not host or parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise UserInputError(f"{option('proxy')} {shown!r} is not of the form http://[user:password@]host:port.",
-                             "Give the proxy's host and port only, without a path.")
+        raise UserInputError(f"{option('proxy')} {shown} is not of the form {form}.",
+                             "Give the proxy's host and port only, without a path; percent-encode / # ? in the "
+                             "password.")
     user = urllib.parse.unquote(parts.username) if parts.username is not None else None
     password = urllib.parse.unquote(parts.password) if parts.password is not None else None
     if user is not None and (not user or re.search(r"[\s:\x00-\x1f]", user) or
                              re.search(r"[\s\x00-\x1f]", password or "")):
-        raise UserInputError(f"{option('proxy')} {shown!r}: the user name or password is empty or holds spaces or "
+        raise UserInputError(f"{option('proxy')} {shown}: the user name or password is empty or holds spaces or "
                              "control characters.", "apt's auth.conf cannot hold such credentials; use "
                              "an account whose name and password have none.")
     hosts = list(DEFAULT_NO_PROXY)
@@ -128,6 +151,11 @@ def parse(value: Optional[str], no_proxy: Optional[str] = None, ca_pem: Optional
         _check_ca(ca_pem)
     return Proxy(host=host.lower(), port=port or 80, user=user, password=password, no_proxy=tuple(hosts),
                  ca_pem=ca_pem)
+
+
+def _shown(text: str) -> str:
+    from azext_edgetpm.echo import shown
+    return shown(text, 120)
 
 
 def _check_ca(pem: bytes) -> None:
@@ -278,11 +306,11 @@ def check_reachable(session, targets: List[Target], proxy: Optional[Proxy], disp
             index, _, rest = rest.partition(" ")
             rc, _, text = rest.partition(" ")
             if index.isdigit() and rc.lstrip("-").isdigit():
-                found[int(index)] = (int(rc), text.strip())
+                found[int(index)] = (int(rc), _scrub(text.strip(), proxy))
     if len(found) != len(targets):
         if "bash" in result.stderr and ("not found" in result.stderr or result.rc == 127):
             return [f"Could not check the network of {display} (no bash): skipped."]
-        return [f"Could not check the network of {display}: {redact(result.stderr.strip())[:200]}"]
+        return [f"Could not check the network of {display}: {_scrub(result.stderr.strip(), proxy)[:200]}"]
     notes = []
     for i, t in enumerate(targets):
         rc, text = found[i]
@@ -291,6 +319,15 @@ def check_reachable(session, targets: List[Target], proxy: Optional[Proxy], disp
         else:
             _judge_proxy(t, rc, text, proxy, display)
     return notes
+
+
+def _scrub(text: str, proxy: Optional[Proxy]) -> str:
+    """What the device printed, without any URL password nor this proxy's credentials in any form."""
+    text = redact(text) or ""
+    if proxy is not None and proxy.password:
+        for secret in (proxy.password, urllib.parse.quote(proxy.password, safe=""), proxy.basic_auth):
+            text = text.replace(secret, "***")
+    return text
 
 
 def _judge_direct(t: Target, rc: int, text: str, display: str, notes: List[str]) -> None:
@@ -332,9 +369,7 @@ def _judge_proxy(t: Target, rc: int, text: str, proxy: Proxy, display: str) -> N
 
 
 def check_file_readable(path: str) -> bytes:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except OSError as exc:
-        raise LocalFileError(f"Cannot read {option('proxy_ca')} {path!r}: {exc.strerror}.",
-                             "Give the PEM file of the proxy's root CA.") from exc
+    """The proxy CA's PEM file (--proxy-ca, the proxy_ca column), read bounded."""
+    from azext_edgetpm.files import LIMITS, read_bounded
+    return read_bounded(path, LIMITS["ca_bundle"], f"The CA file of {option('proxy_ca')}", field="proxy_ca",
+                        hint="Give the PEM file of the proxy's root CA.")

@@ -1,8 +1,11 @@
 """Reading a fleet inventory, validating all of it before anything starts, and sharding it.
 
-Formats: CSV (a header row), YAML and JSON (a list of devices, or {"defaults": {...},
-"devices": [...]}), and Ansible inventories (INI or YAML), read through `ansible-inventory
---list` (Ansible's own parser; we do not parse its formats ourselves).
+Formats, chosen from the file name or given (--inventory-format): CSV (.csv, a header row),
+JSON (.json) and YAML (.yml/.yaml): a list of devices, or {"defaults": {...}, "devices": [...]};
+Ansible inventories (.ini, or a YAML file with Ansible's groups), read through ansible-inventory
+with its static parsers only (fleet/ansible.py); a dynamic inventory script runs only when named
+`ansible-script`. A name that says none of these is refused. An inventory is untrusted input:
+read up to a bound (files.LIMITS), and every problem is one UserInputError naming the row.
 """
 import csv
 import hashlib
@@ -10,25 +13,28 @@ import io
 import json
 import os
 import re
-import shutil
-import subprocess
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from azext_edgetpm.errors import LocalFileError, MissingInputError, UserInputError
+from azext_edgetpm.errors import UserInputError, option
 from azext_edgetpm.echo import shown
+from azext_edgetpm.files import LIMITS, read_bounded, read_text_bounded
 from azext_edgetpm.limits import too_long
 
 COLUMNS = ("host", "port", "user", "ssh_key", "registration_id", "device_id", "tags", "iot_hubs", "tcti",
            "edge_version", "sudo_password_env", "proxy", "no_proxy", "proxy_ca")
-FORMATS = ("csv", "yaml", "json", "ansible")
-ANSIBLE_VARS = {"ansible_host": "host", "ansible_user": "user", "ansible_port": "port",
-                "ansible_ssh_private_key_file": "ssh_key", "ansible_private_key_file": "ssh_key"}
+FORMATS = ("csv", "yaml", "json", "ansible", "ansible-script")
+LENGTH_KIND = {"user": "ssh_user"}   # the column's limit is its option's (azext_edgetpm.limits)
+TAGS_DEPTH = 10                      # IoT Hub's limit on the depth of a twin's JSON objects
+TAGS_BYTES = 8 * 1024                # IoT Hub's limit on the size of a twin's tags
+MAX_HUBS = 50
 
 _HOST_RE = re.compile(r"^(?:(?P<user>[^@\s]+)@)?(?:\[(?P<v6>[0-9A-Fa-f:.%]+)\]|(?P<name>[A-Za-z0-9_.\-]+))"
                       r"(?::(?P<port>\d{1,5}))?$")
 _VERSION = re.compile(r"^[0-9][0-9A-Za-z.+~:\-]*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_HUB_HOST = re.compile(r"^(?=.{1,253}$)(?!-)[A-Za-z0-9-]{1,63}(?<!-)(?:\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*$")
+_USER = re.compile(r"^[^\s\x00-\x1f\x7f@:]+$")
 
 
 @dataclass
@@ -61,53 +67,58 @@ class InventoryDevice:
         return f"{self.user + '@' if self.user else ''}{host}:{self.port}"
 
 
-def detect_format(path: str) -> str:
+def detect_format(path: str, text: str) -> str:
+    """The format from the file name (and, for YAML, whether it holds Ansible's groups)."""
     ext = os.path.splitext(path)[1].lower()
-    if ext == ".csv":
-        return "csv"
-    if ext == ".json":
-        return "json"
+    if ext in (".csv", ".json"):
+        return ext[1:]
+    if ext == ".ini":
+        return "ansible"
     if ext in (".yml", ".yaml"):
-        try:
-            with open(path, encoding="utf-8") as handle:
-                data = _yaml_load(handle.read(), path)
-        except UnicodeDecodeError:
-            return "yaml"
+        data = _yaml_load(text, path)
         # Ours: a list, or a mapping with "devices". Ansible's: groups ("all", ...) with hosts/children.
         if isinstance(data, dict) and "devices" not in data and any(
-                isinstance(v, dict) and ({"hosts", "children", "vars"} & set(v)) for v in data.values()):
+                isinstance(v, dict) and ({"hosts", "children", "vars"} & set(map(str, v))) for v in data.values()):
             return "ansible"
         return "yaml"
-    return "ansible"  # .ini, no extension: Ansible's INI inventory
+    executable = os.access(path, os.X_OK)
+    raise UserInputError(
+        f"Cannot tell the format of the inventory {path} from its name ({ext or 'no extension'})"
+        + ("; it is executable, and an executable inventory is never run unless asked for." if executable else "."),
+        f"Name it .csv, .json, .yml/.yaml or .ini, or give {option('inventory_format')} csv, json, yaml or ansible "
+        f"(an Ansible INI or YAML inventory); a dynamic inventory script runs only with {option('inventory_format')} "
+        "ansible-script.", "inventory_format")
 
 
 def read_inventory(path: str, fmt: Optional[str] = None, limit: Optional[str] = None,
                    defaults: Optional[dict] = None) -> List[InventoryDevice]:
     """All devices of the inventory, validated; one UserInputError naming every bad row."""
+    from azext_edgetpm.fleet import ansible
     path = os.path.expanduser(path)
-    if not os.path.isfile(path):
-        raise LocalFileError(f"The inventory {path} does not exist.", "Give the path of a CSV, YAML, JSON or "
-                             "Ansible inventory file.", "inventory")
-    fmt = fmt or detect_format(path)
-    if limit and fmt != "ansible":
+    if fmt is not None and fmt not in FORMATS:
+        raise UserInputError(f"Unknown inventory format {shown(fmt)}.", f"Formats: {', '.join(FORMATS)}.",
+                             "inventory_format")
+    if limit and fmt not in (None, "ansible", "ansible-script"):
         raise UserInputError("A group limit only applies to Ansible inventories.",
                              "Drop the limit, or give an Ansible inventory.", "limit")
-    if fmt == "ansible":
-        rows, file_defaults = _ansible_rows(path, limit), {}
+    file_defaults: dict = {}
+    if fmt == "ansible-script":  # the one case where the file is run, not read
+        rows = ansible.rows(path, limit, COLUMNS, script=True)
     else:
-        rows, file_defaults = _rows(path, fmt)
+        text = read_text_bounded(path, LIMITS["inventory"], "The inventory", "inventory",
+                                 "Give a CSV, YAML, JSON or Ansible inventory file.")
+        fmt = fmt or detect_format(path, text)
+        if limit and fmt != "ansible":
+            raise UserInputError("A group limit only applies to Ansible inventories.",
+                                 "Drop the limit, or give an Ansible inventory.", "limit")
+        if fmt == "ansible":
+            rows = ansible.rows(path, limit, COLUMNS, script=False, file_text=text)
+        else:
+            rows, file_defaults = _rows(path, fmt, text)
     merged_defaults = dict(defaults or {})
     merged_defaults.update({k: v for k, v in file_defaults.items() if v is not None})
-    return validate(rows, merged_defaults, strict_columns=fmt != "ansible", base_dir=os.path.dirname(path))
-
-
-def _read_text(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8-sig") as handle:
-            return handle.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LocalFileError(f"Cannot read the inventory {path}: {exc}", "Give a readable UTF-8 file.",
-                             "inventory") from exc
+    return validate(rows, merged_defaults, strict_columns=not fmt.startswith("ansible"),
+                    base_dir=os.path.dirname(path))
 
 
 def _yaml_load(text: str, path: str):
@@ -115,37 +126,60 @@ def _yaml_load(text: str, path: str):
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise UserInputError(f"The inventory {path} is not valid YAML: {exc}", "Fix the file.", "inventory") from exc
+        # The problem and where, never PyYAML's snippet of the line (it may hold a proxy password).
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "a syntax error"
+        raise UserInputError(f"The inventory {path} is not valid YAML: {problem}{where}.", "Fix the file.",
+                             "inventory") from None
+    except RecursionError:
+        raise UserInputError(f"The inventory {path} nests too deeply.", "Fix the file.", "inventory") from None
 
 
-def _rows(path: str, fmt: str):
+def _rows(path: str, fmt: str, text: str):
     """[(source, {column: value})], file defaults."""
-    text = _read_text(path)
     if fmt == "csv":
         reader = csv.DictReader(io.StringIO(text))
-        if not reader.fieldnames:
-            raise UserInputError(f"The inventory {path} has no header row.",
-                                 "Start the CSV with a header such as host,user,ssh_key.", "inventory")
-        rows = []
-        for number, row in enumerate(reader, start=2):  # (line 1 is the header)
-            if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
-                continue
-            if None in row:
-                row = dict(row)
-                row["(unnamed column)"] = row.pop(None)
-            rows.append((f"line {number}", {k.strip(): (v.strip() if isinstance(v, str) else v)
-                                             for k, v in row.items() if k is not None}))
-        unknown = [c.strip() for c in reader.fieldnames if c.strip() not in COLUMNS]
-        if unknown:
-            # (named once, on the header line, rather than on every row)
-            rows.insert(0, ("line 1 (header)", {"(header)": unknown}))
-        return rows, {}
+        try:
+            return _csv_rows(path, reader)
+        except csv.Error as exc:  # (its text names the problem, not the field's value)
+            raise UserInputError(f"The inventory {path} is not valid CSV at line {reader.line_num}: {exc}.",
+                                 "Fix the file (quote a field that holds commas, quotes or line breaks).",
+                                 "inventory") from None
+    return _document_rows(path, fmt, text)
+
+
+def _csv_rows(path: str, reader):
+    """[(source, {column: value})] of a CSV inventory (a header row), no defaults."""
+    if not reader.fieldnames:
+        raise UserInputError(f"The inventory {path} has no header row.",
+                             "Start the CSV with a header such as host,user,ssh_key.", "inventory")
+    rows = []
+    for number, row in enumerate(reader, start=2):  # (line 1 is the header)
+        if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
+            continue
+        if None in row:
+            row = dict(row)
+            row["(unnamed column)"] = row.pop(None)
+        rows.append((f"line {number}", {k.strip(): (v.strip() if isinstance(v, str) else v)
+                                        for k, v in row.items() if k is not None}))
+    unknown = [c.strip() for c in reader.fieldnames if c.strip() not in COLUMNS]
+    if unknown:
+        # (named once, on the header line, rather than on every row)
+        rows.insert(0, ("line 1 (header)", {"(header)": unknown}))
+    return rows, {}
+
+
+def _document_rows(path: str, fmt: str, text: str):
+    """[(source, {column: value})] and defaults of a JSON or YAML inventory."""
     if fmt == "json":
         try:
             data = json.loads(text)
-        except ValueError as exc:
+        except ValueError as exc:  # (its text says where, not what: no value of the file)
             raise UserInputError(f"The inventory {path} is not valid JSON: {exc}", "Fix the file.",
-                                 "inventory") from exc
+                                 "inventory") from None
+        except RecursionError:
+            raise UserInputError(f"The inventory {path} nests too deeply.", "Fix the file.", "inventory") from None
     else:
         data = _yaml_load(text, path)
     defaults = {}
@@ -170,85 +204,10 @@ def _rows(path: str, fmt: str):
         rows.append((f"device {index}", item if isinstance(item, dict) else {"(not a mapping)": item}))
     bad_defaults = set(defaults) - set(COLUMNS) - {"host"}
     if bad_defaults:
-        raise UserInputError(f"Unknown keys in the inventory's defaults: {', '.join(sorted(bad_defaults))}.",
+        raise UserInputError("Unknown keys in the inventory's defaults: "
+                             f"{', '.join(sorted(map(shown, bad_defaults)))}.",
                              f"Known keys: {', '.join(COLUMNS[1:])}.", "inventory")
     return rows, defaults
-
-
-def _ansible_rows(path: str, limit: Optional[str]):
-    import sys
-    beside = os.path.join(os.path.dirname(sys.executable), "ansible-inventory")  # (a virtualenv not on PATH)
-    exe = shutil.which("ansible-inventory") or (beside if os.access(beside, os.X_OK) else None)
-    if not exe:
-        raise MissingInputError(
-            f"{path} looks like an Ansible inventory, and ansible-inventory (Ansible) is not installed here.",
-            "Install Ansible (pip install ansible-core) to read Ansible inventories, or give the devices as "
-            "CSV, YAML or JSON.", "inventory")
-    proc = subprocess.run([exe, "-i", path, "--list"], capture_output=True, text=True, timeout=300, check=False)
-    if proc.returncode != 0:
-        raise UserInputError(f"ansible-inventory could not read {path}: {proc.stderr.strip()[-500:]}",
-                             "Fix the inventory (ansible-inventory -i FILE --list shows what Ansible makes of it).",
-                             "inventory")
-    try:
-        data = json.loads(proc.stdout)
-    except ValueError as exc:
-        raise UserInputError(f"ansible-inventory gave no JSON for {path}.", "Check the Ansible installation.",
-                             "inventory") from exc
-    hostvars = (data.get("_meta") or {}).get("hostvars") or {}
-    hosts = _group_hosts(data, limit) if limit else _all_hosts(data)
-    rows = []
-    for name in hosts:
-        variables = hostvars.get(name) or {}
-        row = {"host": name}
-        for var, column in ANSIBLE_VARS.items():
-            if variables.get(var) is not None:
-                row[column] = variables[var]
-        for column in COLUMNS[1:]:
-            if column in variables and column not in row:
-                row[column] = variables[column]
-        rows.append((f"host {name}", row))
-    return rows
-
-
-def _all_hosts(data: dict) -> List[str]:
-    seen, out = set(), []
-    for name in _members(data, "all", set()):
-        if name not in seen:
-            seen.add(name)
-            out.append(name)
-    return out
-
-
-def _members(data: dict, group: str, visiting: set) -> List[str]:
-    if group in visiting:
-        return []
-    visiting.add(group)
-    entry = data.get(group) or {}
-    out = list(entry.get("hosts") or [])
-    for child in entry.get("children") or []:
-        out.extend(_members(data, child, visiting))
-    return out
-
-
-def _group_hosts(data: dict, limit: str) -> List[str]:
-    """Hosts of the groups (or hosts) named in `limit` (comma or colon separated)."""
-    wanted = [p.strip() for p in re.split(r"[,:]", limit) if p.strip()]
-    all_hosts = set(_all_hosts(data))
-    out, missing = [], []
-    for pattern in wanted:
-        if pattern in data and pattern != "_meta":
-            members = _members(data, pattern, set())
-        elif pattern in all_hosts:
-            members = [pattern]
-        else:
-            missing.append(pattern)
-            continue
-        out.extend(m for m in members if m not in out)
-    if missing:
-        groups = sorted(k for k in data if k != "_meta")
-        raise UserInputError(f"No group or host named {', '.join(missing)} in the inventory.",
-                             f"Groups: {', '.join(groups)}.", "limit")
-    return out
 
 
 def _text(value) -> Optional[str]:
@@ -264,6 +223,7 @@ def validate(rows, defaults: dict, strict_columns: bool = True, base_dir: str = 
     devices: List[InventoryDevice] = []
     by_key: Dict[str, str] = {}
     by_rid: Dict[str, str] = {}
+    by_device_id: Dict[str, str] = {}
     header_unknown = set()
     for source, row in rows:
         issues: List[str] = []
@@ -295,6 +255,13 @@ def validate(rows, defaults: dict, strict_columns: bool = True, base_dir: str = 
                                   f"(also {by_rid[device.registration_id]})")
                 else:
                     by_rid[device.registration_id] = source
+            # The hub's device ID: the device_id column, else the registration ID (when given).
+            device_id = device.device_id or device.registration_id
+            if device_id:
+                if device_id in by_device_id:
+                    issues.append(f"duplicate device_id {device_id} (also {by_device_id[device_id]})")
+                else:
+                    by_device_id[device_id] = source
         if issues:
             problems.append(f"{label}: " + "; ".join(issues))
         elif device is not None:
@@ -324,7 +291,7 @@ def _device(source, values, issues, base_dir) -> Optional[InventoryDevice]:  # p
         return None
     for column in ("host", "user", "ssh_key", "registration_id", "device_id", "tcti", "edge_version",
                    "sudo_password_env", "proxy", "no_proxy", "proxy_ca"):
-        why = too_long(column, _text(values[column]))
+        why = too_long(LENGTH_KIND.get(column, column), _text(values[column]))
         if why:  # bounded like the options (azext_edgetpm.limits), before anything reaches a device
             issues.append(f"{column} {why}")
     if issues:
@@ -339,6 +306,8 @@ def _device(source, values, issues, base_dir) -> Optional[InventoryDevice]:  # p
         issues.append(f"port {shown(port)} is not a TCP port")
         port = "22"
     user = match.group("user") if values["user"] == "@" else (_text(values["user"]) or match.group("user"))
+    if user and not _USER.match(user):
+        issues.append(f"user {shown(user)} is not a login name (no blanks, control characters, @ or :)")
     key = _text(values["ssh_key"])
     if key:
         key = os.path.expanduser(key)
@@ -359,22 +328,8 @@ def _device(source, values, issues, base_dir) -> Optional[InventoryDevice]:  # p
             device_id = validate_device_id(device_id, "device_id")
         except Exception as exc:  # pylint: disable=broad-except  # IoT Hub's rules
             issues.append(str(getattr(exc, "error_msg", exc)).rstrip("."))
-    tags = values["tags"]
-    if isinstance(tags, str) and tags.strip():
-        try:
-            tags = json.loads(tags)
-        except ValueError:
-            issues.append("tags is not a JSON object")
-            tags = None
-    if tags is not None and tags != "" and not isinstance(tags, dict):
-        issues.append("tags is not a JSON object")
-        tags = None
-    hubs = values["iot_hubs"]
-    if isinstance(hubs, str):
-        hubs = [h for h in re.split(r"[\s,;]+", hubs) if h]
-    elif hubs is not None and not isinstance(hubs, list):
-        issues.append("iot_hubs is not a list of host names")
-        hubs = None
+    tags = _tags(values["tags"], issues)
+    hubs = _hubs(values["iot_hubs"], issues)
     tcti = _text(values["tcti"])
     if tcti and re.search(r"[\x00-\x1f]", tcti):
         issues.append("tcti must be one line")
@@ -386,8 +341,76 @@ def _device(source, values, issues, base_dir) -> Optional[InventoryDevice]:  # p
         issues.append(f"sudo_password_env {shown(env_name)} is not an environment variable name")
     proxy = _proxy(values, base_dir, issues)
     return InventoryDevice(source=source, host=host, port=int(port), user=user, ssh_key=key, registration_id=rid,
-                           device_id=device_id, tags=tags or None, iot_hubs=[str(h) for h in hubs] if hubs else None,
+                           device_id=device_id, tags=tags or None, iot_hubs=hubs or None,
                            tcti=tcti, edge_version=version, sudo_password_env=env_name, proxy=proxy)
+
+
+def _tags(tags, issues) -> Optional[dict]:
+    """The tags column: a JSON object (text in CSV) within IoT Hub's depth and size limits."""
+    if isinstance(tags, str) and tags.strip():
+        try:
+            tags = json.loads(tags)
+        except RecursionError:
+            issues.append(f"tags nest deeper than {TAGS_DEPTH} levels (IoT Hub's limit)")
+            return None
+        except ValueError:
+            issues.append("tags is not a JSON object")
+            return None
+    if tags is None or tags == "":
+        return None
+    if not isinstance(tags, dict):
+        issues.append("tags is not a JSON object")
+        return None
+    depth, nodes = _shape(tags, TAGS_DEPTH + 1, TAGS_BYTES)
+    if depth > TAGS_DEPTH:
+        issues.append(f"tags nest deeper than {TAGS_DEPTH} levels (IoT Hub's limit)")
+        return None
+    if nodes > TAGS_BYTES:  # (each object or array is at least 2 bytes of JSON)
+        issues.append(f"tags is larger than the {TAGS_BYTES:,} bytes IoT Hub takes")
+        return None
+    try:
+        size = len(json.dumps(tags, ensure_ascii=False).encode("utf-8"))
+    except (TypeError, ValueError):  # (YAML dates, sets and the like)
+        issues.append("tags holds values that are not JSON (dates? quote them)")
+        return None
+    if size > TAGS_BYTES:
+        issues.append(f"tags is {size:,} bytes as JSON; IoT Hub takes at most {TAGS_BYTES:,}")
+        return None
+    return tags
+
+
+def _shape(value, stop: int, budget: int = 10000):
+    """(depth, nodes) of JSON objects and arrays in `value`, walked without recursion and given
+    up past `stop` levels or `budget` nodes (a YAML alias bomb shares its nodes: never expanded)."""
+    deepest, nodes, stack = 0, 0, [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        nodes += 1
+        deepest = max(deepest, level)
+        if deepest >= stop or nodes > budget:
+            break
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, level + 1) for c in children if isinstance(c, (dict, list)))
+    return deepest, nodes
+
+
+def _hubs(hubs, issues) -> Optional[List[str]]:
+    """The iot_hubs column: IoT hub host names (a DNS name: no scheme, port, path or user)."""
+    if hubs is None or hubs == "":
+        return None
+    if isinstance(hubs, str):
+        hubs = [h for h in re.split(r"[\s,;]+", hubs) if h]
+    if not isinstance(hubs, list) or not all(isinstance(h, str) for h in hubs):
+        issues.append("iot_hubs is not a list of host names")
+        return None
+    if len(hubs) > MAX_HUBS:
+        issues.append(f"iot_hubs names {len(hubs):,} hubs; at most {MAX_HUBS} are accepted")
+        return None
+    bad = [h for h in hubs if not _HUB_HOST.match(h)]
+    if bad:
+        issues.append(f"iot_hubs {shown(bad[0])} is not an IoT hub host name (such as my-hub.azure-devices.net)")
+        return None
+    return hubs
 
 
 def _proxy(values, base_dir, issues):
@@ -399,11 +422,11 @@ def _proxy(values, base_dir, issues):
         ca_path = os.path.expanduser(ca_path)
         if not os.path.isabs(ca_path):
             ca_path = os.path.join(base_dir, ca_path)
+        from azext_edgetpm.errors import LocalFileError
         try:
-            with open(ca_path, "rb") as handle:
-                ca_pem = handle.read()
-        except OSError as exc:
-            issues.append(f"proxy_ca {ca_path}: {exc.strerror}")
+            ca_pem = read_bounded(ca_path, LIMITS["ca_bundle"], "proxy_ca", "proxy_ca")
+        except LocalFileError as exc:
+            issues.append(exc.message.rstrip("."))
             return None
     try:
         return parse(_text(values["proxy"]), _text(values["no_proxy"]), ca_pem)

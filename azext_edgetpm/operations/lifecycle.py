@@ -51,7 +51,9 @@ def configured_registration_id(session) -> Optional[str]:
     """The registration ID in the device's /etc/aziot/config.toml (None when there is none)."""
     import shlex
     from azext_edgetpm.edge import configtoml
-    result = session.run(f"cat -- {shlex.quote(configtoml.CONFIG_PATH)} 2>/dev/null", sudo=True, timeout=60)
+    from azext_edgetpm.edge.facts import FILE_LIMIT
+    result = session.run(f"head -c {FILE_LIMIT} -- {shlex.quote(configtoml.CONFIG_PATH)} 2>/dev/null", sudo=True,
+                         timeout=60)  # (bounded: a config.toml beyond it is no config this tool wrote)
     if result.rc != 0 or not result.stdout.strip():
         return None
     try:

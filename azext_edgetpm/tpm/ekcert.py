@@ -12,8 +12,10 @@ import os
 from typing import List, Optional
 
 from azext_edgetpm.errors import DeviceError, LocalFileError, option
+from azext_edgetpm.files import LIMITS, read_bounded
 
 BUNDLE_SUFFIXES = (".pem", ".crt", ".cer", ".der")
+BUNDLE_LIMIT = LIMITS["ca_bundle"]
 
 
 def load_ca_bundle(path: str) -> list:
@@ -25,13 +27,11 @@ def load_ca_bundle(path: str) -> list:
     else:
         files = [path]
     certs = []
+    budget = BUNDLE_LIMIT  # (for a directory: all its files together)
     for name in files:
-        try:
-            with open(name, "rb") as handle:
-                data = handle.read()
-        except OSError as exc:
-            raise LocalFileError(f"Cannot read the EK CA bundle {name}: {exc.strerror}.",
-                                 "Give a readable PEM or DER file, or a directory of them.", "ek_ca_bundle") from exc
+        data = read_bounded(name, budget, "The EK CA bundle", "ek_ca_bundle",
+                            "Give a PEM or DER file, or a directory of them, of the TPM maker's CA certificates.")
+        budget -= len(data)
         try:
             certs += (x509.load_pem_x509_certificates(data) if b"-----BEGIN" in data
                       else [x509.load_der_x509_certificate(data)])
