@@ -22,7 +22,7 @@ from collections import OrderedDict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUITE = ("azext_edgetpm/tests/latest/test_robust_faults.py", "azext_edgetpm/tests/latest/test_robust_devices.py",
-         "azext_edgetpm/tests/latest/test_robust_inputs.py")
+         "azext_edgetpm/tests/latest/test_robust_inputs.py", "azext_edgetpm/tests/latest/test_untrusted_inputs.py")
 FIGURES = OrderedDict((
     ("faults injected", None), ("runs resumed", None), ("devices assigned", None), ("duplicates", 0),
     ("hostile inputs tried", None), ("escapes", 0), ("tracebacks", 0), ("secret hits", 0),

@@ -129,11 +129,14 @@ def _run(argv, env, cwd):
 
 def scrub(text: str, file_text: str) -> str:
     """Ansible's message about a file, with every piece of the file's text before the last @ of
-    a line that holds one (where a proxy's user:password sits) replaced by ***."""
+    a line that holds one (where a proxy's user:password sits) replaced by ***: whole words and
+    their letter-and-digit runs, since Ansible may quote any part of a line it cannot parse."""
     pieces = set()
     for line in file_text.splitlines():
         if "@" in line:
-            pieces.update(p for p in re.split(r"[\s\"'=,]+", line[:line.rfind("@")]) if len(p) >= 2)
+            secret = line[:line.rfind("@")]
+            pieces.update(p for p in re.split(r"[\s\"'=,]+", secret) if len(p) >= 2)
+            pieces.update(p for p in re.split(r"[^A-Za-z0-9]+", secret) if len(p) >= 3)
     for piece in sorted(pieces, key=len, reverse=True):
         text = text.replace(piece, "***")
     return text

@@ -151,6 +151,11 @@ def write_inventories(tmp_path, passwords):
                            for r in rows if "\x00" not in r.get("proxy", "") and "\n" not in r.get("proxy", "")]
     (tmp_path / "hosts.ini").write_text("\n".join(lines) + "\n", encoding="utf-8")
     files["ansible ini"] = tmp_path / "hosts.ini"
+    # Unquoted, so that Ansible's INI parser fails on the very words of the password and says so.
+    (tmp_path / "broken.ini").write_text("[fleet]\n" + "".join(f"10.9.0.{i + 1} proxy=http://edge:{p}@h:1\n"
+                                                               for i, p in enumerate(passwords)
+                                                               if "\x00" not in p and "\n" not in p))
+    files["broken ansible ini"] = tmp_path / "broken.ini"
     # A file that is not valid YAML where the password sits: the parser's message must not quote it.
     (tmp_path / "broken.yml").write_text("devices:\n  - host: 10.9.0.1\n    proxy: \"http://edge:"
                                          + passwords[1] + "@proxy.example:3128\n  - [\n", encoding="utf-8")
@@ -167,12 +172,14 @@ def test_hostile_proxy_passwords_never_reach_output_from_an_inventory(tmp_path):
     files = write_inventories(tmp_path, PASSWORDS)
     hits = []
     for fmt, path in files.items():
-        for command, extra in INVENTORY_COMMANDS:
+        # (ansible-inventory takes a second a run: the Ansible files go through two of the commands)
+        for command, extra in INVENTORY_COMMANDS[::3] if "ansible" in fmt else INVENTORY_COMMANDS:
             debug = command == "provision"
             result = (az_debug if debug else az)("edge-tpm", command, "--inventory", str(path), "--login", LOGIN,
                                                  *extra)
             hits += [f"{fmt} {command}: {h}" for h in check_run(result, debug)]
-            assert "nothing was started" in result.message or "not valid" in result.message, (fmt, result.message)
+            assert any(words in result.message for words in ("nothing was started", "not valid", "could not read")), \
+                (fmt, result.message)
             if fmt in ("csv", "json", "yaml", "ansible yaml"):
                 assert "port '99999' is not a TCP port" in result.message, (fmt, result.message[-500:])
     assert hits == []
