@@ -209,6 +209,15 @@ def test_malicious_tool_output_gives_one_clear_error_and_bounded_memory(new_devi
         assert "Traceback" not in err, (what, err[-2000:])
         assert rc != 0 and "ERROR:" in err and len(err) < 5000, (what, rc, err[-1500:])
         assert peak < limit, (what, f"az peaked at {peak:.0f} MiB, {baseline:.0f} MiB on a sound device")
+    # A config.toml beyond what a device file may hold: refused by name, not read (issue 21).
+    dev.exec("mkdir -p /etc/aziot && yes '# filler' | head -c 6000000 > /etc/aziot/config.toml", check=True)
+    rc, out, err, peak = az_process("edge-tpm", "install", "--host", f"root@{dev.host}:{dev.port}", "--ssh-key",
+                                    dev.key("root"), "--known-hosts", dev.known_hosts, "--tcti", dev.tcti,
+                                    "--id-scope", "0ne00000001", "--registration-id", "os-check", "--dry-run")
+    record("hostile inputs tried")
+    tracebacks += "Traceback" in err
+    assert rc != 0 and "/etc/aziot/config.toml" in err and "6,000,000 bytes" in err, err[-1500:]
+    assert "Traceback" not in err and peak < limit, (err[-1500:], peak)
     record("tracebacks", tracebacks)
 
 
