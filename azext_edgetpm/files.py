@@ -37,6 +37,14 @@ def size_text(count: int) -> str:
     return f"{count:,} bytes"
 
 
+def name(path: str) -> str:
+    """A path as a message shows it: as it is when it is plain printable text, else quoted with
+    its control characters escaped (and bounded)."""
+    if len(path) <= 200 and path.isprintable() and not path.startswith(" ") and not path.endswith(" "):
+        return path
+    return shown(path, 200)
+
+
 def read_bounded(path: str, limit: int, what: str, field: Optional[str] = None,
                  hint: Optional[str] = None) -> bytes:
     """The bytes of `path` (~ expanded), at most `limit` of them; `what` names the file in
@@ -51,16 +59,18 @@ def read_bounded(path: str, limit: int, what: str, field: Optional[str] = None,
     try:
         with open(full, "rb") as handle:
             data = handle.read(limit + 1)
+    except FileNotFoundError as exc:
+        raise LocalFileError(f"{what} {name(full)} does not exist.", hint, field) from exc
     except OSError as exc:
         why = exc.strerror or type(exc).__name__
-        raise LocalFileError(f"Cannot read {what[:1].lower() + what[1:]} {shown(full, 200)}: {why}.", hint,
+        raise LocalFileError(f"Cannot read {what[:1].lower() + what[1:]} {name(full)}: {why}.", hint,
                              field) from exc
     except ValueError as exc:  # (e.g. a path the file system cannot encode)
-        raise LocalFileError(f"Cannot read {what[:1].lower() + what[1:]} {shown(full, 200)}: not a usable "
+        raise LocalFileError(f"Cannot read {what[:1].lower() + what[1:]} {name(full)}: not a usable "
                              "file name.", hint, field) from exc
     if len(data) > limit:
         raise LocalFileError(
-            f"{what} {shown(full, 200)} holds more than {size_text(limit)} (it is "
+            f"{what} {name(full)} holds more than {size_text(limit)} (it is "
             + ("a device or a pipe, not a regular file" if not _regular(full) else "too large")
             + "); nothing was read beyond that.",
             f"Give a regular file of at most {size_text(limit)}. {hint}", field)
@@ -74,7 +84,7 @@ def read_text_bounded(path: str, limit: int, what: str, field: Optional[str] = N
     try:
         return data.decode(encoding)
     except UnicodeDecodeError as exc:
-        raise LocalFileError(f"{what} {shown(os.path.expanduser(path), 200)} is not UTF-8 text (byte "
+        raise LocalFileError(f"{what} {name(os.path.expanduser(path))} is not UTF-8 text (byte "
                              f"{exc.start:,} is 0x{data[exc.start]:02x}).",
                              hint or "Save the file as UTF-8.", field) from exc
 

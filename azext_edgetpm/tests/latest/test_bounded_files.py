@@ -17,7 +17,7 @@ def test_reads_a_file_within_its_limit(tmp_path):
 @pytest.mark.parametrize("name, expected", [
     ("/dev/zero", "holds more than 1 KiB (it is a device or a pipe"),
     ("big", "holds more than 1 KiB (it is too large)"),
-    ("missing", "No such file or directory"),
+    ("missing", "missing does not exist"),
     (".", "Is a directory"),
     ("a\x00b", "cannot hold a NUL character"),
     ("latin1", "is not UTF-8 text (byte 1 is 0xe9)"),
