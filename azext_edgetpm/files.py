@@ -31,9 +31,9 @@ LIMITS = {
 
 def size_text(count: int) -> str:
     """1,048,576 -> '1 MiB'; 65,536 -> '64 KiB'; other counts in bytes."""
-    for unit, name in ((MIB, "MiB"), (KIB, "KiB")):
+    for unit, label in ((MIB, "MiB"), (KIB, "KiB")):
         if count >= unit and count % unit == 0:
-            return f"{count // unit:,} {name}"
+            return f"{count // unit:,} {label}"
     return f"{count:,} bytes"
 
 

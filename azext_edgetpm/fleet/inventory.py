@@ -347,36 +347,37 @@ def _device(source, values, issues, base_dir) -> Optional[InventoryDevice]:  # p
 
 def _tags(tags, issues) -> Optional[dict]:
     """The tags column: a JSON object (text in CSV) within IoT Hub's depth and size limits."""
+    problem = None
     if isinstance(tags, str) and tags.strip():
         try:
             tags = json.loads(tags)
         except RecursionError:
-            issues.append(f"tags nest deeper than {TAGS_DEPTH} levels (IoT Hub's limit)")
-            return None
+            problem = f"tags nest deeper than {TAGS_DEPTH} levels (IoT Hub's limit)"
         except ValueError:
-            issues.append("tags is not a JSON object")
-            return None
-    if tags is None or tags == "":
+            problem = "tags is not a JSON object"
+    if problem is None and tags not in (None, ""):
+        problem = _tags_problem(tags)
+    if problem:
+        issues.append(problem)
         return None
+    return tags or None
+
+
+def _tags_problem(tags) -> Optional[str]:
     if not isinstance(tags, dict):
-        issues.append("tags is not a JSON object")
-        return None
+        return "tags is not a JSON object"
     depth, nodes = _shape(tags, TAGS_DEPTH + 1, TAGS_BYTES)
     if depth > TAGS_DEPTH:
-        issues.append(f"tags nest deeper than {TAGS_DEPTH} levels (IoT Hub's limit)")
-        return None
+        return f"tags nest deeper than {TAGS_DEPTH} levels (IoT Hub's limit)"
     if nodes > TAGS_BYTES:  # (each object or array is at least 2 bytes of JSON)
-        issues.append(f"tags is larger than the {TAGS_BYTES:,} bytes IoT Hub takes")
-        return None
+        return f"tags is larger than the {TAGS_BYTES:,} bytes IoT Hub takes"
     try:
         size = len(json.dumps(tags, ensure_ascii=False).encode("utf-8"))
     except (TypeError, ValueError):  # (YAML dates, sets and the like)
-        issues.append("tags holds values that are not JSON (dates? quote them)")
-        return None
+        return "tags holds values that are not JSON (dates? quote them)"
     if size > TAGS_BYTES:
-        issues.append(f"tags is {size:,} bytes as JSON; IoT Hub takes at most {TAGS_BYTES:,}")
-        return None
-    return tags
+        return f"tags is {size:,} bytes as JSON; IoT Hub takes at most {TAGS_BYTES:,}"
+    return None
 
 
 def _shape(value, stop: int, budget: int = 10000):
