@@ -382,6 +382,9 @@ def agent_proxy_url(text: str) -> Optional[str]:
 
 
 def _agent_proxy(data: dict) -> Optional[str]:
-    from .proxy import redact
-    env = (data.get("agent") or {}).get("env") or {}
-    return redact(env.get("https_proxy")) or None
+    """The agent's proxy as output shows it: whatever the device's file holds, nothing up to its last @."""
+    from .proxy import redact_value
+    agent = data.get("agent")
+    env = agent.get("env") if isinstance(agent, dict) else None
+    value = env.get("https_proxy") if isinstance(env, dict) else None
+    return redact_value(value) if value else None

@@ -327,3 +327,21 @@ def test_inventory_format_is_chosen_from_the_name_or_given(tmp_path):
     assert [d.key for d in read_inventory(str(tmp_path / "fleet.data"), "yaml")] == ["10.7.0.2:22"]
     with pytest.raises(UserInputError, match="Unknown inventory format"):
         read_inventory(str(tmp_path / "fleet.txt"), "xml")
+
+
+def test_status_never_shows_a_proxy_password_a_device_file_holds():
+    """`status` reports the agent's proxy from the device's config.toml, which anyone with root on
+    the device may have written: shown with nothing up to its last @, whatever the password."""
+    import tomlkit
+    from azext_edgetpm.edge.configtoml import summarize
+    hits = []
+    for password in (p for p in PASSWORDS if "\x00" not in p):
+        for value in proxy_values(password):
+            text = tomlkit.dumps({"agent": {"env": {"https_proxy": value}}})
+            shown = summarize(text)["agentProxy"]
+            record("hostile inputs tried")
+            assert shown.endswith("@proxy.example:3128"), shown
+            hits += leaks(shown)
+    assert summarize('agent = "x"\n')["agentProxy"] is None
+    record("secret hits", len(hits))
+    assert hits == []
