@@ -105,7 +105,7 @@ def _json_object(value, option):
     """JSON text (az has already expanded @file) or the path of a JSON file, as a dict."""
     import os
     from azure.cli.core.azclierror import FileOperationError
-    from azure.cli.core.util import read_file_content, shell_safe_json_parse
+    from azure.cli.core.util import shell_safe_json_parse
     from knack.util import CLIError
     if value is None or isinstance(value, dict):
         return value
@@ -114,17 +114,22 @@ def _json_object(value, option):
         raise FileOperationError(f"{option} {shown(value)}: the file cannot be read.",
                                  "Check the path after @ and that the file is readable.")
     if os.path.isfile(value):
+        from azext_edgetpm._error_map import to_azclierror
+        from azext_edgetpm.errors import EdgeTpmError
+        from azext_edgetpm.files import LIMITS, read_text_bounded
         try:
-            value = read_file_content(value)
-        except (OSError, UnicodeError) as exc:
-            raise FileOperationError(f"{option}: cannot read {shown(value)}: {exc}",
-                                     "Give a readable UTF-8 JSON file.") from exc
+            value = read_text_bounded(value, LIMITS["twin_json"], f"The JSON file of {option}",
+                                      hint="Give a readable UTF-8 JSON file.")
+        except EdgeTpmError as exc:
+            raise to_azclierror(exc) from exc
     example = f"For example: {option} '{{\"location\": \"plant-1\"}}' or {option} @tags.json."
     try:
         parsed = shell_safe_json_parse(value)
     except CLIError as exc:  # (InvalidArgumentValueError in current az, a bare CLIError in older ones)
         raise InvalidArgumentValueError(f"{option}: {getattr(exc, 'error_msg', exc)}",
                                         list(getattr(exc, "recommendations", [])) + [example]) from exc
+    except RecursionError:
+        raise InvalidArgumentValueError(f"{option}: the JSON nests too deeply.", example) from None
     if not isinstance(parsed, dict):
         raise InvalidArgumentValueError(f"{option} must be a JSON object.", example)
     return parsed

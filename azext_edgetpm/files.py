@@ -23,6 +23,7 @@ LIMITS = {
     "inventory": 16 * MIB,     # a fleet's inventory (some 100,000 rows)
     "state": 64 * MIB,         # a fleet's --state journal
     "payload": MAX_PAYLOAD_BYTES,  # --payload (sent to DPS at every registration)
+    "twin_json": 1 * MIB,      # --initial-twin-tags / --initial-twin-properties as a file
     "ssh_key": 64 * KIB,       # a private key
     "known_hosts": 16 * MIB,
     "package": 1024 * MIB,     # an --offline-packages .deb

@@ -313,6 +313,14 @@ def test_malformed_inventories_are_one_error_naming_the_rows(tmp_path):
         record("hostile inputs tried")
         assert result.rc != 0 and words in result.message, (name, result.message[-800:])
         assert "Traceback" not in result.stderr
+    # The same through --initial-twin-tags: deeply nested JSON text, and a JSON file over its bound.
+    big = tmp_path / "tags.json"
+    big.write_text("{" + " " * (2 << 20) + "}", encoding="utf-8")
+    for value, words in (('{"a": ' * 5000 + "1" + "}" * 5000, "nests too deeply"), (str(big), "holds more than 1 MiB")):
+        result = az("edge-tpm", "provision", "--host", NOWHERE, "--login", LOGIN, "--id-scope", SCOPE,
+                    "--initial-twin-tags", value)
+        record("hostile inputs tried")
+        assert result.rc != 0 and words in result.message and "Traceback" not in result.stderr, result.message
     record("tracebacks", 0)
 
 
