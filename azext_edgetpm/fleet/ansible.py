@@ -63,7 +63,8 @@ def rows(path: str, limit: Optional[str], columns, script: bool, file_text: str 
         raise UserInputError(f"ansible-inventory gave no inventory JSON for {path}.",
                              "Check the Ansible installation" + (" and what the script prints." if script else "."),
                              "inventory") from None
-    hostvars = (data.get("_meta") or {}).get("hostvars") or {}
+    meta = data.get("_meta")
+    hostvars = meta.get("hostvars") if isinstance(meta, dict) else None
     hosts = _group_hosts(data, limit) if limit else _all_hosts(data)
     found = []
     for name in hosts:

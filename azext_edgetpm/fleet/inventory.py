@@ -87,7 +87,7 @@ def detect_format(path: str, text: str) -> str:
         + ("; it is executable, and an executable inventory is never run unless asked for." if executable else "."),
         f"Name it .csv, .json, .yml/.yaml or .ini, or give {option('inventory_format')} csv, json, yaml or ansible "
         f"(an Ansible INI or YAML inventory); a dynamic inventory script runs only with {option('inventory_format')} "
-        "ansible-script.", "inventory_format")
+        "ansible-script.", "inventory")
 
 
 def read_inventory(path: str, fmt: Optional[str] = None, limit: Optional[str] = None,
@@ -98,9 +98,6 @@ def read_inventory(path: str, fmt: Optional[str] = None, limit: Optional[str] = 
     if fmt is not None and fmt not in FORMATS:
         raise UserInputError(f"Unknown inventory format {shown(fmt)}.", f"Formats: {', '.join(FORMATS)}.",
                              "inventory_format")
-    if limit and fmt not in (None, "ansible", "ansible-script"):
-        raise UserInputError("A group limit only applies to Ansible inventories.",
-                             "Drop the limit, or give an Ansible inventory.", "limit")
     file_defaults: dict = {}
     if fmt == "ansible-script":  # the one case where the file is run, not read
         rows = ansible.rows(path, limit, COLUMNS, script=True)
