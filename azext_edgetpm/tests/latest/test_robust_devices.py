@@ -147,15 +147,18 @@ def _ek(dev):
     return _EK[dev.name]
 
 
-_PEAK = ("import atexit, resource, runpy, sys; atexit.register(lambda: sys.stderr.write("
-         "'@@PEAK %d\\n' % resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)); sys.argv[0] = 'az'; "
-         "runpy.run_module('azure.cli', run_name='__main__')")
+# A small launcher runs az and reports its child's peak RSS (RUSAGE_CHILDREN). (az's own
+# RUSAGE_SELF would not do: Linux keeps the peak across fork and execve, so a process started by
+# a big pytest process reports at least pytest's size.)
+_PEAK = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; sys.stderr.write("
+         "'@@PEAK %d\\n' % resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)")
 
 
 def az_process(*args, timeout=180):
     """The real az in a process of its own; returns (rc, stdout, stderr, its peak RSS in MiB)."""
-    proc = subprocess.run([sys.executable, "-c", _PEAK, *args], capture_output=True, text=True, cwd=REPO,
-                          env=dict(os.environ), timeout=timeout, check=False)
+    proc = subprocess.run([sys.executable, "-c", _PEAK, sys.executable, "-m", "azure.cli", *args],
+                          capture_output=True, text=True, cwd=REPO, env=dict(os.environ), timeout=timeout,
+                          check=False)
     err, _, peak = proc.stderr.rpartition("@@PEAK ")
     return proc.returncode, proc.stdout, err, int(peak.split()[0]) / 1024
 

@@ -251,6 +251,8 @@ def test_dev_zero_as_a_file_is_one_clear_error_in_bounded_memory(tmp_path):
         "--payload": (["edge-tpm", "provision", "--host", NOWHERE, "--payload", "/dev/zero"], "--payload"),
     }
     tracebacks = 0
+    baseline = az_peak("edge-tpm", "deprovision", "--inventory", str(inventory), "--yes", "--login", LOGIN)[2]
+    print(f"az on a 1-row inventory: {baseline:.0f} MiB")
     for what, (args, expected) in cases.items():
         rc, err, peak = az_peak(*args, "--login", LOGIN, *(["--id-scope", SCOPE] if "provision" in args else []))
         record("hostile inputs tried")
