@@ -31,13 +31,27 @@ DEVKIT_ROOT = os.path.dirname(os.path.dirname(HERE))
 
 class Release(collections.namedtuple("Release", "edge identity")):
     """One aziot-edge version and the one aziot-identity-service version it depends on with
-    `=`: the two numbers differ, as in the real packages (edgelet/contrib/debian/control of
-    Azure/iotedge at tags 1.5.9 and 1.5.10: `aziot-identity-service (= 1.5.2-1)`, `(= 1.5.3-1)`)."""
+    `=`: the two numbers may differ, as in the real packages (edgelet/contrib/debian/control of
+    Azure/iotedge at tags 1.5.9 and 1.5.10: `aziot-identity-service (= 1.5.2-1)`, `(= 1.5.3-1)`;
+    on main, the 1.6 line: `(= 1.6.0-1)`; the RPM spec edgelet/contrib/enterprise-linux/
+    aziot-edge.spec names the same version with `%{?dist}`)."""
+
+    @property
+    def line(self):
+        """The LTS line, major.minor ("1.6")."""
+        return ".".join(self.edge.split(".")[:2])
+
+    @property
+    def upstream(self):
+        """The version without the package revision ("1.6.0")."""
+        return self.edge.rsplit("-", 1)[0]
 
 
-# Served versions, oldest first (the last is the latest). A new release line is one more row
-# (e.g. Release("1.6.0-1", "1.6.0-1")); every row gets its own offline set debs/<edge>/.
-RELEASES = (Release("1.5.9-1", "1.5.2-1"), Release("1.5.10-1", "1.5.3-1"))
+# Served versions, oldest first (the last is the latest). A new release line is one more row;
+# every row gets its own offline sets debs/<edge>/ and rpms/<el>/<edge>/. 1.6.1 changed only
+# the container images: the daemon packages of the 1.6 line stay at 1.6.0.
+RELEASES = (Release("1.5.9-1", "1.5.2-1"), Release("1.5.10-1", "1.5.3-1"),
+            Release("1.6.0-1", "1.6.0-1"))
 EDGE_VERSIONS = tuple(r.edge for r in RELEASES)
 IDENTITY_VERSIONS = tuple(dict.fromkeys(r.identity for r in RELEASES))
 MOBY_VERSION = "25.0.5-1"
@@ -252,6 +266,26 @@ def identity_package(version, python, devkit_root):
     return pkg
 
 
+def agent_image(release):
+    """The edgeAgent image a line's aziot-edged uses without an [agent] table, and its template
+    shows (Azure/iotedge edgelet/contrib/config/linux/template.toml and
+    edgelet/iotedge/src/config/super_config.rs: `azureiotedge-agent:1.5` on release/1.5,
+    `:1.6` on main)."""
+    return "mcr.microsoft.com/azureiotedge-agent:%s" % release.line
+
+
+def edge_json(release):
+    """Build info the stand-in iotedge reads (`iotedge version`, the default agent image)."""
+    return json.dumps({"edge_version": release.upstream, "agent_image": agent_image(release)},
+                      indent=1) + "\n"
+
+
+def edge_template(release):
+    """/etc/aziot/config.toml.edge.template of a release."""
+    return (_read("config.toml.edge.template").replace("@EDGE_VERSION@", release.upstream)
+            .replace("@AGENT_IMAGE@", agent_image(release)))
+
+
 def edge_package(release):
     """aziot-edge: the iotedge stand-in, the config template, the iotedge user.
 
@@ -261,7 +295,7 @@ def edge_package(release):
     check_runtime), so the engine must be installed (and configured: moby-engine's postinst
     creates the group) in an earlier apt transaction. The shim is the kit's own."""
     version = release.edge
-    upstream = version.rsplit("-", 1)[0]
+    upstream = release.upstream
     pkg = Package("aziot-edge", version,
                   "Azure IoT Edge runtime (devkit stand-in)\n"
                   "Ships /usr/bin/iotedge (config apply, system status/logs, list, check,\n"
@@ -286,10 +320,8 @@ def edge_package(release):
         "        ;;\n"
         "esac\n" % (banner, banner))
     pkg.add("/usr/bin/iotedge", _read("iotedge"), 0o755)
-    pkg.add("/usr/lib/aziot-standin/edge.json",
-            json.dumps({"edge_version": upstream}, indent=1) + "\n")
-    pkg.add("/etc/aziot/config.toml.edge.template",
-            _read("config.toml.edge.template").replace("@EDGE_VERSION@", upstream), 0o644)
+    pkg.add("/usr/lib/aziot-standin/edge.json", edge_json(release))
+    pkg.add("/etc/aziot/config.toml.edge.template", edge_template(release), 0o644)
     pkg.add("/etc/init.d/aziot-edged", _read("aziot.init.in").replace("@UNIT@", "aziot-edged"),
             0o755)
     pkg.dirs += ["/etc/aziot/edged/config.d", "/var/lib/aziot/edged"]
@@ -450,7 +482,11 @@ def build_repo(out_dir, python=None, devkit_root=None):
             for path in [built["shim"], built["moby"], built["identity-" + release.identity],
                          built["edge-" + release.edge]] + [os.path.join(pool, n) for n in debian]:
                 _link(path, os.path.join(offline, os.path.basename(path)))
+        lines = {os.path.basename(built["edge-" + r.edge]): r.line for r in RELEASES}
+        lines.update({os.path.basename(built["identity-" + r.identity]): r.line
+                      for r in RELEASES})
         manifest = {"key": key, "edge_versions": list(EDGE_VERSIONS),
+                    "lines": lines, "debian_own": sorted(debian),
                     "identity_versions": {r.edge: r.identity for r in RELEASES},
                     "latest": EDGE_VERSIONS[-1], "moby_version": MOBY_VERSION,
                     "python": python, "devkit_root": devkit_root,

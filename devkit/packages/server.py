@@ -16,11 +16,13 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from . import builder
 
 CONFIG_PKG_PATH = "config/debian/12/packages-microsoft-prod.deb"
-# Further Debian releases, served as Microsoft serves them: config/debian/<v>/packages-microsoft-
-# prod.deb whose apt line names that release's own pool, debian/<v>/prod/. A pool holds the
-# stand-ins (Architecture: all) but not Debian 12's tpm2-tools and libtss2, which would break
-# another release's libraries.
-RELEASE_POOLS = {"11": "bullseye"}
+# The Debian releases served as packages.microsoft.com serves them: a pool per release at
+# debian/<v>/prod/ and config/debian/<v>/packages-microsoft-prod.deb whose apt line names it.
+# Each pool holds the runtime lines Microsoft publishes for that release (1.6 dropped Debian
+# 11: Azure/iotedge builds/misc/templates/build-packages.yaml) and, for Debian 12 only, this
+# machine's tpm2-tools and libtss2 (Debian 12's, which would break another release's libraries).
+DEBIAN_RELEASES = {"12": {"codename": "bookworm", "lines": None, "debian_own": True},
+                   "11": {"codename": "bullseye", "lines": ("1.5",), "debian_own": False}}
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
@@ -54,37 +56,45 @@ class AptRepo:
         return "deb [trusted=yes] %s ./" % self.base_url
 
     def _prepare(self):
-        """A private served tree: links to the pool, the config package, a fresh index."""
+        """A private served tree: links to the pool, the config packages, fresh indexes."""
         parent = os.path.dirname(self.repo_dir)
         self.serve_dir = tempfile.mkdtemp(prefix="apt-served-%d-" % self.port, dir=parent)
+        with open(os.path.join(self.repo_dir, "manifest.json"), "r", encoding="utf-8") as f:
+            manifest = json.load(f)
+        # The flat repository at the root (today's apt_line): every package, Debian 12's.
         pool = os.path.join(self.serve_dir, "pool")
         os.makedirs(pool)
         for name in os.listdir(os.path.join(self.repo_dir, "pool")):
             builder._link(os.path.join(self.repo_dir, "pool", name), os.path.join(pool, name))
-        deb = builder.build_config_package(self.apt_line, pool)
-        config_copy = os.path.join(self.serve_dir, CONFIG_PKG_PATH)
-        os.makedirs(os.path.dirname(config_copy))
-        builder._link(deb, config_copy)
+        builder.build_config_package(self.apt_line, pool)
         builder.scan(self.serve_dir)
-        for version in RELEASE_POOLS:
-            self._prepare_release_pool(version)
+        for version, release in DEBIAN_RELEASES.items():
+            self._prepare_debian_pool(version, release, manifest)
 
-    def _prepare_release_pool(self, version):
-        """debian/<version>/prod/ (the stand-ins) and its config/debian/<version>/ package."""
+    def _prepare_debian_pool(self, version, release, manifest):
+        """debian/<version>/prod/ and its config/debian/<version>/ package."""
         tree = os.path.join(self.serve_dir, "debian", version, "prod")
         pool = os.path.join(tree, "pool")
         os.makedirs(pool)
-        debian_own = tuple(name + "_" for name in builder.TPM2_TOOLS_DEBS)
+        lines, debian_own = manifest.get("lines", {}), set(manifest.get("debian_own", ()))
         for name in os.listdir(os.path.join(self.repo_dir, "pool")):
-            if not name.startswith(debian_own):
-                builder._link(os.path.join(self.repo_dir, "pool", name), os.path.join(pool, name))
-        apt_line = "deb [trusted=yes] %sdebian/%s/prod/ ./" % (self.base_url, version)
-        deb = builder.build_config_package(apt_line, tree, "1.1-debian%s" % version)
+            if name in debian_own and not release["debian_own"]:
+                continue
+            if release["lines"] is not None and lines.get(name, release["lines"][0]) \
+                    not in release["lines"]:
+                continue
+            builder._link(os.path.join(self.repo_dir, "pool", name), os.path.join(pool, name))
+        deb = builder.build_config_package(self.debian_apt_line(version), tree,
+                                           "1.1-debian%s" % version)
         config_copy = os.path.join(self.serve_dir, "config", "debian", version,
                                    "packages-microsoft-prod.deb")
         os.makedirs(os.path.dirname(config_copy))
         os.replace(deb, config_copy)
         builder.scan(tree)
+
+    def debian_apt_line(self, version):
+        """The apt line of Debian ``version``'s pool (what its packages-microsoft-prod writes)."""
+        return "deb [trusted=yes] %sdebian/%s/prod/ ./" % (self.base_url, version)
 
     def start(self):
         """Bind, prepare the served tree, serve in background threads; return section()."""
@@ -135,6 +145,20 @@ class AptRepo:
             "edge_versions": manifest["edge_versions"],
             "identity_versions": manifest["identity_versions"],
             "latest_edge_version": latest,
+            # What to give --package-source on each system: its own pool, as on
+            # packages.microsoft.com (the base URL works everywhere: the product then fetches
+            # config/<distro>/<version>/packages-microsoft-prod.*).
+            "sources": {"debian%s" % v: self.debian_apt_line(v) for v in DEBIAN_RELEASES},
+            "config_package_urls": {
+                "debian%s" % v: "%sconfig/debian/%s/packages-microsoft-prod.deb"
+                % (self.base_url, v) for v in DEBIAN_RELEASES},
+            "lines": {"debian%s" % v: sorted({r.line for r in builder.RELEASES
+                                              if r.line in (rel["lines"] or (r.line,))})
+                      for v, rel in DEBIAN_RELEASES.items()},
+            "latest_edge_versions": {
+                "debian%s" % v: [r.edge for r in builder.RELEASES
+                                 if r.line in (rel["lines"] or (r.line,))][-1]
+                for v, rel in DEBIAN_RELEASES.items()},
         }
 
     def __enter__(self):

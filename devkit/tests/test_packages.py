@@ -249,7 +249,28 @@ def installed(device):
 def test_config_package_points_apt_at_the_repo(device, served):
     """packages-microsoft-prod writes the devkit apt line."""
     out = device.run("cat /etc/apt/sources.list.d/microsoft-prod.list").stdout
-    assert served["apt_line"] in out
+    assert served["sources"]["debian12"] in out
+
+
+def test_debian_pools_as_microsoft_serves_them(device, served):
+    """debian/12/prod/ has the 1.6 line (aziot-edge 1.6.0-1 needing identity = 1.6.0-1) next to
+    1.5; debian/11/prod/, named by config/debian/11's package, has 1.5 only (1.6 dropped Debian
+    11), so apt there never sees 1.6."""
+    fields = device.run("apt-cache show aziot-edge=1.6.0-1").stdout
+    assert "Depends: aziot-identity-service (= 1.6.0-1)" in fields
+    assert served["latest_edge_versions"] == {"debian12": "1.6.0-1", "debian11": "1.5.10-1"}
+    with urllib.request.urlopen(served["config_package_urls"]["debian11"], timeout=5) as resp:
+        device.put("/root/pmp-debian11.deb", resp.read())
+    out = device.run(
+        "mkdir -p /tmp/d11/lists/partial /tmp/d11/src && cd /tmp/d11 && "
+        "dpkg-deb -x /root/pmp-debian11.deb x && cp x/etc/apt/sources.list.d/*.list src/ && "
+        "apt-get -q -o Dir::Etc::sourcelist=- -o Dir::Etc::sourceparts=/tmp/d11/src "
+        "-o Dir::State::lists=/tmp/d11/lists update >/dev/null && "
+        "apt-cache -o Dir::Etc::sourcelist=- -o Dir::Etc::sourceparts=/tmp/d11/src "
+        "-o Dir::State::lists=/tmp/d11/lists madison aziot-edge aziot-identity-service").stdout
+    assert "debian/11/prod" in out
+    versions = sorted(line.split("|")[1].strip() for line in out.splitlines())
+    assert versions == ["1.5.10-1", "1.5.2-1", "1.5.3-1", "1.5.9-1"]
 
 
 def test_install_pinned_version_then_upgrade(device):
@@ -276,6 +297,9 @@ def test_install_pinned_version_then_upgrade(device):
     assert "aziot-identity-service\t%s" % old.identity in out
     device.run("apt-get install -y -q aziot-edge")
     assert device.run("iotedge version").stdout.strip() == "iotedge " + new.edge.rsplit("-", 1)[0]
+    assert new.edge == "1.6.0-1"  # the newest line's default agent image is its own
+    template = device.run("cat /etc/aziot/config.toml.edge.template").stdout
+    assert '# image = "mcr.microsoft.com/azureiotedge-agent:1.6"' in template
     out = device.run("dpkg-query -W aziot-identity-service moby-engine").stdout
     assert "aziot-identity-service\t%s" % new.identity in out
 

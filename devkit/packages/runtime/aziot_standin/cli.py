@@ -65,7 +65,7 @@ def config_apply(args):
         raise CommandError("Command failed: could not read config file %s: %s (os error %d)"
                            % (path, err.strerror, err.errno)) from None
     try:
-        cfg = superconfig.parse(text)
+        cfg = superconfig.parse(text, store.build_info().get("agent_image"))
     except superconfig.ConfigError as err:
         raise CommandError("Command failed: %s" % err) from None
     uids = {name: u.pw_uid for name, u in users.items()}
@@ -174,7 +174,10 @@ def list_modules(_args):
 
 
 def version(_args):
-    """`iotedge version`."""
+    """`iotedge version`: "iotedge VERSION", as edgelet/iotedge/src/version.rs prints it with
+    edgelet-core's version_with_source_version() (edgelet/edgelet-core/src/lib.rs): the VERSION
+    the package build passes in (edgelet/Makefile), with " (SHA)" only when BUILD_SOURCEVERSION
+    is set too, which the package build's container does not get (edgelet/build/linux/package.sh)."""
     print("iotedge %s" % store.build_info().get("edge_version", "unknown"))
     return 0
 
