@@ -187,3 +187,95 @@ def _proxied(spec):
     spec.notes["proxied"] = True
     spec.write_file(FIREWALL_PATH, proxied_firewall(spec.address), 0o600)
     spec.run("nft", "-f", FIREWALL_PATH)
+
+
+RHEL_OS_RELEASE = """NAME="Red Hat Enterprise Linux"
+VERSION="{version} ({codename})"
+ID="rhel"
+ID_LIKE="fedora"
+VERSION_ID="{version}"
+PLATFORM_ID="platform:el{major}"
+PRETTY_NAME="Red Hat Enterprise Linux {version} ({codename})"
+ANSI_COLOR="0;31"
+LOGO="fedora-logo-icon"
+CPE_NAME="cpe:/o:redhat:enterprise_linux:{major}::baseos"
+HOME_URL="https://www.redhat.com/"
+DOCUMENTATION_URL="https://access.redhat.com/documentation/en-us/red_hat_enterprise_linux/{major}"
+BUG_REPORT_URL="https://issues.redhat.com/"
+REDHAT_SUPPORT_PRODUCT="Red Hat Enterprise Linux"
+REDHAT_SUPPORT_PRODUCT_VERSION="{version}"
+"""
+RHEL_CODENAMES = {"9": "Plow", "8": "Ootpa"}
+# RHEL's dnf defaults (/etc/dnf/dnf.conf of a RHEL 9 install); no repository until
+# packages-microsoft-prod (or the product) adds one to /etc/yum.repos.d.
+RHEL_DNF_CONF = """[main]
+gpgcheck=1
+installonly_limit=3
+clean_requirements_on_remove=True
+best=True
+skip_if_unavailable=False
+"""
+RPM_SYSTEM_DIR = "/var/lib/devkit-rpm-system"
+# What a Debian root has and RHEL has not: apt and dpkg with their state, Debian's markers.
+DEBIAN_ONLY = ("/usr/bin/apt", "/usr/bin/apt-*", "/usr/bin/dpkg", "/usr/bin/dpkg-*",
+               "/usr/sbin/dpkg-*", "/usr/lib/apt", "/usr/lib/dpkg", "/etc/apt", "/etc/dpkg",
+               "/var/lib/apt", "/var/lib/dpkg", "/var/cache/apt", "/etc/debian_version",
+               "/usr/bin/debconf*")
+# RHEL trusts a CA put in /etc/pki/ca-trust/source/anchors once `update-ca-trust` ran; the
+# stand-in feeds the anchors to Debian's machinery, kept out of PATH (a product path that
+# calls update-ca-certificates on RHEL fails, as there).
+UPDATE_CA_TRUST = """#!/bin/sh
+# devkit stand-in of RHEL's update-ca-trust (ca-certificates, p11-kit): the anchors in
+# /etc/pki/ca-trust/source/anchors and /usr/share/pki/ca-trust-source/anchors become trusted.
+set -e
+case "${1:-extract}" in extract) ;; *) echo "update-ca-trust: unknown command $1" >&2; exit 1;; esac
+dir=/usr/local/share/ca-certificates/devkit-pki-anchors
+rm -rf "$dir" && mkdir -p "$dir"
+for f in /etc/pki/ca-trust/source/anchors/* /usr/share/pki/ca-trust-source/anchors/*; do
+    [ -f "$f" ] && cp "$f" "$dir/$(basename "$f" | sed 's/[.][^.]*$//').crt"
+done
+exec /usr/lib/devkit-rhel/update-ca-certificates --fresh >/dev/null
+"""
+
+
+def rhel_userland(spec, major):
+    """The host's Debian 12 root turned into a RHEL ``major`` system as the product sees it:
+    RHEL's os-release, apt and dpkg gone (a path that still calls them fails: "command not
+    found"), and the real dnf 4 and rpm 4 (Debian's builds) with an rpm database at
+    /var/lib/rpm that holds redhat-release, tpm2-tools and the base system (header-only
+    packages: the files are the root's own), so that dnf resolves the stand-ins' Requires."""
+    from devkit.packages import rpms  # pylint: disable=import-outside-toplevel
+    info = rpms.EL_RELEASES[major]
+    version = info["os_version"]
+    for pattern in DEBIAN_ONLY:
+        spec.remove(pattern)
+    spec.os_release(RHEL_OS_RELEASE.format(version=version, major=major,
+                                           codename=RHEL_CODENAMES[major]))
+    release = "Red Hat Enterprise Linux release %s (%s)\n" % (version, RHEL_CODENAMES[major])
+    for path in ("/etc/redhat-release", "/etc/system-release"):
+        spec.write_file(path, release)
+    # Debian's rpm keeps its database in ~/.rpmdb; RHEL's (and dnf's) is /var/lib/rpm.
+    spec.write_file("/etc/rpm/macros.dbpath", "%_dbpath /var/lib/rpm\n")
+    spec.write_file("/etc/dnf/dnf.conf", RHEL_DNF_CONF)
+    spec.make_dir("/etc/yum.repos.d")
+    spec.make_dir("/etc/pki/ca-trust/source/anchors")
+    spec.make_dir("/usr/lib/devkit-rhel")
+    spec.run("mv", "/usr/sbin/update-ca-certificates", "/usr/lib/devkit-rhel/")
+    spec.write_file("/usr/bin/update-ca-trust", UPDATE_CA_TRUST, 0o755)
+    for name, data in rpms.system_rpm_files(major).items():
+        spec.write_file("%s/%s" % (RPM_SYSTEM_DIR, name), data)
+    spec.run("rpm", "--initdb")
+    spec.run("sh", "-c", "rpm -i --justdb --nodeps --noscripts --notriggers %s/*.rpm"
+             % RPM_SYSTEM_DIR)
+    spec.notes["rhel"] = version
+
+
+@variant("rhel9", "Red Hat Enterprise Linux 9.4 as the product sees it: RHEL's os-release, dnf 4 "
+                  "and rpm 4 with an rpm database (redhat-release, tpm2-tools), no apt or dpkg")
+def _rhel9(spec):
+    rhel_userland(spec, "9")
+
+
+@variant("rhel8", "Red Hat Enterprise Linux 8.10 as the product sees it (as rhel9, el8 packages)")
+def _rhel8(spec):
+    rhel_userland(spec, "8")

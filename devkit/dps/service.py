@@ -13,6 +13,7 @@ from __future__ import annotations
 from ..services import ProcessService
 
 DEVICE_CA_PATH = "/usr/local/share/ca-certificates/devkit-dps-ca.crt"
+RHEL_DEVICE_CA_PATH = "/etc/pki/ca-trust/source/anchors/devkit-dps-ca.pem"
 
 
 class DpsService(ProcessService):
@@ -51,6 +52,9 @@ class DpsService(ProcessService):
             if bundle:
                 with open(bundle, "rb") as f:
                     self._ca_pem = f.read()
-        if self._ca_pem:
+        if self._ca_pem and spec.notes.get("rhel"):  # RHEL's place and tool (variants.py)
+            spec.write_file(RHEL_DEVICE_CA_PATH, self._ca_pem, mode=0o644)
+            spec.run("update-ca-trust", "extract")
+        elif self._ca_pem:
             spec.write_file(DEVICE_CA_PATH, self._ca_pem, mode=0o644)
             spec.run("update-ca-certificates", "--fresh")

@@ -11,7 +11,8 @@ API::
 See README.md beside this file for what the packages contain, how the stand-in runtime
 behaves, and the decisions (systemctl, CA trust, TCTI) behind it.
 """
-from .builder import EDGE_VERSIONS, MOBY_VERSION, RELEASES, BuildError, build_repo
+from .builder import EDGE_VERSIONS, MOBY_VERSION, RELEASES, BuildError
+from .repo import build_repo
 from .server import AptRepo
 
 __all__ = ["AptRepo", "BuildError", "EDGE_VERSIONS", "MOBY_VERSION", "RELEASES", "build_repo"]

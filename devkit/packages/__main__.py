@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 
-from .builder import build_repo
+from .repo import build_repo
 from .server import AptRepo
 
 DEFAULT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(

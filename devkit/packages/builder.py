@@ -1,6 +1,6 @@
 """Build the stand-in .deb packages and the flat apt repository that holds them.
 
-``build_repo(out_dir)`` lays out::
+``build_repo(out_dir)`` (in repo.py, with the RPMs of rpms.py) lays out::
 
     out_dir/pool/*.deb          every package (stand-ins, and Debian's tpm2-tools + libtss2-*)
     out_dir/Packages(.gz)       flat index (dpkg-scanpackages --multiversion)
@@ -15,12 +15,10 @@ packages-microsoft-prod is not built here: its apt line names the server's addre
 import collections
 import glob
 import gzip
-import hashlib
 import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -407,22 +405,6 @@ def fetch_debian_debs(dest, cache_dir):
 # The repository
 
 
-def _cache_key(python, devkit_root):
-    """Hash of everything the built packages depend on."""
-    h = hashlib.sha256()
-    for path in sorted(glob.glob(os.path.join(RUNTIME, "**", "*"), recursive=True)
-                       + [os.path.abspath(__file__)]):
-        if os.path.isfile(path) and "__pycache__" not in path:
-            h.update(path.encode())
-            with open(path, "rb") as f:
-                h.update(f.read())
-    h.update(("%s\n%s\n%s\n%s" % (python, devkit_root, RELEASES, MOBY_VERSION)).encode())
-    for path in sorted(glob.glob(os.path.join(_tomlkit_dir(), "*.py"))):
-        with open(path, "rb") as f:
-            h.update(f.read())
-    return h.hexdigest()
-
-
 def scan(repo_dir):
     """(Re)write Packages and Packages.gz for ``repo_dir``/pool."""
     index = _run(["dpkg-scanpackages", "--multiversion", "pool", "/dev/null"], cwd=repo_dir)
@@ -441,62 +423,3 @@ def _link(src, dest):
         os.link(src, dest)
     except OSError:
         shutil.copy2(src, dest)
-
-
-def build_repo(out_dir, python=None, devkit_root=None):
-    """Build (or reuse) the stand-in repository in ``out_dir``; return its path.
-
-    ``python`` is the interpreter the device-side runtime uses (default: this one, i.e. the
-    devkit venv, which devices see at the same path); ``devkit_root`` the checkout holding
-    ``devkit/tpmclient.py`` (default: this one).
-    """
-    python = python or sys.executable
-    devkit_root = devkit_root or DEVKIT_ROOT
-    out_dir = os.path.abspath(out_dir)
-    key = _cache_key(python, devkit_root)
-    manifest_path = os.path.join(out_dir, "manifest.json")
-    try:
-        with open(manifest_path, "r", encoding="utf-8") as f:
-            if json.load(f).get("key") == key:
-                return out_dir
-    except (OSError, ValueError):
-        pass
-    os.makedirs(os.path.dirname(out_dir) or ".", exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".repo-", dir=os.path.dirname(out_dir))
-    os.chmod(staging, 0o755)
-    try:
-        pool = os.path.join(staging, "pool")
-        os.makedirs(pool)
-        built = {"shim": shim_package().build(pool), "moby": moby_package().build(pool)}
-        for version in IDENTITY_VERSIONS:
-            built["identity-" + version] = identity_package(version, python,
-                                                            devkit_root).build(pool)
-        for release in RELEASES:
-            built["edge-" + release.edge] = edge_package(release).build(pool)
-        debian = fetch_debian_debs(pool, os.path.join(os.path.dirname(out_dir),
-                                                      "debian-debs-cache"))
-        scan(staging)
-        for release in RELEASES:
-            offline = os.path.join(staging, "debs", release.edge)
-            os.makedirs(offline)
-            for path in [built["shim"], built["moby"], built["identity-" + release.identity],
-                         built["edge-" + release.edge]] + [os.path.join(pool, n) for n in debian]:
-                _link(path, os.path.join(offline, os.path.basename(path)))
-        lines = {os.path.basename(built["edge-" + r.edge]): r.line for r in RELEASES}
-        lines.update({os.path.basename(built["identity-" + r.identity]): r.line
-                      for r in RELEASES})
-        manifest = {"key": key, "edge_versions": list(EDGE_VERSIONS),
-                    "lines": lines, "debian_own": sorted(debian),
-                    "identity_versions": {r.edge: r.identity for r in RELEASES},
-                    "latest": EDGE_VERSIONS[-1], "moby_version": MOBY_VERSION,
-                    "python": python, "devkit_root": devkit_root,
-                    "pool": sorted(os.listdir(pool))}
-        with open(os.path.join(staging, "manifest.json"), "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=1)
-        if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    finally:
-        if os.path.exists(staging):
-            shutil.rmtree(staging)
-    return out_dir

@@ -6,6 +6,7 @@ packages-microsoft-prod package for that address, and serves a private copy of t
 repository (hard links) so two servers of the same ``repo_dir`` never clash.
 """
 import functools
+from concurrent.futures import ThreadPoolExecutor
 import json
 import os
 import shutil
@@ -13,7 +14,7 @@ import tempfile
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
-from . import builder
+from . import builder, rpms
 
 CONFIG_PKG_PATH = "config/debian/12/packages-microsoft-prod.deb"
 # The Debian releases served as packages.microsoft.com serves them: a pool per release at
@@ -68,8 +69,25 @@ class AptRepo:
             builder._link(os.path.join(self.repo_dir, "pool", name), os.path.join(pool, name))
         builder.build_config_package(self.apt_line, pool)
         builder.scan(self.serve_dir)
-        for version, release in DEBIAN_RELEASES.items():
-            self._prepare_debian_pool(version, release, manifest)
+        with ThreadPoolExecutor(max_workers=len(rpms.EL_RELEASES)) as pool:
+            rhel = [pool.submit(self._prepare_rhel_repo, el, manifest) for el in rpms.EL_RELEASES]
+            for version, release in DEBIAN_RELEASES.items():
+                self._prepare_debian_pool(version, release, manifest)
+            for future in rhel:
+                future.result()
+
+    def _prepare_rhel_repo(self, el, manifest):
+        """rhel/<el>/prod/ (the RPMs and their repodata, as built) and its
+        config/rhel/<el>/packages-microsoft-prod.rpm, whose .repo file names it."""
+        if el not in manifest.get("rpms", {}):
+            return
+        shutil.copytree(manifest["rpms"][el]["repo"],
+                        os.path.join(self.serve_dir, "rhel", el, "prod"),
+                        copy_function=builder._link)
+        config = os.path.join(self.serve_dir, "config", "rhel", el)
+        os.makedirs(config)
+        built = rpms.build_config_rpm(self.rhel_repo_url(el), el, config)
+        os.replace(built, os.path.join(config, "packages-microsoft-prod.rpm"))
 
     def _prepare_debian_pool(self, version, release, manifest):
         """debian/<version>/prod/ and its config/debian/<version>/ package."""
@@ -91,6 +109,10 @@ class AptRepo:
         os.makedirs(os.path.dirname(config_copy))
         os.replace(deb, config_copy)
         builder.scan(tree)
+
+    def rhel_repo_url(self, el):
+        """The dnf repository (baseurl) of RHEL ``el``."""
+        return "%srhel/%s/prod/" % (self.base_url, el)
 
     def debian_apt_line(self, version):
         """The apt line of Debian ``version``'s pool (what its packages-microsoft-prod writes)."""
@@ -148,17 +170,27 @@ class AptRepo:
             # What to give --package-source on each system: its own pool, as on
             # packages.microsoft.com (the base URL works everywhere: the product then fetches
             # config/<distro>/<version>/packages-microsoft-prod.*).
-            "sources": {"debian%s" % v: self.debian_apt_line(v) for v in DEBIAN_RELEASES},
-            "config_package_urls": {
-                "debian%s" % v: "%sconfig/debian/%s/packages-microsoft-prod.deb"
-                % (self.base_url, v) for v in DEBIAN_RELEASES},
-            "lines": {"debian%s" % v: sorted({r.line for r in builder.RELEASES
-                                              if r.line in (rel["lines"] or (r.line,))})
-                      for v, rel in DEBIAN_RELEASES.items()},
-            "latest_edge_versions": {
-                "debian%s" % v: [r.edge for r in builder.RELEASES
-                                 if r.line in (rel["lines"] or (r.line,))][-1]
-                for v, rel in DEBIAN_RELEASES.items()},
+            "sources": dict({"debian%s" % v: self.debian_apt_line(v) for v in DEBIAN_RELEASES},
+                            **{"rhel%s" % el: self.rhel_repo_url(el) for el in rpms.EL_RELEASES}),
+            "config_package_urls": dict(
+                {"debian%s" % v: "%sconfig/debian/%s/packages-microsoft-prod.deb"
+                 % (self.base_url, v) for v in DEBIAN_RELEASES},
+                **{"rhel%s" % el: "%sconfig/rhel/%s/packages-microsoft-prod.rpm"
+                   % (self.base_url, el) for el in rpms.EL_RELEASES}),
+            "rpms_dirs": {"rhel%s" % el: dict(manifest["rpms"][el]["offline"])
+                          for el in manifest.get("rpms", {})},
+            "rpm_system_dirs": {"rhel%s" % el: manifest["rpms"][el]["system"]
+                                for el in manifest.get("rpms", {})},
+            "lines": dict({"debian%s" % v: sorted({r.line for r in builder.RELEASES
+                                                   if r.line in (rel["lines"] or (r.line,))})
+                           for v, rel in DEBIAN_RELEASES.items()},
+                          **{"rhel%s" % el: sorted({r.line for r in builder.RELEASES})
+                             for el in rpms.EL_RELEASES}),
+            "latest_edge_versions": dict(
+                {"debian%s" % v: [r.edge for r in builder.RELEASES
+                                  if r.line in (rel["lines"] or (r.line,))][-1]
+                 for v, rel in DEBIAN_RELEASES.items()},
+                **{"rhel%s" % el: latest for el in rpms.EL_RELEASES}),
         }
 
     def __enter__(self):

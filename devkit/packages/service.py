@@ -7,7 +7,7 @@ pid recorded in the section. Registered as ``packages`` in devkit/services.py.
 """
 from ..services import ProcessService
 from .__main__ import DEFAULT_DIR
-from .builder import build_repo
+from .repo import build_repo
 
 
 class AptService(ProcessService):
