@@ -20,6 +20,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 from . import builder
 
@@ -234,18 +235,23 @@ def _groups(pkgs):
 
 def build_rpm_repos(out_dir, python, devkit_root):
     """Build the stand-in RPMs, their repodata and the offline sets under ``out_dir``;
-    return {el: {"repo": dir, "system": dir, "offline": {edge: dir}}}."""
+    return {el: {"repo": dir, "system": dir, "offline": {edge: dir}}}. The rpmbuild runs go
+    in parallel (each mostly waits on its shell steps)."""
+    jobs = []
+    for el in EL_RELEASES:
+        for sub in ("prod", "system"):
+            os.makedirs(os.path.join(out_dir, "rhel", el, sub))
+        jobs += [(el, "prod", group) for group in _groups(standins(el, python, devkit_root))]
+        jobs.append((el, "system", system_rpms(el)))
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        paths = list(pool.map(lambda job: build_rpms(job[2], os.path.join(
+            out_dir, "rhel", job[0], job[1])), jobs))
     done = {}
     for el in EL_RELEASES:
         repo = os.path.join(out_dir, "rhel", el, "prod")
-        system = os.path.join(out_dir, "rhel", el, "system")
-        os.makedirs(repo)
-        os.makedirs(system)
-        built = {}
-        for group in _groups(standins(el, python, devkit_root)):
-            for pkg, path in zip(group, build_rpms(group, repo)):
-                built[(pkg.name, pkg.version)] = path
-        build_rpms(system_rpms(el), system)
+        built = {(pkg.name, pkg.version): path for (job_el, sub, group), group_paths
+                 in zip(jobs, paths) if job_el == el and sub == "prod"
+                 for pkg, path in zip(group, group_paths)}
         builder._run(["createrepo_c", "--quiet", "--no-database", repo])
         offline = {}
         for release in builder.RELEASES:
@@ -258,7 +264,8 @@ def build_rpm_repos(out_dir, python, devkit_root):
                         ("aziot-edge", release.upstream)):
                 builder._link(built[key], os.path.join(dest, os.path.basename(built[key])))
             offline[release.edge] = dest
-        done[el] = {"repo": repo, "system": system, "offline": offline}
+        done[el] = {"repo": repo, "system": os.path.join(out_dir, "rhel", el, "system"),
+                    "offline": offline}
     return done
 
 
