@@ -21,7 +21,8 @@ def template():
     if not os.path.exists(TEMPLATE_FILE):
         pytest.skip("the devkit's stand-in template is not in this checkout")
     with open(TEMPLATE_FILE, encoding="utf-8") as handle:
-        return handle.read().replace("@EDGE_VERSION@", "1.5.10")
+        return handle.read().replace("@EDGE_VERSION@", "1.5.10").replace(
+            "@AGENT_IMAGE@", "mcr.microsoft.com/azureiotedge-agent:1.5")
 
 
 @pytest.fixture(scope="module")
