@@ -264,6 +264,16 @@ def rhel_userland(spec, major):
     spec.write_file("/usr/bin/update-ca-trust", UPDATE_CA_TRUST, 0o755)
     for name, data in rpms.system_rpm_files(major).items():
         spec.write_file("%s/%s" % (RPM_SYSTEM_DIR, name), data)
+    # Debian's rpm complains on stderr when it installs or erases ("RPM should not be used
+    # directly install RPM packages, use Alien instead!") unless given --force-debian; RHEL's
+    # never does: /usr/bin/rpm passes it (dnf uses librpm, which never complains).
+    spec.write_file("/usr/lib/devkit-rhel/rpm.wrapper",
+                    "#!/bin/sh\n# devkit: Debian's rpm without its Debian-only warning\n"
+                    'for a in "$@"; do case "$a" in -[iUFe]*|--install|--upgrade|--freshen|'
+                    '--erase|--reinstall) exec /usr/lib/devkit-rhel/rpm --force-debian "$@";; '
+                    'esac; done\nexec /usr/lib/devkit-rhel/rpm "$@"\n', 0o755)
+    spec.run("sh", "-c", "mv /usr/bin/rpm /usr/lib/devkit-rhel/rpm && "
+             "mv /usr/lib/devkit-rhel/rpm.wrapper /usr/bin/rpm")
     spec.run("rpm", "--initdb")
     spec.run("sh", "-c", "rpm -i --justdb --nodeps --noscripts --notriggers %s/*.rpm"
              % RPM_SYSTEM_DIR)

@@ -79,6 +79,14 @@ def test_rhel9_device_installs_with_dnf_over_ssh(rig, new_device, served):
     for tool in ("apt-get update", "dpkg -l"):
         gone = ssh(tool)
         assert gone.returncode == 127 and "not found" in gone.stderr, (tool, gone)
+    # rpm alone, without the engine: the real %post's check fails the scriptlet (rpm warns and
+    # keeps the package); Debian's rpm does not complain about itself as it does on Debian.
+    offline = served["rpms_dirs"]["rhel9"]["1.6.0-1"]
+    out = ssh("rpm -i --nodeps %s/aziot-edge-1.6.0-1.el9.x86_64.rpm; rpm -e --nodeps aziot-edge"
+              % offline)
+    assert "ERROR: No container runtime detected." in out.stdout, out
+    assert "%post(aziot-edge-1.6.0-1.el9.x86_64) scriptlet failed, exit status 1" in out.stderr
+    assert "Alien" not in out.stderr
     out = ssh("set -e; dnf install -y -q %s >/dev/null; dnf install -y -q aziot-edge >/dev/null;"
               " rpm -q aziot-edge aziot-identity-service moby-engine; iotedge version;"
               " getent group docker >/dev/null && echo docker-group"
@@ -87,3 +95,24 @@ def test_rhel9_device_installs_with_dnf_over_ssh(rig, new_device, served):
     assert out.stdout.split("\n")[:5] == [
         "aziot-edge-1.6.0-1.el9.x86_64", "aziot-identity-service-1.6.0-1.el9.x86_64",
         "moby-engine-25.0.5-1.el9.x86_64", "iotedge 1.6.0", "docker-group"]
+
+
+@pytest.mark.devkit
+@pytest.mark.userlands("bullseye")
+def test_bullseye_device_sees_only_the_1_5_line(rig, new_device, served):
+    """A Debian 11 device set up by config/debian/11's packages-microsoft-prod (what the product
+    fetches there from the base URL) gets apt's view of debian/11/prod/: 1.5 only, as Microsoft's
+    repository (1.6 has no Debian 11 packages)."""
+    assert served["sources"]["debian11"].startswith("deb [trusted=yes] " + served["base_url"])
+    dev = new_device("bullseye")
+    fetch = "python3 -c 'import sys, urllib.request; urllib.request.urlretrieve(*sys.argv[1:])'"
+    out = subprocess.run(dev.ssh_argv() + [
+        "set -e; cd /tmp; %s '%s' pmp.deb; dpkg -i pmp.deb >/dev/null; rm -f /etc/apt/sources.list"
+        " /etc/apt/sources.list.d/debian.sources; apt-get update -q >/dev/null; "
+        "cat /etc/apt/sources.list.d/microsoft-prod.list; apt-cache madison aziot-edge"
+        % (fetch, served["config_package_urls"]["debian11"])],
+        capture_output=True, text=True, timeout=300, check=False, stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert served["sources"]["debian11"] in out.stdout
+    versions = [line.split("|")[1].strip() for line in out.stdout.splitlines() if "|" in line]
+    assert sorted(versions) == ["1.5.10-1", "1.5.9-1"]
