@@ -123,6 +123,9 @@ def _mfg(spec):
 
 @variant("notools", "tpm2-tools not installed (dpkg sees it as removed)")
 def _notools(spec):
+    if spec.notes.get("rhel"):
+        raise ValueError("variant notools is not available on rhel devices (the rig's dnf "
+                         "repositories have no tpm2-tools to install again)")
     spec.run("dpkg", "--remove", "--force-depends", "tpm2-tools")
 
 

@@ -258,7 +258,8 @@ def test_debian_pools_as_microsoft_serves_them(device, served):
     11), so apt there never sees 1.6."""
     fields = device.run("apt-cache show aziot-edge=1.6.0-1").stdout
     assert "Depends: aziot-identity-service (= 1.6.0-1)" in fields
-    assert served["latest_edge_versions"] == {"debian12": "1.6.0-1", "debian11": "1.5.10-1"}
+    assert served["latest_edge_versions"]["debian12"] == "1.6.0-1"
+    assert served["latest_edge_versions"]["debian11"] == "1.5.10-1"
     with urllib.request.urlopen(served["config_package_urls"]["debian11"], timeout=5) as resp:
         device.put("/root/pmp-debian11.deb", resp.read())
     out = device.run(
