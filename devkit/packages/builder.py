@@ -15,6 +15,7 @@ packages-microsoft-prod is not built here: its apt line names the server's addre
 import collections
 import glob
 import gzip
+import hashlib
 import json
 import os
 import shutil
@@ -407,7 +408,12 @@ def fetch_debian_debs(dest, cache_dir):
 
 def scan(repo_dir):
     """(Re)write Packages and Packages.gz for ``repo_dir``/pool."""
-    index = _run(["dpkg-scanpackages", "--multiversion", "pool", "/dev/null"], cwd=repo_dir)
+    write_index(repo_dir, _run(["dpkg-scanpackages", "--multiversion", "pool", "/dev/null"],
+                               cwd=repo_dir))
+
+
+def write_index(repo_dir, index):
+    """Write ``index`` (the text of a Packages file) as Packages and Packages.gz."""
     tmp = os.path.join(repo_dir, "Packages.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(index)
@@ -415,6 +421,34 @@ def scan(repo_dir):
         shutil.copyfileobj(src, dst)
     os.replace(tmp + ".gz", os.path.join(repo_dir, "Packages.gz"))
     os.replace(tmp, os.path.join(repo_dir, "Packages"))
+
+
+def index_stanzas(index):
+    """{file name in pool/: stanza} of a Packages text (dpkg-scanpackages writes one stanza per
+    file, ending with a blank line)."""
+    out = {}
+    for stanza in index.split("\n\n"):
+        for line in stanza.splitlines():
+            if line.startswith("Filename: pool/"):
+                out[line[len("Filename: pool/"):]] = stanza.strip("\n") + "\n\n"
+    return out
+
+
+def deb_stanza(path):
+    """The Packages stanza of one .deb in pool/, as dpkg-scanpackages writes it (the index of a
+    served tree is the cached one plus this, not a second scan: dpkg-scanpackages takes seconds)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    control = _run(["dpkg-deb", "-f", path]).rstrip("\n")
+    head, sep, rest = control.partition("\nDescription:")
+    fields = head.splitlines()
+    late = [f for f in fields if f.startswith(("Section:", "Priority:"))]  # after the sums
+    fields = [f for f in fields if f not in late] + [
+        "Filename: pool/" + os.path.basename(path), "Size: %d" % len(data),
+        "MD5sum: " + hashlib.md5(data).hexdigest(),  # noqa: S324 - apt's index field
+        "SHA1: " + hashlib.sha1(data).hexdigest(),  # noqa: S324 - apt's index field
+        "SHA256: " + hashlib.sha256(data).hexdigest()] + late
+    return "\n".join(fields) + sep + rest + "\n\n"
 
 
 def _link(src, dest):

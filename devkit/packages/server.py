@@ -67,12 +67,15 @@ class AptRepo:
         os.makedirs(pool)
         for name in os.listdir(os.path.join(self.repo_dir, "pool")):
             builder._link(os.path.join(self.repo_dir, "pool", name), os.path.join(pool, name))
-        builder.build_config_package(self.apt_line, pool)
-        builder.scan(self.serve_dir)
+        with open(os.path.join(self.repo_dir, "Packages"), "r", encoding="utf-8") as f:
+            stanzas = builder.index_stanzas(f.read())
+        config = builder.build_config_package(self.apt_line, pool)
+        builder.write_index(self.serve_dir, "".join(stanzas.values())
+                            + builder.deb_stanza(config))
         with ThreadPoolExecutor(max_workers=len(rpms.EL_RELEASES)) as pool:
             rhel = [pool.submit(self._prepare_rhel_repo, el, manifest) for el in rpms.EL_RELEASES]
             for version, release in DEBIAN_RELEASES.items():
-                self._prepare_debian_pool(version, release, manifest)
+                self._prepare_debian_pool(version, release, manifest, stanzas)
             for future in rhel:
                 future.result()
 
@@ -89,26 +92,28 @@ class AptRepo:
         built = rpms.build_config_rpm(self.rhel_repo_url(el), el, config)
         os.replace(built, os.path.join(config, "packages-microsoft-prod.rpm"))
 
-    def _prepare_debian_pool(self, version, release, manifest):
+    def _prepare_debian_pool(self, version, release, manifest, stanzas):
         """debian/<version>/prod/ and its config/debian/<version>/ package."""
         tree = os.path.join(self.serve_dir, "debian", version, "prod")
         pool = os.path.join(tree, "pool")
         os.makedirs(pool)
         lines, debian_own = manifest.get("lines", {}), set(manifest.get("debian_own", ()))
-        for name in os.listdir(os.path.join(self.repo_dir, "pool")):
+        index = []
+        for name in sorted(os.listdir(os.path.join(self.repo_dir, "pool"))):
             if name in debian_own and not release["debian_own"]:
                 continue
             if release["lines"] is not None and lines.get(name, release["lines"][0]) \
                     not in release["lines"]:
                 continue
             builder._link(os.path.join(self.repo_dir, "pool", name), os.path.join(pool, name))
+            index.append(stanzas[name])
         deb = builder.build_config_package(self.debian_apt_line(version), tree,
                                            "1.1-debian%s" % version)
         config_copy = os.path.join(self.serve_dir, "config", "debian", version,
                                    "packages-microsoft-prod.deb")
         os.makedirs(os.path.dirname(config_copy))
         os.replace(deb, config_copy)
-        builder.scan(tree)
+        builder.write_index(tree, "".join(index))
 
     def rhel_repo_url(self, el):
         """The dnf repository (baseurl) of RHEL ``el``."""

@@ -258,6 +258,15 @@ def test_debian_pools_as_microsoft_serves_them(device, served):
     11), so apt there never sees 1.6."""
     fields = device.run("apt-cache show aziot-edge=1.6.0-1").stdout
     assert "Depends: aziot-identity-service (= 1.6.0-1)" in fields
+    # The served indexes are the cached one filtered, plus the config package's stanza: the same
+    # as dpkg-scanpackages over the served tree.
+    from devkit.packages import builder
+    for tree in (served["repo_dir"], os.path.join(served["repo_dir"], "debian", "11", "prod")):
+        with open(os.path.join(tree, "Packages"), "r", encoding="utf-8") as f:
+            index = builder.index_stanzas(f.read())
+        scanned = subprocess.run(["dpkg-scanpackages", "--multiversion", "pool", "/dev/null"],
+                                 cwd=tree, capture_output=True, text=True, check=True).stdout
+        assert index == builder.index_stanzas(scanned)
     assert served["latest_edge_versions"]["debian12"] == "1.6.0-1"
     assert served["latest_edge_versions"]["debian11"] == "1.5.10-1"
     with urllib.request.urlopen(served["config_package_urls"]["debian11"], timeout=5) as resp:
