@@ -52,6 +52,9 @@ def _configure_up(p):
                         "(the DPS emulator, the stand-in package repository, the HTTP proxies); 'none' for devices only")
     p.add_argument("--timeout", type=float, default=120.0,
                    help="seconds to wait for all devices to accept SSH")
+    p.add_argument("--hollow", action="store_true",
+                   help="hollow devices (devkit/hollow: cheap while idle, up to 244 per namespace; "
+                        "the fresh variant only)")
     p.add_argument("--json", action="store_true", help="print devkit.json instead of a summary")
 
 
@@ -68,7 +71,13 @@ def _run_up(args):
     start = time.monotonic()
     try:
         services = [name for name in _split(args.services) if name != "none"]
-        rig.up(chosen, services=services, timeout=args.timeout)
+        if args.hollow:
+            if args.variants:
+                sys.stderr.write("devkit: hollow devices have no variants\n")
+                return 2
+            rig.up([], services=services, timeout=args.timeout, hollow=count)
+        else:
+            rig.up(chosen, services=services, timeout=args.timeout)
     except (DevkitError, ValueError, netns.NetError) as exc:
         sys.stderr.write("devkit up failed: %s\n" % exc)
         return 1
@@ -132,7 +141,9 @@ def _tpm_listening(dev):
     """Whether the device's swtpm accepts connections (checked from inside the device)."""
     if not dev.tcti:
         return None
-    probe = ("import socket; socket.create_connection(('127.0.0.1', 2321), timeout=1).close()")
+    opts = dict(o.split("=", 1) for o in dev.tcti.split(":", 1)[-1].split(",") if "=" in o)
+    probe = ("import socket; socket.create_connection((%r, %d), timeout=1).close()"
+             % (opts.get("host", "127.0.0.1"), int(opts.get("port", 2321))))
     return dev.exec(["python3", "-c", probe], timeout=10).returncode == 0
 
 

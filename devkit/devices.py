@@ -93,9 +93,10 @@ class Device:
     veth: str = ""
     log: str = ""
     host_keys: List[str] = field(default_factory=list)
+    chroot: str = ""  # a hollow device's root in its supervisor's mount namespace (devkit/hollow)
 
     JSON_KEYS = ("name", "index", "host", "port", "variant", "netns", "pid", "hostname",
-                 "tcti", "users", "root_dir", "veth", "log", "host_keys")
+                 "tcti", "users", "root_dir", "veth", "log", "host_keys", "chroot")
 
     def to_json(self):
         """The device's entry in devkit.json."""
@@ -143,6 +144,8 @@ class Device:
         inner = ["env", "-i"] + ["%s=%s" % kv for kv in variables.items()] + argv
         if user != "root":
             inner = ["setpriv", "--reuid=" + user, "--regid=" + user, "--init-groups"] + inner
+        if self.chroot:
+            inner = ["chroot", self.chroot] + inner
         full = ["nsenter", "-t", str(self.pid), "-m", "-u", "-n", "-p", "-r", "-w", "--"] + inner
         return subprocess.run(full, input=input, capture_output=True, text=text,
                               timeout=timeout, check=check, env={"PATH": DEVICE_PATH})
@@ -360,8 +363,9 @@ class Rig:
 
     # ---- bring up
 
-    def up(self, variant_names=("fresh",), services=None, timeout=60.0):
-        """Claim a subnet, start services and one device per variant name; wait for SSH.
+    def up(self, variant_names=("fresh",), services=None, timeout=60.0, hollow=0):
+        """Claim a subnet, start services and one device per variant name (and ``hollow``
+        hollow devices, see devkit/hollow); wait for SSH.
 
         On any failure (or Ctrl-C) everything started so far is torn down again.
         """
@@ -381,6 +385,8 @@ class Rig:
             for name in self.service_names:
                 self.set_section(name, self.service(name).up(self))
             self.add_devices(list(variant_names), timeout=timeout)
+            if hollow:
+                self.add_hollow(hollow, timeout=timeout)
             self.state = "up"
             self.write_json()
         except BaseException:
@@ -390,6 +396,11 @@ class Rig:
                 sys.stderr.write("devkit: cleanup after a failed up: %s\n" % exc)
             raise
         return self.devices
+
+    def add_hollow(self, count, timeout=120.0):
+        """Start ``count`` hollow devices (devkit/hollow) in the running rig; return them."""
+        from devkit.hollow import Hollow  # its own folder; imports this module
+        return Hollow(self).add(count, timeout=timeout)
 
     def _refuse_if_running(self):
         if os.path.exists(self.json_path) or netns.slots_owned_by(self.dir):

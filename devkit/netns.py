@@ -73,6 +73,16 @@ def device_ip(slot, index):
     return str(SUPERNET.network_address + slot * 256 + FIRST_DEVICE_HOST + index)
 
 
+def hollow_netns_name(slot):
+    """Network namespace of a slot's hollow devices (see devkit/hollow): one for many addresses."""
+    return "%s%dh" % (PREFIX, slot)
+
+
+def hollow_veth_name(slot):
+    """Host-side veth of a slot's hollow namespace."""
+    return "%s%dvh" % (PREFIX, slot)
+
+
 def subnet(slot):
     """The rig's /24."""
     return ipaddress.ip_network("%s/24" % host_ip(slot), strict=False)
@@ -164,9 +174,24 @@ def add_device(slot, index):
     return ns, veth, addr
 
 
+def add_hollow(slot, addresses):
+    """Create the slot's hollow namespace: one veth on the slot's bridge, every address of
+    ``addresses`` on its ``eth0`` (the first is the one its connections leave from); return
+    (netns, veth). The slot is new (claimed for this namespace): no stale neighbour entries."""
+    ns, veth = hollow_netns_name(slot), hollow_veth_name(slot)
+    ip("netns", "add", ns)
+    ip("link", "del", veth, check=False)
+    ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+    ip("link", "set", "dev", veth, "master", bridge_name(slot), "up")
+    ip("-n", ns, "-batch", "-", input="\n".join(
+        ["link set dev lo up"] + ["addr add %s/24 dev eth0" % a for a in addresses]
+        + ["link set dev eth0 up", "route add default via %s" % host_ip(slot)]) + "\n")
+    return ns, veth
+
+
 def netns_of_slot(slot):
     """Names of the existing namespaces of a rig (by name prefix)."""
-    pattern = re.compile(r"%s%dd\d+" % (PREFIX, slot))
+    pattern = re.compile(r"%s%d(d\d+|h)" % (PREFIX, slot))
     names = []
     for line in ip("netns", "list").splitlines():
         name = line.split()[0] if line.split() else ""
@@ -177,7 +202,7 @@ def netns_of_slot(slot):
 
 def links_of_slot(slot):
     """Names of the host interfaces of a rig (its bridge and veths)."""
-    pattern = re.compile(r"%s%d(br|v\d+)" % (PREFIX, slot))
+    pattern = re.compile(r"%s%d(br|v\d+|vh)" % (PREFIX, slot))
     return [link["ifname"] for link in ip_json("link", "show")
             if pattern.fullmatch(link.get("ifname", ""))]
 
