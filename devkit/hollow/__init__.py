@@ -131,6 +131,11 @@ class Hollow:
             if hasattr(svc, "prepare_device"):
                 svc.prepare_device(rig, spec)
         spec.write_file("/etc/ssh/sshd_config", rig._sshd_config(spec))
+        for name in (".bashrc", ".profile"):
+            # Debian's defaults for root (not the host's: its shell set-up would run at every SSH
+            # command of every device)
+            with open(os.path.join("/etc/skel", name), "rb") as f:
+                spec.write_file("/root/" + name, f.read())
         done = os.path.join(self.common, "done")
         if os.path.exists(done):
             return accounts
