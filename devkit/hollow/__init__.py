@@ -155,6 +155,11 @@ class Hollow:
         if proc.returncode != 0:
             raise DevkitError("hollow devices' common layer: %s%s" % (proc.stdout[-2000:], proc.stderr[-2000:]))
         _opaque_dirs(upper, [("/tmp", 0o1777), ("/var/tmp", 0o1777), ("/run", 0o755)])
+        # The package database as it is now: the host's may change under the devices (a package
+        # installed on the host mid-run showed them a half-configured package to finish).
+        dpkg = os.path.join(upper, "var/lib/dpkg")
+        shutil.copytree("/var/lib/dpkg", dpkg, symlinks=True, dirs_exist_ok=True)
+        os.setxattr(dpkg, "trusted.overlay.opaque", b"y")
         os.makedirs(os.path.join(upper, "run/sshd"), mode=0o755, exist_ok=True)
         with open(done, "w", encoding="ascii") as f:
             f.write("ok\n")
