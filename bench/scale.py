@@ -30,326 +30,21 @@ Needs root for the fleet runs (hollow devices). The machine is shared: figures a
     .venv/bin/python bench/scale.py [--sizes 100,1000] [--synthetic 10000,100000] [--max-parallel 32]
 """
 import argparse
-import builtins
-import functools
 import json
 import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-HERE = os.path.abspath(__file__)
-STEPS = ("identify", "enroll", "install", "wait", "status")
-
-
-# --------------------------------------------------------------------------- the probe
-# Runs inside the az process (`scale.py probe OUT STATE -- az arguments`): wraps the known_hosts
-# module and paramiko's host key table with per-thread CPU timers, and the file calls with a
-# byte counter for the state file; writes its figures to OUT when az exits.
-
-
-class _Timer:
-    def __init__(self):
-        self.local = threading.local()
-        self.cpu = 0.0
-        self.lock = threading.Lock()
-
-    def wrap(self, fn):
-        @functools.wraps(fn)
-        def timed(*args, **kwargs):
-            if getattr(self.local, "inside", False):
-                return fn(*args, **kwargs)
-            self.local.inside = True
-            started = time.thread_time()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.local.inside = False
-                spent = time.thread_time() - started
-                with self.lock:
-                    self.cpu += spent
-        return timed
-
-    def wrap_module(self, module):
-        for name, obj in list(vars(module).items()):
-            if getattr(obj, "__module__", None) != module.__name__:
-                continue
-            if isinstance(obj, type):
-                for attr, member in list(vars(obj).items()):
-                    if callable(member) and not isinstance(member, type) and (
-                            not attr.startswith("__") or attr == "__init__"):
-                        setattr(obj, attr, self.wrap(member))
-            elif callable(obj):
-                setattr(module, name, self.wrap(obj))
-
-
-class _Counting:
-    """A file object whose writes are counted."""
-
-    def __init__(self, handle, counter):
-        self._handle, self._counter = handle, counter
-
-    def write(self, data):
-        self._counter[0] += len(data.encode("utf-8") if isinstance(data, str) else data)
-        return self._handle.write(data)
-
-    def writelines(self, lines):
-        for line in lines:
-            self.write(line)
-
-    def __enter__(self):
-        self._handle.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self._handle.__exit__(*exc)
-
-    def __iter__(self):
-        return iter(self._handle)
-
-    def __getattr__(self, name):
-        return getattr(self._handle, name)
-
-
-def _install_probe(out, state):
-    state = os.path.abspath(state)
-    written = [0]
-    timer = _Timer()
-
-    def is_state(path):
-        return isinstance(path, (str, bytes, os.PathLike)) and os.path.abspath(os.fsdecode(path)).startswith(state)
-
-    def fd_path(fd):
-        try:
-            return os.readlink("/proc/self/fd/%d" % fd)
-        except OSError:
-            return ""
-
-    real_open, real_fdopen, real_write = builtins.open, os.fdopen, os.write
-
-    def counted_open(file, mode="r", *args, **kwargs):
-        handle = real_open(file, mode, *args, **kwargs)
-        path = fd_path(file) if isinstance(file, int) else file
-        return _Counting(handle, written) if any(c in mode for c in "wax+") and is_state(path) else handle
-
-    def counted_fdopen(fd, mode="r", *args, **kwargs):
-        handle = real_fdopen(fd, mode, *args, **kwargs)
-        return _Counting(handle, written) if any(c in mode for c in "wax+") and is_state(fd_path(fd)) else handle
-
-    def counted_write(fd, data):
-        n = real_write(fd, data)
-        if fd > 2 and is_state(fd_path(fd)):
-            written[0] += n
-        return n
-
-    builtins.open, os.fdopen, os.write = counted_open, counted_fdopen, counted_write
-    import paramiko.hostkeys
-    from azext_edgetpm.remote import known_hosts
-    timer.wrap_module(known_hosts)
-    for attr in ("load", "add", "lookup", "check", "__init__"):
-        setattr(paramiko.hostkeys.HostKeys, attr, timer.wrap(getattr(paramiko.hostkeys.HostKeys, attr)))
-
-    import atexit
-
-    def report():
-        with real_open(out, "w", encoding="utf-8") as handle:
-            json.dump({"journal_bytes": written[0], "known_hosts_cpu": timer.cpu}, handle)
-    atexit.register(report)
-
-
-def probe_main(argv):
-    out, state = argv[0], argv[1]
-    _install_probe(out, state)
-    import runpy
-    sys.argv = ["az"] + argv[3:]
-    runpy.run_module("azure.cli", run_name="__main__")
-
-
-# --------------------------------------------------------------------------- synthetic parts
-
-
-def _keys(workdir):
-    """Three real host public keys ("type blob"), made once."""
-    lines = []
-    for key_type in ("ed25519", "ecdsa", "rsa"):
-        path = os.path.join(workdir, "k_" + key_type)
-        if not os.path.exists(path):
-            subprocess.run(["ssh-keygen", "-q", "-t", key_type, "-N", "", "-f", path], check=True)
-        with open(path + ".pub", encoding="ascii") as handle:
-            lines.append(" ".join(handle.read().split()[:2]))
-    return lines
-
-
-def _host(i):
-    return "10.%d.%d.%d" % (100 + i // 65536, (i // 256) % 256, i % 256)
-
-
-def synthetic_known_hosts(n, workdir, samples):
-    from azext_edgetpm.remote.session import RemoteSession
-    from azext_edgetpm.remote.target import resolve_target
-    path = os.path.join(workdir, "known_hosts-%d" % n)
-    if not os.path.exists(path):
-        keys = _keys(workdir)
-        with open(path, "w", encoding="ascii") as handle:
-            for i in range(n):
-                handle.writelines("%s %s\n" % (_host(i), k) for k in keys)
-    results = []
-    for s in range(samples):
-        host = _host((s * 7919) % n)
-        target = resolve_target("root@" + host, ssh_config=os.devnull)
-        started = time.process_time()
-        session = RemoteSession(target, known_hosts=path)
-        client = session._new_client(target)  # what each connection does with known_hosts
-        found = client.get_host_keys().lookup(host)  # what paramiko does during the handshake
-        results.append(time.process_time() - started)
-        if not found:
-            raise SystemExit("synthetic known_hosts: %s not found" % host)
-        print(json.dumps({"done": s + 1, "cpu": results}), flush=True)
-
-
-def synthetic_ssh_config(n, workdir, samples):
-    from azext_edgetpm.remote.target import resolve_target
-    path = os.path.join(workdir, "ssh_config-%d" % n)
-    if not os.path.exists(path):
-        with open(path, "w", encoding="ascii") as handle:
-            for i in range(n):
-                handle.write("Host dev%d\n    HostName %s\n    User root\n    Port 22\n\n" % (i, _host(i)))
-    results = []
-    for s in range(samples):
-        started = time.process_time()
-        resolve_target("dev%d" % ((s * 7919) % n), ssh_config=path)
-        results.append(time.process_time() - started)
-        print(json.dumps({"done": s + 1, "cpu": results}), flush=True)
-
-
-def _record(i):
-    key = "root@%s:22" % _host(i)
-    rid = "%064x" % (i * 2654435761)
-    steps = {name: {"status": "changed", "seconds": 1.0, "at": "2026-01-01T00:00:00Z", "detail": "synthetic",
-                    "registrationId": rid} for name in STEPS}
-    return key, {"status": "done", "steps": steps, "updated": "2026-01-01T00:00:00Z", "error": None,
-                 "failedStep": None, "recommendation": None}
-
-
-def synthetic_journal(n, workdir, samples):
-    """The journal of n devices (the whole-document format every version reads), then the events
-    of `samples` more devices through the product's Journal."""
-    from azext_edgetpm.fleet import state
-    path = os.path.join(workdir, "state-%d.json" % n)
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump({"version": 1, "devices": dict(_record(i) for i in range(n))}, handle)
-    io_before = _wchar()
-    started = time.process_time()
-    journal = state.Journal(path, {"command": "provision", "synthetic": True})
-    load = time.process_time() - started
-    print(json.dumps({"load": load}), flush=True)
-    results, written = [], []
-    for s in range(samples):
-        key, rec = _record(n + s)
-        io_before = _wchar()
-        started = time.process_time()
-        journal.update(key, status="running")
-        for name in STEPS:
-            journal.step(key, name, rec["steps"][name])
-        journal.update(key, status="done")
-        results.append(time.process_time() - started)
-        written.append(_wchar() - io_before)
-        print(json.dumps({"load": load, "done": s + 1, "cpu": results, "bytes": written}), flush=True)
-    close = getattr(journal, "close", None)
-    if close:
-        close()
-
-
-def _wchar():
-    with open("/proc/self/io", encoding="ascii") as handle:
-        for line in handle:
-            if line.startswith("wchar:"):
-                return int(line.split()[1])
-    return 0
-
-
-def synthetic_main(argv):
-    part, n, workdir, samples = argv[0], int(argv[1]), argv[2], int(argv[3])
-    {"known_hosts": synthetic_known_hosts, "ssh_config": synthetic_ssh_config,
-     "journal": synthetic_journal}[part](n, workdir, samples)
-
-
-def run_synthetic(part, n, workdir, samples, limit):
-    """Run one part in a child with a time limit; return its last progress line (dict) and
-    whether it finished."""
-    proc = subprocess.Popen([sys.executable, HERE, "synthetic", part, str(n), workdir, str(samples)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-    last, lines = {}, []
-    timer = threading.Timer(limit, proc.kill)
-    timer.start()
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            try:
-                last = json.loads(line)
-            except ValueError:
-                pass
-        proc.wait()
-    finally:
-        timer.cancel()
-    finished = proc.returncode == 0
-    if not finished and proc.returncode != -9:
-        sys.stderr.write("synthetic %s %d failed: %s\n" % (part, n, proc.stderr.read()[-1500:]))
-    return last, finished
-
-
-def synthetic(sizes, limit):
-    workdir = tempfile.mkdtemp(prefix="bench-scale-synthetic-")
-    print("== synthetic entries (product modules, no devices; CPU-s in one process; limit %d s per "
-          "measurement)" % limit, flush=True)
-    print("%-12s%10s  %s" % ("part", "entries", "per device / connection"))
-    rows = {}
-    for part, samples in (("known_hosts", 3), ("ssh_config", 3), ("journal", 5)):
-        for n in sizes:
-            last, finished = run_synthetic(part, n, workdir, samples, limit)
-            rows[(part, n)] = (last, finished)
-            done = last.get("done", 0)
-            cpu = last.get("cpu", [])
-            if not done:
-                text = "no sample within %d s (one %s costs more than that)" % (
-                    limit, "connection" if part == "known_hosts" else "device")
-                if part == "journal" and "load" in last:
-                    text += "; opening the journal: %.2f CPU-s" % last["load"]
-            else:
-                text = "%.4f CPU-s (median of %d%s)" % (sorted(cpu)[len(cpu) // 2], done,
-                                                        "" if finished else ", stopped at the limit")
-                if part == "journal":
-                    written = last["bytes"]
-                    text += ", %.0f bytes written per device; opening: %.2f CPU-s (%.1f us per entry)" % (
-                        sorted(written)[len(written) // 2], last["load"], last["load"] / n * 1e6)
-            print("%-12s%10d  %s" % (part, n, text), flush=True)
-    if len(sizes) > 1:
-        small, big = sizes[0], sizes[-1]
-        for part in ("known_hosts", "ssh_config", "journal"):
-            a, b = rows[(part, small)][0].get("cpu"), rows[(part, big)][0].get("cpu")
-            if a and b:
-                ratio = sorted(b)[len(b) // 2] / max(1e-9, sorted(a)[len(a) // 2])
-                print("%s: per device at %d / at %d = %.2f (flat: ~1)" % (part, big, small, ratio))
-            else:
-                print("%s: per device at %d / at %d: not measurable within the limit (grows with the fleet)"
-                      % (part, big, small))
-    return rows
+PROBE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scale_probe.py")
+from bench.fleet import admin, machine_cpu  # noqa: E402  (the 20-device benchmark's emulator helpers)
+from bench.scale_synthetic import synthetic  # noqa: E402
 
 
 # --------------------------------------------------------------------------- fleet runs
-
-
-def admin(section, path, body=None):
-    import urllib.request
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(section["admin_url"].rstrip("/") + path, data=data,
-                                     method="POST" if data else "GET", headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read() or b"null")
 
 
 def emulator_registrations(dps_dir):
@@ -374,13 +69,6 @@ def supervisors_cpu(devices):
         except OSError:
             pass
     return total / tick
-
-
-def machine_cpu():
-    with open("/proc/stat", encoding="ascii") as handle:
-        values = [int(v) for v in handle.readline().split()[1:]]
-    idle = values[3] + values[4]
-    return sum(values) - idle, sum(values)
 
 
 class Fleet:
@@ -428,7 +116,7 @@ class Fleet:
                 writer.writerow(["root@%s:%d" % (dev.host, dev.port), dev.key("root"), dev.tcti])
         state = os.path.join(self.dir, name + "-state.json")
         probe_out = os.path.join(self.dir, name + "-probe.json")
-        argv = [sys.executable, HERE, "probe", probe_out, state, "--",
+        argv = [sys.executable, PROBE, probe_out, state, "--",
                 "edge-tpm", "provision", "--inventory", inventory, "--login", "@" + self.cs_file,
                 "--id-scope", self.dps["id_scope"], "--global-endpoint", self.dps["device_endpoint"],
                 "--package-source", self.packages["apt_line"], "--known-hosts", self.rig.known_hosts,
@@ -514,10 +202,6 @@ def report(rows):
 
 
 def main():
-    if len(sys.argv) > 1 and sys.argv[1] == "probe":
-        return probe_main(sys.argv[2:])
-    if len(sys.argv) > 1 and sys.argv[1] == "synthetic":
-        return synthetic_main(sys.argv[2:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100,1000", help="fleet sizes, one run each (default 100,1000; "
                         "'' skips the fleet runs)")

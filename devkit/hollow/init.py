@@ -18,10 +18,12 @@ address of its own, ports 2321/2322) and then, in one loop:
 - a connection to a device's SSH port: a ``sshd -i`` for that connection, in a UTS namespace of
   its own with the device's hostname, ``chroot``-ed into the device's root (so the device's
   /etc/ssh host keys, users, /etc and /var);
-- a connection to a device's TPM ports while its swtpm is stopped: its swtpm is started on the
-  listening sockets (``--server fd=``/``--ctrl fd=``, socket activation: the waiting
-  connection is served by it); a swtpm that used no CPU for ``idle`` seconds is stopped (its
-  state is on the device's disk; the next start is a TPM power-on, ``startup-clear``);
+- a connection to a device's TPM ports (data 2321, control 2322): the device's swtpm is started
+  if it is stopped (on two Unix sockets in the device's directory) and the connection is relayed
+  to it (swtpm's ``--server fd=`` wants a connected socket, and tpm2-tss's swtpm TCTI opens a
+  connection per command, so handing swtpm the listening socket does not work); a swtpm with no
+  connection that used no CPU for ``idle`` seconds is stopped (its state is on the device's disk;
+  the next start is a TPM power-on, ``startup-clear``);
 - reaps every process (detached daemons of the devices end up as our children);
 - every second: ``stats`` (SSH connections and swtpm starts per device, swtpms running).
 

@@ -6,7 +6,11 @@ the limits and at least 0.8 of them.
 The emulator allows SERVICE_LIMIT service operations and REGISTER_LIMIT device registration
 requests a minute (a TPM registration is two register requests); each shard is given its share,
 a quarter of each, as a pipeline job sharing the DPS would be. The binding limit is the
-registrations one: 40 devices are 80 register requests, about 80 s at REGISTER_LIMIT.
+registrations one: 40 devices are 80 register requests, two minutes at REGISTER_LIMIT. The
+rates are measured from the emulator's records over every window of WINDOW consecutive
+assignments: the fastest must stay within the limit (DPS's limit holds over any minute) and
+reach 0.8 of it (the devices were waiting for DPS then, not for their installs: on a loaded
+machine the first and last assignments may be apart for reasons of the rig's CPU).
 """
 import datetime
 import json
@@ -15,14 +19,16 @@ import subprocess
 import sys
 
 import pytest
+import requests
 
 pytestmark = pytest.mark.devkit
 
 DEVICES = 40
 SHARDS = 4
 SERVICE_LIMIT = 40
-REGISTER_LIMIT = 60
+REGISTER_LIMIT = 40
 REGISTER_PER_DEVICE = 2
+WINDOW = DEVICES // 2  # assignments per measured window
 
 
 @pytest.fixture(scope="module")
@@ -35,15 +41,6 @@ def hollow_rig(tmp_path_factory):
     rig.up([], services=["dps", "packages"], hollow=DEVICES, timeout=300)
     yield rig
     rig.down()
-
-
-def admin(section, path, body=None):
-    import urllib.request
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(section["admin_url"].rstrip("/") + path, data=data,
-                                     method="POST" if data else "GET", headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read() or b"null")
 
 
 def registrations(rig):
@@ -76,9 +73,10 @@ def test_four_shards_share_one_dps_within_its_limits(hollow_rig, tmp_path):
         handle.write(dps["connection_string"])
     # Service operations strictly (a burst of one); registrations as DPS counts them, per minute,
     # with a small burst.
-    admin(dps, "/config", {"service_ops_per_minute": SERVICE_LIMIT, "service_burst": 1,
-                           "device_registrations_per_minute": REGISTER_LIMIT, "device_burst": 4})
-    before = admin(dps, "/counters")
+    requests.post(dps["admin_url"] + "/config", timeout=30, json={
+        "service_ops_per_minute": SERVICE_LIMIT, "service_burst": 1,
+        "device_registrations_per_minute": REGISTER_LIMIT, "device_burst": 4}).raise_for_status()
+    before = requests.get(dps["admin_url"] + "/counters", timeout=30).json()
     env = dict(os.environ, **azhome.prepare(str(tmp_path / "az")), REQUESTS_CA_BUNDLE=dps["ca_bundle"],
                AZURE_CORE_ONLY_SHOW_ERRORS="true")
     procs = []
@@ -103,7 +101,7 @@ def test_four_shards_share_one_dps_within_its_limits(hollow_rig, tmp_path):
         f"root@{d.host}:{d.port}" for d in rig.devices}
     assert [r["status"] for r in results] == ["assigned"] * DEVICES, [r.get("error") for r in results]
     time.sleep(1.5)
-    after = admin(dps, "/counters")
+    after = requests.get(dps["admin_url"] + "/counters", timeout=30).json()
     delta = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
     throttled = {k: v for k, v in delta.items() if k.endswith(".throttled")}
     # The emulator's records: every device assigned, once.
@@ -112,12 +110,14 @@ def test_four_shards_share_one_dps_within_its_limits(hollow_rig, tmp_path):
     assert len(set(ids)) == DEVICES
     assert all(records[rid]["status"] == "assigned" for rid in ids)
     times = sorted(stamp(records[rid]["lastUpdatedDateTimeUtc"]) for rid in ids)
-    per_minute = (len(times) - 1) / (times[-1] - times[0]) * 60
+    overall = (len(times) - 1) / (times[-1] - times[0]) * 60
+    per_minute = max((WINDOW - 1) / (times[i + WINDOW - 1] - times[i]) * 60 for i in range(len(times) - WINDOW + 1))
     device_limit = REGISTER_LIMIT / REGISTER_PER_DEVICE
     register = "endpoint.PUT /{scope}/registrations/{id}/register."
     register_requests = sum(v for k, v in delta.items() if k.startswith(register) and not k.endswith(".429"))
     print(f"\n{SHARDS} shards, {DEVICES} hollow devices: {wall:.0f} s; {per_minute:.1f} devices assigned a minute "
-          f"against {device_limit:g} ({per_minute / device_limit:.2f} of the limit); {register_requests} register "
+          f"(fastest {WINDOW} in a row; {overall:.1f} first to last) against {device_limit:g} "
+          f"({per_minute / device_limit:.2f} of the limit); {register_requests} register "
           f"requests; service calls {delta.get('service.requests', 0)}; throttled {throttled or 'none'}")
     # The aggregate stayed within the limits (the emulator refused nothing: a refused request would
     # have been a shard going over its share) ...

@@ -1,0 +1,187 @@
+"""The synthetic parts of bench/scale.py: the product's known_hosts, ssh_config and journal code
+on N synthetic entries (devices), each measurement in a child process with a time limit
+(`python bench/scale_synthetic.py PART N WORKDIR SAMPLES` is the child)."""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+HERE = os.path.abspath(__file__)
+STEPS = ("identify", "enroll", "install", "wait", "status")
+
+
+def _keys(workdir):
+    """Three real host public keys ("type blob"), made once."""
+    lines = []
+    for key_type in ("ed25519", "ecdsa", "rsa"):
+        path = os.path.join(workdir, "k_" + key_type)
+        if not os.path.exists(path):
+            subprocess.run(["ssh-keygen", "-q", "-t", key_type, "-N", "", "-f", path], check=True)
+        with open(path + ".pub", encoding="ascii") as handle:
+            lines.append(" ".join(handle.read().split()[:2]))
+    return lines
+
+
+def _host(i):
+    return "10.%d.%d.%d" % (100 + i // 65536, (i // 256) % 256, i % 256)
+
+
+def synthetic_known_hosts(n, workdir, samples):
+    from azext_edgetpm.remote.session import RemoteSession
+    from azext_edgetpm.remote.target import resolve_target
+    path = os.path.join(workdir, "known_hosts-%d" % n)
+    if not os.path.exists(path):
+        keys = _keys(workdir)
+        with open(path, "w", encoding="ascii") as handle:
+            for i in range(n):
+                handle.writelines("%s %s\n" % (_host(i), k) for k in keys)
+    results = []
+    for s in range(samples):
+        host = _host((s * 7919) % n)
+        target = resolve_target("root@" + host, ssh_config=os.devnull)
+        started = time.process_time()
+        session = RemoteSession(target, known_hosts=path)
+        client = session._new_client(target)  # what each connection does with known_hosts
+        found = client.get_host_keys().lookup(host)  # what paramiko does during the handshake
+        results.append(time.process_time() - started)
+        if not found:
+            raise SystemExit("synthetic known_hosts: %s not found" % host)
+        print(json.dumps({"done": s + 1, "cpu": results}), flush=True)
+
+
+def synthetic_ssh_config(n, workdir, samples):
+    from azext_edgetpm.remote.target import resolve_target
+    path = os.path.join(workdir, "ssh_config-%d" % n)
+    if not os.path.exists(path):
+        with open(path, "w", encoding="ascii") as handle:
+            for i in range(n):
+                handle.write("Host dev%d\n    HostName %s\n    User root\n    Port 22\n\n" % (i, _host(i)))
+    results = []
+    for s in range(samples):
+        started = time.process_time()
+        resolve_target("dev%d" % ((s * 7919) % n), ssh_config=path)
+        results.append(time.process_time() - started)
+        print(json.dumps({"done": s + 1, "cpu": results}), flush=True)
+
+
+def _record(i):
+    key = "root@%s:22" % _host(i)
+    rid = "%064x" % (i * 2654435761)
+    steps = {name: {"status": "changed", "seconds": 1.0, "at": "2026-01-01T00:00:00Z", "detail": "synthetic",
+                    "registrationId": rid} for name in STEPS}
+    return key, {"status": "done", "steps": steps, "updated": "2026-01-01T00:00:00Z", "error": None,
+                 "failedStep": None, "recommendation": None}
+
+
+def synthetic_journal(n, workdir, samples):
+    """The journal of n devices (the whole-document format every version reads), then the events
+    of `samples` more devices through the product's Journal."""
+    from azext_edgetpm.fleet import state
+    path = os.path.join(workdir, "state-%d.json" % n)
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump({"version": 1, "devices": dict(_record(i) for i in range(n))}, handle)
+    io_before = _wchar()
+    started = time.process_time()
+    journal = state.Journal(path, {"command": "provision", "synthetic": True})
+    load = time.process_time() - started
+    print(json.dumps({"load": load}), flush=True)
+    results, written = [], []
+    for s in range(samples):
+        key, rec = _record(n + s)
+        io_before = _wchar()
+        started = time.process_time()
+        journal.update(key, status="running")
+        for name in STEPS:
+            journal.step(key, name, rec["steps"][name])
+        journal.update(key, status="done")
+        results.append(time.process_time() - started)
+        written.append(_wchar() - io_before)
+        print(json.dumps({"load": load, "done": s + 1, "cpu": results, "bytes": written}), flush=True)
+    close = getattr(journal, "close", None)
+    if close:
+        close()
+
+
+def _wchar():
+    with open("/proc/self/io", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith("wchar:"):
+                return int(line.split()[1])
+    return 0
+
+
+def synthetic_main(argv):
+    part, n, workdir, samples = argv[0], int(argv[1]), argv[2], int(argv[3])
+    {"known_hosts": synthetic_known_hosts, "ssh_config": synthetic_ssh_config,
+     "journal": synthetic_journal}[part](n, workdir, samples)
+
+
+def run_synthetic(part, n, workdir, samples, limit):
+    """Run one part in a child with a time limit; return its last progress line (dict) and
+    whether it finished."""
+    proc = subprocess.Popen([sys.executable, HERE, part, str(n), workdir, str(samples)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    last, lines = {}, []
+    timer = threading.Timer(limit, proc.kill)
+    timer.start()
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            try:
+                last = json.loads(line)
+            except ValueError:
+                pass
+        proc.wait()
+    finally:
+        timer.cancel()
+    finished = proc.returncode == 0
+    if not finished and proc.returncode != -9:
+        sys.stderr.write("synthetic %s %d failed: %s\n" % (part, n, proc.stderr.read()[-1500:]))
+    return last, finished
+
+
+def synthetic(sizes, limit):
+    workdir = tempfile.mkdtemp(prefix="bench-scale-synthetic-")
+    print("== synthetic entries (product modules, no devices; CPU-s in one process; limit %d s per "
+          "measurement)" % limit, flush=True)
+    print("%-12s%10s  %s" % ("part", "entries", "per device / connection"))
+    rows = {}
+    for part, samples in (("known_hosts", 3), ("ssh_config", 3), ("journal", 5)):
+        for n in sizes:
+            last, finished = run_synthetic(part, n, workdir, samples, limit)
+            rows[(part, n)] = (last, finished)
+            done = last.get("done", 0)
+            cpu = last.get("cpu", [])
+            if not done:
+                text = "no sample within %d s (one %s costs more than that)" % (
+                    limit, "connection" if part == "known_hosts" else "device")
+                if part == "journal" and "load" in last:
+                    text += "; opening the journal: %.2f CPU-s" % last["load"]
+            else:
+                text = "%.4f CPU-s (median of %d%s)" % (sorted(cpu)[len(cpu) // 2], done,
+                                                        "" if finished else ", stopped at the limit")
+                if part == "journal":
+                    written = last["bytes"]
+                    text += ", %.0f bytes written per device; opening: %.2f CPU-s (%.1f us per entry)" % (
+                        sorted(written)[len(written) // 2], last["load"], last["load"] / n * 1e6)
+            print("%-12s%10d  %s" % (part, n, text), flush=True)
+    if len(sizes) > 1:
+        small, big = sizes[0], sizes[-1]
+        for part in ("known_hosts", "ssh_config", "journal"):
+            a, b = rows[(part, small)][0].get("cpu"), rows[(part, big)][0].get("cpu")
+            if a and b:
+                ratio = sorted(b)[len(b) // 2] / max(1e-9, sorted(a)[len(a) // 2])
+                print("%s: per device at %d / at %d = %.2f (flat: ~1)" % (part, big, small, ratio))
+            else:
+                print("%s: per device at %d / at %d: not measurable within the limit (grows with the fleet)"
+                      % (part, big, small))
+    return rows
+
+
+if __name__ == "__main__":
+    synthetic_main(sys.argv[1:])
