@@ -22,7 +22,7 @@ block each in an ssh_config; one record each in the --state journal):
 - ssh_config: resolving one device's target, CPU-s per device;
 - journal: opening the journal of N devices, then the events of a few more devices (five step
   ends and two updates each, as provision writes them): CPU-s and bytes written per device.
-Each measurement runs in a child process with a time limit: a part that grows with the fleet
+Each measurement runs in a child process limited in CPU time: a part that grows with the fleet
 prints how far it got instead of running for hours.
 
 Needs root for the fleet runs (hollow devices). The machine is shared: figures are upper bounds.
@@ -207,7 +207,7 @@ def main():
                         "'' skips the fleet runs)")
     parser.add_argument("--synthetic", default="10000,100000",
                         help="entries of the synthetic parts (default 10000,100000; '' skips them)")
-    parser.add_argument("--limit", type=int, default=120, help="seconds per synthetic measurement (default 120)")
+    parser.add_argument("--limit", type=int, default=60, help="CPU-s per synthetic measurement (default 60)")
     parser.add_argument("--max-parallel", type=int, default=32, help="provision's --max-parallel (default 32)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]

@@ -21,7 +21,7 @@ import sys
 import pytest
 import requests
 
-pytestmark = pytest.mark.devkit
+pytestmark = [pytest.mark.devkit, pytest.mark.timeout(1200)]
 
 DEVICES = 40
 SHARDS = 4
@@ -53,6 +53,8 @@ def stamp(text):
     return datetime.datetime.strptime(text[:26], "%Y-%m-%dT%H:%M:%S.%f").timestamp()
 
 
+@pytest.mark.xfail(reason="needs per-shard DPS budgets (a 429's Retry-After pausing the whole process, budgets "
+                          "divided by n), not on main yet", strict=False)
 def test_four_shards_share_one_dps_within_its_limits(hollow_rig, tmp_path):
     import csv
     import time
