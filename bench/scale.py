@@ -137,8 +137,11 @@ class Fleet:
         regs_after = emulator_registrations(os.path.join(self.rig.dir, "dps"))
         ssh_after = sum(v for k, v in hollow.stats(self.rig)["ssh"].items() if k in names)
         dev_cpu, machine_after = supervisors_cpu(devices) - dev_cpu_before, machine_cpu()
-        with open(probe_out, encoding="utf-8") as handle:
-            probe = json.load(handle)
+        try:
+            with open(probe_out, encoding="utf-8") as handle:
+                probe = json.load(handle)
+        except FileNotFoundError:  # az was killed: no figures from inside it
+            probe = {"journal_bytes": float("nan"), "known_hosts_cpu": float("nan")}
         with open(os.path.join(self.dir, name + ".json"), encoding="utf-8") as handle:
             text = handle.read()
         results = json.loads(text) if text.strip() else []
@@ -158,12 +161,19 @@ class Fleet:
                "devices_cpu_per_device": dev_cpu / n,
                "busy": (machine_after[0] - machine_before[0]) / max(1, machine_after[1] - machine_before[1]),
                "exit": os.waitstatus_to_exitcode(status)}
-        print("  %d devices: %.0f s wall, our CPU %.3f s/device, exit %d" % (n, wall, row["cpu_per_device"], row["exit"]),
-              flush=True)
+        print("  %d devices: %.0f s wall, our CPU %.3f s/device, exit %d\n  %s" % (
+            n, wall, row["cpu_per_device"], row["exit"], row_line(row)), flush=True)
         if row["exit"] != 0:
             with open(os.path.join(self.dir, name + ".err"), encoding="utf-8") as handle:
                 print("  (stderr tail: %s)" % handle.read()[-1500:].strip(), flush=True)
         return row
+
+
+def row_line(r):
+    return "%8d%9.0f%13.3f%10.0f%14.0f%10.2f%14.4f%14.2f%8d%10s%14.2f" % (
+        r["devices"], r["wall"], r["cpu_per_device"], r["rss_mb"], r["journal_per_device"], r["ssh_per_device"],
+        r["kh_per_connection"], r["dps_per_enrollment"], r["throttled"], "%d/%d" % (r["assigned"], r["devices"]),
+        r["devices_cpu_per_device"])
 
 
 def report(rows):
@@ -176,10 +186,7 @@ def report(rows):
     print("%8s%9s%13s%10s%14s%10s%14s%14s%8s%10s%14s" % ("", "", "", "(peak)", "", "", "CPU-s/conn", "/enrollment",
                                                          "", "(DPS)", "s/dev"))
     for r in rows:
-        print("%8d%9.0f%13.3f%10.0f%14.0f%10.2f%14.4f%14.2f%8d%10s%14.2f" % (
-            r["devices"], r["wall"], r["cpu_per_device"], r["rss_mb"], r["journal_per_device"], r["ssh_per_device"],
-            r["kh_per_connection"], r["dps_per_enrollment"], r["throttled"], "%d/%d" % (r["assigned"], r["devices"]),
-            r["devices_cpu_per_device"]))
+        print(row_line(r))
     if not rows:
         return
     big, small = rows[-1], rows[0]
