@@ -57,7 +57,7 @@ def tcti(addr):
 
 
 def _host_key(key_type, comment):
-    """(private key in OpenSSH format, "algo base64" public line) of a fresh host key."""
+    """A fresh host key: (private key in OpenSSH format, "algo base64" for known_hosts, the .pub file)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519
     key = ed25519.Ed25519PrivateKey.generate() if key_type == "ed25519" else ec.generate_private_key(ec.SECP256R1())
@@ -95,7 +95,8 @@ class Hollow:
         return os.path.join(self.rig._state_root, "hollow-common")
 
     def add(self, count, timeout=120.0):
-        """Start ``count`` hollow devices (new namespaces of up to 244); return them."""
+        """Start ``count`` hollow devices (new namespaces of up to 244); return them. A group that
+        fails leaves its namespace to ``down`` (it finds every /24 the rig claimed)."""
         rig = self.rig
         if rig.slot is None:
             raise DevkitError("the rig in %s is not up" % rig.dir)
