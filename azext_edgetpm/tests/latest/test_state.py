@@ -292,3 +292,43 @@ def test_two_runs_on_the_same_state_the_second_is_refused_and_names_the_first(tm
         first.kill()
         first.communicate(timeout=60)
         server.close()
+
+
+LOGIN = "HostName=nowhere.azure-devices-provisioning.net;SharedAccessKeyName=p;SharedAccessKey=" + "A" * 44
+
+
+def _inventory(tmp_path):
+    inventory = tmp_path / "fleet.csv"
+    inventory.write_text("host,registration_id\n127.0.0.1:1,dev-1\n")
+    return str(inventory)
+
+
+@pytest.mark.parametrize("shape", ["/dev/zero", "garbage", "sparse", "directory", "newer"])
+def test_a_bad_state_file_is_one_clear_az_error_before_anything_starts(tmp_path, shape):
+    path = {"/dev/zero": "/dev/zero", "directory": str(tmp_path)}.get(shape, str(tmp_path / "state.json"))
+    if shape == "garbage":
+        (tmp_path / "state.json").write_bytes(b"\x00garbage{[\n" * 1000)
+    elif shape == "sparse":
+        with open(path, "wb") as handle:
+            handle.truncate(4 * MAX_STATE_BYTES)
+    elif shape == "newer":
+        (tmp_path / "state.json").write_text(json.dumps({"format": journal_mod.FORMAT, "version": 3}) + "\n")
+    result = az("edge-tpm", "provision", "--inventory", _inventory(tmp_path), "--login", LOGIN,
+                "--id-scope", "0ne00AAAAAA", "--state", path, "--ssh-timeout", "5")
+    assert result.rc != 0 and type(result.error).__name__ == "FileOperationError", (result.message, result.stderr)
+    assert path in result.message and result.recommendation and "Traceback" not in result.stderr
+
+
+def test_another_command_s_state_file_is_refused_by_az_and_the_flag_is_explained(tmp_path):
+    inventory = _inventory(tmp_path)
+    state = tmp_path / "state.json"
+    _run(state, key="127.0.0.1:1", rid="dev-1", prov=provenance("provision", inventory, None, "nowhere"))
+    before = state.read_bytes()
+    result = az("edge-tpm", "deprovision", "--inventory", inventory, "--login", LOGIN, "--state", str(state),
+                "--yes")
+    assert result.rc != 0 and type(result.error).__name__ == "ArgumentUsageError", result.message
+    assert "written by provision, this run is deprovision" in result.message
+    assert "--state-from-other-run" in result.recommendation and state.read_bytes() == before
+    alone = az("edge-tpm", "deprovision", "--inventory", inventory, "--login", LOGIN, "--state-from-other-run",
+               "--yes")
+    assert alone.rc != 0 and "--state-from-other-run goes with the --state file" in alone.message
