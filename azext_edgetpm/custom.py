@@ -246,7 +246,7 @@ def provision(cmd, host=None,  # pylint: disable=too-many-locals,too-many-statem
         jobs = [dataclasses.replace(jobs[0], ssh=dataclasses.replace(jobs[0].ssh, sudo_password=None))]
 
     journal = Journal(state, meta={"shard": shard, "devices": len(jobs)} if state else None,
-                      provenance=provenance("provision", inventory, host, id_scope) if state else None,
+                      origin=provenance("provision", inventory, host, id_scope) if state else None,
                       from_other_run=bool(state_from_other_run))
     if retry_failed:
         jobs = [j for j in jobs if journal.record(j.key).get("status") in ("failed", "interrupted", "running")]

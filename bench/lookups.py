@@ -138,7 +138,7 @@ def journal_figures(devices: int, sample: int = 300, workers: int = 10) -> dict:
                                         separators=(",", ":")) + "\n")
         size = os.path.getsize(path)
         started = time.process_time()
-        journal = Journal(path, meta={"devices": devices + sample}, provenance=prov)
+        journal = Journal(path, meta={"devices": devices + sample}, origin=prov)
         load_s = time.process_time() - started
         compacted = os.path.getsize(path)
         todo = list(range(sample))
@@ -174,7 +174,7 @@ def state_refusal_figures() -> dict:
     import subprocess
     code = ("import resource, sys, time\nfrom azext_edgetpm.errors import LocalFileError\n"
             "from azext_edgetpm.fleet.state import Journal\nt = time.monotonic()\n"
-            "try:\n    Journal(sys.argv[1], provenance={'command': 'provision'})\n"
+            "try:\n    Journal(sys.argv[1], origin={'command': 'provision'})\n"
             "except LocalFileError:\n    pass\nelse:\n    assert sys.argv[1].endswith('new.json')\n"
             "print(time.monotonic() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n")
     out = {}

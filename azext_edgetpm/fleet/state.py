@@ -26,7 +26,8 @@ from typing import Dict, Optional
 
 from azext_edgetpm.errors import LocalFileError, UsageError, option
 
-from .statefile import (  # noqa: F401  (read_records, read_state: for callers of this module)
+# read_records and read_state are this module's too, for callers that read a state file
+from .statefile import (  # noqa: F401  # pylint: disable=unused-import
     FORMAT, MAX_LINE_BYTES, MAX_STATE_BYTES, VERSION, Loaded, apply_event, open_regular, read_records,
     read_state)
 
@@ -77,7 +78,7 @@ def provenance(command: str, inventory: Optional[str], host: Optional[str], dps:
 _PROVENANCE_NAMES = {"command": "command", "inventory": "inventory (sha256 of the file)", "dps": "DPS"}
 
 
-def _mismatch(path: str, recorded: dict, wanted: dict) -> Optional[str]:
+def _mismatch(recorded: dict, wanted: dict) -> Optional[str]:
     for name, label in _PROVENANCE_NAMES.items():
         before, now = recorded.get(name), wanted.get(name)
         if name == "command":
@@ -99,10 +100,10 @@ def _shown(value) -> str:
 class Journal:
     """Per-device, per-step records; `path=None` keeps them in memory only.
 
-    Opening a path takes the file's lock at once (a second run is refused). With `provenance`
+    Opening a path takes the file's lock at once (a second run is refused). With `origin` (provenance())
     the run starts at once; otherwise at `begin()` or at the first write."""
 
-    def __init__(self, path: Optional[str] = None, meta: Optional[dict] = None, provenance: Optional[dict] = None,
+    def __init__(self, path: Optional[str] = None, meta: Optional[dict] = None, origin: Optional[dict] = None,
                  from_other_run: bool = False):
         self.path = os.path.abspath(os.path.expanduser(path)) if path else None
         self._lock = threading.Lock()
@@ -117,8 +118,8 @@ class Journal:
         self.bytes_written = 0
         if self.path:
             self._lock_and_load()
-        if provenance is not None:
-            self.begin(provenance, from_other_run)
+        if origin is not None:
+            self.begin(origin, from_other_run)
 
     # -- lock and load -------------------------------------------------------------------------
     def _lock_and_load(self) -> None:
@@ -163,13 +164,13 @@ class Journal:
                                  f"Point {option('state')} at a writable location.", "state") from exc
 
     # -- the run -------------------------------------------------------------------------------
-    def begin(self, provenance: Optional[dict] = None, from_other_run: bool = False) -> None:
+    def begin(self, origin: Optional[dict] = None, from_other_run: bool = False) -> None:
         """Check that the file belongs to this kind of run, then compact it and start appending."""
         if not self.path or self._appending:
             return
         recorded = (self.loaded.header or {}).get("run") or {}
-        if provenance and self.loaded.header is not None and self.devices and not from_other_run:
-            why = _mismatch(self.path, recorded, provenance)
+        if origin and self.loaded.header is not None and self.devices and not from_other_run:
+            why = _mismatch(recorded, origin)
             if why:
                 raise UsageError(
                     f"The state file {self.path} belongs to another run ({why}); refusing to resume from it.",
@@ -179,7 +180,7 @@ class Journal:
         runs = list((self.loaded.header or {}).get("runs") or [])
         if recorded:
             runs.append({k: recorded.get(k) for k in ("command", "pid", "started", "shard", "devices")})
-        run = dict(self.meta, **(provenance or {}), pid=os.getpid(), started=_now())
+        run = dict(self.meta, **(origin or {}), pid=os.getpid(), started=_now())
         header = {"format": FORMAT, "version": VERSION, "run": run, "runs": runs[-MAX_RUNS_KEPT:]}
         with self._lock:
             self._compact_to(header)
@@ -375,7 +376,7 @@ def _lock(fd: int, path: str) -> None:
         if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             raise LocalFileError(f"Cannot lock the state file {path}: {exc.strerror or exc}.",
                                  f"Point {option('state')} at a file on a local file system.", "state") from exc
-        holder = lock_holder(fd, path)
+        holder = lock_holder(fd)
         who = f"process {holder}" if holder else "another process"
         raise LocalFileError(
             f"The state file {path} is in use by {who} (another az edge-tpm run); refusing to run on it as well.",
@@ -383,7 +384,7 @@ def _lock(fd: int, path: str) -> None:
             f"{option('state')} file.", "state") from exc
 
 
-def lock_holder(fd: int, path: str) -> Optional[int]:
+def lock_holder(fd: int) -> Optional[int]:
     """The PID holding the lock on the file of `fd`: from the kernel's lock table (Linux), else from
     the header of the file, where every run writes its PID."""
     info = os.fstat(fd)

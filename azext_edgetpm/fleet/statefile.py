@@ -151,7 +151,7 @@ def _read(path: str, handle) -> Loaded:
         if not line.endswith(b"\n"):
             if len(line) > MAX_LINE_BYTES:
                 raise _bad(path, f"line {number} is longer than {MAX_LINE_BYTES:,} bytes")
-            if _tail_of_crash(path, line, number):
+            if _tail_of_crash(line):
                 dropped = True     # the last line, cut short by a crash or power loss: never written whole
                 break
         if not line.strip(b" \t\r\n\x00"):
@@ -161,7 +161,7 @@ def _read(path: str, handle) -> Loaded:
     return Loaded(header, devices, VERSION, dropped)
 
 
-def _tail_of_crash(path: str, line: bytes, number: int) -> bool:
+def _tail_of_crash(line: bytes) -> bool:
     """A last line without its newline: dropped when it does not parse (a cut write), else kept."""
     try:
         json.loads(line.decode("utf-8"))

@@ -184,8 +184,8 @@ class KnownHosts:
         words = line.split()
         if marker == "@revoked":
             if len(words) < 3:
-                raise self._error(number, f"the @revoked line {number} names no key")
-            _decode(words[2], lambda: self._error(number, f"the key of the @revoked line {number} is not base64"),
+                raise self._error(f"the @revoked line {number} names no key")
+            _decode(words[2], lambda: self._error(f"the key of the @revoked line {number} is not base64"),
                     strict=True)
             self.revoked.add((words[1], words[2]))
             return
@@ -201,27 +201,25 @@ class KnownHosts:
         if len(words) < 3:
             return                    # not enough fields: skipped, as paramiko does
         names, key_type, blob = words[0], words[1], words[2]
-        _decode(blob, lambda: self._error(number, f"line {number} is not a host key entry (Error)"))
+        _decode(blob, lambda: self._error(f"line {number} is not a host key entry (its key is not base64)"))
         entry = _Line(number, key_type, blob)
+        plain = [n for n in names.split(",") if not n.startswith("|1|")]
+        if any(c in n for n in plain for c in "*?!"):    # a pattern list: matched as a whole, per lookup
+            self.patterns.append(([p.lower() for p in plain], entry))
         for name in names.split(","):
             if name.startswith("|1|"):
                 parts = name.split("|")
                 if len(parts) != 4:
-                    raise self._error(number, f"line {number} is not a host key entry (a hashed name is "
-                                              "|1|salt|hash)")
-                salt = _decode(parts[2], lambda: self._error(number, f"line {number} is not a host key entry "
-                                                                     "(the salt of its hashed name is not base64)"))
-                digest = _decode(parts[3], lambda: self._error(number, f"line {number} is not a host key entry "
-                                                                       "(its hashed name is not base64)"))
+                    raise self._error(f"line {number} is not a host key entry (a hashed name is |1|salt|hash)")
+                what = f"line {number} is not a host key entry (its hashed name is not base64)"
+                salt = _decode(parts[2], lambda: self._error(what))
+                digest = _decode(parts[3], lambda: self._error(what))
                 self.hashed.append((salt, digest, entry))
                 self._hashed_hits.clear()
-            elif any(c in name for c in "*?!"):
-                self.patterns.append(([p.lower() for p in names.split(",") if not p.startswith("|1|")], entry))
-                break                 # (one pattern list for the whole line)
-            else:
+            elif not self.patterns or self.patterns[-1][1] is not entry:
                 self.exact.setdefault(name.lower(), []).append(entry)
 
-    def _error(self, number: int, what: str) -> LocalFileError:
+    def _error(self, what: str) -> LocalFileError:
         return LocalFileError(f"Cannot read known hosts file {self.path}: {what}.",
                               f"Fix or remove that line, or point {option('known_hosts')} at another file.")
 

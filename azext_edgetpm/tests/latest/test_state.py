@@ -24,7 +24,7 @@ PROV = provenance("provision", None, "root@10.0.0.1", "0ne00AAAAAA")
 
 def _run(path, key="10.0.0.1:22", rid="rid-1", prov=PROV):
     """One device's provision as the runner journals it."""
-    with Journal(str(path), meta={"shard": None}, provenance=prov) as journal:
+    with Journal(str(path), meta={"shard": None}, origin=prov) as journal:
         journal.update(key, status="running", error=None, recommendation=None, failedStep=None)
         journal.step(key, "identify", {"status": "ok", "registrationId": rid, "seconds": 0.5})
         journal.step(key, "enroll", {"status": "changed", "registrationId": rid, "detail": "created"})
@@ -47,7 +47,7 @@ def test_events_are_appended_and_folded_into_the_per_device_view(tmp_path):
     assert journal.writes == 4 and journal.bytes_written == sum(len(ln) + 1 for ln in lines[1:])
 
     # O(1) per event: the same file (no rename), grown by exactly the new line
-    with Journal(str(path), provenance=PROV) as again:
+    with Journal(str(path), origin=PROV) as again:
         inode, size = os.stat(path).st_ino, os.stat(path).st_size
         again.step("10.0.0.1:22", "status", {"status": "ok"})
         assert os.stat(path).st_ino == inode and os.stat(path).st_size == size + again.bytes_written
@@ -67,8 +67,8 @@ def test_a_state_file_of_the_old_whole_document_format_is_read_and_converted(tmp
                     '"version": 1}\n')
     assert read_records(str(path)) == devices
     with pytest.raises(UsageError, match="command: the file was written by deprovision"):
-        Journal(str(path), provenance=PROV)
-    with Journal(str(path), provenance=provenance("deprovision", None, "x", "0ne1")) as journal:
+        Journal(str(path), origin=PROV)
+    with Journal(str(path), origin=provenance("deprovision", None, "x", "0ne1")) as journal:
         assert journal.record("10.0.0.2:22") == devices["10.0.0.2:22"]
     assert json.loads(path.read_text().splitlines()[0])["version"] == journal_mod.VERSION
     assert read_records(str(path)) == devices
@@ -90,19 +90,19 @@ def test_a_second_journal_on_the_same_file_is_refused_and_names_the_holder(tmp_p
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys
         from azext_edgetpm.fleet.state import Journal
-        journal = Journal({str(path)!r}, provenance={{"command": "provision"}})
+        journal = Journal({str(path)!r}, origin={{"command": "provision"}})
         print("locked", flush=True)
         sys.stdin.read()
         """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(LocalFileError) as refused:
-            Journal(str(path), provenance={"command": "provision"})
+            Journal(str(path), origin={"command": "provision"})
         assert f"in use by process {holder.pid}" in str(refused.value)
         assert f"kill {holder.pid}" in refused.value.hint
     finally:
         holder.communicate("", timeout=30)
-    with Journal(str(path), provenance={"command": "provision"}):   # released when that process ended
+    with Journal(str(path), origin={"command": "provision"}):   # released when that process ended
         pass
 
 
@@ -116,11 +116,11 @@ def test_a_state_file_of_another_run_is_refused_unless_meant(tmp_path, other, wh
     view, _ = _run(path)
     content = path.read_bytes()
     with pytest.raises(UsageError) as refused:
-        Journal(str(path), provenance=other)
+        Journal(str(path), origin=other)
     assert f"belongs to another run ({what}" in str(refused.value)
     assert "state_from_other_run" in refused.value.hint
     assert path.read_bytes() == content          # refused before anything was written
-    with Journal(str(path), provenance=other, from_other_run=True) as journal:
+    with Journal(str(path), origin=other, from_other_run=True) as journal:
         assert journal.records() == view
     assert json.loads(path.read_text().splitlines()[0])["run"]["inventory"] == other["inventory"]
 
@@ -139,7 +139,7 @@ def test_records_follow_the_registration_id_not_the_address(tmp_path):
     and a record is never continued by a device of another registration ID."""
     path = tmp_path / "state.json"
     _run(path, key="10.0.0.1:22", rid="rid-a")
-    with Journal(str(path), provenance=PROV) as journal:
+    with Journal(str(path), origin=PROV) as journal:
         journal.step("10.0.0.2:22", "identify", {"status": "ok", "registrationId": "rid-b"})
         # the inventory says 10.0.0.1 now holds rid-b, 10.0.0.2 rid-a
         assert journal.record("10.0.0.1:22", "RID-B")["steps"]["identify"]["registrationId"] == "rid-b"
@@ -166,7 +166,7 @@ def test_a_truncated_last_line_is_dropped_not_an_error(tmp_path):
                  b"\x00" * 300, b"\x00" * 100 + b"\n" + b"\x00" * 50):
         path.write_bytes(whole + tail)
         assert read_records(str(path)) == view, tail
-    with Journal(str(path), provenance=PROV) as journal:         # resumed: the cut line is gone
+    with Journal(str(path), origin=PROV) as journal:         # resumed: the cut line is gone
         assert journal.records() == view
     assert read_records(str(path)) == view and b"\x00" not in path.read_bytes()
 
@@ -210,7 +210,7 @@ MALFORMED = [
 def test_every_malformed_shape_is_one_clear_error(tmp_path, name, content):
     path = tmp_path / "state.json"
     path.write_bytes(content)
-    for read in (lambda: read_records(str(path)), lambda: Journal(str(path), provenance=PROV)):
+    for read in (lambda: read_records(str(path)), lambda: Journal(str(path), origin=PROV)):
         with pytest.raises(LocalFileError) as refused:
             read()
         assert str(path) in str(refused.value) and refused.value.hint, name
@@ -220,16 +220,16 @@ def test_every_malformed_shape_is_one_clear_error(tmp_path, name, content):
 def test_what_is_not_a_regular_file_or_too_big_is_refused_before_reading(tmp_path):
     for special in ("/dev/zero", str(tmp_path)):
         with pytest.raises(LocalFileError, match="not a regular file"):
-            Journal(special, provenance=PROV)
+            Journal(special, origin=PROV)
     huge = tmp_path / "huge.json"
     with open(huge, "wb") as handle:          # sparse: costs no disk
         handle.truncate(MAX_STATE_BYTES + 1)
     with pytest.raises(LocalFileError, match="at most"):
-        Journal(str(huge), provenance=PROV)
+        Journal(str(huge), origin=PROV)
     dangling = tmp_path / "dangling.json"
     dangling.symlink_to(tmp_path / "nowhere")
     with pytest.raises(LocalFileError, match="symbolic link to nothing"):
-        Journal(str(dangling), provenance=PROV)
+        Journal(str(dangling), origin=PROV)
     assert not (tmp_path / "nowhere").exists()
 
 
