@@ -100,8 +100,9 @@ def _shown(value) -> str:
 class Journal:
     """Per-device, per-step records; `path=None` keeps them in memory only.
 
-    Opening a path takes the file's lock at once (a second run is refused). With `origin` (provenance())
-    the run starts at once; otherwise at `begin()` or at the first write."""
+    Opening an existing file takes its lock at once (a second run is refused); a new one is created
+    and locked when the run begins. With `origin` (provenance()) the run begins at once; otherwise at
+    `begin()` or at the first write."""
 
     def __init__(self, path: Optional[str] = None, meta: Optional[dict] = None, origin: Optional[dict] = None,
                  from_other_run: bool = False):
@@ -117,17 +118,19 @@ class Journal:
         self.writes = 0                       # event lines written by this run
         self.bytes_written = 0
         if self.path:
-            self._lock_and_load()
+            self._lock_and_load(create=False)
         if origin is not None:
             self.begin(origin, from_other_run)
 
     # -- lock and load -------------------------------------------------------------------------
-    def _lock_and_load(self) -> None:
+    def _lock_and_load(self, create: bool) -> None:
         with _HELD_LOCK:
             earlier = _HELD.get(self.path)
         if earlier is not None and earlier is not self:
             earlier.close()
         for _ in range(20):
+            if not create and not os.path.lexists(self.path):
+                return                                           # nothing to read; created at begin()
             fd = self._open_or_create()
             if fd is None:
                 continue                                         # created by another run meanwhile: again
@@ -168,6 +171,8 @@ class Journal:
         """Check that the file belongs to this kind of run, then compact it and start appending."""
         if not self.path or self._appending:
             return
+        if self._fd is None:
+            self._lock_and_load(create=True)
         recorded = (self.loaded.header or {}).get("run") or {}
         if origin and self.loaded.header is not None and self.devices and not from_other_run:
             why = _mismatch(recorded, origin)

@@ -57,6 +57,16 @@ def test_events_are_appended_and_folded_into_the_per_device_view(tmp_path):
     assert json.loads(lines[0])["runs"][0]["pid"] == os.getpid()
 
 
+def test_a_new_state_file_is_created_when_the_run_begins_not_before(tmp_path):
+    """(A lifecycle command opens its journal before its confirmation prompt: a "no" leaves no file.)"""
+    path = tmp_path / "state.json"
+    journal = Journal(str(path))
+    assert journal.records() == {} and not path.exists()
+    journal.begin(PROV)
+    assert json.loads(path.read_text())["run"]["command"] == "provision"
+    journal.close()
+
+
 def test_a_state_file_of_the_old_whole_document_format_is_read_and_converted(tmp_path):
     path = tmp_path / "state.json"
     devices = {"10.0.0.1:22": {"status": "done", "updated": "2026-01-01T00:00:00Z",
