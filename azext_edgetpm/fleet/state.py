@@ -195,7 +195,7 @@ class Journal:
     def _compact_to(self, header: dict) -> None:
         """Header and one `device` line per device to a new locked file, renamed over the path."""
         directory = os.path.dirname(self.path) or "."
-        tmp = os.path.join(directory, f".{os.path.basename(self.path)}.tmp-{os.getpid()}")
+        tmp = f"{self.path}.tmp-{os.getpid()}"
         try:
             fd = os.open(tmp, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
                          | getattr(os, "O_CLOEXEC", 0), 0o600)
