@@ -174,7 +174,7 @@ class Journal:
         if self._fd is None:
             self._lock_and_load(create=True)
         recorded = (self.loaded.header or {}).get("run") or {}
-        if origin and self.loaded.header is not None and self.devices and not from_other_run:
+        if origin and recorded and self.devices and not from_other_run:   # (a 0.2 file may record nothing)
             why = _mismatch(recorded, origin)
             if why:
                 raise UsageError(
@@ -295,11 +295,9 @@ class Journal:
             if event["e"] == "step":
                 rid = (event["v"].get("registrationId") or "")
                 if rec is not None and rid and record_identity(rec) not in (None, str(rid).lower()):
-                    # the record under this address was another device's: it is not continued; this
-                    # device's own record (under its earlier address) is, if there is one
-                    rec = next((copy.deepcopy(other) for k, other in self.devices.items()
-                                if k != key and record_identity(other) == str(rid).lower()), None)
-                    self.devices[key] = rec = rec or {"steps": {}}
+                    # the record under this address was another device's: it is not continued (this
+                    # device's record starts again here with this step)
+                    self.devices[key] = rec = {"steps": {}}
                     line = (_compact({"e": "device", "d": key, "r": rec}) + "\n").encode("utf-8") + line
             apply_event(self.path or "(memory)", self.devices, json.loads(line.splitlines()[-1]), 0)
             if self._fd is None or not self.path:

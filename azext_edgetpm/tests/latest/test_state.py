@@ -156,16 +156,16 @@ def test_records_follow_the_registration_id_not_the_address(tmp_path):
         assert journal.record("10.0.0.2:22", "rid-a")["status"] == "done"
         assert journal.record("10.0.0.1:22", "rid-c") == {}
         assert journal.record("10.0.0.1:22")["status"] == "done"      # without an ID: by address
-        # the device at 10.0.0.1 identifies as rid-b: rid-a's record there is not continued, rid-b's is
-        journal.step("10.0.0.1:22", "enroll", {"status": "ok", "registrationId": "rid-b"})
+        # the device at 10.0.0.1 identifies as rid-b: rid-a's record there is not continued
+        journal.step("10.0.0.1:22", "identify", {"status": "ok", "registrationId": "rid-b", "stateMismatch": "x"})
         assert journal.record("10.0.0.1:22") == journal.records()["10.0.0.1:22"]
-        assert set(journal.record("10.0.0.1:22")["steps"]) == {"identify", "enroll"}
+        assert set(journal.record("10.0.0.1:22")["steps"]) == {"identify"}
         assert "status" not in journal.record("10.0.0.1:22")
-        # a device of an ID no record names starts afresh
-        journal.step("10.0.0.2:22", "identify", {"status": "ok", "registrationId": "rid-new"})
-        assert set(journal.record("10.0.0.2:22")["steps"]) == {"identify"}
-    assert set(read_records(str(path))["10.0.0.1:22"]["steps"]) == {"identify", "enroll"}
-    assert read_records(str(path))["10.0.0.2:22"]["steps"]["identify"]["registrationId"] == "rid-new"
+        # a step naming no registration ID continues the record
+        journal.step("10.0.0.1:22", "install", {"status": "ok"})
+        assert set(journal.record("10.0.0.1:22")["steps"]) == {"identify", "install"}
+    assert set(read_records(str(path))["10.0.0.1:22"]["steps"]) == {"identify", "install"}
+    assert read_records(str(path))["10.0.0.1:22"]["steps"]["identify"]["stateMismatch"] == "x"
 
 
 def test_a_truncated_last_line_is_dropped_not_an_error(tmp_path):
