@@ -113,6 +113,7 @@ class Journal:
         self._appending = False
         self._written = self._synced = 0
         self.devices: Dict[str, dict] = {}
+        self._ids: Optional[Dict[Optional[str], str]] = None
         self.loaded = Loaded()
         self.meta = dict(meta or {})
         self.writes = 0                       # event lines written by this run
@@ -144,7 +145,7 @@ class Journal:
                 os.close(fd)
                 raise
             self._fd = fd
-            self.devices = self.loaded.devices
+            self.devices, self._ids = self.loaded.devices, None
             with _HELD_LOCK:
                 _HELD[self.path] = self
             return
@@ -266,10 +267,12 @@ class Journal:
         rid = (registration_id or "").lower()
         if not rid or (rec is not None and record_identity(rec) in (None, rid)):
             return rec
-        for other in self.devices.values():
-            if record_identity(other) == rid:
-                return other
-        return None
+        if self._ids is None:         # registration ID -> key, built on first need, kept by _event
+            self._ids = {}
+            for other_key, other in self.devices.items():
+                self._ids.setdefault(record_identity(other), other_key)
+        other = self.devices.get(self._ids.get(rid))
+        return other if other is not None and record_identity(other) == rid else None
 
     def records(self) -> dict:
         with self._lock:
@@ -300,6 +303,8 @@ class Journal:
                     self.devices[key] = rec = {"steps": {}}
                     line = (_compact({"e": "device", "d": key, "r": rec}) + "\n").encode("utf-8") + line
             apply_event(self.path or "(memory)", self.devices, json.loads(line.splitlines()[-1]), 0)
+            if self._ids is not None and event["e"] == "step":
+                self._ids[record_identity(self.devices[key])] = key
             if self._fd is None or not self.path:
                 return
             try:
