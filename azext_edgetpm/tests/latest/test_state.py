@@ -57,6 +57,26 @@ def test_events_are_appended_and_folded_into_the_per_device_view(tmp_path):
     assert json.loads(lines[0])["runs"][0]["pid"] == os.getpid()
 
 
+def test_a_step_s_end_is_durable_before_the_step_returns(tmp_path, monkeypatch):
+    """Power loss cannot be staged here: os.fdatasync is wrapped (the real call still runs) to see
+    which bytes of the file each call covered."""
+    path = tmp_path / "state.json"
+    synced = []
+    real = os.fdatasync
+
+    def spy(fd):
+        real(fd)
+        synced.append(os.fstat(fd).st_size)
+    monkeypatch.setattr(journal_mod.os, "fdatasync", spy)
+    with Journal(str(path), origin=PROV) as journal:
+        journal.update("h:22", status="running")            # not a step's end: written, not waited for
+        assert synced == []
+        journal.step("h:22", "identify", {"status": "ok"})
+        assert synced and synced[-1] == os.path.getsize(path)
+        journal.update("h:22", status="done")
+        assert synced[-1] == os.path.getsize(path)
+
+
 def test_a_new_state_file_is_created_when_the_run_begins_not_before(tmp_path):
     """(A lifecycle command opens its journal before its confirmation prompt: a "no" leaves no file.)"""
     path = tmp_path / "state.json"
