@@ -91,8 +91,12 @@ def _mismatch(recorded: dict, wanted: dict) -> Optional[str]:
 
 
 def _shown(value) -> str:
+    """A header value in a message (the file may be anyone's: control characters escaped, length bounded)."""
+    from azext_edgetpm.echo import shown
     text = str(value)
-    return text[:20] + "..." if text.startswith("sha256:") else text[:200]
+    if text.startswith("sha256:") and text.isprintable():
+        return text[:20] + "..."
+    return text if text.isprintable() and len(text) <= 100 else shown(text, 100)
 
 
 # -- the journal ----------------------------------------------------------------------------------
