@@ -9,8 +9,9 @@ Per size N it prints:
   table); the same with every entry hashed (`ssh-keyscan -H`: one HMAC per hashed line and looked-up
   name, as OpenSSH does; linear in the file, so shown apart);
 - ~/.ssh/config with one Host block per device: the cost per lookup after the one parse;
-- the journal with N devices already in it: its load and compaction per run, then a sample of
-  provisions appended (7 events each, 10 workers, real fdatasync): CPU-s and bytes per device.
+- the journal with N devices already in it: its load and compaction per run (and the memory its
+  records take), then a sample of provisions appended (7 events each, 10 workers, real
+  fdatasync): CPU-s and bytes per device.
 With --baseline, paramiko's own per-connection load (what 0.2 did) at the sizes up to 1,000 (it is
 quadratic in the file: 16 s per connection at 30,000 lines).
 
@@ -117,6 +118,11 @@ def _provision(journal, key: str, rid: str) -> None:
     journal.update(key, status="done")
 
 
+def _rss_kb() -> int:
+    with open("/proc/self/status", encoding="ascii") as handle:
+        return next(int(line.split()[1]) for line in handle if line.startswith("VmRSS:"))
+
+
 def journal_figures(devices: int, sample: int = 300, workers: int = 10) -> dict:
     """A journal that already holds `devices` provisioned devices: its load and compaction once per
     run (seconds per 1,000 devices), then `sample` more provisions appended by `workers` threads:
@@ -137,9 +143,11 @@ def journal_figures(devices: int, sample: int = 300, workers: int = 10) -> dict:
                                                                   for k, v in record["steps"].items()})},
                                         separators=(",", ":")) + "\n")
         size = os.path.getsize(path)
+        rss_before = _rss_kb()
         started = time.process_time()
         journal = Journal(path, meta={"devices": devices + sample}, origin=prov)
         load_s = time.process_time() - started
+        memory_kb = (_rss_kb() - rss_before) / max(devices, 1)
         compacted = os.path.getsize(path)
         todo = list(range(sample))
         lock = threading.Lock()
@@ -164,7 +172,7 @@ def journal_figures(devices: int, sample: int = 300, workers: int = 10) -> dict:
             "load_ms_per_1000": round(load_s / max(devices, 1) * 1e6, 1),
             "sample": sample, "cpu_ms_per_device": round(cpu / sample * 1000, 3),
             "wall_ms_per_device": round(wall / sample * 1000, 2), "bytes_per_device": round(grown / sample),
-            "compacted_bytes_per_device": round(compacted / max(devices, 1)),
+            "compacted_bytes_per_device": round(compacted / max(devices, 1)), "memory_kb_per_device": round(memory_kb, 2),
             "events_per_device": round(journal.writes / sample, 1)}
 
 
@@ -228,7 +236,7 @@ def main() -> None:
         print(f"  {n:>7,} devices ({jf['file_bytes'] / 2**20:6.1f} MB)   {jf['load_s']:7.2f} s   "
               f"{jf['load_ms_per_1000']:7.1f} ms   {jf['cpu_ms_per_device']:10.3f} ms   {jf['bytes_per_device']:8,} B"
               f"   {jf['wall_ms_per_device']:8.2f} ms   ({jf['events_per_device']} events, compacted "
-              f"{jf['compacted_bytes_per_device']:,} B per device)")
+              f"{jf['compacted_bytes_per_device']:,} B and {jf['memory_kb_per_device']:.1f} KB of memory per device)")
     print(f"  CPU per appended device at {sizes[-1]:,} / at {sizes[0]:,}: "
           f"{jf['cpu_ms_per_device'] / base['cpu_ms_per_device']:.2f}x")
     refusal = state_refusal_figures()

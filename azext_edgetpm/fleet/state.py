@@ -16,7 +16,6 @@ first one's PID. A file from another command, inventory or DPS is refused unless
 it is meant (--state-from-other-run). Every malformed shape is one LocalFileError; a truncated last
 line (a crash or power loss while appending) is dropped, not an error.
 """
-import copy
 import datetime
 import errno
 import json
@@ -28,8 +27,8 @@ from azext_edgetpm.errors import LocalFileError, UsageError, option
 
 # read_records and read_state are this module's too, for callers that read a state file
 from .statefile import (  # noqa: F401  # pylint: disable=unused-import
-    FORMAT, MAX_LINE_BYTES, MAX_STATE_BYTES, VERSION, Loaded, apply_event, open_regular, read_records,
-    read_state)
+    FORMAT, MAX_LINE_BYTES, MAX_STATE_BYTES, VERSION, Loaded, apply_event, compact, open_regular,
+    read_records, read_state)
 
 MAX_RUNS_KEPT = 20             # earlier runs listed in the header
 # The journals this process holds open, by path: az runs one command per process, so an older one
@@ -37,10 +36,6 @@ MAX_RUNS_KEPT = 20             # earlier runs listed in the header
 # tests running az in-process) is closed when a new one opens.
 _HELD: Dict[str, "Journal"] = {}
 _HELD_LOCK = threading.Lock()
-
-
-def _compact(value) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def _now() -> str:
@@ -116,7 +111,7 @@ class Journal:
         self._fd: Optional[int] = None        # the locked file; appended to once the run began
         self._appending = False
         self._written = self._synced = 0
-        self.devices: Dict[str, dict] = {}
+        self.devices: Dict[str, str] = {}     # device key -> its record as compact JSON
         self._ids: Optional[Dict[Optional[str], str]] = None
         self.loaded = Loaded()
         self.meta = dict(meta or {})
@@ -208,9 +203,9 @@ class Journal:
             raise self._write_error(exc) from exc
         try:
             _lock(fd, tmp)
-            chunk = [_compact(header)]
+            chunk = [compact(header)]
             for key in sorted(self.devices):
-                chunk.append(_compact({"e": "device", "d": key, "r": self.devices[key]}))
+                chunk.append('{"d":' + compact(key) + ',"e":"device","r":' + self.devices[key] + "}")
                 if len(chunk) >= 512:
                     _write_all(fd, ("\n".join(chunk) + "\n").encode("utf-8"))
                     chunk = []
@@ -264,23 +259,25 @@ class Journal:
         (known from the inventory), a record under `key` naming another ID is not this device's:
         the record naming this ID (under another address, after addresses changed) is returned."""
         with self._lock:
-            return copy.deepcopy(self._find(key, registration_id) or {})
+            return self._find(key, registration_id) or {}
 
     def _find(self, key: str, registration_id: Optional[str]) -> Optional[dict]:
-        rec = self.devices.get(key)
+        stored = self.devices.get(key)
+        rec = json.loads(stored) if stored is not None else None
         rid = (registration_id or "").lower()
         if not rid or (rec is not None and record_identity(rec) in (None, rid)):
             return rec
         if self._ids is None:         # registration ID -> key, built on first need, kept by _event
             self._ids = {}
             for other_key, other in self.devices.items():
-                self._ids.setdefault(record_identity(other), other_key)
+                self._ids.setdefault(record_identity(json.loads(other)), other_key)
         other = self.devices.get(self._ids.get(rid))
-        return other if other is not None and record_identity(other) == rid else None
+        rec = json.loads(other) if other is not None else None
+        return rec if rec is not None and record_identity(rec) == rid else None
 
     def records(self) -> dict:
         with self._lock:
-            return copy.deepcopy(self.devices)
+            return {key: json.loads(rec) for key, rec in self.devices.items()}
 
     def update(self, key: str, **fields) -> None:
         self._event({"e": "update", "d": key, "f": fields, "t": _now()},
@@ -293,22 +290,22 @@ class Journal:
         self._durable(self._written)
 
     def _event(self, event: dict, durable: bool) -> None:
-        line = (_compact(event) + "\n").encode("utf-8")
+        line = (compact(event) + "\n").encode("utf-8")
         if not self._appending and self.path:
             self.begin()
         with self._lock:
             key = event["d"]
-            rec = self.devices.get(key)
+            stored = self.devices.get(key)
             if event["e"] == "step":
                 rid = (event["v"].get("registrationId") or "")
-                if rec is not None and rid and record_identity(rec) not in (None, str(rid).lower()):
+                if stored is not None and rid and record_identity(json.loads(stored)) not in (None, str(rid).lower()):
                     # the record under this address was another device's: it is not continued (this
                     # device's record starts again here with this step)
-                    self.devices[key] = rec = {"steps": {}}
-                    line = (_compact({"e": "device", "d": key, "r": rec}) + "\n").encode("utf-8") + line
-            apply_event(self.path or "(memory)", self.devices, json.loads(line.splitlines()[-1]), 0)
+                    self.devices[key] = '{"steps":{}}'
+                    line = (compact({"e": "device", "d": key, "r": {"steps": {}}}) + "\n").encode("utf-8") + line
+            rec = apply_event(self.path or "(memory)", self.devices, json.loads(line.splitlines()[-1]), 0)
             if self._ids is not None and event["e"] == "step":
-                self._ids[record_identity(self.devices[key])] = key
+                self._ids[record_identity(rec)] = key
             if self._fd is None or not self.path:
                 return
             try:
