@@ -172,8 +172,8 @@ def journal_figures(devices: int, sample: int = 300, workers: int = 10) -> dict:
             "load_ms_per_1000": round(load_s / max(devices, 1) * 1e6, 1),
             "sample": sample, "cpu_ms_per_device": round(cpu / sample * 1000, 3),
             "wall_ms_per_device": round(wall / sample * 1000, 2), "bytes_per_device": round(grown / sample),
-            "compacted_bytes_per_device": round(compacted / max(devices, 1)), "memory_kb_per_device": round(memory_kb, 2),
-            "events_per_device": round(journal.writes / sample, 1)}
+            "compacted_bytes_per_device": round(compacted / max(devices, 1)),
+            "memory_kb_per_device": round(memory_kb, 2), "events_per_device": round(journal.writes / sample, 1)}
 
 
 def state_refusal_figures() -> dict:
