@@ -10,11 +10,12 @@ import stat
 from typing import Dict, Optional
 
 from azext_edgetpm.errors import LocalFileError, option
+from azext_edgetpm.files import LIMITS
 
 FORMAT = "az-edge-tpm-state"
 VERSION = 2
 OLD_VERSION = 1               # the whole-document format of 0.2
-MAX_STATE_BYTES = 256 * 2**20  # 25 KB per device at 10,000 devices; a provision needs < 8 KB
+MAX_STATE_BYTES = LIMITS["state"]  # 25 KB per device at 10,000 devices; a provision needs ~2 KB
 MAX_OLD_BYTES = MAX_STATE_BYTES  # a whole-document file of 0.2 (parsed at once; converted by the next run)
 MAX_LINE_BYTES = 2 * 2**20     # one event or one compacted device record
 _FIELD_TYPES = {"status": str, "error": str, "recommendation": str, "failedStep": str, "errorKind": str,

@@ -31,10 +31,11 @@ from typing import Dict, List, Optional, Set, Tuple
 from knack.log import get_logger
 
 from azext_edgetpm.errors import LocalFileError, option
+from azext_edgetpm.files import LIMITS, read_bounded
 
 logger = get_logger(__name__)
 
-MAX_KNOWN_HOSTS_BYTES = 256 * 2**20   # ~800,000 entries
+MAX_KNOWN_HOSTS_BYTES = LIMITS["known_hosts"]
 _WARNED: Set[Tuple[str, int]] = set()
 _INDEXES: Dict[str, "KnownHosts"] = {}
 _INDEXES_LOCK = threading.Lock()
@@ -245,16 +246,12 @@ def _matches(patterns: List[str], name: str) -> bool:
 
 def _read_index(path: str) -> KnownHosts:
     try:
-        with open(path, "rb") as handle:
-            info = os.fstat(handle.fileno())
-            data = handle.read(MAX_KNOWN_HOSTS_BYTES + 1)
+        info = os.stat(path)
     except OSError as exc:
         raise LocalFileError(f"Cannot read known hosts file {path}: {exc.strerror or exc}",
                              f"Fix or replace the file given with {option('known_hosts')}.") from exc
-    if len(data) > MAX_KNOWN_HOSTS_BYTES:
-        raise LocalFileError(f"Known hosts file {path} is larger than {MAX_KNOWN_HOSTS_BYTES:,} bytes.",
-                             f"Point {option('known_hosts')} at a known_hosts file (a few hundred bytes per "
-                             "host).")
+    data = read_bounded(path, MAX_KNOWN_HOSTS_BYTES, "The known hosts file", "known_hosts",
+                        f"Point {option('known_hosts')} at a known_hosts file (about 300 bytes per host).")
     index = KnownHosts(path=path, stamp=(info.st_dev, info.st_ino), mtime=info.st_mtime_ns)
     index._parse(data)  # pylint: disable=protected-access
     index._read_to(len(data), data)  # pylint: disable=protected-access
