@@ -168,9 +168,17 @@ class Journal:
 
     # -- the run -------------------------------------------------------------------------------
     def begin(self, origin: Optional[dict] = None, from_other_run: bool = False) -> None:
-        """Check that the file belongs to this kind of run, then compact it and start appending."""
+        """Check that the file belongs to this kind of run, then compact it and start appending (a
+        refused file is let go: its lock released, nothing written)."""
         if not self.path or self._appending:
             return
+        try:
+            self._begin(origin, from_other_run)
+        except BaseException:
+            self.close()
+            raise
+
+    def _begin(self, origin: Optional[dict], from_other_run: bool) -> None:
         if self._fd is None:
             self._lock_and_load(create=True)
         recorded = (self.loaded.header or {}).get("run") or {}

@@ -150,6 +150,7 @@ def test_a_state_file_of_another_run_is_refused_unless_meant(tmp_path, other, wh
     assert f"belongs to another run ({what}" in str(refused.value)
     assert "state_from_other_run" in refused.value.hint
     assert path.read_bytes() == content          # refused before anything was written
+    assert str(path) not in journal_mod._HELD    # and let go (its lock released)
     with Journal(str(path), origin=other, from_other_run=True) as journal:
         assert journal.records() == view
     assert json.loads(path.read_text().splitlines()[0])["run"]["inventory"] == other["inventory"]
