@@ -213,8 +213,8 @@ class KnownHosts:
                 if len(parts) != 4:
                     raise self._error(f"line {number} is not a host key entry (a hashed name is |1|salt|hash)")
                 what = f"line {number} is not a host key entry (its hashed name is not base64)"
-                salt = _decode(parts[2], lambda: self._error(what))
-                digest = _decode(parts[3], lambda: self._error(what))
+                salt = _decode(parts[2], lambda what=what: self._error(what))
+                digest = _decode(parts[3], lambda what=what: self._error(what))
                 self.hashed.append((salt, digest, entry))
                 self._hashed_hits.clear()
             elif not self.patterns or self.patterns[-1][1] is not entry:
@@ -226,6 +226,7 @@ class KnownHosts:
 
 
 def _decode(text: str, error, strict: bool = False) -> bytes:
+    """base64 `text` decoded, else the LocalFileError `error()` makes."""
     try:
         return base64.b64decode(text, validate=strict)
     except (binascii.Error, ValueError) as exc:
