@@ -62,6 +62,7 @@ FLAGS = {
     "ssh_timeout": "--ssh-timeout",
     "ssh_user": "--ssh-user",
     "state": "--state",
+    "state_from_other_run": "--state-from-other-run",
     "tcti": "--tcti",
     "timeout": "--timeout",
     "top": "--top",

@@ -273,7 +273,10 @@ long-summary: >
     inventory is checked as a whole before anything starts; one device failing does not stop the
     others. With --state FILE every step is recorded as it ends, so a re-run (after Ctrl-C, a killed
     process or a reboot) skips finished devices and continues the rest; --retry-failed runs only the
-    failed ones. --shard i/n splits the inventory between parallel pipeline jobs.
+    failed ones. The state file is locked while a run uses it (a second run on it is refused and
+    names the first one's process), and it records which command, inventory and DPS wrote it: a
+    file of another run is refused unless --state-from-other-run. --shard i/n splits the inventory
+    between parallel pipeline jobs.
 
     Progress goes to stderr; the output is one result per device (-o table: a summary table). The
     exit code is non-zero when any device failed, and the error lists the failed devices and why.
@@ -298,6 +301,8 @@ examples:
     text: az edge-tpm provision --inventory fleet.csv --dps-name my-dps -g my-rg --state fleet-state.json --retry-failed
   - name: The second of four parallel pipeline jobs, sharing the DPS's budget with the others.
     text: az edge-tpm provision --inventory fleet.yml --dps-name my-dps -g my-rg --shard 2/4 --dps-ops-per-minute 250 --state state-2.json
+  - name: Resume with the state file of a run whose inventory has changed since (each device's record is checked against the device and DPS).
+    text: az edge-tpm provision --inventory fleet-v2.csv --dps-name my-dps -g my-rg --state fleet-state.json --state-from-other-run
 """
 
 helps["edge-tpm deprovision"] = """

@@ -203,10 +203,17 @@ def fleet_arguments(c):
     c.argument("max_parallel", options_list=["--max-parallel"], type=int, arg_group="Fleet",
                help="Devices worked on at the same time (one SSH connection each). Default: 10.")
     c.argument("state", options_list=["--state"], arg_group="Fleet",
-               help="JSON file recording every device's steps as they end (written atomically). A re-run with "
-                    "the same file skips finished devices and finished steps (no DPS write, no device change "
-                    "made twice) and continues the rest. The file only says what was done: what a step acts on "
-                    "(registration ID, hub) is read again from the inventory, the device or DPS.")
+               help="Journal file recording every device's steps as they end (JSON lines, appended; locked while "
+                    "a run uses it). A re-run with the same file skips finished devices and finished steps (no "
+                    "DPS write, no device change made twice) and continues the rest. The file only says what was "
+                    "done: what a step acts on (registration ID, hub) is read again from the inventory, the device "
+                    "or DPS. A file written by another command, inventory or DPS is refused (see "
+                    "--state-from-other-run).")
+    c.argument("state_from_other_run", options_list=["--state-from-other-run"], action="store_true",
+               arg_group="Fleet",
+               help="With --state: use the file even though another command, inventory (a changed file counts) "
+                    "or DPS wrote it. Every device's record is still checked against the device and DPS before "
+                    "anything is changed.")
     c.argument("retry_failed", options_list=["--retry-failed"], action="store_true", arg_group="Fleet",
                help="With --state: run only the devices that failed (or were interrupted) in the earlier run.")
     c.argument("only", options_list=["--only"], nargs="+", arg_group="Fleet",

@@ -311,6 +311,9 @@ def _fleet_values(namespace, single_flags):
     if inventory and single_only:
         raise ArgumentUsageError(f"{', '.join(single_only)} only go(es) with --host.",
                                  "Give per-device IDs in the inventory's registration_id and device_id columns.")
+    if getattr(namespace, "state_from_other_run", False) and not namespace.state:
+        raise RequiredArgumentMissingError("--state-from-other-run goes with the --state file it is about.",
+                                           "Add --state FILE, or drop --state-from-other-run.")
     if namespace.retry_failed and not namespace.state:
         raise RequiredArgumentMissingError("--retry-failed needs the --state file of the earlier run.",
                                            "Add --state FILE (the file the earlier run wrote).")

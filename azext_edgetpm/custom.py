@@ -193,7 +193,8 @@ def provision(cmd, host=None,  # pylint: disable=too-many-locals,too-many-statem
               offline_packages=None, edge_version=None, log_driver="local", payload=None,
               auto_reprovisioning_mode=None, tpm_access="udev", max_parallel=None, state=None, retry_failed=False,
               only=None, shard=None, dps_ops_per_minute=None, dps_registrations_per_minute=None,
-              wait_timeout=None, proxy=None, no_proxy=None, proxy_ca=None, ek_ca_bundle=None):
+              wait_timeout=None, proxy=None, no_proxy=None, proxy_ca=None, ek_ca_bundle=None,
+              state_from_other_run=False):
     import dataclasses
     import os
     from azure.cli.core.azclierror import RequiredArgumentMissingError
@@ -204,7 +205,7 @@ def provision(cmd, host=None,  # pylint: disable=too-many-locals,too-many-statem
     from azext_edgetpm.fleet.batch import BulkEnroller
     from azext_edgetpm.fleet.jobs import FleetDefaults, job_for
     from azext_edgetpm.fleet.runner import Progress, Runner
-    from azext_edgetpm.fleet.state import Journal
+    from azext_edgetpm.fleet.state import Journal, provenance
     from azext_edgetpm.operations.enroll import EnrollOptions
     from azext_edgetpm.operations.provision import ProvisionServices, pipeline
 
@@ -244,7 +245,9 @@ def provision(cmd, host=None,  # pylint: disable=too-many-locals,too-many-statem
         # One device in the foreground: sudo may ask on the terminal, as the other commands do.
         jobs = [dataclasses.replace(jobs[0], ssh=dataclasses.replace(jobs[0].ssh, sudo_password=None))]
 
-    journal = Journal(state, meta={"shard": shard, "devices": len(jobs)} if state else None)
+    journal = Journal(state, meta={"shard": shard, "devices": len(jobs)} if state else None,
+                      origin=provenance("provision", inventory, host, id_scope) if state else None,
+                      from_other_run=bool(state_from_other_run))
     if retry_failed:
         jobs = [j for j in jobs if journal.record(j.key).get("status") in ("failed", "interrupted", "running")]
     parallel = max(1, int(max_parallel or 10))
@@ -264,6 +267,7 @@ def provision(cmd, host=None,  # pylint: disable=too-many-locals,too-many-statem
             if controller is not None:
                 controller.end()
     results = summary.results(outcomes, journal)
+    journal.close()
     counted = summary.counts(results)
     logger.warning("Provisioned %d of %d devices (%d done in an earlier run), %d failed; DPS: %s",
                    counted["assigned"], counted["devices"], counted["doneEarlier"], counted["failed"],
@@ -347,7 +351,7 @@ class _Fleet:
 
     def __init__(self, cmd, verb, host, inventory, inventory_format,  # pylint: disable=too-many-locals
                  limit, shard, only, retry_failed, state, max_parallel, registration_id, ssh, tcti, id_format,
-                 dry_run):
+                 dry_run, from_other_run=False):
         import dataclasses
         from azext_edgetpm.fleet import inventory as inv
         from azext_edgetpm.fleet.jobs import lifecycle_job_for
@@ -375,7 +379,16 @@ class _Fleet:
             self.jobs = [j for j in self.jobs
                          if self.journal.record(j.key).get("status") in ("failed", "interrupted", "running")]
         self.cmd, self.verb, self.inventory, self.state = cmd, verb, inventory, state
+        self.host, self.from_other_run = host, bool(from_other_run)
         self.parallel = max(1, int(max_parallel or 10))
+
+    def begin(self, target):
+        """The state file must be one of this command, inventory and DPS (unless --state-from-other-run):
+        checked once the DPS is known, before anything starts."""
+        from azext_edgetpm.fleet.state import provenance
+        if self.state:
+            self.journal.begin(provenance(self.verb, self.inventory, self.host, target.id_scope or target.host),
+                               self.from_other_run)
 
     def run(self, steps, services, jobs=None, skip=lambda record: record.get("status") == "done"):
         from azext_edgetpm.fleet.runner import Progress, Runner
@@ -400,6 +413,7 @@ class _Fleet:
             if outcome.error and not result.error:
                 result.error, result.recommendation = outcome.error.get("error"), outcome.error.get("recommendation")
             results.append(result)
+        self.journal.close()
         failed = [r for r in results if r.status not in (ok_status, "planned")]
         logger.warning("%s: %d of %d devices %s (%d done in an earlier run), %d failed", self.verb,
                        len(results) - len(failed), len(results), ok_status, sum(r.skipped for r in results),
@@ -443,11 +457,12 @@ def deprovision(cmd, host=None,  # pylint: disable=too-many-locals
                 dps_name=None, resource_group_name=None, login=None, auth_type=None, ssh_user=None, ssh_port=None,
                 ssh_key=None, ssh_config=None, known_hosts=None, accept_new_host_key=False, ssh_timeout=None,
                 tcti=None, id_format="sha256", max_parallel=None, state=None, retry_failed=False, only=None,
-                shard=None, dps_ops_per_minute=None):
+                shard=None, dps_ops_per_minute=None, state_from_other_run=False):
     from azext_edgetpm.operations import deprovision as op
     fleet = _Fleet(cmd, "deprovision", host, inventory, inventory_format, limit, shard, only, retry_failed, state,
                    max_parallel, registration_id, (ssh_user, ssh_port, ssh_key, ssh_config, known_hosts,
-                                                   accept_new_host_key, ssh_timeout), tcti, id_format, dry_run)
+                                                   accept_new_host_key, ssh_timeout), tcti, id_format, dry_run,
+                   state_from_other_run)
     device_part = ("leave the devices alone" if keep_device else
                    "stop IoT Edge, reset its configuration and uninstall it" if uninstall else
                    "stop IoT Edge and reset its configuration")
@@ -457,6 +472,7 @@ def deprovision(cmd, host=None,  # pylint: disable=too-many-locals
         return None
     client, budget = _lifecycle_client(cmd, dps_name, resource_group_name, login, auth_type, fleet.parallel,
                                        dps_ops_per_minute)
+    fleet.begin(client.target)
     services = op.DeprovisionServices(client=client, mode=str(mode), uninstall=bool(uninstall),
                                       keep_device=bool(keep_device), require_device=bool(require_device),
                                       dry_run=bool(dry_run), budget=budget,
@@ -479,11 +495,12 @@ def reprovision(cmd, host=None,  # pylint: disable=too-many-locals
                 dps_name=None, resource_group_name=None, login=None, auth_type=None, ssh_user=None, ssh_port=None,
                 ssh_key=None, ssh_config=None, known_hosts=None, accept_new_host_key=False, ssh_timeout=None,
                 tcti=None, id_format="sha256", max_parallel=None, state=None, retry_failed=False, only=None,
-                shard=None, dps_ops_per_minute=None, dps_registrations_per_minute=None):
+                shard=None, dps_ops_per_minute=None, dps_registrations_per_minute=None, state_from_other_run=False):
     from azext_edgetpm.operations import reprovision as op
     fleet = _Fleet(cmd, "reprovision", host, inventory, inventory_format, limit, shard, only, retry_failed, state,
                    max_parallel, registration_id, (ssh_user, ssh_port, ssh_key, ssh_config, known_hosts,
-                                                   accept_new_host_key, ssh_timeout), tcti, id_format, dry_run)
+                                                   accept_new_host_key, ssh_timeout), tcti, id_format, dry_run,
+                   state_from_other_run)
     change = op.EnrollmentChange(iot_hubs=tuple(iot_hubs) if iot_hubs is not None else None,
                                  allocation_policy=allocation_policy, initial_twin_tags=initial_twin_tags)
     if change and not dry_run and not _confirm(f"Change the enrollment of {_what(fleet, host)} and make them "
@@ -491,6 +508,7 @@ def reprovision(cmd, host=None,  # pylint: disable=too-many-locals
         return None
     client, budget = _lifecycle_client(cmd, dps_name, resource_group_name, login, auth_type, fleet.parallel,
                                        dps_ops_per_minute, dps_registrations_per_minute)
+    fleet.begin(client.target)
     services = op.ReprovisionServices(client=client, change=change, dry_run=bool(dry_run),
                                       timeout=float(timeout or 300), budget=budget)
 
@@ -523,11 +541,13 @@ def rekey(cmd, host=None,  # pylint: disable=too-many-locals
           dry_run=False, yes=False, dps_name=None, resource_group_name=None, login=None, auth_type=None,
           ssh_user=None, ssh_port=None, ssh_key=None, ssh_config=None, known_hosts=None, accept_new_host_key=False,
           ssh_timeout=None, tcti=None, id_format="sha256", max_parallel=None, state=None, retry_failed=False,
-          only=None, shard=None, dps_ops_per_minute=None, dps_registrations_per_minute=None):
+          only=None, shard=None, dps_ops_per_minute=None, dps_registrations_per_minute=None,
+          state_from_other_run=False):
     from azext_edgetpm.operations import rekey as op
     fleet = _Fleet(cmd, "rekey", host, inventory, inventory_format, limit, shard, only, retry_failed, state,
                    max_parallel, registration_id, (ssh_user, ssh_port, ssh_key, ssh_config, known_hosts,
-                                                   accept_new_host_key, ssh_timeout), tcti, id_format, dry_run)
+                                                   accept_new_host_key, ssh_timeout), tcti, id_format, dry_run,
+                   state_from_other_run)
     confirm = None
     if not yes and not dry_run:
         if fleet.inventory:   # parallel work never prompts: one question for the whole run
@@ -540,6 +560,7 @@ def rekey(cmd, host=None,  # pylint: disable=too-many-locals
             confirm = ask
     client, budget = _lifecycle_client(cmd, dps_name, resource_group_name, login, auth_type, fleet.parallel,
                                        dps_ops_per_minute, dps_registrations_per_minute)
+    fleet.begin(client.target)
     services = op.RekeyServices(client=client, dry_run=bool(dry_run), timeout=float(timeout or 300),
                                 confirm=confirm, budget=budget)
     with client:

@@ -21,11 +21,11 @@ MIB = 1024 * KIB
 LIMITS = {
     "ca_bundle": 4 * MIB,      # PEM/DER certificates (--ek-ca-bundle, --proxy-ca, proxy_ca)
     "inventory": 16 * MIB,     # a fleet's inventory (some 100,000 rows)
-    "state": 64 * MIB,         # a fleet's --state journal
+    "state": 256 * MIB,        # a fleet's --state journal (streamed a line at a time: fleet/statefile.py)
     "payload": MAX_PAYLOAD_BYTES,  # --payload (sent to DPS at every registration)
     "twin_json": 1 * MIB,      # --initial-twin-tags / --initial-twin-properties as a file
     "ssh_key": 64 * KIB,       # a private key
-    "known_hosts": 16 * MIB,
+    "known_hosts": 64 * MIB,   # ~220,000 hosts of three keys (read once per run: remote/known_hosts.py)
     "package": 1024 * MIB,     # an --offline-packages .deb
 }
 

@@ -73,7 +73,7 @@ class Runner:
         outcomes: Dict[str, Outcome] = {}
         todo = []
         for job in jobs:
-            record = self.journal.record(job.key)
+            record = self.journal.record(job.key, known_registration_id(job))
             if skip(record):
                 outcomes[job.key] = Outcome(job.key, "skipped", DeviceContext(job, self.services, record))
                 if self.progress:
@@ -94,7 +94,7 @@ class Runner:
 
     def _device(self, job) -> Outcome:
         started = time.monotonic()
-        record = self.journal.record(job.key)
+        record = self.journal.record(job.key, known_registration_id(job))
         ctx = DeviceContext(job, self.services, record)
         with self._lock:
             self.in_flight += 1
@@ -140,6 +140,13 @@ class Runner:
         if self.progress:
             self.progress.event(key, "done", end="done")
         return Outcome(key, "done", ctx, None, time.monotonic() - started)
+
+
+def known_registration_id(job) -> Optional[str]:
+    """The registration ID the inventory gives a device (None when it is derived from its EK): the
+    journal then finds the device's record by it, wherever the device's address was before."""
+    enroll = getattr(job, "enroll", None)
+    return getattr(enroll, "registration_id", None) or getattr(job, "registration_id", None)
 
 
 def _err(err: dict) -> dict:

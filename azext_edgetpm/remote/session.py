@@ -64,11 +64,14 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
     the key is appended to the known_hosts file. Changed keys never reach this policy: paramiko
     raises BadHostKeyException for them, and we always refuse those."""
 
-    def __init__(self, accept_new: bool, known_hosts: str, target: SshTarget, is_revoked=lambda key: False):
+    def __init__(self, accept_new: bool, known_hosts: str, target: SshTarget, index=None):
         self.accept_new = accept_new
         self.known_hosts = known_hosts
         self.target = target
-        self.is_revoked = is_revoked
+        self.index = index          # remote.known_hosts.KnownHosts: the run's shared index of the file
+
+    def is_revoked(self, key) -> bool:
+        return self.index is not None and self.index.is_revoked(key)
 
     def missing_host_key(self, client, hostname, key):
         fp = fingerprint(key)
@@ -87,7 +90,10 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
                 f"{self.known_hosts} (e.g. ssh-keyscan -p {self.target.port} {self.target.hostname} >> "
                 f"{self.known_hosts}), or re-run with {option('accept_new_host_key')} to trust it on first use.")
         client.get_host_keys().add(hostname, key.get_name(), key)
-        _append_known_host(self.known_hosts, hostname, key)
+        if self.index is not None:
+            self.index.add_new(hostname, key)     # once, under a lock, shared with the other workers
+        else:
+            _append_known_host(self.known_hosts, hostname, key)
         logger.warning("Trusting new host key of %s (%s %s); recorded in %s.",
                        self.target.display, key.get_name(), fp, self.known_hosts)
 
@@ -203,17 +209,18 @@ class RemoteSession:
         return self.target.user == "root"
 
     def _new_client(self, target: SshTarget) -> paramiko.SSHClient:
-        from .known_hosts import KnownHosts, load_known_hosts
+        from .known_hosts import load_known_hosts
         client = paramiko.SSHClient()
-        known = KnownHosts()
-        if os.path.isfile(self.known_hosts):
+        known = None
+        if os.path.isfile(self.known_hosts) or not os.path.exists(self.known_hosts):
+            # read once per run and shared; paramiko gets this host's keys only. Revoked keys are
+            # left out, so that paramiko hands them to the policy, which refuses them.
             known = load_known_hosts(self.known_hosts)
-            # revoked keys are left out, so that paramiko hands them to the policy, which refuses them
-            known.fill(client.get_host_keys())
-        elif not self.accept_new_host_key:
-            logger.info("Known hosts file %s does not exist.", self.known_hosts)
+            known.fill(client.get_host_keys(), target.known_hosts_name)
+            if not known.stamp and not self.accept_new_host_key:
+                logger.info("Known hosts file %s does not exist.", self.known_hosts)
         client.set_missing_host_key_policy(_HostKeyPolicy(self.accept_new_host_key, self.known_hosts, target,
-                                                          known.is_revoked))
+                                                          known))
         return client
 
     def _connect_client(self, target: SshTarget, sock) -> paramiko.SSHClient:

@@ -5,8 +5,10 @@ so it can be used when validating arguments.
 """
 import os
 import re
+import stat
+import threading
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from azext_edgetpm.echo import shown
 from azext_edgetpm.errors import UserInputError, option
@@ -109,17 +111,64 @@ def _config_port(value: str, name: str) -> int:
     return int(value)
 
 
+class _IndexedConfig:
+    """An ssh_config parsed once (paramiko's SSHConfig) with its Host blocks indexed by literal host
+    name: a lookup hands paramiko the blocks that can match (those naming the host, in file order,
+    and every block with a wildcard, a negation or a Match), so that its cost does not grow with a
+    file of one Host block per device. With canonicalization configured, the whole file is used."""
+
+    def __init__(self, config, stamp):
+        self.config, self.stamp = config, stamp
+        self.literal: Dict[str, List[int]] = {}
+        self.always: List[int] = []
+        blocks = config._config  # pylint: disable=protected-access
+        self.whole = any(str(b["config"].get("canonicalizehostname", "no")).lower() in ("yes", "always")
+                         for b in blocks)
+        for number, block in enumerate(blocks):
+            hosts = block.get("host")
+            if "matches" in block or not hosts or any(c in h for h in hosts for c in "*?[!"):
+                self.always.append(number)
+            else:
+                for host in set(hosts):
+                    self.literal.setdefault(host, []).append(number)
+
+    def lookup(self, name: str) -> dict:
+        if self.whole:
+            return dict(self.config.lookup(name))
+        import paramiko
+        blocks = self.config._config  # pylint: disable=protected-access
+        chosen = sorted(set(self.always).union(self.literal.get(name, ())))
+        subset = paramiko.SSHConfig()
+        subset._config = [blocks[i] for i in chosen]  # pylint: disable=protected-access
+        return dict(subset.lookup(name))
+
+
+_CONFIGS: Dict[str, _IndexedConfig] = {}
+_CONFIGS_LOCK = threading.Lock()
+
+
 def _lookup_ssh_config(name: str, path: Optional[str]) -> dict:
-    path = os.path.expanduser(path or DEFAULT_SSH_CONFIG)
-    if not os.path.isfile(path):
-        return {}
-    import paramiko  # deferred: only when a config file exists and a command runs
+    """The options ~/.ssh/config gives `name` (parsed once per run and indexed: see _IndexedConfig;
+    parsed again when the file changes)."""
+    path = os.path.abspath(os.path.expanduser(path or DEFAULT_SSH_CONFIG))
     try:
-        config = paramiko.SSHConfig.from_path(path)
-    except (OSError, paramiko.ssh_exception.ConfigParseError) as exc:
-        raise UserInputError(f"Cannot read SSH config {path}: {exc}",
-                             f"Fix the file, or point {option('ssh_config')} at another one.") from exc
-    return dict(config.lookup(name))
+        info = os.stat(path)
+    except OSError:
+        return {}
+    if not stat.S_ISREG(info.st_mode):
+        return {}
+    stamp = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+    with _CONFIGS_LOCK:
+        indexed = _CONFIGS.get(path)
+        if indexed is None or indexed.stamp != stamp:
+            import paramiko  # deferred: only when a config file exists and a command runs
+            try:
+                config = paramiko.SSHConfig.from_path(path)
+            except (OSError, UnicodeDecodeError, paramiko.ssh_exception.ConfigParseError) as exc:
+                raise UserInputError(f"Cannot read SSH config {path}: {exc}",
+                                     f"Fix the file, or point {option('ssh_config')} at another one.") from exc
+            indexed = _CONFIGS[path] = _IndexedConfig(config, stamp)
+    return indexed.lookup(name)
 
 
 def _local_user() -> str:

@@ -368,12 +368,8 @@ def test_deprovision_killed_half_way_then_finished(devices, dps, rig, hub_login,
 
 
 def _steps_in(state):
-    try:
-        with open(state, encoding="utf-8") as handle:
-            doc = json.load(handle)
-    except (OSError, ValueError):
-        return {}
-    return next(iter(doc.get("devices", {}).values()), {}).get("steps", {})
+    from azext_edgetpm.fleet.state import read_records
+    return next(iter(read_records(str(state)).values()), {}).get("steps", {})
 
 
 def test_unreachable_device_gets_its_cloud_side_done_unless_required(dps, rig, tmp_path):
