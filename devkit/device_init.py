@@ -158,8 +158,9 @@ BOOT_ORDER = ("docker", "aziot-keyd", "aziot-certd", "aziot-tpmd", "aziot-identi
 
 def start_installed_services():
     """What an init system does at boot for enabled services: start the stand-in packages'
-    /etc/init.d scripts (marked "(devkit" in their header), e.g. after a power cycle. A failing
-    service is logged; the device boots anyway."""
+    /etc/init.d scripts (marked "(devkit" in their header), e.g. after a power cycle, unless
+    `systemctl disable` (the devkit shim) marked the unit disabled. A failing service is
+    logged; the device boots anyway."""
     found = []
     for path in glob.glob("/etc/init.d/*"):
         try:
@@ -167,8 +168,11 @@ def start_installed_services():
                 head = f.read(600)
         except OSError:
             continue
+        name = os.path.basename(path)
+        if os.path.exists("/var/lib/devkit-systemctl/disabled/%s.service" % name):
+            log("boot: %s is disabled" % name)   # (systemctl disable, devkit-systemctl-shim)
+            continue
         if "(devkit" in head:
-            name = os.path.basename(path)
             found.append((BOOT_ORDER.index(name) if name in BOOT_ORDER else len(BOOT_ORDER), path))
     for _, path in sorted(found):
         try:

@@ -12,6 +12,7 @@ DPS emulator's TPM challenge with a swtpm; the emulator's CA is in the root's tr
 """
 import gzip
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -430,11 +431,14 @@ def test_config_apply_refusals(device, installed):
 
 
 def test_config_apply_device_tcti_fails_like_the_real_runtime(device, installed):
-    """tcti "device" without /dev/tpmrm0: tpmd Down, TSS diagnostics in the logs."""
+    """tcti "device" without /dev/tpmrm0: tpmd exits and systemd restarts it (Restart=on-failure,
+    tpm/aziot-tpmd/aziot-tpmd.service.in), so it shows activating; TSS diagnostics in the logs.
+    tpmd-running passes as the real check does (aziotctl .../daemons_running.rs only connects
+    to the socket, which systemd holds while the daemon restarts)."""
     out = _apply(device, GOOD.replace("TCTI", "device"))
     assert out.returncode == 0, out.stderr
     status = device.run("iotedge system status").stdout
-    assert "    aziot-tpmd              Down - failed" in status
+    assert "    aziot-tpmd              Down - activating" in status
     logs = device.run("iotedge system logs").stdout
     assert "Could not initialize TCTI" in logs and "tcti:IO failure" in logs
     assert "Failed to open default TCTI device file /dev/tpmrm0" in logs
@@ -442,7 +446,7 @@ def test_config_apply_device_tcti_fails_like_the_real_runtime(device, installed)
     assert check.returncode == 1
     import json
     checks = json.loads(check.stdout)["checks"]
-    assert checks["tpmd-running"]["result"]["result"] == "error"
+    assert checks["tpmd-running"]["result"] == {"result": "ok"}
     assert checks["tpmd-config-well-formed"]["result"] == {"result": "ok"}
 
 
@@ -457,7 +461,8 @@ def test_config_apply_registers_and_reports(device, installed, swtpm, emulator, 
     assert "Azure IoT Edge has been configured successfully!" in out
     for unit in ("aziot-edged", "aziot-identityd", "aziot-keyd", "aziot-certd", "aziot-tpmd"):
         assert "    %-24sRunning" % unit in out
-    assert "edgeAgent        running" in out
+    assert "NAME           STATUS         DESCRIPTION    Config" in out   # edgelet/iotedge/src/list.rs
+    assert re.search(r"^edgeAgent +running +Up ", out, re.M)
     check_line = [line for line in out.splitlines() if line.startswith('{"additional_info"')][0]
     checks = json.loads(check_line)["checks"]
     assert checks["container-engine-uri"]["result"] == {"result": "ok"}
@@ -469,8 +474,13 @@ def test_config_apply_registers_and_reports(device, installed, swtpm, emulator, 
     state = emulator.store.get_registration(enrolled)
     assert state["status"] == "assigned"
     logs = device.run("iotedge system logs").stdout
-    assert "DPS registration complete." in logs
-    assert "Assigned to IoT hub: %s" % state["assignedHub"] in logs
+    assert "Provisioning starting. Reason: Startup" in logs and "Successfully provisioned with DPS." in logs
+    assert "Device is %s on %s" % (state["deviceId"], state["assignedHub"]) in logs
+    assert "Device ID:" not in logs and "Assigned to IoT hub" not in logs
+    # device_info as identity.rs's HubDeviceInfo writes it
+    assert device.run("cat /var/lib/aziot/identityd/device_info").stdout == (
+        'hub_name = "%s"\nlocal_gateway_hostname = "%s"\ndevice_id = "%s"\n'
+        % (state["assignedHub"], state["assignedHub"], state["deviceId"]))
     # Dynamic: a second apply reuses the provisioning backup, AlwaysOnStartup registers again.
     registered_at = state["lastUpdatedDateTimeUtc"]
     device.run("iotedge config apply")
@@ -481,9 +491,39 @@ def test_config_apply_registers_and_reports(device, installed, swtpm, emulator, 
     assert again["status"] == "assigned" and again["lastUpdatedDateTimeUtc"] != registered_at
 
 
+def test_changed_provisioning_keeps_the_backup_until_reprovision(device, installed, swtpm, emulator, enrolled):
+    """identity/aziot-identityd/src/identity.rs dps_provision: at start-up a valid device_info
+    backup is used whatever the configuration says now ("Provisioned with backup for X."); only
+    the reprovision API (`iotedge system reprovision`, edgelet/iotedge/src/system.rs) registers
+    again, with the settings in place."""
+    config = _good_config(emulator, swtpm, enrolled)
+    device.put("/etc/aziot/config.toml", config, 0o600)
+    device.run("systemctl start docker && iotedge config apply")
+    registered_at = emulator.store.get_registration(enrolled)["lastUpdatedDateTimeUtc"]
+    device.run(": > /var/log/aziot/standin-journal.jsonl")
+    out = _apply(device, config.replace(emulator.id_scope, "0ne0000FFFF"))
+    assert out.returncode == 0, out.stderr
+    logs = device.run("iotedge system logs").stdout
+    assert "Provisioning starting. Reason: Startup" in logs and "Provisioned with backup for" in logs
+    assert "Registering" not in logs and "Successfully provisioned with DPS." not in logs
+    assert emulator.store.get_registration(enrolled)["lastUpdatedDateTimeUtc"] == registered_at
+    refused = device.run("iotedge system reprovision", check=False)
+    assert refused.returncode == 1 and refused.stderr.startswith("Failed to reprovision: DPS client error")
+    assert device.run("test -e /var/lib/aziot/identityd/device_info", check=False).returncode == 1
+    device.put("/etc/aziot/config.toml", config, 0o600)
+    again = device.run("iotedge config apply && iotedge system reprovision").stdout
+    assert "Successfully reprovisioned with IoT Hub." in again
+    assert "Provisioning starting. Reason: Api" in device.run("iotedge system logs").stdout
+    assert emulator.store.get_registration(enrolled)["lastUpdatedDateTimeUtc"] != registered_at
+
+
 def test_registration_failure_is_reported(device, installed, swtpm, emulator, enrolled):
     """A refused registration (the enrollment holds another TPM's EK): identityd logs the DPS
-    client error, edged is not up."""
+    client error and exits; systemd restarts it every 5 s (identity/aziot-identityd/
+    aziot-identityd.service.in: Restart=on-failure, RestartSec=5s); edged is not up. The
+    earlier tests' backup is removed first: the real identityd would use it whatever the
+    configuration says now."""
+    device.run("rm -f /var/lib/aziot/identityd/device_info")
     import base64
     from tpm2_pytss.internal.templates import ek_rsa2048
     from tpm2_pytss.types import TPM2B_PUBLIC
@@ -493,12 +533,21 @@ def test_registration_failure_is_reported(device, installed, swtpm, emulator, en
         "registrationId": "someone-else", "capabilities": {"iotEdge": True},
         "attestation": {"type": "tpm", "tpm": {"endorsementKey": base64.b64encode(other.marshal()).decode()}},
     }, None)
-    out = _apply(device, _good_config(emulator, swtpm, "someone-else"))
-    assert out.returncode == 0
-    status = device.run("iotedge system status").stdout
+    # One shell: each device.run is its own PID namespace, which takes the restarter with it.
+    device.put("/etc/aziot/config.toml", _good_config(emulator, swtpm, "someone-else"), 0o600)
+    out = device.run("iotedge config apply && iotedge system status && echo @@ && "
+                     "for i in $(seq 60); do iotedge system logs | grep -q 'restart counter is at 1' && break; "
+                     "sleep 0.5; done; iotedge system logs", check=False)
+    assert out.returncode == 0, out.stderr
+    status, logs = out.stdout.split("@@\n", 1)
     assert "aziot-edged             Down - activating" in status
-    logs = device.run("iotedge system logs").stdout
+    assert "    aziot-identityd         Down - activating" in status
     assert "DPS client error" in logs and "401002" in logs
+    assert "Failed to provision with IoT Hub, and no valid device backup was found: DPS client error" in logs
+    assert "aziot-identityd.service: Main process exited, code=exited, status=1/FAILURE" in logs
+    # the restart 5 s later tries again (and fails again)
+    assert "aziot-identityd.service: Scheduled restart job, restart counter is at 1." in logs
+    assert logs.count("Failed to provision with IoT Hub") >= 2
     assert device.run("iotedge list", check=False).returncode == 1
 
 
@@ -516,8 +565,8 @@ def test_end_to_end_registration_with_emulator(device, installed, swtpm, emulato
     state = emulator.store.get_registration(enrolled)
     assert state["status"] == "assigned"
     logs = device.run("iotedge system logs").stdout
-    assert "DPS registration complete." in logs
-    assert "Assigned to IoT hub: %s" % state["assignedHub"] in logs
+    assert "Successfully provisioned with DPS." in logs or "Provisioned with backup for" in logs
+    assert "Device is %s on %s" % (state["deviceId"], state["assignedHub"]) in logs
 
 
 # --------------------------------------------------------------------------------------

@@ -4,7 +4,9 @@
   super config (superconfig.parse), writes /etc/aziot/*/config.d/00-super.toml owned by each
   service user with mode 0600, then restarts the services (services.restart_all), which
   provisions synchronously.
-- ``iotedge system status|logs|restart|stop|reprovision``
+- ``iotedge system status|logs|restart|stop|reprovision`` (status: aziotctl-common
+  src/system/status.rs; reprovision: edgelet/iotedge/src/system.rs, the identity service's
+  reprovision API then a restart of aziot-edged)
 - ``iotedge list``, ``iotedge check [--output json|text]``, ``iotedge version``
 
 Errors are printed like the real binary: the message, a blank line, exit code 1.
@@ -15,7 +17,7 @@ import socket
 import sys
 import time
 
-from . import checks, services, store, superconfig
+from . import checks, identityd, services, store, superconfig
 
 SERVICE_USERS = ("aziotks", "aziotcs", "aziotid", "aziottpm", "iotedge")
 SERVICE_FILE_OWNER = {"keyd": "aziotks", "certd": "aziotcs", "identityd": "aziotid",
@@ -87,7 +89,8 @@ def system_status(_args):
     print("System services:")
     for unit in store.AZIOT_UNITS:
         state = states[unit]["state"]
-        shown = {"active": "Running", "inactive": "Ready"}.get(state, "Down - %s" % state)
+        # status.rs: `systemctl is-active` stdout and stderr joined by a space ("activating ").
+        shown = {"active": "Running", "inactive": "Ready"}.get(state, "Down - %s " % state)
         print("    %-24s%s" % (unit, shown))
     print()
     for unit in store.AZIOT_UNITS:
@@ -95,7 +98,7 @@ def system_status(_args):
         if state in ("active", "inactive"):
             continue
         print("%s is in a bad state because:" % unit)
-        print("%s.service: Down - %s: Printing the last 10 log lines." % (unit, state))
+        print("%s.service: Down - %s : Printing the last 10 log lines." % (unit, state))
         for line in store.journal([unit], lines=10):
             print(line)
         print()
@@ -129,21 +132,32 @@ def system_restart(_args):
 
 
 def system_stop(_args):
-    """`iotedge system stop`."""
+    """`iotedge system stop` (aziotctl-common src/system/stop.rs): `systemctl stop` of each
+    service, not of its sockets; the units stay enabled."""
     _require_root()
-    for unit in reversed(services.START_ORDER):
-        services.stop(unit)
+    with store.locked():
+        for unit in reversed(services.START_ORDER):
+            print("Stopping %s.service..." % unit, end="")
+            services.stop(unit)
+            print("Stopped!")
     return 0
 
 
 def system_reprovision(_args):
-    """`iotedge system reprovision`: forget the backup and provision again."""
+    """`iotedge system reprovision`: the identity service's reprovision API (its socket starts
+    the service when it is not running), then aziot-edged restarted."""
     _require_root()
-    try:
-        os.unlink(store.BACKUP_FILE)
-    except FileNotFoundError:
-        pass
-    services.restart_all()
+    with store.locked():
+        if store.services()["aziot-identityd"]["state"] != "active":
+            services.start("aziot-tpmd")
+            if not services.start("aziot-identityd"):
+                raise CommandError("Failed to reprovision: Connection refused (os error 111)")
+        error = identityd.reprovision()
+        if error:
+            raise CommandError("Failed to reprovision: %s" % error)
+        print("Successfully reprovisioned with IoT Hub.")
+        services.stop("aziot-edged")
+        services.start("aziot-edged")
     return 0
 
 
@@ -165,11 +179,14 @@ def list_modules(_args):
                            "\tcaused by: error trying to connect: No such file or directory "
                            "(os error 2)\n"
                            "\tcaused by: No such file or directory (os error 2)")
-    rows = [("NAME", "STATUS", "DESCRIPTION", "CONFIG")]
-    for mod in store.modules():
+    # edgelet/iotedge/src/list.rs: header "NAME STATUS DESCRIPTION Config" (Config so
+    # spelled), sorted by name, through a TabWriter with minwidth 15 and padding 2.
+    rows = [("NAME", "STATUS", "DESCRIPTION", "Config")]
+    for mod in sorted(store.modules(), key=lambda m: m["name"]):
         rows.append((mod["name"], mod["status"], _age(mod["since"]), mod["image"]))
+    widths = [max(15, max(len(r[i]) for r in rows) + 2) for i in range(3)]
     for row in rows:
-        print("%-16s %-16s %-16s %s" % row)
+        print("".join(cell.ljust(w) for cell, w in zip(row, widths)) + row[3])
     return 0
 
 
