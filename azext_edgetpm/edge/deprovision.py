@@ -1,6 +1,9 @@
 """The device side of `az edge-tpm deprovision`, as idempotent steps (check -> change -> verify):
 
-1 runtime-stop   `iotedge system stop` while an aziot service runs
+1 runtime-stop   `iotedge system stop` while an aziot service runs, then `systemctl disable` of the aziot
+                 services and their sockets: `iotedge system stop` leaves them enabled (and the sockets
+                 listening), so at the next boot they start again and, without configuration, crash-loop
+                 (Restart=on-failure every 5 s); `az edge-tpm install` enables them again
 2 config-reset   config.toml without [provisioning] (backup in /var/backups/edge-tpm, outside /etc/aziot
                  which a purge removes whole; every other setting kept), the
                  configuration `iotedge config apply` wrote under /etc/aziot/*/config.d removed, and
@@ -20,6 +23,7 @@ from typing import Callable, List, Optional
 from azext_edgetpm.errors import DeviceError
 
 from . import apt, configtoml, facts as facts_mod, health
+from .services import AZIOT_UNITS
 from .plan import CHANGED, WOULD_CHANGE, Check, Context, Step, run_steps
 from .steps import backup
 
@@ -29,6 +33,7 @@ BACKUP_DIR = "/var/backups/edge-tpm"
 IDENTITY_STATE = ("/var/lib/aziot/identityd/device_info", "/var/lib/aziot/identityd/prev_state")
 EDGE_PACKAGES = ("aziot-edge", "aziot-identity-service")
 LEFT_ON_DEVICE = "the container engine (moby-engine), the package source and the TPM's EK and SRK"
+
 
 
 @dataclass
@@ -60,7 +65,15 @@ class RuntimeStopStep(Step):
     def apply(self, ctx, check):
         result = ctx.run("iotedge system stop", timeout=300)
         apt.raise_for(result, "iotedge system stop", ctx.display)
-        return "iotedge system stop"
+        if ctx.settings.uninstall:
+            return "iotedge system stop"
+        units = " ".join(shlex.quote(u) for u in AZIOT_UNITS)
+        disabled = ctx.run(f"systemctl disable --now {units} 2>&1", timeout=120)
+        if not disabled.ok:
+            return (f"iotedge system stop; systemctl disable failed ({apt.tail(disabled.stdout, 1)}): the services "
+                    "stay enabled and start again at boot")
+        return ("iotedge system stop; systemctl disable --now of the aziot services and sockets (they would start "
+                "at boot and crash-loop without configuration; az edge-tpm install enables them again)")
 
     def verify(self, ctx, check):
         still = _running(ctx)

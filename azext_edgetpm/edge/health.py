@@ -1,7 +1,21 @@
 """Reads what the IoT Edge runtime says about itself (pure parsers, no I/O):
-`iotedge system status`, `iotedge check --output json`, `iotedge list`, and the provisioning
-lines of `iotedge system logs`, with the known failure messages of ../shared/docs/iotedge.md
-mapped to what the user should do.
+`iotedge system status`, `iotedge check --output json`, `iotedge list`, the identity service's
+device backup (/var/lib/aziot/identityd/device_info) and the provisioning lines of
+`iotedge system logs`, with the known failure messages of ../shared/docs/iotedge.md mapped to
+what the user should do.
+
+Where each fact comes from in the real runtime (Azure/iotedge, Azure/iot-identity-service 1.5):
+- device_info: TOML `hub_name`, `local_gateway_hostname`, `device_id` (or the word
+  `unprovisioned`), written by identity/aziot-identityd/src/identity.rs after every provisioning
+  and read back at start-up, when the identity service uses it whatever config.toml says now.
+- log lines: identityd's "Provisioning starting. Reason: Startup|Api", "Provisioned with backup
+  for D.", "Successfully provisioned with DPS.", "Failed to provision with IoT Hub, and no valid
+  device backup was found: ..." (identity.rs, lib.rs); aziot-edged's "Device is D on HUB"
+  (edgelet/aziot-edged/src/provision.rs). No line names the hub at registration, and edged's
+  watchdog adds two lines a minute, so a window of the log may hold no provisioning line at all:
+  device_info comes first.
+- systemd writes its own lines into the same journal (restarts, "State 'stop-sigterm' timed
+  out"); they say nothing about why the runtime failed and are left out of the diagnosis.
 """
 import json
 import re
@@ -10,6 +24,7 @@ from typing import Dict, List, Optional
 
 from azext_edgetpm.errors import option, render
 
+DEVICE_INFO = "/var/lib/aziot/identityd/device_info"
 SERVICES = ("aziot-edged", "aziot-identityd", "aziot-keyd", "aziot-certd", "aziot-tpmd")
 
 
@@ -66,11 +81,12 @@ def parse_check(text: str) -> Optional[dict]:
 
 # -- iotedge list --------------------------------------------------------------------------------
 def parse_list(text: str) -> List[dict]:
-    """Rows of `iotedge list` (NAME STATUS DESCRIPTION CONFIG, columns by header position)."""
+    """Rows of `iotedge list` (columns by header position). The real header is
+    "NAME STATUS DESCRIPTION Config" (edgelet/iotedge/src/list.rs), matched without case."""
     lines = [line.rstrip() for line in (text or "").splitlines() if line.strip()]
     if not lines or not lines[0].lstrip().startswith("NAME"):
         return []
-    header = lines[0]
+    header = lines[0].upper()
     names = ["NAME", "STATUS", "DESCRIPTION", "CONFIG"]
     starts = [header.find(n) for n in names]
     if any(s < 0 for s in starts):
@@ -165,17 +181,45 @@ KNOWN_FAILURES = (
         "/etc/docker/daemon.json is valid JSON."),
 )
 
-_ASSIGNED = re.compile(r"Assigned to IoT hub:\s*(\S+)")
-_DEVICE_ID = re.compile(r"Device ID:\s*(\S+)")
+_ASSIGNED = re.compile(r"Assigned to IoT hub:\s*(\S+)")            # (older stand-ins)
+_DEVICE_IS = re.compile(r"Device is (\S+) on (\S+)")                 # aziot-edged
+_BACKUP = re.compile(r"Provisioned with backup for (\S+?)\.?$")        # identityd, backup used
+_REGISTERED = re.compile(r"Successfully provisioned with DPS|Updated device info for")
 _START = re.compile(r"Provisioning starting|Starting Azure IoT Identity Service")
-_FAILED = re.compile(r"Failed to provision|DPS client error|DPS registration failed")
+_FAILED = re.compile(r"Failed to provision|DPS registration failed|Failed to reprovision")
 _CAUSE = re.compile(r"caused by:\s*(.*)")
+_SYSTEMD = re.compile(r"^\w{3} +\d+ [\d:]+ \S+ systemd(?:\[\d+\])?: ")
+# What ends a wait for provisioning (a grep -E pattern on the device): the outcome lines.
+OUTCOME_PATTERN = ("Provisioned with backup for|Successfully provisioned with DPS|Failed to provision with IoT Hub|"
+                   "Skipping provisioning with IoT Hub|Updated device info for")
+
+
+def runtime_lines(lines: List[str]) -> List[str]:
+    """The runtime's own journal lines (systemd's lines about the units left out)."""
+    return [line for line in lines if not _SYSTEMD.match(line)]
+
+
+def parse_device_info(text: Optional[str]) -> Optional[dict]:
+    """{"hub": ..., "deviceId": ..., "gateway": ...} from device_info, None when there is none
+    (absent, "unprovisioned" or not the TOML identity.rs writes)."""
+    text = (text or "").strip()
+    if not text or text == "unprovisioned":
+        return None
+    found = {}
+    for line in text.splitlines():
+        match = re.match(r'^\s*([a-z_]+)\s*=\s*"((?:[^"\\]|\\.)*)"\s*$', line)
+        if match:
+            found[match.group(1)] = match.group(2)
+    if not found.get("hub_name") or not found.get("device_id"):
+        return None
+    return {"hub": found["hub_name"], "deviceId": found["device_id"],
+            "gateway": found.get("local_gateway_hostname")}
 
 
 def diagnose(lines: List[str]) -> List[dict]:
     """The known failures found in log lines, latest occurrence first, one entry per kind."""
     found: Dict[str, dict] = {}
-    for line in reversed(lines):
+    for line in reversed(runtime_lines(lines)):
         for failure in KNOWN_FAILURES:
             if failure.key in found:
                 continue
@@ -194,27 +238,43 @@ def _message_of(line: str) -> str:
     return re.sub(r"^\S+ \[[A-Z!]+\] - ", "", message)
 
 
-def provisioning(lines: List[str]) -> dict:
-    """The outcome of the latest provisioning attempt in the identity service's log lines."""
-    state, hub, device_id, message, cause = "unknown", None, None, None, None
+def provisioning(lines: List[str], device_info: Optional[str] = None) -> dict:
+    """The device's provisioning: from device_info when it holds an identity (the identity
+    service runs on it), else the latest attempt in the runtime's log lines."""
+    lines = runtime_lines(lines)
+    state, hub, device_id, message, cause, source = "unknown", None, None, None, None, "logs"
     for line in lines:
         if _START.search(line):
             state, message, cause = "provisioning", None, None
-        match = _ASSIGNED.search(line)
+        match = _DEVICE_IS.search(line) or _ASSIGNED.search(line)
         if match:
-            state, hub, message = "assigned", match.group(1), _message_of(line)
+            if match.re is _DEVICE_IS:
+                device_id, hub = match.group(1), match.group(2)
+            else:
+                hub = match.group(1)
+            state, message = "assigned", _message_of(line)
             continue
-        match = _DEVICE_ID.search(line)
-        if match and state == "assigned":
-            device_id = match.group(1)
+        match = _BACKUP.search(_message_of(line))
+        if match or _REGISTERED.search(line):
+            if state != "assigned" or match:
+                state, message = "assigned", _message_of(line)
+                device_id = match.group(1) if match else device_id
             continue
         if _FAILED.search(line):
             state, hub, device_id, message = "failed", None, None, _message_of(line)
             continue
         match = _CAUSE.search(line)
-        if match and state == "failed" and "identityd" in line:
+        if match and state == "failed" and "identityd" in line and cause is None:
             cause = match.group(1).strip()
-    result = {"state": state, "assignedHub": hub, "deviceId": device_id, "lastMessage": message}
+            if cause in ("DPS client error", "service encountered an error"):
+                cause = None   # the chain goes on with the reason
+    saved = parse_device_info(device_info)
+    if saved:
+        if state != "assigned":
+            message = f"{DEVICE_INFO}: {saved['deviceId']} on {saved['hub']}"
+        state, hub, device_id, source = "assigned", saved["hub"], saved["deviceId"], "device_info"
+    result = {"state": state, "assignedHub": hub, "deviceId": device_id, "lastMessage": message,
+              "source": source}
     if state == "failed":
         result["error"] = cause or message
         problems = diagnose([line for line in lines if "identityd" in line or "tpmd" in line][-50:])

@@ -69,7 +69,8 @@ def _runtime_view(report: Optional[dict]) -> Optional[dict]:
     return {"version": report.get("version"), "healthy": report.get("healthy"),
             "services": {k: v["state"] for k, v in (report.get("services") or {}).items()},
             "provisioning": report.get("provisioning"),
-            "checks": (report.get("checks") or {}).get("counts")}
+            "checks": (report.get("checks") or {}).get("counts"),
+            "settle": report.get("settle")}
 
 
 def status(session) -> dict:

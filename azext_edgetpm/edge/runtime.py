@@ -1,5 +1,6 @@
-"""Asks the IoT Edge runtime on a device how it is, in one remote script: version, services,
-modules, `iotedge check --output json` and the provisioning lines of the logs.
+"""Asks the IoT Edge runtime on a device how it is, in one remote script (as root): version,
+services, modules, `iotedge check --output json`, the identity service's device_info and the
+provisioning lines of the logs.
 """
 import re
 import shlex
@@ -12,16 +13,18 @@ echo "@@VERSION"; iotedge version 2>&1
 echo "@@STATUS"; iotedge system status 2>&1
 echo "@@LIST"; iotedge list 2>&1; echo "@@LISTRC $?"
 {check}
+echo "@@DEVICEINFO"; head -c 4096 {device_info} 2>/dev/null; echo
 echo "@@LOGS"; iotedge system logs -- -n {lines} 2>&1 | tail -n {lines}
 echo "@@END"
 """
-_CHECK = 'echo "@@CHECK"; iotedge check --output json{dont_run} 2>/dev/null; echo; echo "@@CHECKRC $?"'
+# (the exit code is kept before the echo that ends the JSON line)
+_CHECK = 'echo "@@CHECK"; iotedge check --output json{dont_run} 2>/dev/null; rc=$?; echo; echo "@@CHECKRC $rc"'
 
 
 def _sections(stdout: str) -> dict:
     out, current = {}, None
     for line in stdout.splitlines():
-        match = re.match(r"^@@(VERSION|STATUS|LIST|CHECK|LOGS|END)$", line)
+        match = re.match(r"^@@(VERSION|STATUS|LIST|CHECK|DEVICEINFO|LOGS|END)$", line)
         if match:
             current = match.group(1)
             out[current] = []
@@ -42,7 +45,7 @@ def collect(session, with_check: bool = True, log_lines: int = 400, dont_run=())
     from .proxy import redact
     skip = (" --dont-run " + " ".join(shlex.quote(c) for c in dont_run)) if dont_run else ""
     script = _SCRIPT.format(check=_CHECK.format(dont_run=skip) if with_check else "",
-                            lines=shlex.quote(str(int(log_lines))))
+                            lines=shlex.quote(str(int(log_lines))), device_info=shlex.quote(health.DEVICE_INFO))
     result = session.run(script, sudo=True, timeout=600)
     parts = _sections(redact(result.stdout))
     version_text = " ".join(parts.get("VERSION", [])).strip()
@@ -57,10 +60,15 @@ def collect(session, with_check: bool = True, log_lines: int = 400, dont_run=())
         "healthy": health.services_healthy(services),
         "modules": modules,
         "checks": check,
-        "provisioning": health.provisioning(logs),
+        "provisioning": health.provisioning(logs, "\n".join(parts.get("DEVICEINFO", []))),
     }
     if not report["healthy"] or (check and check["errors"]) or report["provisioning"]["state"] == "failed":
-        report["problems"] = health.diagnose(logs[-150:])
+        window = logs[-150:]
+        if report["provisioning"]["state"] == "failed":
+            # The identity and TPM services' own lines say why provisioning failed; the other units
+            # only see its consequence (aziot-edged cannot get the device identity).
+            window = [line for line in window if "identityd" in line or "tpmd" in line] or window
+        report["problems"] = health.diagnose(window)
     return report
 
 

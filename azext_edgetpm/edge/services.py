@@ -10,6 +10,11 @@ from dataclasses import dataclass
 from typing import Optional
 
 SYSTEMD, INITD, NONE = "systemd", "init.d", "none"
+# The units of aziot-edge and aziot-identity-service (their .service and .socket files in the packages:
+# edgelet/contrib/systemd/debian/, and */aziot-*d.{service,socket}.in of iot-identity-service).
+AZIOT_UNITS = ("aziot-edged.service", "aziot-edged.mgmt.socket", "aziot-edged.workload.socket",
+               "aziot-identityd.service", "aziot-identityd.socket", "aziot-keyd.service", "aziot-keyd.socket",
+               "aziot-certd.service", "aziot-certd.socket", "aziot-tpmd.service", "aziot-tpmd.socket")
 
 
 @dataclass(frozen=True)

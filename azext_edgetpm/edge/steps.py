@@ -18,7 +18,7 @@ from typing import List, Optional
 from azext_edgetpm.errors import DeviceError, EdgeTpmError, LocalFileError, option
 from . import apt, configtoml, health, platform, proxy as proxy_mod, runtime
 from .plan import Check, Context, Step
-from .services import ServiceManager
+from .services import AZIOT_UNITS, ServiceManager
 
 DAEMON_JSON = "/etc/docker/daemon.json"
 APT_LIST = "/etc/apt/sources.list.d/edge-tpm.list"
@@ -536,6 +536,9 @@ class ConfigStep(Step):
             data["bundle"] = None
         edit = configtoml.edit_config(base, settings)
         data["text"] = edit.text
+        moved = _provisioning_moved(existing.text if existing else None, edit.text)
+        if moved:
+            data["moved"] = moved
         if existing is None:
             origin = "the template" if template else ("the package's template" if ctx.dry_run else "scratch")
             changes.append(f"create {configtoml.CONFIG_PATH} from {origin}: " + ", ".join(
@@ -578,6 +581,8 @@ class ConfigStep(Step):
                 done.append(f"wrote {proxy_mod.TRUST_BUNDLE}")
         existing = ctx.facts.file(configtoml.CONFIG_PATH)
         text = check.data["text"].encode()
+        if check.data.get("moved"):
+            ctx.extra["provisioning_moved"] = check.data["moved"]
         if existing is None or existing.data != text or check.data.get("chmod"):
             if existing is not None:
                 saved = backup(ctx, configtoml.CONFIG_PATH)
@@ -600,6 +605,26 @@ class ConfigStep(Step):
         if wrong or not isinstance(summary["authKeyIndex"], int):
             raise LocalFileError(f"{configtoml.CONFIG_PATH} on {ctx.display} reads back differently: {wrong}.",
                                  "Report this as a bug of az edge-tpm, with the file's content.")
+
+
+# What the identity service registers with: a change to any of them on a provisioned device needs
+# `iotedge system reprovision` (at start-up it uses its device_info backup whatever these say).
+_PROVISIONING_KEYS = ("source", "globalEndpoint", "idScope", "attestation", "registrationId", "payloadUri", "tcti",
+                      "authKeyIndex")
+
+
+def _provisioning_moved(old_text: Optional[str], new_text: str) -> List[str]:
+    """The provisioning.* / [tpm] settings a config change moves (none when there was no DPS before)."""
+    if not old_text:
+        return []
+    try:
+        old = configtoml.summarize(old_text)
+    except ValueError:
+        return []
+    if not old.get("source"):
+        return []
+    new = configtoml.summarize(new_text)
+    return [k for k in _PROVISIONING_KEYS if old.get(k) != new.get(k)]
 
 
 # -- 6 --------------------------------------------------------------------------------------------------
@@ -775,9 +800,18 @@ class RuntimeStep(Step):
         ctx.progress("iotedge config apply")
         if ctx.settings.before_registration is not None:
             ctx.settings.before_registration()
+        # The device's clock (the logs' time) before the apply, and whether the identity service holds
+        # a device already (its device_info backup, which it uses at start-up whatever config.toml says).
+        # (Enabled again first, if a deprovision disabled them: they start at boot.)
+        units = " ".join(shlex.quote(u) for u in AZIOT_UNITS)
+        probe = ctx.run(f"systemctl enable {units} >/dev/null 2>&1; date +%s; "
+                        f"test -s {shlex.quote(health.DEVICE_INFO)} && echo provisioned", timeout=60)
+        words = probe.stdout.split()
+        ctx.extra["apply_since"] = int(words[0]) if words and words[0].isdigit() else None
         result = ctx.run("iotedge config apply", timeout=600)
         if not result.ok:
             text = (result.stderr or "") + "\n" + (result.stdout or "")
+            self._refused_hostname(ctx, text)
             problems = health.diagnose(text.splitlines())
             message = apt.tail(result.stderr or result.stdout, 4)
             backup_note = (f" The previous config.toml is kept as {ctx.extra['config_backup']}."
@@ -786,25 +820,50 @@ class RuntimeStep(Step):
                 f"iotedge config apply rejected the configuration on {ctx.display}: {message}.{backup_note}",
                 problems[0]["recommendation"] if problems else
                 "Fix /etc/aziot/config.toml on the device as the message says, then run the command again.")
-        return "; ".join(done + ["iotedge config apply"])
+        done.append("iotedge config apply")
+        moved = ctx.extra.get("provisioning_moved")
+        if moved and "provisioned" in words:
+            # identity/aziot-identityd/src/identity.rs: only the reprovision API registers again.
+            ctx.progress(f"iotedge system reprovision ({', '.join(moved)} changed)")
+            if ctx.settings.before_registration is not None:
+                ctx.settings.before_registration()
+            again = ctx.run("iotedge system reprovision", timeout=600)
+            if again.ok:
+                done.append(f"iotedge system reprovision ({', '.join(moved)} changed)")
+            else:
+                ctx.extra["reprovision_error"] = apt.tail(again.stderr or again.stdout, 3)
+                done.append(f"iotedge system reprovision failed: {ctx.extra['reprovision_error']}")
+        return "; ".join(done)
+
+    @staticmethod
+    def _refused_hostname(ctx, text: str):
+        """edgelet/iotedge/src/config/apply.rs refuses another hostname while module containers exist."""
+        if "is different from the previous hostname" not in text:
+            return
+        import re
+        found = re.search(r"hostname in the config (\S+) is different from the previous hostname (\S+?)\.", text)
+        old, new = (found.group(1), found.group(2)) if found else ("?", "?")
+        raise DeviceError(
+            f"iotedge config apply on {ctx.display} refuses the hostname {new} (it was {old}) while IoT Edge "
+            "module containers exist. Nothing was changed on the modules.",
+            f'Keep the old name with hostname = "{old}" at the top of /etc/aziot/config.toml, or, to change it and '
+            "lose the data stored in the modules, run on the device: sudo iotedge system stop && sudo docker rm -f "
+            '$(sudo docker ps -aq -f "label=net.azure-devices.edge.owner=Microsoft.Azure.Devices.Edge.Agent") '
+            "&& sudo iotedge config apply; then run the command again.")
 
     def verify(self, ctx, check):
         ctx.progress("waiting for the runtime to start and provision")
-        deadline = time.monotonic() + ctx.settings.settle_timeout
-        delay = 1.0
-        while True:
-            # Waiting for the services to leave Activating happens on the device (a shell loop, no
-            # traffic); the full report (logs included) is read when there is something to judge.
-            seconds = max(1, int(deadline - time.monotonic()))
-            ctx.run(f"i=0; while [ $i -lt {seconds} ] && iotedge system status 2>/dev/null | grep -q Activating; "
-                    "do sleep 1; i=$((i+1)); done; true", timeout=seconds + 60)
-            report = runtime.collect(ctx.session, with_check=False)
-            settled = report["provisioning"]["state"] in ("assigned", "failed") and all(
-                s["state"] != "Activating" for s in report["services"].values())
-            if settled or time.monotonic() > deadline:
-                break
-            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 1.5, 5.0)
+        seconds = max(1, int(ctx.settings.settle_timeout))
+        since = ctx.extra.get("apply_since")
+        waited = None
+        if since is not None:
+            # On the device (a shell loop, no traffic): until the identity service logs how provisioning
+            # ended since the apply (its backup used, a registration, a failure), or the time is up.
+            out = ctx.run(f"i=0; while [ $i -lt {seconds} ]; do iotedge system logs -- --since @{since} 2>/dev/null "
+                          f"| grep -q -E {shlex.quote(health.OUTCOME_PATTERN)} && break; sleep 1; i=$((i+1)); done; "
+                          "echo $i", timeout=seconds + 60)
+            last = (out.stdout or "").split()
+            waited = int(last[-1]) if last and last[-1].isdigit() else None
         stale = self._stale_agent_env(ctx)
         if stale:
             # A watchdog of the old aziot-edged may have recreated it before the restart: once more.
@@ -815,9 +874,17 @@ class RuntimeStep(Step):
                     f"The edgeAgent container on {ctx.display} still runs with another proxy environment ({stale}).",
                     "Remove it on the device (docker rm -f edgeAgent) and restart IoT Edge (iotedge system restart).")
         report = runtime.collect(ctx.session, with_check=True, dont_run=self._dont_run(ctx))
+        report["settle"] = {"waitedSeconds": waited, "limitSeconds": seconds}
+        error = ctx.extra.get("reprovision_error")
+        if error:
+            problems = health.diagnose([error])
+            report["provisioning"] = {"state": "failed", "assignedHub": None, "deviceId": None,
+                                      "lastMessage": error, "error": error, "source": "iotedge system reprovision",
+                                      "recommendation": problems[0]["recommendation"] if problems else
+                                      "Run iotedge system logs on the device for details."}
         ctx.extra["runtime"] = report
         self._judge(ctx, report)
-        return runtime.summary(report)
+        return runtime.summary(report) + (f"; provisioning settled after {waited} s" if waited is not None else "")
 
     @staticmethod
     def _judge(ctx, report):
@@ -846,4 +913,5 @@ class RuntimeStep(Step):
         prov = report["provisioning"]
         if prov["state"] == "failed":
             ctx.notes.append(f"DPS has not assigned the device yet: {prov.get('error')}. "
-                             f"{prov.get('recommendation', '')}")
+                             f"{prov.get('recommendation', '')} The identity service tries again every 5 s "
+                             "(its unit restarts it), so the device is assigned later, once DPS accepts it.")

@@ -93,9 +93,11 @@ def test_parse_check():
 
 
 def test_parse_list():
-    text = ("NAME             STATUS           DESCRIPTION      CONFIG\n"
-            "edgeAgent        running          Up 2 minutes     mcr.microsoft.com/azureiotedge-agent:1.5\n"
-            "SimulatedTemperatureSensor running Up 1 minute      mcr.microsoft.com/azureiotedge-simulated-temperature-sensor:1.5\n")
+    # The real header says "Config" (edgelet/iotedge/src/list.rs), through a TabWriter (minwidth 15)
+    text = ("NAME                        STATUS         DESCRIPTION    Config\n"
+            "edgeAgent                   running        Up 2 minutes   mcr.microsoft.com/azureiotedge-agent:1.5\n"
+            "SimulatedTemperatureSensor  running        Up 1 minute    "
+            "mcr.microsoft.com/azureiotedge-simulated-temperature-sensor:1.5\n")
     rows = health.parse_list(text)
     assert rows[0] == {"name": "edgeAgent", "status": "running", "description": "Up 2 minutes",
                        "config": "mcr.microsoft.com/azureiotedge-agent:1.5"}
@@ -107,22 +109,56 @@ def _journal(unit, message, pid=100):
     return f"Nov 28 16:30:00 d1 {unit}[{pid}]: 2026-11-28T16:30:00Z [INFO] - {message}"
 
 
+def _systemd(message):
+    return f"Nov 28 16:30:00 d1 systemd[1]: {message}"
+
+
+# The lines of the real runtime: identity/aziot-identityd/src/lib.rs, identity.rs and aziotd/src/main.rs
+# (Azure/iot-identity-service), edgelet/aziot-edged/src/provision.rs (Azure/iotedge).
+FAILED_START = [_journal("aziot-identityd", "Provisioning starting. Reason: Startup"),
+                _journal("aziot-identityd", "Failed to provision with IoT Hub, and no valid device backup was found: "
+                                            "DPS client error"),
+                _journal("aziot-identityd", "service encountered an error"),
+                _journal("aziot-identityd", "caused by: DPS client error"),
+                _journal("aziot-identityd", "caused by: DpsRequestError: HTTP 401 errorCode=401002: Unauthorized"),
+                _systemd("aziot-identityd.service: Main process exited, code=exited, status=1/FAILURE"),
+                _systemd("aziot-identityd.service: State 'stop-sigterm' timed out. Killing."),
+                _systemd("aziot-identityd.service: Scheduled restart job, restart counter is at 1.")]
+
+
 def test_provisioning_assigned_after_an_earlier_failure():
-    lines = [_journal("aziot-identityd", "Provisioning starting. Provisioning source: dps"),
-             _journal("aziot-identityd", "Failed to provision with IoT Hub, and no valid device backup was found: "
-                                         "DPS client error"),
-             _journal("aziot-identityd", "caused by: DpsRequestError: HTTP 401 errorCode=401002: Unauthorized"),
-             _journal("aziot-identityd", "Starting Azure IoT Identity Service"),
-             _journal("aziot-identityd", "DPS registration complete."),
-             _journal("aziot-identityd", "Assigned to IoT hub: hub-1.azure-devices.net"),
-             _journal("aziot-identityd", "Device ID: dev-1")]
+    lines = FAILED_START + [
+        _journal("aziot-identityd", "Provisioning starting. Reason: Startup"),
+        _journal("aziot-identityd", "Successfully provisioned with DPS."),
+        _journal("aziot-identityd", "Provisioning complete."),
+        _journal("aziot-edged", "Device is dev-1 on hub-1.azure-devices.net")]
     prov = health.provisioning(lines)
     assert prov["state"] == "assigned" and prov["assignedHub"] == "hub-1.azure-devices.net"
-    assert prov["deviceId"] == "dev-1"
-    assert prov["lastMessage"] == "Assigned to IoT hub: hub-1.azure-devices.net"
-    failed = health.provisioning(lines[:3])
+    assert prov["deviceId"] == "dev-1" and prov["source"] == "logs"
+    assert prov["lastMessage"] == "Device is dev-1 on hub-1.azure-devices.net"
+    failed = health.provisioning(FAILED_START)
     assert failed["state"] == "failed" and "401" in failed["error"]
     assert "enrollment" in failed["recommendation"]
+    # systemd's own lines are not the runtime's: "timed out" there is no network failure
+    assert [p["kind"] for p in health.diagnose(FAILED_START)] == ["dps-auth"]
+
+
+def test_provisioning_from_device_info_and_the_backup_line():
+    """After a restart the log says only "Provisioned with backup for D." (then two watchdog lines a
+    minute): device_info (identity.rs HubDeviceInfo) names the hub."""
+    backup = [_journal("aziot-identityd", "Provisioning starting. Reason: Startup"),
+              _journal("aziot-identityd", "Provisioned with backup for dev-1."),
+              _journal("aziot-edged", "Watchdog checking Edge runtime status")]
+    prov = health.provisioning(backup)
+    assert prov["state"] == "assigned" and prov["deviceId"] == "dev-1" and prov["assignedHub"] is None
+    info = 'hub_name = "hub-1.azure-devices.net"\nlocal_gateway_hostname = "hub-1.azure-devices.net"\ndevice_id = "dev-1"\n'
+    for lines in (backup, [], FAILED_START[:1]):
+        prov = health.provisioning(lines, info)
+        assert (prov["state"], prov["assignedHub"], prov["deviceId"], prov["source"]) == (
+            "assigned", "hub-1.azure-devices.net", "dev-1", "device_info")
+    assert health.parse_device_info("unprovisioned") is None
+    assert health.parse_device_info("garbage") is None
+    assert health.provisioning(FAILED_START, "unprovisioned")["state"] == "failed"
 
 
 @pytest.mark.parametrize("line, kind", [

@@ -18,6 +18,7 @@ import sys
 import time
 
 from . import checks, identityd, services, store, superconfig
+from . import tomlcompat as tomllib
 
 SERVICE_USERS = ("aziotks", "aziotcs", "aziotid", "aziottpm", "iotedge")
 SERVICE_FILE_OWNER = {"keyd": "aziotks", "certd": "aziotcs", "identityd": "aziotid",
@@ -71,7 +72,9 @@ def config_apply(args):
     except superconfig.ConfigError as err:
         raise CommandError("Command failed: %s" % err) from None
     uids = {name: u.pw_uid for name, u in users.items()}
-    for service, body in superconfig.render(cfg, uids, socket.gethostname()).items():
+    rendered = superconfig.render(cfg, uids, socket.gethostname())
+    _refuse_hostname_change(rendered["identityd"])
+    for service, body in rendered.items():
         os.makedirs("/etc/aziot/%s/config.d" % service, exist_ok=True)
         _write_owned(services.CONFIG_D % service, body, users[SERVICE_FILE_OWNER[service]])
     print("Azure IoT Edge has been configured successfully!")
@@ -81,6 +84,23 @@ def config_apply(args):
     services.restart_all()
     print("Done.")
     return 0
+
+
+def _refuse_hostname_change(identityd_text):
+    """edgelet/iotedge/src/config/apply.rs: a hostname other than the one applied before is
+    refused while Edge module containers exist (all of them, running or not)."""
+    old = services.service_config("identityd").get("hostname")
+    new = tomllib.loads(identityd_text).get("hostname")
+    if old is None or old == new or not store.modules():
+        return
+    raise CommandError(
+        "Cannot apply config because the hostname in the config %s is different from the previous "
+        "hostname %s. To update the hostname, run the following command which deletes all IoT Edge "
+        "modules and reapplies the configuration. Or, revert the hostname change in the config.toml "
+        "file.\n                    sudo iotedge system stop && sudo docker rm -f $(sudo docker ps -aq "
+        "-f \"label=net.azure-devices.edge.owner=Microsoft.Azure.Devices.Edge.Agent\") && sudo iotedge "
+        "config apply\n                Warning: Data stored in the modules is lost when above command is "
+        "executed." % (old, new))
 
 
 def system_status(_args):
@@ -109,11 +129,16 @@ def system_status(_args):
 
 def system_logs(args):
     """`iotedge system logs [-- -n N]`."""
-    lines = None
+    lines, since = None, None
     for flag in ("-n", "--lines"):
         if flag in args:
             lines = int(args[args.index(flag) + 1])
-    for line in store.journal(store.AZIOT_UNITS, lines=lines):
+    for arg in args:   # journalctl --since @EPOCH (systemd.time(7)), the form the product uses
+        if arg.startswith("--since=@"):
+            since = float(arg[len("--since=@"):])
+    if "--since" in args and args[args.index("--since") + 1].startswith("@"):
+        since = float(args[args.index("--since") + 1][1:])
+    for line in store.journal(store.AZIOT_UNITS, lines=lines, since=since):
         print(line)
     return 0
 

@@ -135,7 +135,7 @@ def start_edged():
     if not cfg or not device:
         # Real aziot-edged keeps running and asks again every 5 s (provision.rs); the stand-in
         # shows it activating until identityd has a device (devkit/README.md, divergences).
-        store.log(unit, "WARN", "Failed to obtain device identity: Connection refused (os error 111)")
+        store.log(unit, "WARN", "Failed to obtain device identity: connection closed before message completed")
         store.log(unit, "WARN", "Identity Service was unreachable. Waiting for Identity Service startup.")
         store.set_service(unit, "activating")
         store.stop_modules()

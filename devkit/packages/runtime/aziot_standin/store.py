@@ -202,7 +202,7 @@ def _watchdog_catch_up():
         write_json(WATCHDOG_FILE, {str(started): tick})
 
 
-def journal(units=None, lines=None):
+def journal(units=None, lines=None, since=None):
     """Journal entries formatted like journalctl's short output."""
     try:
         _watchdog_catch_up()
@@ -214,7 +214,7 @@ def journal(units=None, lines=None):
         with open(JOURNAL_FILE, "r", encoding="utf-8") as f:
             for line in f:
                 entry = json.loads(line)
-                if not units or entry["unit"] in units:
+                if (not units or entry["unit"] in units) and (since is None or entry["t"] >= since):
                     entries.append(entry)
     except FileNotFoundError:
         pass
