@@ -54,6 +54,8 @@ def collect(session, with_check: bool = True, log_lines: int = 400, dont_run=())
     services = health.parse_system_status("\n".join(parts.get("STATUS", [])))
     modules = health.parse_list("\n".join(parts.get("LIST", []))) if parts.get("LISTRC") == "0" else []
     check = health.parse_check("\n".join(parts.get("CHECK", []))) if with_check else None
+    if check is not None and str(parts.get("CHECKRC", "")).isdigit():
+        check["exitCode"] = int(parts["CHECKRC"])   # 1 when any check is an error (iotedge check)
     report = {
         "version": match.group(1) if match else None,
         "services": services,

@@ -724,6 +724,11 @@ def _owner_ok(st: dict) -> bool:
 
 
 # -- 7 --------------------------------------------------------------------------------------------------
+# Checks whose error means the configuration or the services are broken. tpmd-running is among them for
+# what it does check: the real one (aziotctl/src/internal/check/checks/daemons_running.rs) only connects to
+# /run/aziot/tpmd.sock, which systemd's aziot-tpmd.socket holds even while aziot-tpmd fails and restarts.
+# It says nothing about access to the TPM: that shows in aziot-tpmd's own log lines (KNOWN_FAILURES "tcti",
+# "tpm-permission") and in the identity service registering with the TPM's keys.
 _CONFIG_CHECKS = ("keyd-config-well-formed", "certd-config-well-formed", "tpmd-config-well-formed",
                   "identityd-config-well-formed", "aziot-edged-config-well-formed", "tpmd-running",
                   "container-engine-uri")

@@ -85,10 +85,10 @@ class Device:
         return self.dev.exec(["test", "-e", path]).returncode == 0
 
     def logged_hub(self):
-        """The last hub the device's identity service logged an assignment to."""
+        """The last hub the device's runtime logged ("Device is X on HUB": aziot-edged's line,
+        edgelet/aziot-edged/src/provision.rs; the identity service names no hub)."""
         lines = [json.loads(line) for line in self.sh("cat /var/log/aziot/standin-journal.jsonl").splitlines()]
-        hubs = [line["msg"].split("Assigned to IoT hub: ", 1)[1] for line in lines
-                if "Assigned to IoT hub: " in line["msg"]]
+        hubs = [line["msg"].rsplit(" on ", 1)[1] for line in lines if "] - Device is " in line["msg"]]
         return hubs[-1] if hubs else None
 
 

@@ -83,17 +83,45 @@ def build_info():
     return info
 
 
+BOOT_FILE = "/run/aziot-standin/boot"
+
+
+def boot_token():
+    """This boot's token, in /run (a tmpfs emptied at every boot, as systemd's unit states are)."""
+    try:
+        with open(BOOT_FILE, "r", encoding="ascii") as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        pass
+    token = "%016x" % random.getrandbits(64)
+    try:
+        os.makedirs(os.path.dirname(BOOT_FILE), exist_ok=True)
+        with open(BOOT_FILE, "x", encoding="ascii") as f:
+            f.write(token)
+    except FileExistsError:
+        return boot_token()
+    except OSError:   # not root: nothing recorded this boot yet
+        pass
+    return token
+
+
 def services():
-    """Current state of every aziot unit (inactive when never started)."""
+    """Current state of every aziot unit (inactive when never started in this boot)."""
     data = read_json(SERVICES_FILE, {})
-    return {u: data.get(u, {"state": "inactive"}) for u in AZIOT_UNITS}
+    token = boot_token()
+    out = {}
+    for unit in AZIOT_UNITS:
+        entry = data.get(unit)
+        out[unit] = entry if entry and entry.get("boot") == token else {"state": "inactive"}
+    return out
 
 
 def set_service(unit, state, **fields):
     """Record a unit's state (and ``fields``; a None value removes one); a fresh pid is drawn
     when it becomes active (a new process)."""
     data = read_json(SERVICES_FILE, {})
-    entry = data.get(unit, {})
+    entry = services()[unit]
+    entry["boot"] = boot_token()
     if state == "active" and entry.get("state") != "active":
         entry["pid"] = random.randint(1000, 60000)
         entry["since"] = time.time()
@@ -186,7 +214,7 @@ def _watchdog_catch_up():
     its agent), written with the times they fall on. The stand-in keeps no daemon, so they are
     written when someone reads the journal; what a reader sees is what the real one would."""
     with locked(JOURNAL_LOCK):
-        entry = read_json(SERVICES_FILE, {}).get("aziot-edged") or {}
+        entry = services()["aziot-edged"]
         started = entry.get("watchdog")
         if entry.get("state") != "active" or not started:
             return
