@@ -307,8 +307,8 @@ def test_install_before_the_enrollment_then_dps_assigns_it(device, repo, dps):
         assert prov["state"] == "failed" and "enrollment" in prov["recommendation"]
         assert any("DPS has not assigned" in n and "assigned later" in n for n in first.out["notes"])
         assert not first.out.get("problems") or first.out["problems"][0]["kind"] == "dps-auth"
-        looped = dev.exec("for i in $(seq 40); do iotedge system logs | grep -q 'restart counter is at 1' && break; "
-                          "sleep 0.5; done; iotedge system logs", check=True).stdout
+        looped = dev.exec("for i in $(seq 40); do [ $(iotedge system logs | grep -c 'Failed to provision with IoT "
+                          "Hub') -ge 2 ] && break; sleep 0.5; done; iotedge system logs", check=True).stdout
         assert "aziot-identityd.service: Scheduled restart job, restart counter is at 1." in looped
         assert looped.count("Failed to provision with IoT Hub, and no valid device backup was found") >= 2
         rid = first.out["registrationId"]
