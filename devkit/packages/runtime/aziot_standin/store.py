@@ -30,7 +30,7 @@ LIB_DIR = "/usr/lib/aziot-standin"
 STATE_DIR = "/var/lib/aziot/standin"
 SERVICES_FILE = STATE_DIR + "/services.json"
 MODULES_FILE = STATE_DIR + "/modules.json"
-WATCHDOG_FILE = STATE_DIR + "/watchdog.json"
+WATCHDOG_FILE = "/var/log/aziot/standin-watchdog.json"   # (journal bookkeeping, next to it)
 BACKUP_FILE = "/var/lib/aziot/identityd/device_info"
 JOURNAL_FILE = "/var/log/aziot/standin-journal.jsonl"
 
