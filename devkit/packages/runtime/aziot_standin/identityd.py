@@ -152,7 +152,8 @@ def start():
 
 def reprovision():
     """The reprovision API (Reason: Api): forget the device and its backup, register again.
-    None on success, else the error text the API returns (the service keeps running)."""
+    None on success, else the error text the API returns (the service keeps running, without a
+    device, until it is restarted)."""
     prov = common.service_config("identityd").get("provisioning") or {}
     store.log(UNIT, "INFO", "Provisioning starting. Reason: Api")
     store.set_service(UNIT, "active", device=None)
@@ -164,7 +165,12 @@ def reprovision():
         store.log(UNIT, "WARN", "Failed to clear device state before reprovisioning: %s" % err)
     device, errors = _provision(prov, use_backup=False)
     if device is None:
-        return errors[0]
+        # identity/aziot-identityd/src/http/mod.rs to_http_error: each line of the error chain
+        # logged at INFO as "!!! ...", the whole chain returned to the client (404 for DPS errors).
+        message = "\ncaused by: ".join(errors)
+        for line in message.splitlines():
+            store.log(UNIT, "INFO", "!!! %s" % line)
+        return message
     _provisioned(device, "Api")
     return None
 
