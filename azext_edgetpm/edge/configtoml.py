@@ -52,9 +52,15 @@ class DpsTpmSettings:
     proxy_url: Optional[str] = field(default=None, repr=False)
     proxy_display: Optional[str] = None
     trust_bundle_uri: Optional[str] = None
+    # The edgeAgent image of the installed runtime's line (support.Line.agent_image): [agent.config]
+    # image is set to it unless the file names an image of its own (another registry or tag). None: kept.
+    agent_image: Optional[str] = None
 
 
 DEFAULT_AGENT_IMAGE = "mcr.microsoft.com/azureiotedge-agent:1.5"
+IMAGE_MARK = "# the installed IoT Edge line's (az edge-tpm)"
+# Microsoft's edgeAgent image of a runtime line (an upgrade moves it to the new line); any other image is the user's.
+_LINE_IMAGE = re.compile(r"^mcr\.microsoft\.com/azureiotedge-agent:\d+\.\d+$")
 UPSTREAM_PROTOCOL = "AmqpWs"
 
 
@@ -254,7 +260,7 @@ def edit_config(base_text: str, settings: DpsTpmSettings,  # pylint: disable=too
         changes.append(f"tpm.auth_key_index = {written} (integer)" if current_index is None else
                        f"tpm.auth_key_index: string {current_index!r} -> integer {written}")
 
-    if settings.manage_proxy:
+    if settings.manage_proxy or settings.agent_image:
         _edit_agent(doc, settings, changes)
         _edit_trust_bundle(doc, settings.trust_bundle_uri, changes)
 
@@ -273,6 +279,10 @@ def _edit_agent(doc, settings: DpsTpmSettings, changes: List[str]) -> None:
     if agent is not None and not isinstance(agent, dict):
         raise LocalFileError("/etc/aziot/config.toml: `agent` is not a table.",
                              "Fix or remove `agent` in the file on the device, then run again.")
+    if settings.agent_image:
+        agent = set_agent_image(doc, settings.agent_image, changes)
+    if not settings.manage_proxy:
+        return
     if not settings.proxy_url:
         env = agent.get("env") if agent is not None else None
         if isinstance(env, dict) and "https_proxy" in env:
@@ -297,8 +307,8 @@ def _edit_agent(doc, settings: DpsTpmSettings, changes: List[str]) -> None:
         config = tomlkit.table()
         agent["config"] = config
     if "image" not in config:
-        config["image"] = DEFAULT_AGENT_IMAGE
-        changes.append(f"agent.config.image = {DEFAULT_AGENT_IMAGE!r}")
+        config["image"] = settings.agent_image or DEFAULT_AGENT_IMAGE
+        changes.append(f"agent.config.image = {config['image']!r}")
     env = agent.get("env")
     if not isinstance(env, dict):
         env = tomlkit.table()
@@ -309,6 +319,52 @@ def _edit_agent(doc, settings: DpsTpmSettings, changes: List[str]) -> None:
     if env.get("UpstreamProtocol") != UPSTREAM_PROTOCOL:
         env["UpstreamProtocol"] = UPSTREAM_PROTOCOL
         changes.append(f"agent.env.UpstreamProtocol = {UPSTREAM_PROTOCOL!r}")
+
+
+def set_agent_image(doc, image: str, changes: List[str], upgrade: bool = False):
+    """[agent] (name, type) and [agent.config] image = `image` (the runtime line's edgeAgent); returns
+    the [agent] table. An image this command wrote (its line comment says so) follows the installed
+    line; an image the user wrote is kept, except that an upgrade (Microsoft's update procedure) moves
+    Microsoft's edgeAgent image of a line to the new one. Other keys and comments are kept (tomlkit)."""
+    import tomlkit
+    agent = doc.get("agent")
+    if agent is not None and not isinstance(agent, dict):
+        raise LocalFileError("/etc/aziot/config.toml: `agent` is not a table.",
+                             "Fix or remove `agent` in the file on the device, then run again.")
+    if agent is None:
+        agent = tomlkit.table(is_super_table=False)
+        doc.add(tomlkit.nl())
+        doc.add("agent", agent)
+    for key, value in (("name", "edgeAgent"), ("type", "docker")):
+        if key not in agent:
+            agent[key] = value
+            changes.append(f"agent.{key} = {value!r}")
+    config = agent.get("config")
+    if not isinstance(config, dict):
+        config = tomlkit.table()
+        agent["config"] = config
+    current = config.get("image")
+    trivia = getattr(current, "trivia", None)
+    ours = IMAGE_MARK in ((trivia.comment if trivia is not None else "") or "")
+    if current is None:
+        item = tomlkit.string(image)
+        item.comment(IMAGE_MARK)
+        config["image"] = item
+        changes.append(f"agent.config.image = {image!r}")
+    elif str(current) != image and (ours or (upgrade and _LINE_IMAGE.match(str(current)))):
+        config["image"] = image   # (tomlkit keeps the line's comment)
+        changes.append(f"agent.config.image = {image!r} (was {str(current)!r})")
+    return agent
+
+
+def with_agent_image(text: str, image: str, where: str = CONFIG_PATH, upgrade: bool = True) -> ConfigEdit:
+    """config.toml with [agent.config] image of a runtime line (set_agent_image); comments and every
+    other setting kept. The text is returned unchanged when nothing differs."""
+    import tomlkit
+    doc = _parse(text, where)
+    changes: List[str] = []
+    set_agent_image(doc, image, changes, upgrade=upgrade)
+    return ConfigEdit(tomlkit.dumps(doc) if changes else text, changes)
 
 
 def _edit_trust_bundle(doc, uri: Optional[str], changes: List[str]) -> None:
@@ -353,6 +409,7 @@ def summarize(text: str) -> dict:
         "tcti": tpm.get("tcti"),
         "authKeyIndex": tpm.get("auth_key_index"),
         "agentProxy": _agent_proxy(data),
+        "agentImage": ((data.get("agent") or {}).get("config") or {}).get("image"),
     }
 
 

@@ -40,6 +40,7 @@ def install(session, settings: InstallSettings, read_registration_id: Optional[C
         "config": {"path": configtoml.CONFIG_PATH, "backup": ctx.extra.get("config_backup")},
         "runtime": _runtime_view(ctx.extra.get("runtime")),
         "notes": ctx.notes,
+        "warnings": ctx.warnings,
         "seconds": round(time.monotonic() - started, 1),
     }
     if settings.dry_run:

@@ -87,6 +87,7 @@ class Context:
         self.changed: Set[str] = set()
         self.pending: Set[str] = set()
         self.notes: List[str] = []
+        self.warnings: List[str] = []
         self.extra: Dict[str, object] = {}
         self._registration_id: Optional[str] = settings.registration_id
         self.registration_id_source = "argument" if settings.registration_id else None

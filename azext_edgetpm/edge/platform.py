@@ -1,35 +1,30 @@
-"""Which operating systems IoT Edge 1.5 supports, read from a device's /etc/os-release and
-Debian architecture (pure functions, no I/O).
+"""Which operating systems IoT Edge supports per runtime line, read from a device's
+/etc/os-release and architecture (pure functions, no I/O). The facts (lines, end dates,
+systems) are support.LINES; this module only applies them to one device.
 
-Tier 1 (../shared/docs/iotedge.md): Ubuntu 20.04/22.04/24.04 on amd64 and arm64; Debian 11
-and 12; Raspberry Pi OS Bullseye and Bookworm on armhf and arm64. Raspberry Pi OS Stretch was
-retired on 30 June 2022 and is refused, like every system not in the matrix, before anything
-on the device changes.
+A system outside every line is refused before anything on the device changes (Raspberry Pi OS
+Stretch was retired on 30 June 2022; Debian 10, Ubuntu 18.04, ...). A system that only an
+older line supports (Debian 11, Ubuntu 20.04: 1.5 only) is refused without --edge-version,
+with the way out named (upgrade the OS, or pin that line knowing it is out of support).
+Red Hat Enterprise Linux 8 and 9 (ID=rhel) install with dnf; rebuilds whose ID_LIKE names rhel
+are refused, since Microsoft's docs list none of them.
 """
 import shlex
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
-from azext_edgetpm.errors import DeviceError
+from azext_edgetpm.errors import DeviceError, UserInputError, option
+from . import support
 
-MICROSOFT_CONFIG_URL = "https://packages.microsoft.com/config/{distro}/{version}/packages-microsoft-prod.deb"
+MICROSOFT_CONFIG_URL = ("https://packages.microsoft.com/config/{distro}/{version}/"
+                        "packages-microsoft-prod.{kind}")
 
-# (os-release ID, VERSION_ID) -> supported Debian architectures.
-_SUPPORTED = {
-    ("ubuntu", "20.04"): ("amd64", "arm64"),
-    ("ubuntu", "22.04"): ("amd64", "arm64"),
-    ("ubuntu", "24.04"): ("amd64", "arm64"),
-    ("debian", "11"): ("amd64", "arm64", "armhf"),
-    ("debian", "12"): ("amd64", "arm64", "armhf"),
-    ("raspbian", "11"): ("armhf", "arm64"),
-    ("raspbian", "12"): ("armhf", "arm64"),
-}
 _RETIRED = {
     ("raspbian", "9"): "Raspberry Pi OS Stretch was retired from IoT Edge's tier 1 systems on 30 June 2022",
-    ("debian", "9"): "Debian 9 (Stretch) is not supported by IoT Edge 1.5",
-    ("debian", "10"): "Debian 10 (Buster) is not supported by IoT Edge 1.5",
-    ("raspbian", "10"): "Raspberry Pi OS Buster is not supported by IoT Edge 1.5",
-    ("ubuntu", "18.04"): "Ubuntu 18.04 is not supported by IoT Edge 1.5",
+    ("debian", "9"): "Debian 9 (Stretch) is not supported by any IoT Edge LTS line",
+    ("debian", "10"): "Debian 10 (Buster) is not supported by any IoT Edge LTS line",
+    ("raspbian", "10"): "Raspberry Pi OS Buster is not supported by any IoT Edge LTS line",
+    ("ubuntu", "18.04"): "Ubuntu 18.04 is not supported by any IoT Edge LTS line",
 }
 _UNAME_TO_DEB = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "armhf", "armv6l": "armhf"}
 
@@ -37,24 +32,46 @@ _UNAME_TO_DEB = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "armhf", "armv
 @dataclass(frozen=True)
 class Platform:
     """A supported device OS."""
-    os_id: str          # ubuntu | debian | raspbian
-    version: str        # 22.04, 12, ...
-    codename: str       # jammy, bookworm, ...
-    arch: str           # Debian architecture
+    os_id: str          # ubuntu | debian | raspbian | rhel
+    version: str        # 22.04, 12, 9 (RHEL: the major version of VERSION_ID) ...
+    codename: str       # jammy, bookworm, ... ('' on RHEL)
+    arch: str           # Debian architecture (amd64, arm64, armhf)
     pretty_name: str
+    line: Optional[support.Line] = None   # the runtime line to install (the pin's, else the default)
+    pinned: bool = False
+
+    @property
+    def package_manager(self) -> str:
+        """apt (Debian, Ubuntu, Raspberry Pi OS) or dnf (Red Hat Enterprise Linux)."""
+        return "dnf" if self.os_id == "rhel" else "apt"
 
     @property
     def repo_distro(self) -> str:
         """The packages.microsoft.com directory: Raspberry Pi OS uses Debian's packages."""
+        if self.os_id == "rhel":
+            return "rhel"
         return "ubuntu" if self.os_id == "ubuntu" else "debian"
 
     @property
+    def system_key(self) -> str:
+        """debian12, ubuntu22.04, rhel9: how the dev kit's packages.sources and messages name it."""
+        return f"{self.repo_distro}{self.version}"
+
+    @property
     def microsoft_config_url(self) -> str:
-        return MICROSOFT_CONFIG_URL.format(distro=self.repo_distro, version=self.version)
+        return MICROSOFT_CONFIG_URL.format(distro=self.repo_distro, version=self.version,
+                                           kind="rpm" if self.package_manager == "dnf" else "deb")
+
+    def lines(self) -> List[support.Line]:
+        """The runtime lines with packages for this system, oldest first."""
+        return support.lines_for(self.os_id, self.version, self.arch)
 
     def to_dict(self) -> dict:
-        return {"name": self.pretty_name, "id": self.os_id, "version": self.version,
-                "codename": self.codename, "architecture": self.arch}
+        out = {"name": self.pretty_name, "id": self.os_id, "version": self.version,
+               "codename": self.codename, "architecture": self.arch}
+        if self.line is not None:
+            out["runtimeLine"] = self.line.to_dict(support.today())
+        return out
 
 
 def parse_os_release(text: str) -> Dict[str, str]:
@@ -88,33 +105,81 @@ def _os_id(values: Dict[str, str]) -> str:
     return os_id
 
 
-def detect(os_release_text: str, arch: str, display: str = "the device") -> Platform:
-    """The device's platform, or a DeviceError when IoT Edge does not support it."""
+def detect(os_release_text: str, arch: str, display: str = "the device",
+           edge_version: Optional[str] = None) -> Platform:
+    """The device's platform and the runtime line to install on it (the line of `edge_version`,
+    else the newest line in support for the system), or a DeviceError when that cannot be."""
     values = parse_os_release(os_release_text)
     os_id = _os_id(values)
     version = values.get("VERSION_ID", "")
+    if os_id == "rhel":
+        version = version.split(".", 1)[0]
     pretty = values.get("PRETTY_NAME") or f"{values.get('NAME', os_id)} {version}".strip()
-    supported_list = ("Ubuntu 20.04/22.04/24.04 (amd64, arm64), Debian 11/12, "
-                      "Raspberry Pi OS Bullseye/Bookworm (armhf, arm64)")
+    supported_list = support.table_text()
     if not values:
         raise DeviceError(f"{display} has no readable /etc/os-release; cannot tell which system it runs.",
-                          f"IoT Edge 1.5 supports {supported_list}.")
+                          f"IoT Edge supports: {supported_list}.")
+    like = values.get("ID_LIKE", "").lower().split()
+    if os_id != "rhel" and ("rhel" in like or "centos" in like):
+        raise DeviceError(
+            f"{display} runs {pretty}, a rebuild of Red Hat Enterprise Linux: Microsoft's IoT Edge documentation "
+            "lists only Red Hat Enterprise Linux itself (8 and 9) as a tier 1 system. Nothing was changed on the "
+            "device.", f"Use Red Hat Enterprise Linux 8 or 9, or another supported system: {supported_list}.")
     key = (os_id, version)
     if key in _RETIRED:
         raise DeviceError(
             f"{display} runs {pretty}: {_RETIRED[key]}. Nothing was changed on the device.",
-            f"Upgrade the device's OS (Raspberry Pi OS: to Bullseye or Bookworm); IoT Edge 1.5 supports "
-            f"{supported_list}.")
-    if key not in _SUPPORTED:
+            f"Upgrade the device's OS (Raspberry Pi OS: to Bookworm); supported: {supported_list}.")
+    lines = support.lines_for(os_id, version)
+    if not lines:
         raise DeviceError(
-            f"{display} runs {pretty}, which is not a tier 1 system of IoT Edge 1.5. Nothing was changed "
+            f"{display} runs {pretty}, which is not a tier 1 system of any IoT Edge LTS line. Nothing was changed "
             "on the device.",
-            f"Use a supported system: {supported_list}. For tier 2 systems, install the .deb files of an "
+            f"Use a supported system: {supported_list}. For tier 2 systems, install the packages of an "
             "IoT Edge release yourself.")
-    if arch not in _SUPPORTED[key]:
+    archs = sorted({a for line in lines for a in line.systems[key]})
+    if arch not in archs:
         raise DeviceError(
-            f"{display} runs {pretty} on {arch}; IoT Edge supports it only on "
-            f"{', '.join(_SUPPORTED[key])}. Nothing was changed on the device.",
-            f"Use a device of a supported architecture; supported: {supported_list}.")
+            f"{display} runs {pretty} on {arch}; IoT Edge supports it only on {', '.join(archs)}. Nothing was "
+            "changed on the device.", f"Use a device of a supported architecture; supported: {supported_list}.")
+    line = _choose_line(display, pretty, os_id, version, arch, edge_version)
     codename = values.get("VERSION_CODENAME") or values.get("UBUNTU_CODENAME") or ""
-    return Platform(os_id=os_id, version=version, codename=codename, arch=arch, pretty_name=pretty)
+    return Platform(os_id=os_id, version=version, codename=codename, arch=arch, pretty_name=pretty,
+                    line=line, pinned=bool(edge_version))
+
+
+def _choose_line(display, pretty, os_id, version, arch, edge_version) -> support.Line:
+    lines = support.lines_for(os_id, version, arch)
+    names = ", ".join(line.name for line in lines)
+    if edge_version:
+        wanted = support.line_of(edge_version)
+        line = support.by_name(wanted) if wanted else None
+        if line is None:
+            raise UserInputError(
+                f"{option('edge_version')} {edge_version} is not a version of an IoT Edge LTS line this command "
+                f"knows ({', '.join(known.name for known in support.LINES)}). Nothing was changed on the device.",
+                f"Give a version such as 1.6.0 (or omit {option('edge_version')} for the newest LTS line).")
+        if line not in lines:
+            raise DeviceError(
+                f"IoT Edge {line.name} has no packages for {pretty} ({arch}) on {display}; this system has "
+                f"{names}. Nothing was changed on the device.",
+                f"Pin a version of {names} with {option('edge_version')}, or upgrade the device's OS to one "
+                f"{line.name} supports ({_systems(line)}).")
+        return line
+    line = support.default_line(os_id, version, arch)
+    if line is None:
+        newest = support.LINES[-1]
+        old = lines[-1]
+        raise DeviceError(
+            f"{display} runs {pretty} ({support.NAMES.get(os_id, os_id)} {version}), which IoT Edge {newest.name} "
+            f"LTS does not support ({newest.name} removed it"
+            f"); only {names} had packages for it, and {old.name} LTS was serviced until "
+            f"{old.serviced_until.isoformat()}. Nothing was changed on the device.",
+            f"Upgrade the device's OS to one IoT Edge {newest.name} supports ({_systems(newest)}), or pin "
+            f"a {old.name} version with {option('edge_version')} (one the package source offers), knowing that it is "
+            "out of support.")
+    return line
+
+
+def _systems(line: support.Line) -> str:
+    return ", ".join(f"{support.NAMES.get(os_id, os_id)} {version}" for os_id, version in line.systems)

@@ -16,7 +16,7 @@ import time
 from typing import List, Optional
 
 from azext_edgetpm.errors import DeviceError, EdgeTpmError, LocalFileError, option
-from . import apt, configtoml, health, platform, proxy as proxy_mod, runtime
+from . import apt, configtoml, health, platform, proxy as proxy_mod, runtime, support
 from .plan import Check, Context, Step
 from .services import AZIOT_UNITS, ServiceManager
 
@@ -142,12 +142,23 @@ class OsStep(Step):
     def check(self, ctx):
         f = ctx.facts
         arch = platform.debian_arch(f.dpkg_arch, f.uname_machine)
-        ctx.platform = platform.detect(f.os_release, arch, ctx.display)
+        ctx.platform = platform.detect(f.os_release, arch, ctx.display, ctx.settings.edge_version)
+        if ctx.platform.package_manager == "dnf":
+            raise DeviceError(
+                f"{ctx.display} runs {ctx.platform.pretty_name}: installing IoT Edge with dnf is not supported by "
+                "this version of az edge-tpm yet. Nothing was changed on the device.",
+                "Install IoT Edge on Red Hat Enterprise Linux by Microsoft's instructions (packages-microsoft-prod.rpm, "
+                "then dnf install moby-engine moby-cli aziot-edge); Debian and Ubuntu devices install here.")
+        warn = support.warning(ctx.platform.line)
+        if warn and warn not in ctx.warnings:
+            ctx.warnings.append(warn)
         if not f.has("apt-get") or not f.has("dpkg"):
             raise DeviceError(f"{ctx.display} has no apt-get/dpkg.",
                               "IoT Edge's packages install with apt on Debian, Ubuntu and Raspberry Pi OS.")
         init = ServiceManager.detect(f).describe()
-        return Check(detail=f"{ctx.platform.pretty_name} ({ctx.platform.arch}); {init}")
+        line = ctx.platform.line
+        return Check(detail=f"{ctx.platform.pretty_name} ({ctx.platform.arch}); {init}; IoT Edge {line.name} LTS "
+                            f"({'pinned' if ctx.platform.pinned else 'newest LTS line for this system'})")
 
     def apply(self, ctx, check):
         raise NotImplementedError("the os step only checks: its Check never asks for a change")
@@ -438,13 +449,20 @@ class IotEdgeStep(Step):
             return Check(changes=[f"install aziot-edge {s.edge_version}" + (f" (installed: {edge})" if edge else "")],
                          detail=state, data={"pin": s.edge_version})
         if edge and ident:
+            line = support.by_name(support.line_of(edge) or "")
+            warn = support.warning(line) if line else None
+            if warn and warn not in ctx.warnings:
+                ctx.warnings.append(warn)
             return Check(detail=state)
         return Check(changes=["install aziot-edge and aziot-identity-service (latest)"], detail=state, data={})
 
     def apply(self, ctx, check):
         pin = check.data.get("pin")
         found = ensure_candidates(ctx, list(EDGE_PACKAGES))
-        edge_full = found["aziot-edge"]["candidate"]
+        # The newest version of a line that has packages for this system (not a newer line the table does not
+        # know, nor a line this system lacks), else apt's candidate.
+        edge_full = support.newest(found["aziot-edge"]["versions"], [line.name for line in ctx.platform.lines()]) \
+            or found["aziot-edge"]["candidate"]
         if pin:
             edge_full = apt.match_version(pin, found["aziot-edge"]["versions"] or [found["aziot-edge"]["candidate"]])
             if edge_full is None:
@@ -524,6 +542,7 @@ class ConfigStep(Step):
             id_scope=s.id_scope, registration_id=rid or "<from the EK>",
             global_endpoint=s.global_endpoint, payload_uri=payload_uri,
             auto_reprovisioning_mode=s.auto_reprovisioning_mode, tcti=s.tcti, manage_proxy=True,
+            agent_image=_agent_image(ctx),
             proxy_url=proxy.url if proxy else None, proxy_display=proxy.display if proxy else None,
             trust_bundle_uri=proxy_mod.TRUST_BUNDLE_URI if proxy and proxy.ca_pem else None)
         bundle = f.file(proxy_mod.TRUST_BUNDLE)
@@ -536,6 +555,12 @@ class ConfigStep(Step):
             data["bundle"] = None
         edit = configtoml.edit_config(base, settings)
         data["text"] = edit.text
+        kept = configtoml.summarize(edit.text).get("agentImage")
+        if settings.agent_image and kept != settings.agent_image:
+            note = (f"config.toml keeps its own edgeAgent image {kept}; the installed runtime's line uses "
+                    f"{settings.agent_image}.")
+            if note not in ctx.notes:
+                ctx.notes.append(note)
         moved = _provisioning_moved(existing.text if existing else None, edit.text)
         if moved:
             data["moved"] = moved
@@ -605,6 +630,15 @@ class ConfigStep(Step):
         if wrong or not isinstance(summary["authKeyIndex"], int):
             raise LocalFileError(f"{configtoml.CONFIG_PATH} on {ctx.display} reads back differently: {wrong}.",
                                  "Report this as a bug of az edge-tpm, with the file's content.")
+
+
+def _agent_image(ctx) -> Optional[str]:
+    """The edgeAgent image of the runtime line installed (under --dry-run before the install: the line
+    to install); None for a line the support table does not know (the file's image is kept)."""
+    installed = ctx.facts.installed("aziot-edge")
+    name = support.line_of(installed) if installed else (ctx.platform.line.name if ctx.platform else None)
+    line = support.by_name(name) if name else None
+    return line.agent_image if line else None
 
 
 # What the identity service registers with: a change to any of them on a provisioned device needs

@@ -6,7 +6,7 @@ recorded for the same registration ID and EK is not enrolled again.
 """
 import dataclasses
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import List, Optional
 
 from azext_edgetpm.operations.pipeline import CHANGED, OK, DeviceContext, DeviceOutcome, Step, outcome_fields
@@ -67,7 +67,7 @@ class IdentifyStep(Step):
         # enrollment (install would refuse it only after both).
         found = facts.gather(ctx.session(), files=())
         platform.detect(found.os_release, platform.debian_arch(found.dpkg_arch, found.uname_machine),
-                        ctx.session().target.display)
+                        ctx.session().target.display, ctx.job.install.edge_version)
         identity = identify(ctx.session(), tcti=ctx.job.tcti, create=True, id_format=ctx.job.id_format,
                             ek_ca_bundle=ctx.services.ek_ca_bundle)
         ctx.data["identity"] = identity
@@ -115,7 +115,8 @@ class InstallStep(Step):
             result.failure.journal = {"steps": steps}
             raise result.failure
         return {"status": CHANGED if result.changed else OK, "detail": result.report.get("summary"),
-                "steps": steps, "edgeVersion": result.runtime_version}
+                "steps": steps, "edgeVersion": result.runtime_version,
+                "warnings": list(result.report.get("warnings") or [])}
 
 
 class WaitStep(Step):
@@ -155,10 +156,11 @@ class ProvisionResult(DeviceOutcome):
     assigned_hub: Optional[str] = None
     edge_version: Optional[str] = None
     healthy: Optional[bool] = None
+    warnings: List[str] = field(default_factory=list)   # e.g. a runtime line out of support
 
     def details(self) -> dict:
         return {"deviceId": self.device_id, "assignedHub": self.assigned_hub, "edgeVersion": self.edge_version,
-                "healthy": self.healthy}
+                "healthy": self.healthy, "warnings": list(self.warnings)}
 
 
 def result_from_record(host: str, record: dict, outcome_status: str, seconds: float = 0.0) -> ProvisionResult:
@@ -175,4 +177,5 @@ def result_from_record(host: str, record: dict, outcome_status: str, seconds: fl
     return ProvisionResult(
         **outcome_fields(host, record, outcome_status, STEP_NAMES, "assigned", seconds=seconds),
         device_id=field_of("deviceId", "wait", "enroll"), assigned_hub=field_of("assignedHub", "wait"),
-        edge_version=field_of("edgeVersion", "status", "install"), healthy=field_of("healthy", "status"))
+        edge_version=field_of("edgeVersion", "status", "install"), healthy=field_of("healthy", "status"),
+        warnings=list(field_of("warnings", "install") or []))

@@ -20,20 +20,20 @@ RASPBIAN_BULLSEYE = ('PRETTY_NAME="Raspbian GNU/Linux 11 (bullseye)"\nVERSION_ID
 RASPBIAN_STRETCH = 'PRETTY_NAME="Raspbian GNU/Linux 9 (stretch)"\nVERSION_ID="9"\nID=raspbian\n'
 
 
-@pytest.mark.parametrize("text, arch, distro_url", [
-    (UBUNTU_2204, "amd64", "ubuntu/22.04"),
-    (UBUNTU_2204, "arm64", "ubuntu/22.04"),
-    (RPI_BOOKWORM_64, "arm64", "debian/12"),
-    (RASPBIAN_BULLSEYE, "armhf", "debian/11"),
+@pytest.mark.parametrize("text, arch, distro_url, pin", [
+    (UBUNTU_2204, "amd64", "ubuntu/22.04", None),
+    (UBUNTU_2204, "arm64", "ubuntu/22.04", None),
+    (RPI_BOOKWORM_64, "arm64", "debian/12", None),
+    (RASPBIAN_BULLSEYE, "armhf", "debian/11", "1.5.10"),   # 1.5 only: refused without a pin (test_support)
 ])
-def test_supported_platforms(text, arch, distro_url):
-    plat = platform.detect(text, arch)
+def test_supported_platforms(text, arch, distro_url, pin):
+    plat = platform.detect(text, arch, edge_version=pin)
     assert plat.microsoft_config_url == f"https://packages.microsoft.com/config/{distro_url}/packages-microsoft-prod.deb"
 
 
 @pytest.mark.parametrize("text, arch, words", [
     (RASPBIAN_STRETCH, "armhf", "retired"),
-    (UBUNTU_2204, "armhf", "only on amd64, arm64"),
+    (UBUNTU_2204, "i386", "only on amd64, arm64, armhf"),
     ('PRETTY_NAME="Fedora Linux 40"\nID=fedora\nVERSION_ID=40\n', "amd64", "not a tier 1 system"),
     ("", "amd64", "no readable /etc/os-release"),
 ])
