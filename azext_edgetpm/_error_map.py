@@ -9,6 +9,7 @@ here; anything that is not a domain error goes on unchanged.
 FLAGS = {
     "accept_new_host_key": "--accept-new-host-key",
     "allocation_policy": "--allocation-policy",
+    "allow_downgrade": "--allow-downgrade",
     "auth_type": "--auth-type",
     "auto_reprovisioning_mode": "--auto-reprovisioning-mode",
     "delete_hub_device": "--delete-hub-device",
@@ -40,6 +41,7 @@ FLAGS = {
     "log_driver": "--log-driver",
     "login": "--login",
     "max_parallel": "--max-parallel",
+    "no_rollback": "--no-rollback",
     "mode": "--mode",
     "no_create": "--no-create",
     "no_proxy": "--no-proxy",

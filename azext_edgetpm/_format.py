@@ -117,3 +117,11 @@ def rekey_table(result):
         "Host": r.get("host"), "Status": r.get("status"), "RegistrationId": r.get("registrationId"),
         "PreviousEk": r.get("previousEkSha256"), "Ek": r.get("ekSha256"), "AssignedHub": r.get("assignedHub"),
         "Error": r.get("error")})
+
+
+def upgrade_table(result):
+    return _rows(result, lambda r: {
+        "Host": r.get("host"), "Status": r.get("status"),
+        "Current": (r.get("current") or {}).get("aziot-edge"), "Target": (r.get("target") or {}).get("aziot-edge"),
+        "Installed": (r.get("installed") or {}).get("aziot-edge"), "RolledBack": r.get("rolledBack"),
+        "Error": r.get("error")})

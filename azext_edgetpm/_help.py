@@ -391,3 +391,29 @@ examples:
   - name: Several re-imaged devices of an inventory, without a prompt.
     text: az edge-tpm rekey --inventory fleet.csv --only edge-07 edge-12 --login @dps.txt --yes -o table
 """
+
+helps["edge-tpm upgrade"] = """
+type: command
+short-summary: Upgrade IoT Edge on installed devices to a newer runtime (e.g. from 1.5 LTS to 1.6 LTS), keeping their provisioning.
+long-summary: >
+    As Microsoft's update procedure: aziot-edge and aziot-identity-service together to the target
+    version (default: the newest version of the newest LTS line in support for the device's system
+    that its package source offers; aziot-identity-service is the exact version aziot-edge depends
+    on), the container engine when the target needs a newer one, config.toml's edgeAgent image
+    ([agent.config] image) moved to the target line with every other setting and comment kept,
+    `iotedge config apply`, then the same health verification as install. The device keeps its
+    identity: no new enrollment, no new registration. A device already on the target changes
+    nothing. A device whose runtime is not healthy and assigned as before afterwards is put back on
+    the exact package versions it had and its config.toml byte for byte, unless --no-rollback.
+    The result names what the IoT hub side must change: deployments pinning the old line's
+    edgeAgent/edgeHub images bring the old modules back (az iot edge set-modules, or a deployment).
+examples:
+  - name: See the installed and target versions of a fleet, changing nothing.
+    text: az edge-tpm upgrade --inventory fleet.csv --dry-run -o table
+  - name: Upgrade one device to the newest LTS line for its system.
+    text: az edge-tpm upgrade --host admin@edge-01
+  - name: Upgrade a fleet to 1.6.0, ten devices at a time, resumable.
+    text: az edge-tpm upgrade --inventory fleet.csv --edge-version 1.6.0 --state upgrade-state.json --max-parallel 10 -o table
+  - name: Go back to an older version on purpose.
+    text: az edge-tpm upgrade --host edge-01 --edge-version 1.5.10 --allow-downgrade
+"""

@@ -343,6 +343,30 @@ def load_arguments(self, _):  # pylint: disable=too-many-statements
         dps_budget_arguments(c, "at the end of their install")
 
     load_lifecycle_arguments(self)
+    load_upgrade_arguments(self)
+
+
+def load_upgrade_arguments(self):
+    """upgrade: installed devices to a newer runtime line (no DPS involved)."""
+    with self.argument_context("edge-tpm upgrade") as c:
+        ssh_arguments(c)
+        fleet_arguments(c)
+        c.argument("host", options_list=["--host"], arg_group="Device",
+                   help="One device: [user@]host[:port] or a Host alias from ~/.ssh/config. Instead of --inventory.")
+        c.argument("edge_version", options_list=["--edge-version"], arg_group="Packages",
+                   help="The aziot-edge version to move to, e.g. 1.6.0 (aziot-identity-service follows: the exact "
+                        "version that aziot-edge depends on). Default: the newest version of the newest IoT Edge LTS "
+                        "line in support for the device's system that its package source offers.")
+        c.argument("allow_downgrade", options_list=["--allow-downgrade"], action="store_true", arg_group="Packages",
+                   help="Allow an --edge-version older than the installed one (refused otherwise).")
+        c.argument("no_rollback", options_list=["--no-rollback"], action="store_true",
+                   help="Leave a device whose runtime is not healthy and assigned after the upgrade as it is (by "
+                        "default it is put back on the exact package versions it had and its previous config.toml).")
+        c.argument("settle_timeout", options_list=["--settle-timeout"], type=float,
+                   help="Seconds to wait after the apply for the runtime to start. Default: 90.")
+        c.argument("dry_run", options_list=["--dry-run"], action="store_true",
+                   help="Show per device the installed and the target versions and what would change, changing "
+                        "nothing.")
 
 
 def load_lifecycle_arguments(self):

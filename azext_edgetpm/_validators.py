@@ -370,6 +370,18 @@ def validate_provision(namespace):
     _install_values(namespace)
 
 
+def validate_upgrade(namespace):
+    """upgrade: a device or an inventory, a package version that looks like one."""
+    check_values(namespace)
+    _fleet_values(namespace, ())
+    if namespace.edge_version and not re.fullmatch(r"[0-9][0-9A-Za-z.+~:\-]*", namespace.edge_version):
+        raise InvalidArgumentValueError(f"--edge-version {shown(namespace.edge_version)} is not a package version.",
+                                        "Give a version such as 1.6.0, or omit it for the newest LTS line.")
+    if namespace.settle_timeout is not None and namespace.settle_timeout <= 0:
+        raise InvalidArgumentValueError("--settle-timeout must be a positive number of seconds.",
+                                        "Give e.g. --settle-timeout 120.")
+
+
 def validate_lifecycle(namespace):
     """deprovision | reprovision | rekey: a device or an inventory, a valid registration ID, a
     consistent enrollment change."""

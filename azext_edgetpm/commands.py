@@ -38,3 +38,5 @@ def load_command_table(self, _):
                          validator=command_validator("validate_lifecycle"))
         g.custom_command("rekey", "rekey", table_transformer=table("rekey_table"),
                          validator=command_validator("validate_lifecycle"))
+        g.custom_command("upgrade", "upgrade", table_transformer=table("upgrade_table"),
+                         validator=command_validator("validate_upgrade"))

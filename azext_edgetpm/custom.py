@@ -567,3 +567,21 @@ def rekey(cmd, host=None,  # pylint: disable=too-many-locals
         outcomes = fleet.run(op.pipeline(), services)
     return fleet.finish(outcomes, lambda h, rec, status, secs: op.result_from_record(
         h, rec, status, dry_run=bool(dry_run), seconds=secs), "assigned")
+
+
+def upgrade(cmd, host=None,  # pylint: disable=too-many-locals
+            inventory=None, inventory_format=None, limit=None, edge_version=None, allow_downgrade=False,
+            no_rollback=False, settle_timeout=None, dry_run=False, ssh_user=None, ssh_port=None, ssh_key=None,
+            ssh_config=None, known_hosts=None, accept_new_host_key=False, ssh_timeout=None, tcti=None,
+            max_parallel=None, state=None, retry_failed=False, only=None, shard=None):
+    from azext_edgetpm.edge.upgrade import UpgradeSettings
+    from azext_edgetpm.operations import upgrade as op
+    fleet = _Fleet(cmd, "upgrade", host, inventory, inventory_format, limit, shard, only, retry_failed, state,
+                   max_parallel, None, (ssh_user, ssh_port, ssh_key, ssh_config, known_hosts, accept_new_host_key,
+                                        ssh_timeout), tcti, "sha256", dry_run)
+    settings = UpgradeSettings(edge_version=edge_version, allow_downgrade=bool(allow_downgrade),
+                               rollback=not no_rollback, dry_run=bool(dry_run),
+                               settle_timeout=float(settle_timeout or 90))
+    outcomes = fleet.run(op.pipeline(), op.UpgradeServices(settings=settings), skip=op.finished)
+    return fleet.finish(outcomes, lambda h, rec, status, secs: op.result_from_record(
+        h, rec, status, dry_run=bool(dry_run), seconds=secs), "upgraded")

@@ -22,6 +22,7 @@ class Line:
     released: datetime.date
     serviced_until: datetime.date
     systems: Dict[Tuple[str, str], Tuple[str, ...]]  # (os-release ID, major version) -> architectures
+    min_engine: Optional[str] = None         # the oldest moby-engine whose Docker Engine API the line needs
 
     @property
     def agent_image(self) -> str:
@@ -47,7 +48,8 @@ LINES: Tuple[Line, ...] = (
     Line("1.6", datetime.date(2026, 7, 14), datetime.date(2028, 11, 14), {
         ("ubuntu", "22.04"): _DEB, ("ubuntu", "24.04"): _DEB, ("debian", "12"): _DEB,
         ("raspbian", "12"): ("armhf", "arm64"),
-        ("rhel", "8"): _RPM, ("rhel", "9"): _RPM}),
+        ("rhel", "8"): _RPM, ("rhel", "9"): _RPM},
+        min_engine="20.10"),   # 1.6 moved to Docker Engine API v1.41 (Docker 20.10) -- CHANGELOG.md
 )
 
 # Injectable for tests: the date support is judged at.

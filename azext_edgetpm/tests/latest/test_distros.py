@@ -1,6 +1,7 @@
 """Devices on real Debian userlands other than the host's (devkit/userland.py builds them with
 debootstrap, once per machine, cached): a Debian 11 device, whose tpm2-tools 5.0, Python 3.9,
-OpenSSH 8.4 and apt are the real ones of that release, is read, enrolled, installed and assigned;
+OpenSSH 8.4 and apt are the real ones of that release, is refused without a pin (IoT Edge 1.6
+removed Debian 11), then read, enrolled, installed with 1.5.10 and assigned;
 a Debian 13 device, outside IoT Edge's published platform list, is refused before anything on it
 changes.
 
@@ -81,11 +82,20 @@ def test_debian_11_device_ek_enrollment_install_assigned(distro_devices, repo, d
     enrollment = ok("edge-tpm", "enrollment", "create", *host_args(dev, "root"), "--tcti", dev.tcti, *dps.login).out
     assert enrollment["registrationId"] == ek["registrationId"]
 
-    # install: Microsoft's layout for Debian 11 (config/debian/11/packages-microsoft-prod.deb, whose
-    # apt line names the debian/11/prod pool), the runtime on Debian 11's Python 3.9 registering
-    # through tpm2-tools 5.0.
-    first = install(dev, dps, "--package-source", repo["base_url"])
+    # Without a pin: IoT Edge 1.6 (the newest LTS line) has no Debian 11 packages, and 1.5 is out of
+    # support: refused before anything changes, with both ways out.
+    mark(dev)
+    refused = install(dev, dps, "--package-source", repo["base_url"])
+    assert refused.rc != 0 and "1.6" in refused.message and "Debian 11" in refused.message, refused.message
+    assert "Upgrade the device's OS" in refused.recommendation and "--edge-version" in refused.recommendation
+    assert changed_since_mark(dev) == []
+    # install pinned to 1.5.10: Microsoft's layout for Debian 11 (config/debian/11/packages-microsoft-prod.deb,
+    # whose apt line names the debian/11/prod pool), the runtime on Debian 11's Python 3.9 registering
+    # through tpm2-tools 5.0; the result warns that 1.5 is out of support.
+    first = install(dev, dps, "--package-source", repo["base_url"], "--edge-version", "1.5.10")
     assert first.rc == 0, f"{first.message} | {first.recommendation}"
+    assert any("serviced until 2026-11-10" in w for w in first.out["warnings"]), first.out["warnings"]
+    assert version_of(dev, "aziot-edge") == "1.5.10-1"
     assert statuses(first)["os"] == "ok" and statuses(first)["runtime"] == "changed"
     assert first.out["runtime"]["provisioning"]["state"] == "assigned", first.out["runtime"]
     listed = dev.exec(["cat", "/etc/apt/sources.list.d/microsoft-prod.list"], check=True).stdout
@@ -97,7 +107,7 @@ def test_debian_11_device_ek_enrollment_install_assigned(distro_devices, repo, d
     journal = dev.exec(["cat", "/var/log/aziot/standin-journal.jsonl"], check=True).stdout
     assert "DPS registration complete." in journal
 
-    second = install(dev, dps, "--package-source", repo["base_url"])
+    second = install(dev, dps, "--package-source", repo["base_url"], "--edge-version", "1.5.10")
     assert second.rc == 0 and not second.out["changed"], second.out["summary"]
 
 
@@ -108,9 +118,10 @@ def test_debian_11_manufactured_tpm_provision_assigned(distro_devices, repo, dps
     trust_dps(dev, dps)
     result = ok("edge-tpm", "provision", *host_args(dev, "root"), "--tcti", dev.tcti, *dps.login,
                 "--id-scope", dps.section["id_scope"], "--global-endpoint", dps.section["device_endpoint"],
-                "--package-source", repo["base_url"]).out
+                "--package-source", repo["base_url"], "--edge-version", "1.5.10").out
     row = result[0] if isinstance(result, list) else result
     assert row["status"] == "assigned", json.dumps(row)[:2000]
+    assert row["edgeVersion"] == "1.5.10" and any("serviced until 2026-11-10" in w for w in row["warnings"])
     assert row["assignedHub"] in dps.section["iot_hubs"]
     ek = ok("edge-tpm", "ek", "show", *host_args(dev), "--tcti", dev.tcti, "--no-create").out
     assert ek["ekCertificate"]["matchesEndorsementKey"] and ek["ekCertificate"]["nvIndex"] == "0x01C00002"
@@ -125,7 +136,7 @@ def test_debian_13_device_refused_before_anything_changes(distro_devices, repo, 
     refused = install(dev, dps, "--package-source", repo["base_url"])
     assert refused.rc != 0
     assert "Debian GNU/Linux 13" in refused.message and "Nothing was changed" in refused.message
-    assert "Debian 11/12" in refused.recommendation and "Ubuntu 20.04/22.04/24.04" in refused.recommendation
+    assert "Debian 12" in refused.recommendation and "Ubuntu 24.04" in refused.recommendation
     assert "Traceback" not in refused.stderr
     assert changed_since_mark(dev) == []
     assert persistent_handles(dev) == []  # not even an EK was created in its TPM

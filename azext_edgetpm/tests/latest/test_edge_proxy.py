@@ -113,7 +113,9 @@ def test_proxy_only_device(device, repo, dps, proxies, tmp_path):
     assert unit_env(dev, "docker")["NO_PROXY"] == "localhost,127.0.0.1"
     config = tomllib.loads(read(dev, "/etc/aziot/config.toml"))
     assert config["agent"] == {"name": "edgeAgent", "type": "docker",
-                               "config": {"image": "mcr.microsoft.com/azureiotedge-agent:1.5"},
+                               # the installed runtime's line (the newest LTS the source offers)
+                               "config": {"image": "mcr.microsoft.com/azureiotedge-agent:"
+                                          + ".".join(repo["latest_edge_version"].split(".")[:2])},
                                "env": {"https_proxy": proxies["url"], "UpstreamProtocol": "AmqpWs"}}
     assert check_result(dev, "proxy-settings") == {"result": "ok"}
     health = az("edge-tpm", "status", "--host", f"admin@{dev.host}:{dev.port}", "--ssh-key", dev.key("admin"),
