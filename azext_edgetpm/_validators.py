@@ -372,6 +372,8 @@ def validate_provision(namespace):
 
 def validate_upgrade(namespace):
     """upgrade: a device or an inventory, a package version that looks like one."""
+    import re
+    from azext_edgetpm.echo import shown
     check_values(namespace)
     _fleet_values(namespace, ())
     if namespace.edge_version and not re.fullmatch(r"[0-9][0-9A-Za-z.+~:\-]*", namespace.edge_version):

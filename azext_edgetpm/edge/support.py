@@ -90,6 +90,7 @@ def version_key(version: str) -> tuple:
     """A sort key for package versions of the runtime (epoch, upstream numbers, release numbers)."""
     epoch, _, rest = (version or "").rpartition(":") if ":" in (version or "") else ("0", "", version or "")
     upstream_part, _, release = rest.partition("-")
+
     def numbers(text):
         return tuple(int(n) for n in re.findall(r"\d+", text))
     return (int(epoch or 0), numbers(upstream_part), numbers(release))

@@ -149,8 +149,9 @@ def upgrade(session, settings: UpgradeSettings, progress: Optional[Callable[[str
         result["error"] = str(exc)
         if settings.rollback:
             result["rolledBack"] = _rollback(ctx, before, config)
+            back = "it runs again" if result["rolledBack"] == "healthy" else result["rolledBack"]
             exc.prefix(f"the upgrade failed and the device was put back on aziot-edge {before['aziot-edge']} with "
-                       f"its previous config.toml ({'healthy' if result['rolledBack'] == 'healthy' else 'see status'}): ")
+                       f"its previous config.toml ({back}): ")
         else:
             ctx.notes.append(f"No rollback ({option('no_rollback')}): the previous config.toml is {saved}; the "
                              f"previous versions were aziot-edge {before['aziot-edge']}, aziot-identity-service "
@@ -226,7 +227,8 @@ def _judge(ctx: Context, report: dict, prior: dict) -> None:
                                              prov.get("assignedHub") != prior.get("assignedHub")):
         raise EdgeTpmError(
             f"IoT Edge on {ctx.display} is not provisioned as before the upgrade (before: {prior.get('deviceId')} on "
-            f"{prior.get('assignedHub')}; now: {prov.get('state')}, {prov.get('deviceId')} on {prov.get('assignedHub')}).",
+            f"{prior.get('assignedHub')}; now: {prov.get('state')}, {prov.get('deviceId')} on "
+            f"{prov.get('assignedHub')}).",
             "Run iotedge system logs on the device for details.")
 
 

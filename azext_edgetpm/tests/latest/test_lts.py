@@ -18,7 +18,7 @@ import pytest
 
 from azext_edgetpm.tests.latest.azcli import az
 from azext_edgetpm.tests.latest.test_dps_support import ok
-from azext_edgetpm.tests.latest.test_edge_install import (  # noqa: F401  (dps: a module fixture)
+from azext_edgetpm.tests.latest.test_edge_install import (  # noqa: F401,F811  (dps: a module fixture)
     DEVICE_CA, changed_since_mark, dps, mark)
 from azext_edgetpm.tests.latest.test_lifecycle import write_inventory
 

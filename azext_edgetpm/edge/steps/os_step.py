@@ -1,0 +1,37 @@
+"""Step 1 `os`: /etc/os-release and the architecture against the runtime line's systems
+(edge/platform.py, edge/support.py); refuses before anything changes."""
+
+from azext_edgetpm.errors import DeviceError
+from .. import platform, support
+from ..plan import Check, Step
+from ..services import ServiceManager
+
+
+class OsStep(Step):
+    name = "os"
+    title = "Checking the operating system"
+
+    def check(self, ctx):
+        f = ctx.facts
+        arch = platform.debian_arch(f.dpkg_arch, f.uname_machine)
+        ctx.platform = platform.detect(f.os_release, arch, ctx.display, ctx.settings.edge_version)
+        if ctx.platform.package_manager == "dnf":
+            raise DeviceError(
+                f"{ctx.display} runs {ctx.platform.pretty_name}: installing IoT Edge with dnf is not supported by "
+                "this version of az edge-tpm yet. Nothing was changed on the device.",
+                "Install IoT Edge on Red Hat Enterprise Linux by Microsoft's instructions "
+                "(packages-microsoft-prod.rpm, then dnf install moby-engine moby-cli aziot-edge); Debian and Ubuntu "
+                "devices install here.")
+        warn = support.warning(ctx.platform.line)
+        if warn and warn not in ctx.warnings:
+            ctx.warnings.append(warn)
+        if not f.has("apt-get") or not f.has("dpkg"):
+            raise DeviceError(f"{ctx.display} has no apt-get/dpkg.",
+                              "IoT Edge's packages install with apt on Debian, Ubuntu and Raspberry Pi OS.")
+        init = ServiceManager.detect(f).describe()
+        line = ctx.platform.line
+        return Check(detail=f"{ctx.platform.pretty_name} ({ctx.platform.arch}); {init}; IoT Edge {line.name} LTS "
+                            f"({'pinned' if ctx.platform.pinned else 'newest LTS line for this system'})")
+
+    def apply(self, ctx, check):
+        raise NotImplementedError("the os step only checks: its Check never asks for a change")
