@@ -12,6 +12,7 @@ FLAGS = {
     "allow_downgrade": "--allow-downgrade",
     "auth_type": "--auth-type",
     "auto_reprovisioning_mode": "--auto-reprovisioning-mode",
+    "canary": "--canary",
     "delete_hub_device": "--delete-hub-device",
     "device_id": "--device-id",
     "dps_name": "--dps-name",

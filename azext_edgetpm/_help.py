@@ -414,6 +414,8 @@ examples:
     text: az edge-tpm upgrade --host admin@edge-01
   - name: Upgrade a fleet to 1.6.0, ten devices at a time, resumable.
     text: az edge-tpm upgrade --inventory fleet.csv --edge-version 1.6.0 --state upgrade-state.json --max-parallel 10 -o table
+  - name: Two devices first; the rest only if both upgraded.
+    text: az edge-tpm upgrade --inventory fleet.csv --canary 2 --state upgrade-state.json -o table
   - name: Go back to an older version on purpose.
     text: az edge-tpm upgrade --host edge-01 --edge-version 1.5.10 --allow-downgrade
 """

@@ -362,6 +362,9 @@ def load_upgrade_arguments(self):
         c.argument("no_rollback", options_list=["--no-rollback"], action="store_true",
                    help="Leave a device whose runtime is not healthy and assigned after the upgrade as it is (by "
                         "default it is put back on the exact package versions it had and its previous config.toml).")
+        c.argument("canary", options_list=["--canary"], type=int, arg_group="Fleet",
+                   help="Upgrade this many devices first (the first ones of the inventory not finished yet); when one "
+                        "of them fails, the others are not started (a re-run with the same --state starts them).")
         c.argument("settle_timeout", options_list=["--settle-timeout"], type=float,
                    help="Seconds to wait after the apply for the runtime to start. Default: 90.")
         c.argument("dry_run", options_list=["--dry-run"], action="store_true",

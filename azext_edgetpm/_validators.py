@@ -379,6 +379,8 @@ def validate_upgrade(namespace):
     if namespace.edge_version and not re.fullmatch(r"[0-9][0-9A-Za-z.+~:\-]*", namespace.edge_version):
         raise InvalidArgumentValueError(f"--edge-version {shown(namespace.edge_version)} is not a package version.",
                                         "Give a version such as 1.6.0, or omit it for the newest LTS line.")
+    if namespace.canary is not None and namespace.canary < 0:
+        raise InvalidArgumentValueError("--canary must be a count of devices.", "Give e.g. --canary 2.")
     if namespace.settle_timeout is not None and namespace.settle_timeout <= 0:
         raise InvalidArgumentValueError("--settle-timeout must be a positive number of seconds.",
                                         "Give e.g. --settle-timeout 120.")

@@ -573,7 +573,7 @@ def upgrade(cmd, host=None,  # pylint: disable=too-many-locals
             inventory=None, inventory_format=None, limit=None, edge_version=None, allow_downgrade=False,
             no_rollback=False, settle_timeout=None, dry_run=False, ssh_user=None, ssh_port=None, ssh_key=None,
             ssh_config=None, known_hosts=None, accept_new_host_key=False, ssh_timeout=None, tcti=None,
-            max_parallel=None, state=None, retry_failed=False, only=None, shard=None):
+            max_parallel=None, state=None, retry_failed=False, only=None, shard=None, canary=None):
     from azext_edgetpm.edge.upgrade import UpgradeSettings
     from azext_edgetpm.operations import upgrade as op
     fleet = _Fleet(cmd, "upgrade", host, inventory, inventory_format, limit, shard, only, retry_failed, state,
@@ -582,6 +582,7 @@ def upgrade(cmd, host=None,  # pylint: disable=too-many-locals
     settings = UpgradeSettings(edge_version=edge_version, allow_downgrade=bool(allow_downgrade),
                                rollback=not no_rollback, dry_run=bool(dry_run),
                                settle_timeout=float(settle_timeout or 90))
-    outcomes = fleet.run(op.pipeline(), op.UpgradeServices(settings=settings), skip=op.finished)
+    services = op.UpgradeServices(settings=settings)
+    outcomes = op.run_with_canary(fleet.run, fleet.jobs, fleet.journal, op.pipeline(), services, int(canary or 0))
     return fleet.finish(outcomes, lambda h, rec, status, secs: op.result_from_record(
         h, rec, status, dry_run=bool(dry_run), seconds=secs), "upgraded")

@@ -34,7 +34,7 @@ class RuntimeStep(Step):
         reasons = [f"{n} changed" for n in upstream_changes]
         config_mtime = f.mtimes.get(configtoml.CONFIG_PATH) or (f.file(configtoml.CONFIG_PATH).mtime
                                                                 if f.file(configtoml.CONFIG_PATH) else 0)
-        from .facts import APPLIED_CONFIGS
+        from ..facts import APPLIED_CONFIGS
         applied = [f.mtimes.get(p) for p in APPLIED_CONFIGS]
         if not all(applied):
             reasons.append("the configuration was never applied")

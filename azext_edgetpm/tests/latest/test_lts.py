@@ -4,8 +4,9 @@ Debian 12's pool, 1.5 only in Debian 11's, as packages.microsoft.com does):
 - provision without --edge-version installs the newest LTS line for the system (1.6.0-1, agent
   image :1.6); a 1.5.10 pin gives 1.5.10-1, :1.5 and the out-of-support warning;
 - `upgrade` of devices installed with 1.5.10: --dry-run, the upgrade (same hub, same device ID, no
-  new registration), a second run that changes nothing, a device whose source lacks 1.6 failing
-  with nothing changed, and a device unhealthy after the upgrade put back byte for byte;
+  new registration), a second run that changes nothing, a canary whose source lacks 1.6 failing
+  with nothing changed and the run stopped before the next device, and a device unhealthy after
+  the upgrade put back byte for byte;
 - a Debian 11 device refused without a pin, assigned with 1.5.10.
 
 One module rig of four Debian 12 devices, provisioned once; the tests use them in order. The
@@ -153,17 +154,22 @@ def test_upgrade_refuses_bad_targets_changing_nothing(rig, fleet, tmp_path):
     assert changed_since_mark(dev) == []
 
 
-def test_upgrade_without_16_in_the_source_fails_changing_nothing(rig, fleet, repo, tmp_path):
-    dev = fleet["devices"][3]
-    # The device's source becomes Debian 11's pool, which has no 1.6 (as on packages.microsoft.com).
-    dev.exec(f"echo {repo['sources']['debian11']!r} > /etc/apt/sources.list.d/microsoft-prod.list && "
-             "apt-get -q update >/dev/null", check=True, timeout=300)
-    mark(dev)
-    failed = upgrade(rig, [dev], tmp_path / "b.csv")
-    assert failed.rc != 0 and "does not offer a version of IoT Edge 1.6 LTS" in failed.out[0]["error"], failed.out
-    assert changed_since_mark(dev) == [] and version_of(dev, "aziot-edge") == "1.5.10-1"
-    dev.exec(f"echo {repo['sources']['debian12']!r} > /etc/apt/sources.list.d/microsoft-prod.list && "
-             "apt-get -q update >/dev/null", check=True, timeout=300)
+def test_a_failing_canary_stops_the_run_before_the_others_start(rig, fleet, repo, tmp_path):
+    canary, other = fleet["devices"][3], fleet["devices"][0]
+    # The canary's source becomes Debian 11's pool, which has no 1.6 (as on packages.microsoft.com).
+    canary.exec(f"echo {repo['sources']['debian11']!r} > /etc/apt/sources.list.d/microsoft-prod.list && "
+                "apt-get -q update >/dev/null", check=True, timeout=300)
+    mark(canary)
+    state = tmp_path / "state.json"
+    run = upgrade(rig, [canary, other], tmp_path / "b.csv", "--canary", "1", "--state", str(state))
+    assert run.rc != 0
+    first, second = run.out
+    assert first["status"] == "failed" and "does not offer a version of IoT Edge 1.6 LTS" in first["error"], first
+    assert changed_since_mark(canary) == [] and version_of(canary, "aziot-edge") == "1.5.10-1"
+    assert second["status"] == "notStarted" and "--canary 1" in second["error"], second
+    assert other.host not in state.read_text()    # never started: a re-run with this state starts it
+    canary.exec(f"echo {repo['sources']['debian12']!r} > /etc/apt/sources.list.d/microsoft-prod.list && "
+                "apt-get -q update >/dev/null", check=True, timeout=300)
 
 
 # A dpkg hook on the device that makes the container engine unreachable (its socket moved aside)
