@@ -105,7 +105,7 @@ def test_debian_11_device_ek_enrollment_install_assigned(distro_devices, repo, d
     assert state["status"] == "assigned" and state["assignedHub"] in dps.section["iot_hubs"]
     # The identity service ran on the device's own Python 3.9 and its tpm2-tools.
     journal = dev.exec(["cat", "/var/log/aziot/standin-journal.jsonl"], check=True).stdout
-    assert "DPS registration complete." in journal
+    assert "Successfully provisioned with DPS." in journal  # (the identity service's real line)
 
     second = install(dev, dps, "--package-source", repo["base_url"], "--edge-version", "1.5.10")
     assert second.rc == 0 and not second.out["changed"], second.out["summary"]
