@@ -16,6 +16,7 @@ Needs root (dev-kit devices).
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -36,7 +37,7 @@ def timed(argv, env, cwd):
 
 
 def children_cpu():
-    usage = os.getrusage(os.RUSAGE_CHILDREN)
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
 
@@ -71,7 +72,8 @@ def main():
             ssh = ["--host", f"root@{dev.host}:{dev.port}", "--ssh-key", dev.key("root"),
                    "--known-hosts", rig.known_hosts]
             install_args = ["--tcti", dev.tcti, "--id-scope", dps["id_scope"], "--global-endpoint",
-                            dps["device_endpoint"], "--package-source", packages["base_url"], "--edge-version", "1.5.10"]
+                            dps["device_endpoint"], "--package-source", packages["base_url"],
+                            "--edge-version", "1.5.10"]
             row = {}
             row["provision"] = run_one(AZ + ["edge-tpm", "provision", *ssh, "--login", "@" + cs_file, *install_args,
                                              "-o", "json"], env, workdir)

@@ -63,6 +63,13 @@ def _plan(ctx: Context) -> dict:
                           "this version of az edge-tpm yet. Nothing was changed on the device.",
                           "Upgrade it by Microsoft's instructions (dnf install aziot-edge-VERSION).")
     before = {name: f.installed(name) for name in (*EDGE_PACKAGES, ENGINE)}
+    # A package dpkg left half-way (an earlier run killed while it installed): its recorded version stands for
+    # the installed one, and the package is installed again whatever the target.
+    broken = [n for n in EDGE_PACKAGES if not before[n] and n in f.packages and
+              f.packages[n].status.split()[-1] in ("half-installed", "unpacked", "half-configured",
+                                                   "triggers-awaited", "triggers-pending")]
+    for name in broken:
+        before[name] = f.packages[name].version
     if not before["aziot-edge"]:
         raise DeviceError(f"IoT Edge is not installed on {ctx.display}; there is nothing to upgrade.",
                           f"Install it with az edge-tpm provision (or install) {option('host')} "
@@ -96,12 +103,14 @@ def _plan(ctx: Context) -> dict:
     line = support.by_name(support.line_of(target))
     edit = configtoml.with_agent_image(config.text, line.agent_image) if line else configtoml.ConfigEdit(config.text)
     changes, plan = [], {"before": before, "target": {"aziot-edge": target}, "line": line, "config": config,
-                         "edit": edit, "engine": None}
-    if order != 0:
+                         "edit": edit, "engine": None, "broken": broken}
+    if order != 0 or broken:
         ident = IotEdgeStep.identity_needed(ctx, target)
         plan["target"]["aziot-identity-service"] = ident
-        changes.append(f"{'downgrade' if order < 0 else 'upgrade'} aziot-edge {current} -> {target}, "
-                       f"aziot-identity-service {before['aziot-identity-service']} -> {ident or 'what it needs'}")
+        verb = "downgrade" if order < 0 else "upgrade" if order > 0 else "install again"
+        changes.append(f"{verb} aziot-edge {current} -> {target}, aziot-identity-service "
+                       f"{before['aziot-identity-service']} -> {ident or 'what it needs'}"
+                       + (f" ({', '.join(broken)} left half-installed by an interrupted run)" if broken else ""))
         needed = line.min_engine if line else None
         if needed and before[ENGINE] and support.version_key(before[ENGINE]) < support.version_key(needed):
             plan["engine"] = True
@@ -175,7 +184,8 @@ def _apply(ctx: Context, plan: dict) -> None:
         specs.append(f"aziot-identity-service={target['aziot-identity-service']}")
     if plan["engine"]:
         specs.append(ENGINE)
-    if target["aziot-edge"] != plan["before"]["aziot-edge"]:
+    if target["aziot-edge"] != plan["before"]["aziot-edge"] or plan["broken"]:
+        # (apt_install finishes an interrupted dpkg run first, as apt asks: dpkg --configure -a)
         apt_install(ctx, specs, " ".join(specs), allow_downgrades=ctx.settings.allow_downgrade)
         ctx.changed.add("iotedge")
     edit, config = plan["edit"], plan["config"]

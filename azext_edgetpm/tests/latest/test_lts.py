@@ -6,19 +6,25 @@ Debian 12's pool, 1.5 only in Debian 11's, as packages.microsoft.com does):
 - `upgrade` of devices installed with 1.5.10: --dry-run, the upgrade (same hub, same device ID, no
   new registration), a second run that changes nothing, a canary whose source lacks 1.6 failing
   with nothing changed and the run stopped before the next device, and a device unhealthy after
-  the upgrade put back byte for byte;
+  the upgrade put back byte for byte, and a run killed half-way (SIGKILL) resumed with its --state,
+  the device upgraded once;
 - a Debian 11 device refused without a pin, assigned with 1.5.10.
 
 One module rig of four Debian 12 devices, provisioned once; the tests use them in order. The
 devices' state is read from inside them (the rig's exec), never through the product.
 """
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 import tomllib
 
 import pytest
 
 from azext_edgetpm.tests.latest.azcli import az
-from azext_edgetpm.tests.latest.test_dps_support import ok
+from azext_edgetpm.tests.latest.test_dps_support import REPO, ok
 from azext_edgetpm.tests.latest.test_edge_install import (  # noqa: F401,F811  (dps: a module fixture)
     DEVICE_CA, changed_since_mark, dps, mark)
 from azext_edgetpm.tests.latest.test_lifecycle import write_inventory
@@ -201,3 +207,36 @@ def test_unhealthy_after_the_upgrade_is_rolled_back_byte_for_byte(rig, fleet, re
         assert status["healthy"] and status["provisioning"]["state"] == "assigned", status["summary"]
     finally:
         dev.exec("rm -f /etc/apt/apt.conf.d/99break-16")
+
+
+def test_upgrade_killed_mid_run_resumes_and_upgrades_once(rig, fleet, tmp_path):
+    """SIGKILL while the device's packages are being upgraded, then the same command with the same
+    --state: the device ends on 1.6.0, and dpkg upgraded aziot-edge to it once over both runs."""
+    dev = fleet["devices"][3]            # back on 1.5.10 after the rollback above
+    assert version_of(dev, "aziot-edge") == "1.5.10-1"
+    upgrades = "grep -c ' upgrade aziot-edge:[a-z0-9]* 1.5.10-1 1.6.0-1' /var/log/dpkg.log || true"
+    before = int(dev.exec(upgrades).stdout.strip() or 0)
+    offset = int(dev.exec(["stat", "-c", "%s", "/var/log/dpkg.log"], check=True).stdout) + 1
+    state = tmp_path / "state.json"
+    args = ["edge-tpm", "upgrade", "--inventory", write_inventory(tmp_path / "k.csv", [dev]), "--known-hosts",
+            rig.known_hosts, "--state", str(state)]
+    proc = subprocess.Popen([sys.executable, "-m", "azure.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=dict(os.environ), cwd=REPO)
+    try:
+        deadline = time.monotonic() + 300
+        # dpkg has begun to change IoT Edge's packages in this run: the upgrade is half-way
+        while dev.exec(f"tail -c +{offset} /var/log/dpkg.log | grep -q -E "
+                       "' (upgrade|status half-installed) aziot-(edge|identity-service)'").returncode != 0:
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its packages changed"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert json.loads(state.read_text())   # the journal of the killed run
+    again = ok(*args).out[0]
+    assert again["status"] == "upgraded" and not again["doneEarlier"], again
+    assert version_of(dev, "aziot-edge") == "1.6.0-1" and agent_image(dev) == AGENT + "1.6"
+    assert int(dev.exec(upgrades).stdout.strip() or 0) == before + 1       # upgraded once
+    assert ok(*args).out[0]["doneEarlier"]
