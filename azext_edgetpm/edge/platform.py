@@ -148,6 +148,17 @@ def detect(os_release_text: str, arch: str, display: str = "the device",
                     line=line, pinned=bool(edge_version))
 
 
+def require_apt(plat: Platform, display: str = "the device") -> None:
+    """Refuse a system whose packages come through dnf (RHEL): this version installs with apt only."""
+    if plat.package_manager != "apt":
+        raise DeviceError(
+            f"{display} runs {plat.pretty_name}: installing or upgrading IoT Edge with dnf is not supported by this "
+            "version of az edge-tpm yet. Nothing was changed on the device.",
+            "Install IoT Edge on Red Hat Enterprise Linux by Microsoft's instructions (packages-microsoft-prod.rpm "
+            f"from {plat.microsoft_config_url}, then dnf install moby-engine moby-cli aziot-edge); Debian, Ubuntu "
+            "and Raspberry Pi OS devices install here.")
+
+
 def _choose_line(display, pretty, os_id, version, arch, edge_version) -> support.Line:
     lines = support.lines_for(os_id, version, arch)
     names = ", ".join(line.name for line in lines)

@@ -58,10 +58,7 @@ def _plan(ctx: Context) -> dict:
     arch = platform.debian_arch(f.dpkg_arch, f.uname_machine)
     plat = platform.detect(f.os_release, arch, ctx.display, ctx.settings.edge_version)
     ctx.platform = plat
-    if plat.package_manager != "apt":
-        raise DeviceError(f"{ctx.display} runs {plat.pretty_name}: upgrading IoT Edge with dnf is not supported by "
-                          "this version of az edge-tpm yet. Nothing was changed on the device.",
-                          "Upgrade it by Microsoft's instructions (dnf install aziot-edge-VERSION).")
+    platform.require_apt(plat, ctx.display)
     before = {name: f.installed(name) for name in (*EDGE_PACKAGES, ENGINE)}
     # A package dpkg left half-way (an earlier run killed while it installed): its recorded version stands for
     # the installed one, and the package is installed again whatever the target.

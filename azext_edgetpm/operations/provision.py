@@ -66,8 +66,10 @@ class IdentifyStep(Step):
         # A system IoT Edge does not support is refused before its TPM gets keys or DPS an
         # enrollment (install would refuse it only after both).
         found = facts.gather(ctx.session(), files=())
-        platform.detect(found.os_release, platform.debian_arch(found.dpkg_arch, found.uname_machine),
-                        ctx.session().target.display, ctx.job.install.edge_version)
+        display = ctx.session().target.display
+        platform.require_apt(platform.detect(found.os_release, platform.debian_arch(found.dpkg_arch,
+                                                                                    found.uname_machine),
+                                             display, ctx.job.install.edge_version), display)
         identity = identify(ctx.session(), tcti=ctx.job.tcti, create=True, id_format=ctx.job.id_format,
                             ek_ca_bundle=ctx.services.ek_ca_bundle)
         ctx.data["identity"] = identity

@@ -15,13 +15,7 @@ class OsStep(Step):
         f = ctx.facts
         arch = platform.debian_arch(f.dpkg_arch, f.uname_machine)
         ctx.platform = platform.detect(f.os_release, arch, ctx.display, ctx.settings.edge_version)
-        if ctx.platform.package_manager == "dnf":
-            raise DeviceError(
-                f"{ctx.display} runs {ctx.platform.pretty_name}: installing IoT Edge with dnf is not supported by "
-                "this version of az edge-tpm yet. Nothing was changed on the device.",
-                "Install IoT Edge on Red Hat Enterprise Linux by Microsoft's instructions "
-                "(packages-microsoft-prod.rpm, then dnf install moby-engine moby-cli aziot-edge); Debian and Ubuntu "
-                "devices install here.")
+        platform.require_apt(ctx.platform, ctx.display)
         warn = support.warning(ctx.platform.line)
         if warn and warn not in ctx.warnings:
             ctx.warnings.append(warn)
