@@ -145,7 +145,7 @@ def _target_from_login(cmd, login: str, auth_type: str) -> DpsTarget:
         from azext_edgetpm.dps.hosts import dps_login_host
         host = dps_login_host(host, getattr(cmd, "cli_ctx", None))
         return DpsTarget(host=host, auth_type="login", credential=bearer_credential(cmd),
-                         source="connection-string", name=host.split(".", 1)[0])
+                         source="connection-string", name=host.partition(".")[0])
     if not parts or not parts.get("sharedaccesskey"):
         raise MissingInputError(
             "The DPS connection string has no SharedAccessKey.",
