@@ -76,17 +76,42 @@ def progress(cmd, message):
         controller.end()
 
 
-def fail_after_output(cmd, error):
+def fail_after_output(cmd, error, exit_code=None):
     """Let az print the command's result first, then fail with `error` (non-zero exit): a fleet's
-    per-device results are printed even when some devices failed."""
+    per-device results are printed even when some devices failed. `exit_code`: a code of its own
+    (az's error handler knows only 1 and 3): the error is printed as az prints errors, then the
+    command exits with it (the error is the SystemExit's cause)."""
     from knack.events import EVENT_CLI_SUCCESSFUL_EXECUTE
     cli_ctx = cmd.cli_ctx
 
     def raise_error(_cli_ctx, **_kwargs):
         cli_ctx.unregister_event(EVENT_CLI_SUCCESSFUL_EXECUTE, raise_error)
-        raise error
+        if exit_code is None:
+            raise error
+        error.print_error()
+        error.send_telemetry()
+        raise SystemExit(exit_code) from error
 
     cli_ctx.register_event(EVENT_CLI_SUCCESSFUL_EXECUTE, raise_error)
+
+
+def end_fleet(cmd, tally, state, inventory, stopped_by=None, single_error=None):
+    """How a fleet command ends, after its results are printed (fleet/summary.py lists the codes):
+    stopped by a signal -> the stop report and 128 + the signal; devices failed -> the failure
+    report and EXIT_SOME_FAILED (with --host: the device's own error, exit 1); else 0."""
+    from azure.cli.core.azclierror import ManualInterrupt, UnclassifiedUserFault
+    from azext_edgetpm.fleet import summary
+    if stopped_by is not None:
+        error = ManualInterrupt(summary.stop_text(tally, stopped_by.name))
+        error.set_recommendation(summary.resume_text(state))
+        fail_after_output(cmd, error, stopped_by.exit_code)
+    elif tally.failed and not inventory and single_error:
+        fail_after_output(cmd, UnclassifiedUserFault(*single_error))
+    elif tally.failed:
+        how = ("Fix the causes named above, then run the same command again"
+               + (f" with --state {state}: finished devices are skipped (--retry-failed runs only the failed ones)."
+                  if state else "; add --state FILE so that a re-run skips the devices that are done."))
+        fail_after_output(cmd, UnclassifiedUserFault(summary.failure_text(tally), how), summary.EXIT_SOME_FAILED)
 
 
 def progress_reporter(cmd, total, verb="Provisioning"):

@@ -276,10 +276,18 @@ long-summary: >
     failed ones. The state file is locked while a run uses it (a second run on it is refused and
     names the first one's process), and it records which command, inventory and DPS wrote it: a
     file of another run is refused unless --state-from-other-run. --shard i/n splits the inventory
-    between parallel pipeline jobs.
+    between parallel pipeline jobs, and gives each 1/n of DPS's limits unless
+    --dps-ops-per-minute / --dps-registrations-per-minute say otherwise.
 
-    Progress goes to stderr; the output is one result per device (-o table: a summary table). The
-    exit code is non-zero when any device failed, and the error lists the failed devices and why.
+    Ctrl+C or SIGTERM (a cancelled pipeline job) stops the run within seconds: no further device
+    starts, the commands running on the devices are stopped there, their steps are recorded as
+    interrupted, and the summary says what finished and how to resume (the same command with the
+    same --state); a second signal ends az at once.
+
+    Progress goes to stderr; the output is one result per device (-o table: a summary table).
+    Exit codes: 0 every device done; 4 some devices failed (the others finished; the error lists
+    the failed devices and why); 130 stopped by SIGINT, 143 by SIGTERM; 1 the run as a whole
+    failed (e.g. the inventory or DPS credentials), 2 a wrong command line.
 
     Sudo passwords: with --host as for the other commands (AZ_EDGETPM_SUDO_PASSWORD, or a prompt);
     in a fleet never a prompt: the environment variable named by the row's sudo_password_env column,
@@ -300,7 +308,7 @@ examples:
   - name: Re-run only the devices that failed last time.
     text: az edge-tpm provision --inventory fleet.csv --dps-name my-dps -g my-rg --state fleet-state.json --retry-failed
   - name: The second of four parallel pipeline jobs, sharing the DPS's budget with the others.
-    text: az edge-tpm provision --inventory fleet.yml --dps-name my-dps -g my-rg --shard 2/4 --dps-ops-per-minute 250 --state state-2.json
+    text: az edge-tpm provision --inventory fleet.yml --dps-name my-dps -g my-rg --shard 2/4 --state state-2.json
   - name: Resume with the state file of a run whose inventory has changed since (each device's record is checked against the device and DPS).
     text: az edge-tpm provision --inventory fleet-v2.csv --dps-name my-dps -g my-rg --state fleet-state.json --state-from-other-run
 """

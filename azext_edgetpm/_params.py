@@ -228,12 +228,13 @@ def dps_budget_arguments(c, when):
     """The run's share of DPS's per-instance limits (provision and the lifecycle commands)."""
     c.argument("dps_ops_per_minute", options_list=["--dps-ops-per-minute"], type=float, arg_group="Fleet",
                help="DPS service operations per minute this run may use (all devices together; retries "
-                    "included). Default: 1000, DPS's per-instance limit; lower it when other jobs share the DPS.")
+                    "included). Default: 1000, DPS's per-instance limit, divided by n with --shard i/n; lower it "
+                    "when other jobs share the DPS.")
     if when:
         c.argument("dps_registrations_per_minute", options_list=["--dps-registrations-per-minute", "--dps-reg-rate"],
                    type=float, arg_group="Fleet",
                    help=f"Device registrations per minute this run may start (the devices register with DPS {when}). "
-                        "Default: 1000, DPS's per-instance limit.")
+                        "Default: 1000, DPS's per-instance limit, divided by n with --shard i/n.")
 
 
 def load_arguments(self, _):  # pylint: disable=too-many-statements

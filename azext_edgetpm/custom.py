@@ -195,19 +195,20 @@ def provision(cmd, host=None,  # pylint: disable=too-many-locals,too-many-statem
               only=None, shard=None, dps_ops_per_minute=None, dps_registrations_per_minute=None,
               wait_timeout=None, proxy=None, no_proxy=None, proxy_ca=None, ek_ca_bundle=None,
               state_from_other_run=False):
+    import copy
     import dataclasses
     import os
     from azure.cli.core.azclierror import RequiredArgumentMissingError
+    from azext_edgetpm import stop
     from azext_edgetpm.dps.discovery import ENROLLMENT_WRITE
-    from azext_edgetpm.dps.ratelimit import (
-        DEFAULT_REGISTRATIONS_PER_MINUTE, DEFAULT_SERVICE_OPS_PER_MINUTE, DpsBudget)
+    from azext_edgetpm.dps.ratelimit import DpsBudget
     from azext_edgetpm.fleet import inventory as inv, summary
     from azext_edgetpm.fleet.batch import BulkEnroller
     from azext_edgetpm.fleet.jobs import FleetDefaults, job_for
     from azext_edgetpm.fleet.runner import Progress, Runner
     from azext_edgetpm.fleet.state import Journal, provenance
     from azext_edgetpm.operations.enroll import EnrollOptions
-    from azext_edgetpm.operations.provision import ProvisionServices, pipeline
+    from azext_edgetpm.operations.provision import ProvisionServices, pipeline, result_from_record
 
     # Everything local is checked before anything remote starts: the inventory first.
     row_defaults = {"user": ssh_user, "port": ssh_port, "ssh_key": ssh_key, "tcti": tcti, "edge_version": edge_version,
@@ -240,43 +241,49 @@ def provision(cmd, host=None,  # pylint: disable=too-many-locals,too-many-statem
         ssh_config=ssh_config, known_hosts=known_hosts, accept_new_host_key=bool(accept_new_host_key),
         ssh_timeout=ssh_timeout, id_format=str(id_format or "sha256"), tcti=tcti,
         wait_timeout=float(wait_timeout or 300))
-    jobs = [job_for(d, defaults) for d in devices]
-    if not inventory:
-        # One device in the foreground: sudo may ask on the terminal, as the other commands do.
-        jobs = [dataclasses.replace(jobs[0], ssh=dataclasses.replace(jobs[0].ssh, sudo_password=None))]
-
-    journal = Journal(state, meta={"shard": shard, "devices": len(jobs)} if state else None,
-                      origin=provenance("provision", inventory, host, id_scope) if state else None,
-                      from_other_run=bool(state_from_other_run))
-    if retry_failed:
-        jobs = [j for j in jobs if journal.record(j.key).get("status") in ("failed", "interrupted", "running")]
-    parallel = max(1, int(max_parallel or 10))
-    budget = DpsBudget(service_per_minute=dps_ops_per_minute or DEFAULT_SERVICE_OPS_PER_MINUTE,
-                       registrations_per_minute=dps_registrations_per_minute or DEFAULT_REGISTRATIONS_PER_MINUTE)
-    todo = sum(1 for j in jobs if journal.record(j.key).get("status") != "done")
-    report, controller = factory.progress_reporter(cmd, len(jobs))
-    progress = Progress(len(jobs), report)
-    with factory.dps_client(cmd, target, budget=budget, pool_size=parallel + 2) as client:
-        services = ProvisionServices(client=client, enroller=BulkEnroller(client, expected=todo), budget=budget,
-                                     ek_ca_bundle=bundle)
-        runner = Runner(pipeline(), services, journal, max_parallel=parallel, progress=progress)
-        try:
-            with _stop_on_sigterm():
-                outcomes = runner.run(jobs, skip=lambda record: record.get("status") == "done")
-        finally:
-            if controller is not None:
-                controller.end()
-    results = summary.results(outcomes, journal)
-    journal.close()
-    counted = summary.counts(results)
-    logger.warning("Provisioned %d of %d devices (%d done in an earlier run), %d failed; DPS: %s",
-                   counted["assigned"], counted["devices"], counted["doneEarlier"], counted["failed"],
+    with stop.on_signals() as stopping:
+        journal = Journal(state, meta={"shard": shard, "devices": len(devices)} if state else None,
+                          origin=provenance("provision", inventory, host, id_scope) if state else None,
+                          from_other_run=bool(state_from_other_run))
+        if retry_failed:
+            devices = [d for d in devices if journal.record(d.key).get("status") in (
+                "failed", "interrupted", "running")]
+        parallel = max(1, int(max_parallel or 10))
+        budget = DpsBudget.for_shard(dps_ops_per_minute, dps_registrations_per_minute, _shard_count(shard))
+        todo = sum(1 for d in devices if journal.record(d.key).get("status") != "done")
+        report, controller = factory.progress_reporter(cmd, len(devices))
+        # Jobs are made as workers free up, and each device's result as it ends (memory stays flat).
+        jobs = (job_for(d, defaults) for d in devices)
+        if not inventory:
+            # One device in the foreground: sudo may ask on the terminal, as the other commands do.
+            jobs = [dataclasses.replace(j, ssh=dataclasses.replace(j.ssh, sudo_password=None)) for j in jobs]
+        outputs, tally = [None] * len(devices), summary.Tally()
+        with factory.dps_client(cmd, target, budget=budget, pool_size=parallel + 2) as client:
+            services = ProvisionServices(client=client, enroller=BulkEnroller(client, expected=todo), budget=budget,
+                                         ek_ca_bundle=bundle)
+            runner = Runner(pipeline(), services, journal, max_parallel=parallel,
+                            progress=Progress(len(devices), report))
+            try:
+                for index, outcome in runner.stream(jobs, skip=lambda record: record.get("status") == "done"):
+                    result = summary.result_of(outcome, journal.record(outcome.key), result_from_record)
+                    tally.add(result)
+                    outputs[index] = result.to_output()
+            finally:
+                if controller is not None:
+                    controller.end()
+        journal.close()
+        stopped_by = copy.copy(stopping) if stopping.is_set() else None
+    logger.warning("Provisioned %d of %d devices (%d done in an earlier run), %d failed%s; DPS: %s", tally.ok,
+                   tally.devices, tally.done_earlier, tally.failed,
+                   f", {tally.interrupted} interrupted, {tally.not_started} not started" if stopped_by else "",
                    ", ".join(f"{k} {v}" for k, v in budget.stats().items()))
-    if counted["failed"]:
-        _fail_with(cmd, results, state, inventory)
+    first = outputs[0] if outputs else None
+    factory.end_fleet(cmd, tally, state, inventory, stopped_by,
+                      single_error=first and (f"{first['host']}: {first['error']}",
+                                              first["recommendation"] or "Fix the cause, then run the command again."))
     if not inventory:
-        return results[0].to_output() if results else None
-    return [r.to_output() for r in results]
+        return first
+    return outputs
 
 
 def _only(devices, only):
@@ -290,43 +297,6 @@ def _only(devices, only):
         raise UserInputError(f"Not in the inventory (or not in this shard): {', '.join(missing)}.",
                              "Name devices as the inventory does (host, or host:port).", "only")
     return chosen
-
-
-def _fail_with(cmd, results, state, inventory):
-    from azure.cli.core.azclierror import UnclassifiedUserFault
-    from azext_edgetpm.fleet.summary import failure_text
-    failed = [r for r in results if r.status != "assigned"]
-    if not inventory and failed:
-        how = failed[0].recommendation or "Fix the cause, then run the command again."
-    else:
-        how = ("Fix the causes named above, then run the same command again"
-               + (f" with --state {state}: finished devices are skipped (--retry-failed runs only the failed ones)."
-                  if state else "; add --state FILE so that a re-run skips the devices that are done."))
-    factory.fail_after_output(cmd, UnclassifiedUserFault(failure_text(results) if inventory else
-                                                         f"{failed[0].host}: {failed[0].error}", how))
-
-
-def _stop_on_sigterm():
-    """SIGTERM stops the run as Ctrl-C does (the journal keeps what was done)."""
-    import contextlib
-    import signal
-    import threading
-
-    @contextlib.contextmanager
-    def handler():
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def interrupt(_signum, _frame):
-            raise KeyboardInterrupt()
-        previous = signal.signal(signal.SIGTERM, interrupt)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-    return handler()
-
 
 
 # -- Later in a device's life: deprovision, reprovision, rekey ----------------------------------
@@ -381,6 +351,8 @@ class _Fleet:
         self.cmd, self.verb, self.inventory, self.state = cmd, verb, inventory, state
         self.host, self.from_other_run = host, bool(from_other_run)
         self.parallel = max(1, int(max_parallel or 10))
+        from azext_edgetpm import stop
+        stop.STOP.clear()
 
     def begin(self, target):
         """The state file must be one of this command, inventory and DPS (unless --state-from-other-run):
@@ -391,11 +363,13 @@ class _Fleet:
                                self.from_other_run)
 
     def run(self, steps, services, jobs=None, skip=lambda record: record.get("status") == "done"):
+        """The steps for the jobs (a signal stops the run: fleet/runner.py; finish() reports it)."""
+        from azext_edgetpm import stop
         from azext_edgetpm.fleet.runner import Progress, Runner
         jobs = self.jobs if jobs is None else jobs
         report, controller = factory.progress_reporter(self.cmd, len(jobs), self.verb.capitalize().rstrip("e") + "ing")
         try:
-            with _stop_on_sigterm():
+            with stop.on_signals(clear=False):
                 return Runner(steps, services, self.journal, max_parallel=self.parallel,
                               progress=Progress(len(jobs), report)).run(jobs, skip=skip)
         finally:
@@ -403,47 +377,46 @@ class _Fleet:
                 controller.end()
 
     def finish(self, outcomes, result_of, ok_status):
-        """Per-device results (inventory order); a failed device makes the command exit non-zero after
-        the results are printed, with what is left where."""
-        from azure.cli.core.azclierror import UnclassifiedUserFault
-        results = []
+        """Per-device results (inventory order); the command's exit code after the results are printed
+        (fleet/summary.py: some failed, stopped by a signal), with what is left where."""
+        import copy
+        from azext_edgetpm import stop
+        from azext_edgetpm.fleet import summary
+        stopped_by = copy.copy(stop.STOP) if stop.STOP.is_set() else None
+        stop.STOP.clear()
+        results, tally = [], summary.Tally(ok_status)
         for outcome in outcomes:
-            host = outcome.context.job.host if outcome.context else outcome.key
-            result = result_of(host, self.journal.record(outcome.key), outcome.status, outcome.seconds)
-            if outcome.error and not result.error:
-                result.error, result.recommendation = outcome.error.get("error"), outcome.error.get("recommendation")
+            result = summary.result_of(outcome, self.journal.record(outcome.key), result_of)
+            tally.add(result)
             results.append(result)
         self.journal.close()
-        failed = [r for r in results if r.status not in (ok_status, "planned")]
-        logger.warning("%s: %d of %d devices %s (%d done in an earlier run), %d failed", self.verb,
-                       len(results) - len(failed), len(results), ok_status, sum(r.skipped for r in results),
-                       len(failed))
-        for r in failed:
-            for line in getattr(r, "remains", None) or []:
-                logger.warning("%s: left: %s", r.host, line)
-        if failed:
-            lines = [f"{len(failed)} of {len(results)} devices failed:"] + [
-                f"  {r.host}{' at step ' + r.failed_step if r.failed_step else ''}: {r.error or r.status}"
-                for r in failed]
-            how = (failed[0].recommendation or "Fix the cause, then run the command again.") if not self.inventory \
-                else ("Fix the causes named above, then run the same command again"
-                      + (f" with --state {self.state}: finished devices are skipped." if self.state else "."))
-            factory.fail_after_output(self.cmd, UnclassifiedUserFault(
-                "\n".join(lines) if self.inventory else f"{failed[0].host}: {failed[0].error}", how))
+        logger.warning("%s: %d of %d devices %s (%d done in an earlier run), %d failed", self.verb, tally.ok,
+                       tally.devices, ok_status, tally.done_earlier, tally.failed)
+        for r in results:
+            if r.status not in (ok_status, "planned"):
+                for line in getattr(r, "remains", None) or []:
+                    logger.warning("%s: left: %s", r.host, line)
+        first = results[0] if results else None
+        factory.end_fleet(self.cmd, tally, self.state, self.inventory, stopped_by, single_error=first and (
+            f"{first.host}: {first.error}", first.recommendation or "Fix the cause, then run the command again."))
         if not self.inventory:
-            return results[0].to_output() if results else None
+            return first.to_output() if first else None
         return [r.to_output() for r in results]
 
 
 def _lifecycle_client(cmd, dps_name, resource_group_name, login, auth_type, parallel, ops_per_minute=None,
-                      registrations_per_minute=None):
+                      registrations_per_minute=None, shards=1):
     from azext_edgetpm.dps.discovery import ENROLLMENT_WRITE
-    from azext_edgetpm.dps.ratelimit import (
-        DEFAULT_REGISTRATIONS_PER_MINUTE, DEFAULT_SERVICE_OPS_PER_MINUTE, DpsBudget)
-    budget = DpsBudget(service_per_minute=ops_per_minute or DEFAULT_SERVICE_OPS_PER_MINUTE,
-                       registrations_per_minute=registrations_per_minute or DEFAULT_REGISTRATIONS_PER_MINUTE)
+    from azext_edgetpm.dps.ratelimit import DpsBudget
+    budget = DpsBudget.for_shard(ops_per_minute, registrations_per_minute, shards)
     target = factory.dps_target(cmd, dps_name, resource_group_name, login, auth_type, ENROLLMENT_WRITE)
     return factory.dps_client(cmd, target, budget=budget, pool_size=parallel + 2), budget
+
+
+def _shard_count(shard):
+    """n of --shard i/n (1 without): the DPS budget's share."""
+    from azext_edgetpm.fleet.inventory import parse_shard
+    return parse_shard(shard)[1] if shard else 1
 
 
 def _what(fleet, host):
@@ -471,7 +444,7 @@ def deprovision(cmd, host=None,  # pylint: disable=too-many-locals
                                     f"registration record{hub_part}, {device_part}?", yes):
         return None
     client, budget = _lifecycle_client(cmd, dps_name, resource_group_name, login, auth_type, fleet.parallel,
-                                       dps_ops_per_minute)
+                                       dps_ops_per_minute, shards=_shard_count(shard))
     fleet.begin(client.target)
     services = op.DeprovisionServices(client=client, mode=str(mode), uninstall=bool(uninstall),
                                       keep_device=bool(keep_device), require_device=bool(require_device),
@@ -507,7 +480,7 @@ def reprovision(cmd, host=None,  # pylint: disable=too-many-locals
                                                "register again?", yes):
         return None
     client, budget = _lifecycle_client(cmd, dps_name, resource_group_name, login, auth_type, fleet.parallel,
-                                       dps_ops_per_minute, dps_registrations_per_minute)
+                                       dps_ops_per_minute, dps_registrations_per_minute, shards=_shard_count(shard))
     fleet.begin(client.target)
     services = op.ReprovisionServices(client=client, change=change, dry_run=bool(dry_run),
                                       timeout=float(timeout or 300), budget=budget)
@@ -518,8 +491,9 @@ def reprovision(cmd, host=None,  # pylint: disable=too-many-locals
         if change and fleet.inventory:
             # Phase 1: every device's registration ID, then the enrollment changes in bulk (ten per call).
             outcomes = fleet.run(op.identify_pipeline(), services, skip=finished)
+            from azext_edgetpm.stop import STOP
             found = {o.key: fleet.journal.record(o.key)["steps"]["identify"]["registrationId"]
-                     for o in outcomes if o.status == "done"}
+                     for o in outcomes if o.status == "done" and not STOP.is_set()}   # (stopped: no phase 2)
             recorded = {k: (fleet.journal.record(k).get("steps") or {}).get("enrollment") or {} for k in found}
             todo = {k: r for k, r in found.items()   # (an entry of another registration ID is not this device's)
                     if recorded[k].get("status") not in ("ok", "changed") or recorded[k].get("registrationId") != r}
@@ -559,7 +533,7 @@ def rekey(cmd, host=None,  # pylint: disable=too-many-locals
                 return _confirm(question, False)
             confirm = ask
     client, budget = _lifecycle_client(cmd, dps_name, resource_group_name, login, auth_type, fleet.parallel,
-                                       dps_ops_per_minute, dps_registrations_per_minute)
+                                       dps_ops_per_minute, dps_registrations_per_minute, shards=_shard_count(shard))
     fleet.begin(client.target)
     services = op.RekeyServices(client=client, dry_run=bool(dry_run), timeout=float(timeout or 300),
                                 confirm=confirm, budget=budget)

@@ -3,14 +3,21 @@ every thread, and an azure-core policy that takes a token for each service reque
 retry included) and holds the whole budget back when DPS answers 429 with Retry-After.
 
 Defaults from DPS's public limits: 1,000 service operations and 1,000 device registrations per
-minute per DPS instance. A bucket holds at most one second's worth of tokens, so a run spreads
-its calls evenly instead of bursting into a 429 storm.
+minute per DPS instance; a run that is one of n shards (`--shard i/n`, parallel processes on the
+same DPS) takes 1/n of each unless told otherwise (`for_shard`). A bucket holds at most one
+second's worth of tokens, so a run spreads its calls evenly instead of bursting into a 429 storm.
+
+A 429 pauses the whole process: its Retry-After holds the service bucket, so every thread's next
+call waits until then (not only the retry of the request that got it). Waits end at once when a
+fleet run is stopping (azext_edgetpm.stop).
 """
 import threading
 import time
 from typing import Callable, Optional
 
 from azure.core.pipeline.policies import SansIOHTTPPolicy
+
+from azext_edgetpm import stop
 
 DEFAULT_SERVICE_OPS_PER_MINUTE = 1000
 DEFAULT_REGISTRATIONS_PER_MINUTE = 1000
@@ -21,7 +28,7 @@ class TokenBucket:
     due (callers reserve in order, so waiting threads are served first come, first served)."""
 
     def __init__(self, per_minute: float, burst: Optional[float] = None,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = stop.sleep):
         if per_minute <= 0:
             raise ValueError("a rate must be positive")
         self.rate = per_minute / 60.0
@@ -78,7 +85,7 @@ class DpsBudget:
 
     def __init__(self, service_per_minute: float = DEFAULT_SERVICE_OPS_PER_MINUTE,
                  registrations_per_minute: float = DEFAULT_REGISTRATIONS_PER_MINUTE, clock=time.monotonic,
-                 sleep=time.sleep):
+                 sleep=stop.sleep):
         self.service = TokenBucket(service_per_minute * MARGIN, clock=clock, sleep=sleep)
         self.registrations = TokenBucket(registrations_per_minute * MARGIN, clock=clock, sleep=sleep)
         self.throttled = 0
@@ -97,6 +104,21 @@ class DpsBudget:
         with self._lock:
             self.throttled += 1
         self.service.hold(retry_after)
+
+    @classmethod
+    def for_shard(cls, service_per_minute: Optional[float] = None, registrations_per_minute: Optional[float] = None,
+                  shards: int = 1) -> "DpsBudget":
+        """The budget of one of `shards` processes sharing one DPS: each limit given explicitly wins,
+        else DPS's limit divided by the number of shards."""
+        shards = max(1, int(shards or 1))
+        return cls(service_per_minute=service_per_minute or DEFAULT_SERVICE_OPS_PER_MINUTE / shards,
+                   registrations_per_minute=registrations_per_minute or DEFAULT_REGISTRATIONS_PER_MINUTE / shards)
+
+    @property
+    def per_minute(self) -> dict:
+        """The limits this budget paces under (before the margin)."""
+        return {"serviceOps": round(self.service.rate * 60 / MARGIN, 2),
+                "registrations": round(self.registrations.rate * 60 / MARGIN, 2)}
 
     def stats(self) -> dict:
         return {"serviceCalls": self.service.taken, "throttled": self.throttled,

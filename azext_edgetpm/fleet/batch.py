@@ -7,6 +7,7 @@ import time
 from typing import List, Optional
 
 from azext_edgetpm.dps.client import BULK_MAX
+from azext_edgetpm.stop import STOP, stopped
 
 
 class _Item:
@@ -40,6 +41,10 @@ class BulkEnroller:
             with self._cond:
                 batch = []
                 while not item.done:
+                    if STOP.is_set():   # (the run is stopping: no further batch goes to DPS)
+                        if item in self._pending:
+                            self._pending.remove(item)
+                        raise stopped()
                     batch = self._ready()
                     if batch:
                         break

@@ -294,6 +294,12 @@ class Journal:
     def step(self, key: str, name: str, entry: dict, **fields) -> None:
         self._event({"e": "step", "d": key, "s": name, "v": entry, "f": fields, "t": _now()}, durable=True)
 
+    def interrupted(self, key: str, step: str, **fields) -> None:
+        """The run was stopped (a signal) while `step` ran: the step and the device are marked
+        `interrupted` (not a done state: a re-run runs that step again)."""
+        self.step(key, step, {"status": "interrupted", "detail": fields.get("error")}, status="interrupted",
+                  failedStep=step, **fields)
+
     def flush(self) -> None:
         self._durable(self._written)
 

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from azext_edgetpm import stop
 from azext_edgetpm.errors import ConflictError, DeviceError, EdgeTpmError, MissingInputError, NotFoundError, option
 from azext_edgetpm.operations.pipeline import CHANGED, OK, Step
 
@@ -208,7 +209,8 @@ class VerifyStep(Step):
                 not wanted or (prov.get("assignedHub") or "").lower() == wanted.lower())
             if matches or time.monotonic() >= deadline:
                 break
-            time.sleep(min(ctx.services.wait_interval, max(0.0, deadline - time.monotonic())))
+            # (stop.sleep: ends at once when a fleet run is stopping)
+            stop.sleep(min(ctx.services.wait_interval, max(0.0, deadline - time.monotonic())))
         if not matches:
             raise DeviceError(f"{session.target.display} reports provisioning {prov.get('state')}"
                               f"{' to ' + prov['assignedHub'] if prov.get('assignedHub') else ''}, "

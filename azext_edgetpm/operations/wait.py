@@ -29,10 +29,11 @@ def wait(client, registration_id: str, timeout: Optional[float] = None, interval
          progress: Optional[Callable[[str], None]] = None, clock=None, sleep=None) -> WaitResult:
     """Poll DPS until assigned (returned), failed/disabled or timed out (raised)."""
     import time
+    from azext_edgetpm import stop
     from azext_edgetpm.dps.registration import DEFAULT_INTERVAL, DEFAULT_TIMEOUT, wait_for_assignment
     state = wait_for_assignment(client, registration_id, timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
                                 interval=DEFAULT_INTERVAL if interval is None else interval, progress=progress,
-                                clock=clock or time.monotonic, sleep=sleep or time.sleep)
+                                clock=clock or time.monotonic, sleep=sleep or stop.sleep)
     return WaitResult(registration_id=state.get("registrationId") or registration_id, status=state.get("status"),
                       assigned_hub=state.get("assignedHub"), device_id=state.get("deviceId"), source="dps",
                       state=state)

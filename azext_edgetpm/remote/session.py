@@ -24,6 +24,8 @@ from azext_edgetpm.errors import (
     AuthError, DeviceError, EdgeTpmError, LocalFileError, PermissionDeniedError, TransientError, UnreachableError,
     UserInputError, option)
 
+from azext_edgetpm.stop import STOP, stopped
+
 from .target import DEFAULT_KNOWN_HOSTS, SshTarget, resolve_target, split_host
 
 logger = get_logger(__name__)
@@ -34,6 +36,7 @@ SUDO_PASSWORD_ENV = "AZ_EDGETPM_SUDO_PASSWORD"
 STAGING_ROOT = "/var/lib/edge-tpm/staging"
 _TRANSIENT_CONNECT_ATTEMPTS = 4
 MAX_OUTPUT_BYTES = 16 * 2**20  # per stream of one remote command
+SIGNAL_GRACE = 0.5             # seconds a stopped command has to end on its channel's SIGTERM
 
 
 class Terminated(KeyboardInterrupt):
@@ -387,6 +390,8 @@ class RemoteSession:
             raise UserInputError("A value holds a NUL character, which no remote command can carry.",
                                  "Remove the NUL character from the values given.")
         timeout = timeout or self.command_timeout
+        if STOP.is_set():
+            raise stopped()   # (a fleet run is stopping: no further command starts)
         transport = self.client.get_transport()
         if transport is None or not transport.is_active():
             raise TransientError(f"The SSH connection to {self.target.display} was lost.",
@@ -406,9 +411,10 @@ class RemoteSession:
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise self._lost(exc) from exc
         except BaseException:
-            # Timed out, or az interrupted (Ctrl+C, SIGTERM): stop the command on the device too,
-            # so that no remote work (an apt-get update, say) goes on without anyone waiting for it.
-            self._stop_remote(_pgid(self._stderr_so_far(chan, progress)), as_root)
+            # Timed out, or az interrupted (Ctrl+C, SIGTERM, a fleet's stop request): stop the command
+            # on the device too, so that no remote work (an apt-get update, say) goes on without
+            # anyone waiting for it.
+            self._stop_remote(chan, progress, as_root)
             raise
         finally:
             chan.close()
@@ -431,19 +437,53 @@ class RemoteSession:
             pass
         return data
 
-    def _stop_remote(self, pgid: Optional[int], as_root: bool) -> None:
-        """SIGTERM, then SIGKILL after 2 s, to the process group of an abandoned command."""
+    def _stop_remote(self, chan, progress: dict, as_root: bool) -> None:
+        """Stop an abandoned command: SIGTERM through its own channel (RFC 4254 6.9: OpenSSH's sshd
+        signals the session's process group, and sudo relays it to the command); at the same time a
+        second command gives it SIGNAL_GRACE seconds to end, then sends what is left of its process
+        group SIGTERM and, half a second later, SIGKILL (for a server that refuses channel signals -
+        OpenSSH does for root logins, which have no privilege separation after login -, a command
+        that ignores SIGTERM, or a child that sudo did not pass it to)."""
+        pgid = _pgid(self._stderr_so_far(chan, progress))
         transport = self.client.get_transport() if self.client else None
-        if not pgid or pgid <= 1 or transport is None or not transport.is_active():
+        if transport is None or not transport.is_active():
             return
-        script = (f"kill -TERM -{pgid} 2>/dev/null || exit 0; i=0; "
-                  f"while kill -0 -{pgid} 2>/dev/null && [ $i -lt 20 ]; do sleep 0.1; i=$((i+1)); done; "
+        if not chan.closed and not chan.exit_status_ready():
+            _send_signal(chan, "TERM")
+        if not pgid or pgid <= 1:
+            return
+        ticks = max(1, int(SIGNAL_GRACE * 10))
+        script = (f"i=0; while kill -0 -{pgid} 2>/dev/null && [ $i -lt {ticks} ]; do sleep 0.1; i=$((i+1)); done; "
+                  f"kill -TERM -{pgid} 2>/dev/null || exit 0; i=0; "
+                  f"while kill -0 -{pgid} 2>/dev/null && [ $i -lt 5 ]; do sleep 0.1; i=$((i+1)); done; "
                   f"kill -KILL -{pgid} 2>/dev/null; exit 0")
         try:
-            self.run(script, sudo=as_root, timeout=15)
-            logger.warning("Stopped the command left running on %s.", self.target.display)
-        except Exception as exc:  # pylint: disable=broad-except  # best effort, the original error matters
+            # (a fleet that is stopping does not wait: once started, the script runs to its end on the
+            # device whatever becomes of this process)
+            if self._launch(script, as_root, wait=0 if STOP.is_set() else 5):
+                logger.warning("Stopped the command left running on %s.", self.target.display)
+            else:
+                logger.warning("Stopping the command left running on %s (SIGTERM, then SIGKILL).", self.target.display)
+        except (paramiko.SSHException, EOFError, OSError) as exc:  # best effort, the original error matters
             logger.warning("Could not stop the command left running on %s: %s", self.target.display, exc)
+
+    def _launch(self, script: str, as_root: bool, wait: float) -> bool:
+        """Start `script` on the device (as root through sudo when `as_root`) without reading its
+        output; True when it ended within `wait` seconds with 0. Once started it runs to its end on
+        the device even if this process exits (no terminal: nothing hangs it up). The sudo password,
+        when one is needed, is the one this session's commands already used (on stdin)."""
+        stdin = None
+        if as_root and not self.is_root:
+            if self._sudo_needs_password and self._sudo_password is not None:
+                script, stdin = "sudo -S -p '' -- sh -c " + shlex.quote(script), (self._sudo_password + "\n").encode()
+            else:
+                script = "sudo -n -- sh -c " + shlex.quote(script)
+        chan = self.client.get_transport().open_session(timeout=min(3.0, self.target.connect_timeout))
+        chan.exec_command(script)
+        if stdin:
+            chan.sendall(stdin)
+        chan.shutdown_write()
+        return wait > 0 and chan.status_event.wait(wait) and chan.recv_exit_status() == 0
 
     def _lost(self, exc: Exception) -> TransientError:
         return TransientError(f"The SSH connection to {self.target.display} failed during a command: {exc}",
@@ -483,6 +523,8 @@ class RemoteSession:
             if (chan.exit_status_ready() and (chan.eof_received or chan.closed)
                     and not chan.recv_ready() and not chan.recv_stderr_ready()):
                 break
+            if STOP.is_set():
+                raise stopped()   # (a fleet run is stopping: _exec stops the command on the device)
             if time.monotonic() > deadline:
                 raise UnreachableError(
                     f"A command on {self.target.display} did not finish within {timeout:.0f}s.",
@@ -500,12 +542,12 @@ class RemoteSession:
                         f"again; the steps can be re-run safely. {option('ssh_timeout')} sets how long to wait.")
                 quiet_since = time.monotonic()
             if not progressed:
-                # Woken at once when the exit status arrives; output is drained every 0.5 s meanwhile
+                # Woken at once when the exit status arrives; output is drained every 0.25 s meanwhile
                 # (a fleet runs many long commands at once: no 10 ms polling loop per device).
                 if chan.status_event.is_set():
                     time.sleep(0.005)  # the exit status is in; its EOF is a packet away
                 else:
-                    chan.status_event.wait(0.5)
+                    chan.status_event.wait(0.25)
         rc = chan.recv_exit_status()
         if rc == -1 and not chan.get_transport().is_active():
             raise EOFError("the connection closed before the command ended")
@@ -606,6 +648,23 @@ class RemoteSession:
 # sudo (use_pty) runs the command in a group of its own.
 _REPORT_PGID = '{ read -r _ _ _ _ P _ < /proc/$$/stat; } 2>/dev/null; echo "@@EDGETPM-PGID ${P:-$$}" >&2\n'
 _PGID_LINE = re.compile(rb"^@@EDGETPM-PGID \d+\n", re.MULTILINE)
+
+
+def _send_signal(chan, name: str) -> None:
+    """A "signal" channel request (RFC 4254 6.9), which paramiko's Channel has no method for;
+    built as paramiko's own requests are (Channel.resize_pty). Best effort: no reply is asked for."""
+    from paramiko.common import cMSG_CHANNEL_REQUEST
+    from paramiko.message import Message
+    message = Message()
+    message.add_byte(cMSG_CHANNEL_REQUEST)
+    message.add_int(chan.remote_chanid)
+    message.add_string("signal")
+    message.add_boolean(False)
+    message.add_string(name)
+    try:
+        chan.transport._send_user_message(message)  # pylint: disable=protected-access
+    except (paramiko.SSHException, EOFError, OSError):
+        pass
 
 
 def _answers(transport, timeout: float) -> bool:

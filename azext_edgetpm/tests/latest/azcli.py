@@ -44,4 +44,6 @@ def az(*args, output="json", env=None) -> AzResult:
     if output == "json" and text.strip():
         parsed = json.loads(text)
     error = getattr(getattr(cli, "result", None), "error", None)
+    if isinstance(error, SystemExit) and isinstance(error.__cause__, Exception):
+        error = error.__cause__   # (a fleet's own exit code: the error printed is the exit's cause)
     return AzResult(rc, parsed, text, error, err.getvalue())

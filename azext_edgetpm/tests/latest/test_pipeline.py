@@ -60,6 +60,8 @@ def test_its_commands_are_valid_az_edge_tpm_invocations(tmp_path):
         expanded = re.sub(r"\$\(([^)]+)\)", lambda m: values[m.group(1)], line)
         args = shlex.split(expanded)[1:]
         assert "--shard" in args and args[args.index("--shard") + 1] == "2/4" and "--state" in args
+        # No hard-coded share of the DPS's limits: --shard i/n divides them by n.
+        assert not {"--dps-ops-per-minute", "--dps-registrations-per-minute", "--dps-reg-rate"} & set(args)
         result = az(*args)
         # Parsed and validated; the command ran up to reading the inventory.
         assert result.rc != 0 and "devices.csv does not exist" in result.message, (result.message, result.stderr[-800:])

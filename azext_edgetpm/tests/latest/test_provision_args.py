@@ -203,3 +203,42 @@ def test_paramiko_debug_records_are_built_only_when_a_log_handler_takes_them():
     finally:
         root.handlers = saved[0]
         paramiko_logger.setLevel(saved[1])
+
+
+def test_a_shard_takes_its_share_of_the_dps_limits_unless_a_limit_is_given():
+    """--shard i/n: both budgets default to DPS's limits divided by n; an explicit value wins."""
+    from azext_edgetpm.dps.ratelimit import DpsBudget
+    assert DpsBudget.for_shard().per_minute == {"serviceOps": 1000, "registrations": 1000}
+    assert DpsBudget.for_shard(shards=4).per_minute == {"serviceOps": 250, "registrations": 250}
+    assert DpsBudget.for_shard(600, None, shards=4).per_minute == {"serviceOps": 600, "registrations": 250}
+    assert DpsBudget.for_shard(None, 40, shards=3).per_minute == {"serviceOps": pytest.approx(333.33),
+                                                                  "registrations": 40}
+
+
+def test_a_429_pauses_every_thread_of_the_process_for_its_retry_after():
+    """The azure-core policy sees one request's 429 (Retry-After: 7); the next request of ANOTHER
+    thread waits those 7 s too (the clock and sleep are given; the response is a real requests
+    Response in azure-core's transport wrapper, as the pipeline hands it over)."""
+    import threading
+    import requests
+    from azure.core.pipeline import PipelineContext, PipelineRequest, PipelineResponse
+    from azure.core.pipeline.transport import HttpRequest, RequestsTransportResponse
+    from azext_edgetpm.dps.ratelimit import DpsBudget, RateLimitPolicy
+    now, slept = [50.0], {}
+
+    def sleep(seconds):
+        slept.setdefault(threading.current_thread().name, []).append(seconds)
+    budget = DpsBudget(service_per_minute=6000, clock=lambda: now[0], sleep=sleep)
+    policy = RateLimitPolicy(budget)
+    request = HttpRequest("GET", "https://dps.example/registrations/x")
+    policy.on_request(PipelineRequest(request, PipelineContext(None)))     # a token in hand: no wait
+    raw = requests.Response()
+    raw.status_code, raw.headers["Retry-After"] = 429, "7"
+    policy.on_response(PipelineRequest(request, PipelineContext(None)),
+                       PipelineResponse(request, RequestsTransportResponse(request, raw), PipelineContext(None)))
+    other = threading.Thread(target=policy.on_request, args=(PipelineRequest(request, PipelineContext(None)),),
+                             name="another-device")
+    other.start()
+    other.join()
+    assert slept == {"another-device": [pytest.approx(7.0)]}
+    assert budget.throttled == 1 and budget.stats()["throttled"] == 1
