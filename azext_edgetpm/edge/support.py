@@ -29,12 +29,12 @@ class Line:
         """The line's edgeAgent image (the runtime's own default: edgelet/iotedge/src/config/super_config.rs)."""
         return f"{AGENT_IMAGE_REPOSITORY}:{self.name}"
 
-    def in_support(self, today: datetime.date) -> bool:
-        return self.released <= today <= self.serviced_until
+    def in_support(self, on: datetime.date) -> bool:
+        return self.released <= on <= self.serviced_until
 
-    def to_dict(self, today: datetime.date) -> dict:
+    def to_dict(self, on: datetime.date) -> dict:
         return {"line": self.name, "servicedUntil": self.serviced_until.isoformat(),
-                "inSupport": self.in_support(today)}
+                "inSupport": self.in_support(on)}
 
 
 AGENT_IMAGE_REPOSITORY = "mcr.microsoft.com/azureiotedge-agent"

@@ -23,3 +23,11 @@ from .iotedge_step import EDGE_PACKAGES, IotEdgeStep  # noqa: F401
 from .config_step import ConfigStep  # noqa: F401
 from .tpm_step import TCP_TCTIS, TpmAccessStep  # noqa: F401
 from .runtime_step import RuntimeStep  # noqa: F401
+
+__all__ = [
+    'APT_LIST', 'DAEMON_JSON', 'MANAGED_FILES', 'PAYLOAD_DIR', 'PAYLOAD_PATH', 'TPMD_OVERRIDE',
+    'TPMD_OVERRIDE_PATH', 'UDEV_RULE', 'UDEV_RULE_PATH', 'apt_install', 'backup', 'backup_name',
+    'ensure_candidates', 'policy', 'source_files', 'unindexed_sources', 'update_sources', 'OsStep',
+    'PackageSourceStep', 'config_package_url', 'is_apt_line', 'ContainerEngineStep', 'merge_daemon_json',
+    'EDGE_PACKAGES', 'IotEdgeStep', 'ConfigStep', 'TCP_TCTIS', 'TpmAccessStep', 'RuntimeStep',
+]

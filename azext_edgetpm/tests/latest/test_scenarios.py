@@ -177,6 +177,9 @@ class CommandCoverageScenarioTest(ScenarioTest):
         runtime = self.cmd("az edge-tpm status " + self.ssh("fresh"), expect_failure=True)
         assert runtime.exit_code == 1 and "IoT Edge is not installed" in str(runtime.error)
         assert "az edge-tpm install" in " ".join(runtime.error.recommendations)
+        upgrade = self.cmd("az edge-tpm upgrade --dry-run " + self.ssh("fresh"), expect_failure=True)
+        assert upgrade.exit_code == 1 and "nothing to upgrade" in str(upgrade.error)
+        assert "az edge-tpm provision" in " ".join(upgrade.error.recommendations)
 
     def test_lifecycle_plans(self):
         self.kwargs.update({"eid": "cover-2", "ek": rsa_ek(942)})
