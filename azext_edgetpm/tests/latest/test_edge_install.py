@@ -223,7 +223,8 @@ def test_refusals(device, repo, dps, rig):
     mark(old)
     refused = install(old, dps, "--package-source", repo["apt_line"])
     assert refused.rc != 0 and "Stretch" in refused.message and "Nothing was changed" in refused.message
-    assert "Bullseye or Bookworm" in refused.recommendation
+    # (1.6, the line in support, has packages for Raspberry Pi OS 12 only: edge/support.py)
+    assert "to Bookworm" in refused.recommendation
     assert changed_since_mark(old) == []
 
     dev = device()
@@ -360,10 +361,11 @@ def test_failed_install_returns_its_steps_and_legacy_id_format_is_written(device
     from azext_edgetpm.operations.device import SshOptions
     from azext_edgetpm.operations.install import install as install_operation
     dev = device()
-    # A version the mirror does not have: the iotedge step fails after earlier steps changed the device.
+    # A version of a known line (1.6) that the mirror does not have: the os step accepts the line, and the
+    # iotedge step fails after earlier steps changed the device.
     opts = SshOptions(host=f"admin@{dev.host}:{dev.port}", ssh_key=dev.key("admin"), known_hosts=dev.known_hosts)
     settings = InstallSettings(id_scope=dps.section["id_scope"], global_endpoint=dps.section["device_endpoint"],
-                               package_source=repo["base_url"], edge_version="0.0.1", tcti=dev.tcti)
+                               package_source=repo["base_url"], edge_version="1.6.99", tcti=dev.tcti)
     with opts.session() as session:
         result = install_operation(session, settings)
     assert result.failed and "Step iotedge failed" in str(result.failure)
