@@ -409,7 +409,7 @@ def summarize(text: str) -> dict:
         "tcti": tpm.get("tcti"),
         "authKeyIndex": tpm.get("auth_key_index"),
         "agentProxy": _agent_proxy(data),
-        "agentImage": ((data.get("agent") or {}).get("config") or {}).get("image"),
+        "agentImage": _agent_image(data),
     }
 
 
@@ -436,6 +436,14 @@ def agent_proxy_url(text: str) -> Optional[str]:
         return None
     env = (data.get("agent") or {}).get("env") or {}
     return env.get("https_proxy") or None
+
+
+def _agent_image(data: dict) -> Optional[str]:
+    """[agent.config] image as the device's file holds it (any other shape: none; the file is the device's)."""
+    agent = data.get("agent")
+    config = agent.get("config") if isinstance(agent, dict) else None
+    image = config.get("image") if isinstance(config, dict) else None
+    return image if isinstance(image, str) else None
 
 
 def _agent_proxy(data: dict) -> Optional[str]:

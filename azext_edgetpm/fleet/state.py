@@ -108,6 +108,7 @@ class Journal:
         self.path = os.path.abspath(os.path.expanduser(path)) if path else None
         self._lock = threading.Lock()
         self._sync_lock = threading.Lock()
+        self._begin_lock = threading.Lock()   # one begin: workers' first events may arrive together
         self._fd: Optional[int] = None        # the locked file; appended to once the run began
         self._appending = False
         self._written = self._synced = 0
@@ -170,13 +171,14 @@ class Journal:
     def begin(self, origin: Optional[dict] = None, from_other_run: bool = False) -> None:
         """Check that the file belongs to this kind of run, then compact it and start appending (a
         refused file is let go: its lock released, nothing written)."""
-        if not self.path or self._appending:
-            return
-        try:
-            self._begin(origin, from_other_run)
-        except BaseException:
-            self.close()
-            raise
+        with self._begin_lock:
+            if not self.path or self._appending:
+                return
+            try:
+                self._begin(origin, from_other_run)
+            except BaseException:
+                self.close()
+                raise
 
     def _begin(self, origin: Optional[dict], from_other_run: bool) -> None:
         if self._fd is None:

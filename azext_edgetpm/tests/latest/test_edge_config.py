@@ -138,3 +138,9 @@ def test_refusals():
                                              ("nope", None), (True, None)])
 def test_parse_auth_key_index(value, expected):
     assert parse_auth_key_index(value) == expected
+
+
+@pytest.mark.parametrize("text", ['agent = "x"\n', '[agent]\nconfig = 3\n', '[agent.config]\nimage = 1\n'])
+def test_summarize_reads_any_agent_shape_a_device_holds(text):
+    # A device's config.toml is the device's: an [agent] of another shape is no image, not a traceback.
+    assert summarize(text)["agentImage"] is None

@@ -364,3 +364,31 @@ def test_another_command_s_state_file_is_refused_by_az_and_the_flag_is_explained
     alone = az("edge-tpm", "deprovision", "--inventory", inventory, "--login", LOGIN, "--state-from-other-run",
                "--yes")
     assert alone.rc != 0 and "--state-from-other-run goes with the --state file" in alone.message
+
+
+def test_workers_first_events_together_begin_the_journal_once(tmp_path):
+    """A command that does not begin the journal before its workers start (upgrade): the first events
+    of many devices arrive together, and the file is created and locked once (each worker opening it
+    on its own was refused as 'in use by another process'). Twenty new files, ten workers each."""
+    import threading
+    from azext_edgetpm.fleet.state import Journal
+    for attempt in range(20):
+        path = str(tmp_path / f"state-{attempt}.json")
+        journal = Journal(path)
+        gate, errors = threading.Barrier(10), []
+
+        def first_event(i, journal=journal, gate=gate, errors=errors):
+            gate.wait()
+            try:
+                journal.update(f"10.0.0.{i}:22", status="running")
+            except Exception as exc:  # pylint: disable=broad-except  # collected for the assertion
+                errors.append(exc)
+
+        workers = [threading.Thread(target=first_event, args=(i,)) for i in range(10)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        journal.close()
+        assert errors == []
+        assert len(Journal(path).records()) == 10
