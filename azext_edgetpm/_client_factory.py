@@ -67,7 +67,21 @@ def device_endpoint(target, id_scope=None, global_endpoint=None):
 
 @contextmanager
 def progress(cmd, message):
-    """A progress callback on az's progress controller (begin/end around the block)."""
+    """A progress callback: az's progress controller on a terminal (begin/end around the block);
+    off a terminal (a pipeline log, where az's controller shows nothing) each step on its own line
+    of stderr, none with --only-show-errors."""
+    import sys
+    stream = sys.stderr
+    if not stream.isatty():
+        quiet = bool(getattr(cmd.cli_ctx, "only_show_errors", False))
+
+        def line(text):
+            if not quiet:
+                stream.write(f"{message}: {text}\n")
+                stream.flush()
+        line("started")
+        yield line
+        return
     controller = cmd.cli_ctx.get_progress_controller()
     controller.begin(message=message)
     try:
@@ -115,16 +129,9 @@ def end_fleet(cmd, tally, state, inventory, stopped_by=None, single_error=None):
 
 
 def progress_reporter(cmd, total, verb="Provisioning"):
-    """A fleet progress reporter: az's progress bar on a terminal, plain lines in a pipeline log."""
-    import sys
+    """A fleet progress reporter (fleet/progress.py): a one-line bar on a terminal, device lines and a
+    heartbeat in a pipeline log, failures alone with --only-show-errors. Returns (report, controller)."""
     _quiet_library_debug_logs()
-    from azext_edgetpm.fleet.summary import StderrReporter
-    if not sys.stderr.isatty():
-        return StderrReporter(sys.stderr), None
-    controller = cmd.cli_ctx.get_progress_controller(det=True)
-    controller.begin(message=f"{verb} {total} devices")
-
-    def report(counts, text):
-        finished = counts.done + counts.failed + counts.skipped
-        controller.add(message=f"{counts.line()}; {text}", value=finished, total_val=max(1, counts.total))
-    return report, controller
+    from azext_edgetpm.fleet.progress import Display
+    display = Display(f"{verb} {total} devices", only_errors=bool(getattr(cmd.cli_ctx, "only_show_errors", False)))
+    return display, display

@@ -41,6 +41,7 @@ FLAGS = {
     "local": "--local",
     "log_driver": "--log-driver",
     "login": "--login",
+    "max_fail_percentage": "--max-fail-percentage",
     "max_parallel": "--max-parallel",
     "no_rollback": "--no-rollback",
     "mode": "--mode",

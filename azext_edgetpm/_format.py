@@ -72,11 +72,18 @@ def edge_status_table(result):
     }
 
 
+def short_id(registration_id):
+    """A 64-hex registration ID cut to its first 12 characters for a table (as git shows commits;
+    the JSON output keeps the whole ID). Other IDs stay as they are."""
+    rid = registration_id or ""
+    return rid[:12] + "…" if len(rid) > 16 and all(c in "0123456789abcdef" for c in rid) else registration_id
+
+
 def _provision_row(r):
     return {
         "Host": r.get("host"),
         "Status": r.get("status") + (" (earlier run)" if r.get("doneEarlier") else ""),
-        "RegistrationId": r.get("registrationId"),
+        "Id": short_id(r.get("registrationId")),
         "AssignedHub": r.get("assignedHub"),
         "EdgeVersion": r.get("edgeVersion"),
         "Seconds": r.get("seconds"),
@@ -100,21 +107,21 @@ def _rows(result, row):
 
 def deprovision_table(result):
     return _rows(result, lambda r: {
-        "Host": r.get("host"), "Status": r.get("status"), "RegistrationId": r.get("registrationId"),
+        "Host": r.get("host"), "Status": r.get("status"), "Id": short_id(r.get("registrationId")),
         "Enrollment": r.get("enrollment"), "Device": r.get("device"),
         "Remains": len(r.get("remains") or []), "Error": r.get("error")})
 
 
 def reprovision_table(result):
     return _rows(result, lambda r: {
-        "Host": r.get("host"), "Status": r.get("status"), "RegistrationId": r.get("registrationId"),
+        "Host": r.get("host"), "Status": r.get("status"), "Id": short_id(r.get("registrationId")),
         "PreviousHub": r.get("previousHub"), "AssignedHub": r.get("assignedHub"),
         "DeviceReports": r.get("deviceReports"), "Error": r.get("error")})
 
 
 def rekey_table(result):
     return _rows(result, lambda r: {
-        "Host": r.get("host"), "Status": r.get("status"), "RegistrationId": r.get("registrationId"),
+        "Host": r.get("host"), "Status": r.get("status"), "Id": short_id(r.get("registrationId")),
         "PreviousEk": r.get("previousEkSha256"), "Ek": r.get("ekSha256"), "AssignedHub": r.get("assignedHub"),
         "Error": r.get("error")})
 

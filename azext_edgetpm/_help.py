@@ -424,6 +424,8 @@ examples:
     text: az edge-tpm upgrade --inventory fleet.csv --edge-version 1.6.0 --state upgrade-state.json --max-parallel 10 -o table
   - name: Two devices first; the rest only if both upgraded.
     text: az edge-tpm upgrade --inventory fleet.csv --canary 2 --state upgrade-state.json -o table
+  - name: Stop starting devices once more than 5% of those started have failed (the rest start on a re-run with the same --state).
+    text: az edge-tpm upgrade --inventory fleet.csv --max-fail-percentage 5 --state upgrade-state.json --junit-xml upgrade.xml -o table
   - name: Go back to an older version on purpose.
     text: az edge-tpm upgrade --host edge-01 --edge-version 1.5.10 --allow-downgrade
 """

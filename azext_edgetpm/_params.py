@@ -222,6 +222,30 @@ def fleet_arguments(c):
                help="Shard i/n: only the devices of shard i of n (a stable hash of the registration ID or host:port, "
                     "independent of the row order), e.g. --shard $(System.JobPositionInPhase)/"
                     "$(System.TotalJobsInPhase) in parallel pipeline jobs.")
+    c.argument("max_fail_percentage", options_list=["--max-fail-percentage"], type=float, arg_group="Fleet",
+               help="Failure budget: failures up to this percentage of the devices started are accepted (exit 0 "
+                    "with a warning; in Azure Pipelines the task ends SucceededWithIssues). Once more than this "
+                    "percentage of the devices started in this run have failed, no further device starts; the "
+                    "running ones finish and the command exits with the \"some devices failed\" code (4). The "
+                    "devices not started start on a re-run with the same --state. Default: no budget (every "
+                    "device is tried, any failure exits 4).")
+    c.argument("canary", options_list=["--canary"], type=int, arg_group="Fleet",
+               help="Start only this many devices first; the others start once all of them have ended, and only "
+                    "if none failed.")
+    c.argument("ci_format", options_list=["--ci-format"], arg_group="Output",
+               arg_type=get_enum_type(["azure-pipelines", "none"]),
+               help="Write a CI system's logging commands on stderr (stdout stays the results): an issue per "
+                    "failed device, the progress and a Markdown summary of the run. Default: azure-pipelines "
+                    "when TF_BUILD is set (as Azure Pipelines sets it in every step), else none.")
+    c.argument("junit_xml", options_list=["--junit-xml"], arg_group="Output",
+               help="Write the run as a JUnit XML file: one test case per device (classname: the command), "
+                    "failures with the step and the reason, durations; for PublishTestResults@2.")
+    c.argument("show", options_list=["--show"], arg_group="Output", arg_type=get_enum_type(["all", "failed"]),
+               help="Which devices the results list: all (default) or failed (failed, interrupted and not started "
+                    "ones; the counts, the exit code and the --junit-xml/--report files still cover every device).")
+    c.argument("report_file", options_list=["--report"], arg_group="Output",
+               help="Write a self-contained HTML report of the run: counts, a sortable table of the devices, "
+                    "each failure's step and message, a timeline of devices per state.")
 
 
 def dps_budget_arguments(c, when):
@@ -340,6 +364,10 @@ def load_arguments(self, _):  # pylint: disable=too-many-statements
                         "device_id column.")
         c.argument("wait_timeout", options_list=["--wait-timeout"], type=float,
                    help="Seconds to wait per device for DPS to assign it. Default: 300.")
+        c.argument("dry_run", options_list=["--dry-run"], action="store_true",
+                   help="Plan only: per device, whether its EK exists, whether its enrollment would be created, "
+                        "updated (which fields) or left alone, and which install steps would change the device. "
+                        "Nothing is written in DPS or on the devices, and no state file is read or written.")
         fleet_arguments(c)
         dps_budget_arguments(c, "at the end of their install")
 
@@ -364,8 +392,9 @@ def load_upgrade_arguments(self):
                    help="Leave a device whose runtime is not healthy and assigned after the upgrade as it is (by "
                         "default it is put back on the exact package versions it had and its previous config.toml).")
         c.argument("canary", options_list=["--canary"], type=int, arg_group="Fleet",
-                   help="Upgrade this many devices first (the first ones of the inventory not finished yet); when one "
-                        "of them fails, the others are not started (a re-run with the same --state starts them).")
+                   help="Upgrade this many devices first (the first ones of the inventory not finished yet); the "
+                        "others start once all of them have ended, and only if none failed (a re-run with the same "
+                        "--state starts them).")
         c.argument("settle_timeout", options_list=["--settle-timeout"], type=float,
                    help="Seconds to wait after the apply for the runtime to start. Default: 90.")
         c.argument("dry_run", options_list=["--dry-run"], action="store_true",

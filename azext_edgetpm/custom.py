@@ -194,7 +194,8 @@ def provision(cmd, host=None,  # pylint: disable=too-many-locals,too-many-statem
               auto_reprovisioning_mode=None, tpm_access="udev", max_parallel=None, state=None, retry_failed=False,
               only=None, shard=None, dps_ops_per_minute=None, dps_registrations_per_minute=None,
               wait_timeout=None, proxy=None, no_proxy=None, proxy_ca=None, ek_ca_bundle=None,
-              state_from_other_run=False):
+              state_from_other_run=False, max_fail_percentage=None, canary=None, ci_format=None, junit_xml=None,
+              report_file=None, dry_run=False, show=None):
     import copy
     import dataclasses
     import os
@@ -208,7 +209,9 @@ def provision(cmd, host=None,  # pylint: disable=too-many-locals,too-many-statem
     from azext_edgetpm.fleet.runner import Progress, Runner
     from azext_edgetpm.fleet.state import Journal, provenance
     from azext_edgetpm.operations.enroll import EnrollOptions
-    from azext_edgetpm.operations.provision import ProvisionServices, pipeline, result_from_record
+    from azext_edgetpm.operations.plan import plan_pipeline
+    from azext_edgetpm.operations.provision import (
+        ProvisionServices, pipeline, plan_from_record, result_from_record)
 
     # Everything local is checked before anything remote starts: the inventory first.
     row_defaults = {"user": ssh_user, "port": ssh_port, "ssh_key": ssh_key, "tcti": tcti, "edge_version": edge_version,
@@ -242,8 +245,10 @@ def provision(cmd, host=None,  # pylint: disable=too-many-locals,too-many-statem
         ssh_timeout=ssh_timeout, id_format=str(id_format or "sha256"), tcti=tcti,
         wait_timeout=float(wait_timeout or 300))
     with stop.on_signals() as stopping:
-        journal = Journal(state, meta={"shard": shard, "devices": len(devices)} if state else None,
-                          origin=provenance("provision", inventory, host, id_scope) if state else None,
+        # A plan (--dry-run) keeps its records in memory: no state file is read or written.
+        keep = state and not dry_run
+        journal = Journal(state if keep else None, meta={"shard": shard, "devices": len(devices)} if keep else None,
+                          origin=provenance("provision", inventory, host, id_scope) if keep else None,
                           from_other_run=bool(state_from_other_run))
         if retry_failed:
             devices = [d for d in devices if journal.record(d.key).get("status") in (
@@ -258,32 +263,73 @@ def provision(cmd, host=None,  # pylint: disable=too-many-locals,too-many-statem
             # One device in the foreground: sudo may ask on the terminal, as the other commands do.
             jobs = [dataclasses.replace(j, ssh=dataclasses.replace(j.ssh, sudo_password=None)) for j in jobs]
         outputs, tally = [None] * len(devices), summary.Tally()
+        verb = "provision --dry-run" if dry_run else "provision"
+        record, failure_budget = _reporting(verb, len(devices), "assigned", max_fail_percentage, canary,
+                                            ci_format, junit_xml, report_file)
         with factory.dps_client(cmd, target, budget=budget, pool_size=parallel + 2) as client:
             services = ProvisionServices(client=client, enroller=BulkEnroller(client, expected=todo), budget=budget,
                                          ek_ca_bundle=bundle)
-            runner = Runner(pipeline(), services, journal, max_parallel=parallel,
-                            progress=Progress(len(devices), report))
+            runner = Runner(plan_pipeline() if dry_run else pipeline(), services, journal, max_parallel=parallel,
+                            progress=Progress(len(devices), report), budget=failure_budget)
             try:
                 for index, outcome in runner.stream(jobs, skip=lambda record: record.get("status") == "done"):
-                    result = summary.result_of(outcome, journal.record(outcome.key), result_from_record)
+                    result = summary.result_of(outcome, journal.record(outcome.key),
+                                               plan_from_record if dry_run else result_from_record)
                     tally.add(result)
+                    record.add(result)
                     outputs[index] = result.to_output()
             finally:
                 if controller is not None:
                     controller.end()
+                record.finish(failure_budget and failure_budget.halted)
         journal.close()
         stopped_by = copy.copy(stopping) if stopping.is_set() else None
-    logger.warning("Provisioned %d of %d devices (%d done in an earlier run), %d failed%s; DPS: %s", tally.ok,
+    logger.warning("%s %d of %d devices (%d done in an earlier run), %d failed%s; DPS: %s",
+                   "Planned" if dry_run else "Provisioned", tally.ok,
                    tally.devices, tally.done_earlier, tally.failed,
                    f", {tally.interrupted} interrupted, {tally.not_started} not started" if stopped_by else "",
                    ", ".join(f"{k} {v}" for k, v in budget.stats().items()))
     first = outputs[0] if outputs else None
-    factory.end_fleet(cmd, tally, state, inventory, stopped_by,
-                      single_error=first and (f"{first['host']}: {first['error']}",
-                                              first["recommendation"] or "Fix the cause, then run the command again."))
+    _end_run(cmd, record, failure_budget, tally, state, inventory, stopped_by,
+             first and (f"{first['host']}: {first['error']}",
+                        first["recommendation"] or "Fix the cause, then run the command again."))
     if not inventory:
         return first
-    return outputs
+    return _shown(outputs, show, "assigned")
+
+
+def _end_run(cmd, record, failure_budget, tally, state, inventory, stopped_by, single_error):
+    """How a fleet run ends (fleet/summary.py lists the exit codes). With --max-fail-percentage,
+    failures within the budget are what the user allowed: the command succeeds (exit 0) with a
+    warning, and a CI task is marked SucceededWithIssues; a spent budget exits EXIT_SOME_FAILED."""
+    from azext_edgetpm.fleet import summary
+    within = bool(failure_budget is not None and failure_budget.max_fail_percentage is not None and inventory
+                  and not stopped_by and not failure_budget.halted and tally.failed)
+    if within:
+        text = (f"{tally.failed} of {tally.devices} devices failed, within the failure budget "
+                f"(--max-fail-percentage {failure_budget.max_fail_percentage:g})")
+        logger.warning("%s\n%s", summary.failure_text(tally), text)
+        if record is not None:
+            record.partial_success(text)
+        return
+    factory.end_fleet(cmd, tally, state, inventory, stopped_by, single_error=single_error)
+
+
+def _shown(outputs, show, ok_status):
+    """--show failed: only the devices that did not end well (the outputs' dicts)."""
+    if show != "failed":
+        return outputs
+    return [o for o in outputs if o and o.get("status") not in (ok_status, "planned")]
+
+
+def _reporting(verb, total, ok_status, max_fail_percentage, canary, ci_format, junit_xml, report_file):
+    """The run's record (fleet/observe.py: CI logging commands, --junit-xml, --report) and its
+    failure budget (fleet/budget.py; None without --max-fail-percentage/--canary)."""
+    from azext_edgetpm.fleet.budget import FailureBudget
+    from azext_edgetpm.fleet.observe import RunRecord
+    budget = FailureBudget(max_fail_percentage, canary)
+    return (RunRecord(verb, total, ok_status, ci_format, junit_xml, report_file),
+            budget if budget.active else None)
 
 
 def _only(devices, only):
@@ -321,7 +367,7 @@ class _Fleet:
 
     def __init__(self, cmd, verb, host, inventory, inventory_format,  # pylint: disable=too-many-locals
                  limit, shard, only, retry_failed, state, max_parallel, registration_id, ssh, tcti, id_format,
-                 dry_run, from_other_run=False):
+                 dry_run, from_other_run=False, reporting=None, show=None):
         import dataclasses
         from azext_edgetpm.fleet import inventory as inv
         from azext_edgetpm.fleet.jobs import lifecycle_job_for
@@ -351,6 +397,10 @@ class _Fleet:
         self.cmd, self.verb, self.inventory, self.state = cmd, verb, inventory, state
         self.host, self.from_other_run = host, bool(from_other_run)
         self.parallel = max(1, int(max_parallel or 10))
+        # (max_fail_percentage, canary, ci_format, junit_xml, report_file): fleet/observe.py, fleet/budget.py
+        self.reporting = tuple(reporting or (None,) * 5)
+        self.record = self.failure_budget = None
+        self.show = show
         from azext_edgetpm import stop
         stop.STOP.clear()
 
@@ -367,11 +417,13 @@ class _Fleet:
         from azext_edgetpm import stop
         from azext_edgetpm.fleet.runner import Progress, Runner
         jobs = self.jobs if jobs is None else jobs
+        ok_status = {"deprovision": "done", "upgrade": "upgraded"}.get(self.verb, "assigned")
+        self.record, self.failure_budget = _reporting(self.verb, len(jobs), ok_status, *self.reporting)
         report, controller = factory.progress_reporter(self.cmd, len(jobs), self.verb.capitalize().rstrip("e") + "ing")
         try:
             with stop.on_signals(clear=False):
                 return Runner(steps, services, self.journal, max_parallel=self.parallel,
-                              progress=Progress(len(jobs), report)).run(jobs, skip=skip)
+                              progress=Progress(len(jobs), report), budget=self.failure_budget).run(jobs, skip=skip)
         finally:
             if controller is not None:
                 controller.end()
@@ -389,7 +441,11 @@ class _Fleet:
             result = summary.result_of(outcome, self.journal.record(outcome.key), result_of)
             tally.add(result)
             results.append(result)
+            if self.record is not None:
+                self.record.add(result)
         self.journal.close()
+        if self.record is not None:
+            self.record.finish(self.failure_budget and self.failure_budget.halted)
         logger.warning("%s: %d of %d devices %s (%d done in an earlier run), %d failed", self.verb, tally.ok,
                        tally.devices, ok_status, tally.done_earlier, tally.failed)
         for r in results:
@@ -397,11 +453,12 @@ class _Fleet:
                 for line in getattr(r, "remains", None) or []:
                     logger.warning("%s: left: %s", r.host, line)
         first = results[0] if results else None
-        factory.end_fleet(self.cmd, tally, self.state, self.inventory, stopped_by, single_error=first and (
-            f"{first.host}: {first.error}", first.recommendation or "Fix the cause, then run the command again."))
+        _end_run(self.cmd, self.record, self.failure_budget, tally, self.state, self.inventory, stopped_by,
+                 first and (f"{first.host}: {first.error}",
+                            first.recommendation or "Fix the cause, then run the command again."))
         if not self.inventory:
             return first.to_output() if first else None
-        return [r.to_output() for r in results]
+        return _shown([r.to_output() for r in results], self.show, ok_status)
 
 
 def _lifecycle_client(cmd, dps_name, resource_group_name, login, auth_type, parallel, ops_per_minute=None,
@@ -430,12 +487,13 @@ def deprovision(cmd, host=None,  # pylint: disable=too-many-locals
                 dps_name=None, resource_group_name=None, login=None, auth_type=None, ssh_user=None, ssh_port=None,
                 ssh_key=None, ssh_config=None, known_hosts=None, accept_new_host_key=False, ssh_timeout=None,
                 tcti=None, id_format="sha256", max_parallel=None, state=None, retry_failed=False, only=None,
-                shard=None, dps_ops_per_minute=None, state_from_other_run=False):
+                shard=None, dps_ops_per_minute=None, state_from_other_run=False, max_fail_percentage=None, canary=None,
+                ci_format=None, junit_xml=None, report_file=None, show=None):
     from azext_edgetpm.operations import deprovision as op
     fleet = _Fleet(cmd, "deprovision", host, inventory, inventory_format, limit, shard, only, retry_failed, state,
                    max_parallel, registration_id, (ssh_user, ssh_port, ssh_key, ssh_config, known_hosts,
                                                    accept_new_host_key, ssh_timeout), tcti, id_format, dry_run,
-                   state_from_other_run)
+                   state_from_other_run, (max_fail_percentage, canary, ci_format, junit_xml, report_file), show)
     device_part = ("leave the devices alone" if keep_device else
                    "stop IoT Edge, reset its configuration and uninstall it" if uninstall else
                    "stop IoT Edge and reset its configuration")
@@ -468,12 +526,13 @@ def reprovision(cmd, host=None,  # pylint: disable=too-many-locals
                 dps_name=None, resource_group_name=None, login=None, auth_type=None, ssh_user=None, ssh_port=None,
                 ssh_key=None, ssh_config=None, known_hosts=None, accept_new_host_key=False, ssh_timeout=None,
                 tcti=None, id_format="sha256", max_parallel=None, state=None, retry_failed=False, only=None,
-                shard=None, dps_ops_per_minute=None, dps_registrations_per_minute=None, state_from_other_run=False):
+                shard=None, dps_ops_per_minute=None, dps_registrations_per_minute=None, state_from_other_run=False,
+                max_fail_percentage=None, canary=None, ci_format=None, junit_xml=None, report_file=None, show=None):
     from azext_edgetpm.operations import reprovision as op
     fleet = _Fleet(cmd, "reprovision", host, inventory, inventory_format, limit, shard, only, retry_failed, state,
                    max_parallel, registration_id, (ssh_user, ssh_port, ssh_key, ssh_config, known_hosts,
                                                    accept_new_host_key, ssh_timeout), tcti, id_format, dry_run,
-                   state_from_other_run)
+                   state_from_other_run, (max_fail_percentage, canary, ci_format, junit_xml, report_file), show)
     change = op.EnrollmentChange(iot_hubs=tuple(iot_hubs) if iot_hubs is not None else None,
                                  allocation_policy=allocation_policy, initial_twin_tags=initial_twin_tags)
     if change and not dry_run and not _confirm(f"Change the enrollment of {_what(fleet, host)} and make them "
@@ -516,12 +575,13 @@ def rekey(cmd, host=None,  # pylint: disable=too-many-locals
           ssh_user=None, ssh_port=None, ssh_key=None, ssh_config=None, known_hosts=None, accept_new_host_key=False,
           ssh_timeout=None, tcti=None, id_format="sha256", max_parallel=None, state=None, retry_failed=False,
           only=None, shard=None, dps_ops_per_minute=None, dps_registrations_per_minute=None,
-          state_from_other_run=False):
+          state_from_other_run=False, max_fail_percentage=None, canary=None, ci_format=None, junit_xml=None,
+          report_file=None, show=None):
     from azext_edgetpm.operations import rekey as op
     fleet = _Fleet(cmd, "rekey", host, inventory, inventory_format, limit, shard, only, retry_failed, state,
                    max_parallel, registration_id, (ssh_user, ssh_port, ssh_key, ssh_config, known_hosts,
                                                    accept_new_host_key, ssh_timeout), tcti, id_format, dry_run,
-                   state_from_other_run)
+                   state_from_other_run, (max_fail_percentage, canary, ci_format, junit_xml, report_file), show)
     confirm = None
     if not yes and not dry_run:
         if fleet.inventory:   # parallel work never prompts: one question for the whole run
@@ -547,16 +607,19 @@ def upgrade(cmd, host=None,  # pylint: disable=too-many-locals
             inventory=None, inventory_format=None, limit=None, edge_version=None, allow_downgrade=False,
             no_rollback=False, settle_timeout=None, dry_run=False, ssh_user=None, ssh_port=None, ssh_key=None,
             ssh_config=None, known_hosts=None, accept_new_host_key=False, ssh_timeout=None, tcti=None,
-            max_parallel=None, state=None, retry_failed=False, only=None, shard=None, canary=None):
+            max_parallel=None, state=None, retry_failed=False, only=None, shard=None, canary=None,
+            max_fail_percentage=None, ci_format=None, junit_xml=None, report_file=None, show=None):
     from azext_edgetpm.edge.upgrade import UpgradeSettings
     from azext_edgetpm.operations import upgrade as op
     fleet = _Fleet(cmd, "upgrade", host, inventory, inventory_format, limit, shard, only, retry_failed, state,
                    max_parallel, None, (ssh_user, ssh_port, ssh_key, ssh_config, known_hosts, accept_new_host_key,
-                                        ssh_timeout), tcti, "sha256", dry_run)
+                                        ssh_timeout), tcti, "sha256", dry_run, False,
+                   (max_fail_percentage, canary, ci_format, junit_xml, report_file), show)
     settings = UpgradeSettings(edge_version=edge_version, allow_downgrade=bool(allow_downgrade),
                                rollback=not no_rollback, dry_run=bool(dry_run),
                                settle_timeout=float(settle_timeout or 90))
     services = op.UpgradeServices(settings=settings)
-    outcomes = op.run_with_canary(fleet.run, fleet.jobs, fleet.journal, op.pipeline(), services, int(canary or 0))
+    # --canary/--max-fail-percentage: the runner's failure budget (fleet/budget.py), as for the other commands.
+    outcomes = fleet.run(op.pipeline(), services, skip=op.finished)
     return fleet.finish(outcomes, lambda h, rec, status, secs: op.result_from_record(
         h, rec, status, dry_run=bool(dry_run), seconds=secs), "upgraded")

@@ -10,7 +10,8 @@ ROOT=$PWD
 APT_PACKAGES=(openssh-server swtpm swtpm-tools tpm2-tools libtss2-dev libtss2-tcti-swtpm0
               pkg-config iproute2 dpkg-dev sudo gcc python3-dev openssl ca-certificates
               debootstrap tinyproxy-bin nftables
-              dnf rpm createrepo-c)
+              dnf rpm createrepo-c
+              chromium)   # chromium: the HTML fleet report's screenshot test (headless)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

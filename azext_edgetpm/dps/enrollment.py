@@ -243,6 +243,23 @@ def create_enrollment(client: DpsClient, spec: EnrollmentSpec, force: bool = Fal
     return _marked(updated, "updated", changes)
 
 
+def plan_enrollment(client: DpsClient, spec: EnrollmentSpec, force: bool = False) -> dict:
+    """What create_enrollment would do, read-only: {"action": create | update | unchanged, "changes": [...]}
+    (a different EK without `force` is the same conflict create_enrollment raises)."""
+    normalize_registration_id(spec.registration_id)
+    existing = client.find_enrollment(spec.registration_id)
+    if existing is None:
+        return {"action": "create", "changes": []}
+    same_ek = same_endorsement_key(existing, spec.endorsement_key)
+    if not same_ek and not force:
+        raise DpsConflictError(
+            f"The enrollment {spec.registration_id!r} exists with another endorsement key.",
+            f"If the device was replaced or its TPM cleared, add {option('force')} to replace the key; otherwise "
+            f"use another {option('registration_id')}.")
+    changes = differences(existing, spec.apply(existing, replace_ek=not same_ek))
+    return {"action": "update" if changes else "unchanged", "changes": changes}
+
+
 def list_enrollments(client: DpsClient, top: Optional[int] = None, page_size: Optional[int] = None) -> list:
     """All enrollments (every page), or the first `top`."""
     out = []

@@ -79,13 +79,14 @@ class Runner:
     """Runs `steps` for every job with at most `max_parallel` devices at a time."""
 
     def __init__(self, steps: List[Step], services, journal, max_parallel: int = 10,
-                 progress: Optional[Progress] = None, grace: float = STOP_GRACE):
+                 progress: Optional[Progress] = None, grace: float = STOP_GRACE, budget=None):
         self.steps = steps
         self.services = services
         self.journal = journal
         self.max_parallel = max(1, int(max_parallel))
         self.progress = progress
         self.grace = grace
+        self.budget = budget        # fleet/budget.py: a failure budget asked before each device starts
         self._lock = threading.Lock()
         self._active: Dict[int, Tuple[Any, Optional[str]]] = {}   # index -> (job, running step)
         self._closed = False        # the run has ended: a late thread's results are dropped
@@ -109,7 +110,7 @@ class Runner:
         pending, exhausted, outstanding = None, False, 0
         try:
             while True:
-                while not exhausted and not STOP.is_set():      # fill the queue, no further
+                while not exhausted and not STOP.is_set() and not self._halted():   # fill the queue, no further
                     if pending is None:
                         pending = next(source, None)
                         if pending is None:
@@ -124,7 +125,7 @@ class Runner:
                     except queue.Full:
                         break
                     pending, outstanding = None, outstanding + 1
-                if outstanding == 0 and (exhausted or STOP.is_set()):
+                if outstanding == 0 and (exhausted or STOP.is_set() or self._halted()):
                     break
                 try:
                     index, outcome = ended.get(timeout=0.2)
@@ -143,9 +144,10 @@ class Runner:
                     tasks.put_nowait(None)
                 except queue.Full:
                     break
-        if not STOP.is_set():
+        if not STOP.is_set() and not self._halted():
             return
-        # Stopped: devices still running past the grace are marked here; the rest never started.
+        # Stopped (or the failure budget is spent): devices still running past the grace are marked
+        # here; the rest never started.
         with self._lock:
             self._closed = True
             late = dict(self._active)
@@ -153,7 +155,13 @@ class Runner:
             yield index, self._interrupted(job, step, late=True)
         for index, job in self._drain(tasks, pending, source):
             yield index, (self._skipped(job) if skip(self.journal.record(job.key, known_registration_id(job)))
-                          else Outcome(job.key, NOT_STARTED, job.host))
+                          else Outcome(job.key, NOT_STARTED, job.host, self._not_started_error()))
+
+    def _halted(self) -> bool:
+        return self.budget is not None and bool(self.budget.halted)
+
+    def _not_started_error(self) -> Optional[dict]:
+        return self.budget.not_started_error() if self._halted() and not STOP.is_set() else None
 
     @staticmethod
     def _drain(tasks, pending, source):
@@ -184,9 +192,17 @@ class Runner:
                     tasks.put_nowait(item)   # (not started: the runner reports it; the slot is free)
                 return
             index, job = item
+            if self.budget is not None and not self.budget.admit(job.key, STOP.is_set):
+                if STOP.is_set():
+                    tasks.put_nowait(item)
+                    return
+                ended.put((index, Outcome(job.key, NOT_STARTED, job.host, self._not_started_error())))
+                continue
             with self._lock:
                 self._active[index] = (job, None)
             outcome = self._device(index, job)
+            if self.budget is not None:
+                self.budget.ended(job.key, outcome.status == "failed")
             with self._lock:
                 self._active.pop(index, None)
                 if self._closed:

@@ -1,9 +1,10 @@
-"""What a fleet run tells its user: progress lines on stderr, the per-device results as each
+"""What a fleet run tells its user (progress on stderr: fleet/progress.py): the per-device results as each
 device ends, the failure report (which devices failed, at which step, why), the stop report
 (what finished, what was interrupted, how to resume) and the exit code.
 
 Exit codes of every fleet command (`provision`, `deprovision`, `reprovision`, `rekey`):
-  0    every device done (or done by an earlier run)
+  0    every device done (or done by an earlier run); or, with --max-fail-percentage, the
+       failures stayed within it (fleet/budget.py)
   1    the run as a whole failed (e.g. the inventory, DPS credentials): az's code for an error
   2    the command line is wrong (az's usage error)
   4    some devices failed, the others finished (the results list all; like Ansible's
@@ -11,8 +12,6 @@ Exit codes of every fleet command (`provision`, `deprovision`, `reprovision`, `r
   130  stopped by SIGINT (Ctrl+C; Azure Pipelines' cancel), 143 stopped by SIGTERM: 128 + signal
 (az itself uses 3 for a missing resource.)
 """
-import sys
-import time
 from typing import List, Optional
 
 EXIT_SOME_FAILED = 4
@@ -70,7 +69,10 @@ def _more(lines: List[str], total: int) -> List[str]:
 
 
 def failure_text(tally: Tally) -> str:
-    return "\n".join([f"{tally.failed} of {tally.devices} devices failed:"] + _more(tally.failed_lines, tally.failed))
+    not_started = [f"{tally.not_started} devices not started (the failure budget was spent)."] \
+        if tally.not_started else []
+    return "\n".join([f"{tally.failed} of {tally.devices} devices failed:"] + _more(tally.failed_lines, tally.failed)
+                     + not_started)
 
 
 def stop_text(tally: Tally, signal_name: str) -> str:
@@ -90,21 +92,3 @@ def resume_text(state: Optional[str], option_name: str = "--state") -> str:
                 "steps run again and the devices not started start.")
     return ("Run the same command again (every step checks first and changes only what differs); next time add "
             f"{option_name} FILE, so that a re-run skips the finished devices.")
-
-
-class StderrReporter:
-    """Plain progress lines for pipeline logs (a terminal gets az's progress bar instead)."""
-
-    def __init__(self, stream=None, every: float = 10.0):
-        self.stream = stream or sys.stderr
-        self.every = every
-        self._last = 0.0
-
-    def __call__(self, progress, text):
-        now = time.monotonic()
-        ended = (text.endswith(": done") or " failed: " in text or text.endswith("skipped")
-                 or text.endswith(": interrupted"))
-        if ended or now - self._last >= self.every:
-            self._last = now
-            self.stream.write(f"[{progress.line()}] {text}\n")
-            self.stream.flush()

@@ -159,10 +159,21 @@ class ProvisionResult(DeviceOutcome):
     edge_version: Optional[str] = None
     healthy: Optional[bool] = None
     warnings: List[str] = field(default_factory=list)   # e.g. a runtime line out of support
+    plan: Optional[dict] = None       # --dry-run: what would change (operations/plan.py)
 
     def details(self) -> dict:
-        return {"deviceId": self.device_id, "assignedHub": self.assigned_hub, "edgeVersion": self.edge_version,
-                "healthy": self.healthy, "warnings": list(self.warnings)}
+        out = {"deviceId": self.device_id, "assignedHub": self.assigned_hub, "edgeVersion": self.edge_version,
+               "healthy": self.healthy, "warnings": list(self.warnings)}
+        if self.plan is not None:
+            out["plan"] = self.plan
+        return out
+
+
+def plan_from_record(host: str, record: dict, outcome_status: str, seconds: float = 0.0) -> ProvisionResult:
+    """A --dry-run's ProvisionResult (status planned, with the plan)."""
+    from azext_edgetpm.operations.plan import PLAN_STEP_NAMES, plan_of
+    return ProvisionResult(**outcome_fields(host, record, outcome_status, PLAN_STEP_NAMES, "assigned", dry_run=True,
+                                            seconds=seconds), plan=plan_of(record))
 
 
 def result_from_record(host: str, record: dict, outcome_status: str, seconds: float = 0.0) -> ProvisionResult:

@@ -48,31 +48,6 @@ def _entry(result: dict) -> dict:
             "provisioning": (result.get("runtime") or {}).get("provisioning")}
 
 
-def run_with_canary(run, jobs, journal, steps, services, canary: int):
-    """`run(steps, services, jobs=..., skip=...)` over the jobs, the first `canary` devices not finished yet
-    alone first: when one of them fails, the others are not started (no journal record: a re-run with the
-    same --state starts them) and their outcome says why.
-
-    (A stop-gap for upgrade alone: the fleet-wide failure budget of --canary/--max-fail-percentage in the
-    runner replaces it when that lands.)"""
-    from azext_edgetpm.errors import option, render
-    from azext_edgetpm.fleet.runner import Outcome
-    if canary <= 0:
-        return run(steps, services, skip=finished)
-    todo = [j for j in jobs if not finished(journal.record(j.key))]
-    first = {j.key for j in todo[:canary]}
-    outcomes = {o.key: o for o in run(steps, services, jobs=[j for j in jobs if j.key in first], skip=finished)}
-    if any(o.status != "done" for o in outcomes.values()):
-        why = {"error": render(f"Not started: a canary device failed ({option('canary')} {canary})."),
-               "recommendation": render(f"Fix the canary's failure, then run the same command again with the same "
-                                        f"{option('state')} file: the devices not started start then.")}
-        outcomes.update({j.key: Outcome(j.key, "notStarted", error=why) for j in jobs if j.key not in outcomes})
-    else:
-        outcomes.update({o.key: o for o in run(steps, services, jobs=[j for j in jobs if j.key not in first],
-                                               skip=finished)})
-    return [outcomes[j.key] for j in jobs]
-
-
 def pipeline() -> List[Step]:
     return [UpgradeStep()]
 

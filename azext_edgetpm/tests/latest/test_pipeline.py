@@ -31,10 +31,17 @@ def test_pipeline_is_valid_against_the_azure_pipelines_schema():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def jobs_of(doc):
+    for stage in doc["stages"]:
+        for job in stage["jobs"]:
+            yield job
+
+
 def az_command_lines(doc):
     """The `az edge-tpm ...` lines of every AzureCLI task's inline script (continuations joined)."""
-    for job in doc["jobs"]:
-        for step in job["steps"]:
+    for job in jobs_of(doc):
+        steps = job["steps"] if "steps" in job else job["strategy"]["runOnce"]["deploy"]["steps"]
+        for step in steps:
             if str(step.get("task", "")).startswith("AzureCLI@"):
                 script = step["inputs"]["inlineScript"].replace("\\\n", " ")
                 for line in script.splitlines():
@@ -48,18 +55,23 @@ def test_its_commands_are_valid_az_edge_tpm_invocations(tmp_path):
     key, known_hosts = tmp_path / "key", tmp_path / "known_hosts"
     key.write_text("k")
     known_hosts.write_text("")
+    parameters = {p["name"]: p["default"] for p in doc["parameters"]}
     values = dict(doc["variables"])
-    values.update({"System.JobPositionInPhase": "2", "System.TotalJobsInPhase": doc["jobs"][0]["strategy"]["parallel"],
+    values.update({"System.JobPositionInPhase": "2", "System.TotalJobsInPhase": str(parameters["shards"]),
                    "sshKey.secureFilePath": str(key), "knownHosts.secureFilePath": str(known_hosts),
-                   "Pipeline.Workspace": str(tmp_path), "inventory": str(tmp_path / "devices.csv")})
+                   "Pipeline.Workspace": str(tmp_path), "Build.ArtifactStagingDirectory": str(tmp_path),
+                   "inventory": str(tmp_path / "devices.csv")})
     lines = list(az_command_lines(doc))
-    assert lines, "the pipeline runs no az edge-tpm command"
+    assert len(lines) == 2, "the plan and the apply stage each run az edge-tpm provision"
+    assert "--dry-run" in lines[0][1] and "--dry-run" not in lines[1][1]
     for step, line in lines:
-        # The secret reaches az through the environment, never the command line.
-        assert "PASSWORD" not in line and step["env"]["AZ_EDGETPM_SUDO_PASSWORD"] == "$(FLEET_SUDO_PASSWORD)"
-        expanded = re.sub(r"\$\(([^)]+)\)", lambda m: values[m.group(1)], line)
+        # Secrets reach az through the environment, never the command line; DPS through the login.
+        assert "PASSWORD" not in line and "--login" not in line and "--auth-type login" in line
+        for value in (step.get("env") or {}).values():
+            assert value == "$(FLEET_SUDO_PASSWORD)"
+        expanded = re.sub(r"\$\(([^)]+)\)", lambda m: values[m.group(1)], line).split(" > ")[0]
         args = shlex.split(expanded)[1:]
-        assert "--shard" in args and args[args.index("--shard") + 1] == "2/4" and "--state" in args
+        assert "--shard" in args and args[args.index("--shard") + 1] == "2/4"
         # No hard-coded share of the DPS's limits: --shard i/n divides them by n.
         assert not {"--dps-ops-per-minute", "--dps-registrations-per-minute", "--dps-reg-rate"} & set(args)
         result = az(*args)
