@@ -106,11 +106,12 @@ class RunRecord:
             junit.write(self.junit_xml, self.command, self.rows, self.began_wall)
         if self.report:
             from azext_edgetpm.fleet import report
-            report.write(self.report, self.command, self.rows, self.shown_counts(), self.ok_status, self.began_wall,
+            report.write(self.report, self.command, self.rows, self.shown_counts(), self.began_wall,
                          budget_text)
         if self.ci:
             os.makedirs(self.summary_dir, exist_ok=True)
-            path = os.path.join(self.summary_dir, "edge-tpm-" + "-".join(w.strip("-") for w in self.command.split()) + "-summary.md")
+            name = "-".join(w.strip("-") for w in self.command.split())
+            path = os.path.join(self.summary_dir, f"edge-tpm-{name}-summary.md")
             with open(path, "w", encoding="utf-8") as handle:
                 handle.write(self.markdown(budget_text))
             self.ci.summary(path)

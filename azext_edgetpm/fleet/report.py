@@ -98,7 +98,7 @@ def _cell(text, value=None) -> str:
     return f'<td data-value="{html.escape(str(value), quote=True)}">{html.escape(str(text))}</td>'
 
 
-def render(command: str, rows, counts: dict, ok_status: str, began_wall: float, budget_text=None) -> str:
+def render(command: str, rows, counts: dict, began_wall: float, budget_text=None) -> str:
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(began_wall))
     count_line = "".join(f"<span>{html.escape(str(k))}: {v}</span>" for k, v in counts.items())
     body = []
@@ -122,9 +122,9 @@ def render(command: str, rows, counts: dict, ok_status: str, began_wall: float, 
             f'<script type="application/json" id="run">{data}</script><script>{_SCRIPT}</script></body></html>\n')
 
 
-def write(path: str, command: str, rows, counts: dict, ok_status: str, began_wall: float, budget_text=None) -> None:
+def write(path: str, command: str, rows, counts: dict, began_wall: float, budget_text=None) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     partial = path + ".partial"
     with open(partial, "w", encoding="utf-8") as handle:
-        handle.write(render(command, rows, counts, ok_status, began_wall, budget_text))
+        handle.write(render(command, rows, counts, began_wall, budget_text))
     os.replace(partial, path)

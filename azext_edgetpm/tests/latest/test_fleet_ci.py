@@ -15,6 +15,7 @@ import pytest
 from azext_edgetpm.tests.latest.azcli import az
 from azext_edgetpm.tests.latest.test_dps_support import EmulatorEnv, start_emulator
 from azext_edgetpm.tests.latest.test_edge_install import DEVICE_CA
+from azext_edgetpm.tests.latest.test_fleet_stop import journal
 
 pytestmark = pytest.mark.devkit
 
@@ -218,8 +219,7 @@ def test_failure_budget_stops_starting_devices(rig, dps, repo, good, tmp_path):
     assert statuses[:3] == ["failed"] * 3 and statuses[3:] == ["notStarted"] * 7, statuses
     assert all("--max-fail-percentage 20" in r["error"] for r in out[3:])
     assert "7 devices not started" in result.message
-    with open(state, encoding="utf-8") as handle:
-        journaled = set(json.load(handle)["devices"])
+    journaled = set(journal(state))   # (the append-only journal, read as a later run reads it)
     assert journaled == {f"{rig.host_ip}:{port}" for port in (1, 2, 3)}, journaled
     # Resumable: the same command without the budget starts the 7 (the 4 good ones end assigned).
     again = provision(dps, repo, rig, inventory, "--max-parallel", "4", "--state", state)
@@ -260,7 +260,7 @@ def test_html_report_in_headless_chromium(tmp_path):
                 "identify" if i in (2, 5) else None, "No TPM answered" if i in (2, 5) else None,
                 10.0 + i, 2.0 * i, 12.0 + 3 * i, False) for i in range(1, 7)]
     path = tmp_path / "report.html"
-    report.write(str(path), "provision", rows, {"devices": 6, "assigned": 4, "failed": 2}, "assigned", 0.0)
+    report.write(str(path), "provision", rows, {"devices": 6, "assigned": 4, "failed": 2}, 0.0)
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'prof'}"]
     shot = tmp_path / "shot.png"
