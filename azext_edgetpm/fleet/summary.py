@@ -2,13 +2,13 @@
 device ends, the failure report (which devices failed, at which step, why), the stop report
 (what finished, what was interrupted, how to resume) and the exit code.
 
-Exit codes of every fleet command (`provision`, `deprovision`, `reprovision`, `rekey`):
+Exit codes of every fleet command (`provision`, `deprovision`, `reprovision`, `rekey`, `upgrade`):
   0    every device done (or done by an earlier run); or, with --max-fail-percentage, the
        failures stayed within it (fleet/budget.py)
   1    the run as a whole failed (e.g. the inventory, DPS credentials): az's code for an error
   2    the command line is wrong (az's usage error)
   4    some devices failed, the others finished (the results list all; like Ansible's
-       "hosts failed"): EXIT_SOME_FAILED
+       "hosts failed"): EXIT_SOME_FAILED; also a spent --max-fail-percentage or a failed --canary
   130  stopped by SIGINT (Ctrl+C; Azure Pipelines' cancel), 143 stopped by SIGTERM: 128 + signal
 (az itself uses 3 for a missing resource.)
 """
