@@ -12,7 +12,6 @@ each in its own module of this package (base.py: what they share).
                    TPM reached over TCP
 7 runtime          iotedge config apply when needed, then status / check / logs verified
 """
-# pylint: disable=unused-import
 from .base import (  # noqa: F401  (the names other modules and tests import from edge.steps)
     APT_LIST, DAEMON_JSON, MANAGED_FILES, PAYLOAD_DIR, PAYLOAD_PATH, TPMD_OVERRIDE, TPMD_OVERRIDE_PATH, UDEV_RULE,
     UDEV_RULE_PATH, apt_install, backup, backup_name, ensure_candidates, policy, source_files, unindexed_sources,
