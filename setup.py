@@ -2,7 +2,7 @@
 """Packaging for the `edge-tpm` Azure CLI extension."""
 from setuptools import setup, find_packages
 
-VERSION = "0.2.1"
+VERSION = "0.3.0"
 
 CLASSIFIERS = [
     "Development Status :: 3 - Alpha",
