@@ -294,18 +294,7 @@ def _edit_agent(doc, settings: DpsTpmSettings, changes: List[str]) -> None:
             if not env:
                 del agent["env"]
         return
-    if agent is None:
-        agent = tomlkit.table(is_super_table=False)
-        doc.add(tomlkit.nl())
-        doc.add("agent", agent)
-    for key, value in (("name", "edgeAgent"), ("type", "docker")):
-        if key not in agent:
-            agent[key] = value
-            changes.append(f"agent.{key} = {value!r}")
-    config = agent.get("config")
-    if not isinstance(config, dict):
-        config = tomlkit.table()
-        agent["config"] = config
+    agent, config = _agent_tables(doc, agent, changes)
     if "image" not in config:
         config["image"] = settings.agent_image or DEFAULT_AGENT_IMAGE
         changes.append(f"agent.config.image = {config['image']!r}")
@@ -321,16 +310,10 @@ def _edit_agent(doc, settings: DpsTpmSettings, changes: List[str]) -> None:
         changes.append(f"agent.env.UpstreamProtocol = {UPSTREAM_PROTOCOL!r}")
 
 
-def set_agent_image(doc, image: str, changes: List[str], upgrade: bool = False):
-    """[agent] (name, type) and [agent.config] image = `image` (the runtime line's edgeAgent); returns
-    the [agent] table. An image this command wrote (its line comment says so) follows the installed
-    line; an image the user wrote is kept, except that an upgrade (Microsoft's update procedure) moves
-    Microsoft's edgeAgent image of a line to the new one. Other keys and comments are kept (tomlkit)."""
+def _agent_tables(doc, agent, changes: List[str]):
+    """[agent] with the keys the runtime requires (name, type) and its [agent.config] table, each made
+    when missing; returns both."""
     import tomlkit
-    agent = doc.get("agent")
-    if agent is not None and not isinstance(agent, dict):
-        raise LocalFileError("/etc/aziot/config.toml: `agent` is not a table.",
-                             "Fix or remove `agent` in the file on the device, then run again.")
     if agent is None:
         agent = tomlkit.table(is_super_table=False)
         doc.add(tomlkit.nl())
@@ -343,6 +326,20 @@ def set_agent_image(doc, image: str, changes: List[str], upgrade: bool = False):
     if not isinstance(config, dict):
         config = tomlkit.table()
         agent["config"] = config
+    return agent, config
+
+
+def set_agent_image(doc, image: str, changes: List[str], upgrade: bool = False):
+    """[agent] (name, type) and [agent.config] image = `image` (the runtime line's edgeAgent); returns
+    the [agent] table. An image this command wrote (its line comment says so) follows the installed
+    line; an image the user wrote is kept, except that an upgrade (Microsoft's update procedure) moves
+    Microsoft's edgeAgent image of a line to the new one. Other keys and comments are kept (tomlkit)."""
+    import tomlkit
+    agent = doc.get("agent")
+    if agent is not None and not isinstance(agent, dict):
+        raise LocalFileError("/etc/aziot/config.toml: `agent` is not a table.",
+                             "Fix or remove `agent` in the file on the device, then run again.")
+    agent, config = _agent_tables(doc, agent, changes)
     current = config.get("image")
     trivia = getattr(current, "trivia", None)
     ours = IMAGE_MARK in ((trivia.comment if trivia is not None else "") or "")
