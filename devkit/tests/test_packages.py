@@ -552,6 +552,38 @@ def test_registration_failure_is_reported(device, installed, swtpm, emulator, en
     assert device.run("iotedge list", check=False).returncode == 1
 
 
+def test_killed_config_apply_leaves_the_registration_going(device, installed, swtpm, emulator, enrolled):
+    """`iotedge config apply` only asks systemd to restart the units and waits
+    (aziotctl-common src/system/restart.rs); the identity service's start-up runs in its own
+    unit. Killing the apply's process group while the service registers (Ctrl+C, a stopped SSH
+    command) stops the waiting, not the registration: the device is assigned all the same. The
+    emulator holds the device requests 3 s so that the kill lands mid-registration."""
+    device.run("rm -f /var/lib/aziot/identityd/device_info; : > /var/log/aziot/standin-journal.jsonl")
+    try:
+        before = emulator.store.get_registration(enrolled)["lastUpdatedDateTimeUtc"]
+    except Exception:  # pylint: disable=broad-except  # (run alone: not registered yet)
+        before = None
+    device.put("/etc/aziot/config.toml", _good_config(emulator, swtpm, enrolled), 0o600)
+    emulator.configure(faults={"latency_ms": {"device": 3000}})
+    try:
+        # One shell (one PID namespace): the apply in a group of its own, killed once the
+        # identity service has begun its registration; then up to 30 s for the outcome.
+        out = device.run(
+            "systemctl start docker; setsid iotedge config apply >/dev/null 2>&1 & pid=$!; "
+            "for i in $(seq 200); do iotedge system logs | grep -q 'Reason: Startup' && break; sleep 0.05; done; "
+            "kill -TERM -$pid; rc=0; wait $pid || rc=$?; echo killed=$rc; "
+            "for i in $(seq 60); do iotedge system logs | grep -q -E 'Successfully provisioned|Failed to provision' "
+            "&& break; sleep 0.5; done; iotedge system status", check=False)
+    finally:
+        emulator.configure(clear_faults=True)
+    assert "killed=143" in out.stdout, (out.stdout, out.stderr)   # the apply did not finish by itself
+    assert "    aziot-identityd         Running" in out.stdout, out.stdout
+    state = emulator.store.get_registration(enrolled)
+    assert state["status"] == "assigned" and state["lastUpdatedDateTimeUtc"] != before
+    logs = device.run("iotedge system logs").stdout
+    assert "Successfully provisioned with DPS." in logs, logs
+
+
 def test_end_to_end_registration_with_emulator(device, installed, swtpm, emulator, enrolled):
     """Real client + emulator: the enrollment turns assigned; CA trusted via the trust store."""
     import json

@@ -17,7 +17,7 @@ import socket
 import sys
 import time
 
-from . import checks, identityd, services, store, superconfig
+from . import checks, services, store, superconfig
 from . import tomlcompat as tomllib
 
 SERVICE_USERS = ("aziotks", "aziotcs", "aziotid", "aziottpm", "iotedge")
@@ -172,17 +172,10 @@ def system_reprovision(_args):
     """`iotedge system reprovision`: the identity service's reprovision API (its socket starts
     the service when it is not running), then aziot-edged restarted."""
     _require_root()
-    with store.locked():
-        if store.services()["aziot-identityd"]["state"] != "active":
-            services.start("aziot-tpmd")
-            if not services.start("aziot-identityd"):
-                raise CommandError("Failed to reprovision: Connection refused (os error 111)")
-        error = identityd.reprovision()
-        if error:
-            raise CommandError("Failed to reprovision: %s" % error)
-        print("Successfully reprovisioned with IoT Hub.")
-        services.stop("aziot-edged")
-        services.start("aziot-edged")
+    error = services.reprovision()
+    if error:
+        raise CommandError(error)
+    print("Successfully reprovisioned with IoT Hub.")
     return 0
 
 

@@ -19,7 +19,9 @@ the real services our product can observe, with the real log lines:
 
 Also usable as ``python -m aziot_standin.services UNIT start|stop|restart|status`` (the
 /etc/init.d scripts the devkit systemctl shim calls); ``status`` exits like LSB scripts:
-0 active, 3 inactive, 1 failed, 150 activating (auto-restart pending).
+0 active, 3 inactive, 1 failed, 150 activating (auto-restart pending). Starts, stops and
+restarts run as jobs in a process of their own (systemd.run_job): the unit's start-up goes on
+when whoever asked for it is killed, as under systemd.
 """
 import hashlib
 import os
@@ -206,19 +208,59 @@ def start(unit):
 
 
 def restart_all():
-    """What `iotedge system restart` and `config apply` do: stop all, start in order."""
+    """What `iotedge system restart` and `config apply` do: stop all, start in order, as one
+    job the caller waits for (systemd.run_job: a killed caller leaves it running)."""
+    return systemd.run_job(["all", "restart"])[0]
+
+
+def _restart_all_job():
     with store.locked():
         for unit in reversed(START_ORDER):
             stop(unit)
         for unit in START_ORDER:
             start(unit)
+    return 0
+
+
+def reprovision():
+    """The identity service's reprovision API as `iotedge system reprovision` calls it (its
+    socket starts the service when it is not running), then aziot-edged restarted; served by
+    the service (a job of its own), so a killed caller does not cut a registration short.
+    None on success, else the error the CLI prints."""
+    rc, out = systemd.run_job(["aziot-identityd", "reprovision"])
+    return None if rc == 0 else (out.strip() or "Failed to reprovision: the identity service ended")
+
+
+def _reprovision_job():
+    with store.locked():
+        if store.services()["aziot-identityd"]["state"] != "active":
+            start("aziot-tpmd")
+            if not start("aziot-identityd"):
+                sys.stdout.write("Failed to reprovision: Connection refused (os error 111)\n")
+                return 1
+        error = identityd.reprovision()
+        if error:
+            sys.stdout.write("Failed to reprovision: %s\n" % error)
+            return 1
+        stop("aziot-edged")
+        start("aziot-edged")
+    return 0
+
+
+JOBS = {("all", "restart"): _restart_all_job, ("aziot-identityd", "reprovision"): _reprovision_job}
 
 
 def main(argv):
     """init.d-style entry point: UNIT start|stop|restart|status (and the restarter's
-    ``auto-restart GEN``)."""
+    ``auto-restart GEN``). start, stop and restart run as a job (systemd.run_job); ``--job``
+    marks the job's own process, which does the work."""
     if len(argv) == 3 and argv[1] == "auto-restart" and argv[0] in STARTERS:
         return systemd.auto_restart(argv[0], argv[2], _run_starter)
+    job = argv[:1] == ["--job"]
+    if job:
+        argv = argv[1:]
+        if tuple(argv) in JOBS:
+            return JOBS[tuple(argv)]()
     if len(argv) != 2 or argv[0] not in STARTERS:
         sys.stderr.write("usage: services.py {%s} {start|stop|restart|status}\n"
                          % "|".join(START_ORDER))
@@ -228,6 +270,10 @@ def main(argv):
         state = store.services()[unit]["state"]
         sys.stdout.write("%s\n" % state)
         return LSB_STATUS.get(state, 4)
+    if action not in ("start", "stop", "restart"):
+        return 0
+    if not job:
+        return systemd.run_job([unit, action])[0]
     with store.locked():
         if action in ("stop", "restart"):
             stop(unit)

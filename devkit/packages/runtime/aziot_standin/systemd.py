@@ -9,6 +9,14 @@ Azure/iotedge). A daemon that fails at start-up exits with status 1 (aziotd/src/
 unit ``activating`` (auto-restart) and starts it again 5 s later, without end (the default start
 limit, 5 starts in 10 s, is never reached at one start per 5 s).
 
+Jobs: ``systemctl start|stop|restart`` (and ``iotedge config apply`` / ``system restart``, which
+call it, aziotctl-common src/system/) only ask PID 1 for a job and wait for it; the unit's
+process runs in the unit's own cgroup. Killing the caller (Ctrl+C, a process-group kill of an
+SSH command) stops the waiting, never the unit's start-up: an identity service in the middle of
+its DPS registration goes on and either provisions or exits and is restarted. The stand-in
+runs each job in a detached process of its own (``run.py service --job ...``, a session of its
+own) that its caller waits for (run_job), so that the same holds.
+
 The stand-in keeps no daemon process, so a failed start spawns one detached restarter process
 (``run.py service UNIT auto-restart GEN``) that sleeps RESTART_SEC, starts the unit again and
 loops while it keeps failing. It stops when the unit was stopped or started by anyone else
@@ -66,11 +74,26 @@ def exited(unit):
         spawn_restarter(unit, entry.get("gen") or "")
 
 
+def _run_py():
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "run.py")
+
+
+def run_job(args):
+    """``run.py service --job ARGS`` in a session of its own (PID 1's job), waited for; its exit
+    status and its standard output (what the job answers, e.g. the reprovision API's error).
+    A caller killed while it waits leaves the job running to its end."""
+    with open(os.devnull, "r+b") as null:
+        proc = subprocess.Popen([sys.executable, "-I", _run_py(), "service", "--job"] + list(args),
+                                stdin=null, stdout=subprocess.PIPE, stderr=null, start_new_session=True,
+                                close_fds=True)
+    out, _ = proc.communicate()
+    return proc.returncode, out.decode("utf-8", "replace")
+
+
 def spawn_restarter(unit, gen):
     """Start the detached process that restarts ``unit`` every RESTART_SEC while it fails."""
-    run_py = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "run.py")
     with open(os.devnull, "r+b") as null:
-        subprocess.Popen([sys.executable, "-I", run_py, "service", unit, "auto-restart", gen],
+        subprocess.Popen([sys.executable, "-I", _run_py(), "service", unit, "auto-restart", gen],
                          stdin=null, stdout=null, stderr=null, start_new_session=True, close_fds=True)
 
 
