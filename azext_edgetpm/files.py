@@ -25,7 +25,8 @@ LIMITS = {
     "payload": MAX_PAYLOAD_BYTES,  # --payload (sent to DPS at every registration)
     "twin_json": 1 * MIB,      # --initial-twin-tags / --initial-twin-properties as a file
     "ssh_key": 64 * KIB,       # a private key
-    "known_hosts": 64 * MIB,   # ~220,000 hosts of three keys (read once per run: remote/known_hosts.py)
+    "known_hosts": 256 * MIB,  # ~300,000 hosts of three keys, RSA-3072 among them, as ssh-keyscan writes them
+                               # (~850 bytes a host; read once per run: remote/known_hosts.py)
     "package": 1024 * MIB,     # an --offline-packages .deb
 }
 
