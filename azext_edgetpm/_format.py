@@ -132,3 +132,12 @@ def upgrade_table(result):
         "Current": (r.get("current") or {}).get("aziot-edge"), "Target": (r.get("target") or {}).get("aziot-edge"),
         "Installed": (r.get("installed") or {}).get("aziot-edge"), "RolledBack": r.get("rolledBack"),
         "Error": r.get("error")})
+
+
+def report_merge_table(result):
+    """One row: the merged report, its inputs and the summed counts."""
+    r = result or {}
+    counts = {k[:1].upper() + k[1:]: v for k, v in r.items()
+              if k not in ("report", "command", "started", "inputs", "replaced")}
+    return {"Report": r.get("report"), "Command": r.get("command"), "Inputs": len(r.get("inputs") or []),
+            **counts, "Replaced": len(r.get("replaced") or [])}

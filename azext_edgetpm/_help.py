@@ -429,3 +429,31 @@ examples:
   - name: Go back to an older version on purpose.
     text: az edge-tpm upgrade --host edge-01 --edge-version 1.5.10 --allow-downgrade
 """
+
+helps["edge-tpm report"] = """
+type: group
+short-summary: Work with the HTML reports that fleet commands write with --report.
+"""
+
+helps["edge-tpm report merge"] = """
+type: command
+short-summary: Merge the HTML reports of parallel or repeated runs (e.g. a pipeline's shards) into one report.
+long-summary: >
+    Reads the run data each report carries (its <script type="application/json" id="run"> island:
+    the command, the run's start and one row per device) and writes one self-contained report with
+    every device, the counts summed and one timeline of devices per state on a common clock (each
+    run placed at its own start). A device found in several reports, such as a shard run again,
+    keeps the row of the later run; the result lists those devices. Nothing but the files named is
+    read. The result holds the merged counts.
+
+    A file that is not a report of az edge-tpm, one written by a version without run data, a merged
+    report, or reports of different commands are refused with the file named, and nothing is
+    written.
+examples:
+  - name: Merge every shard's report of a pipeline run into one.
+    text: az edge-tpm report merge --input latest/shard-*/report.html --report fleet-report.html
+  - name: The merged counts as a table.
+    text: az edge-tpm report merge --input shard-1.html shard-2.html --report fleet-report.html -o table
+  - name: Only the number of failed devices.
+    text: az edge-tpm report merge --input shard-*.html --report fleet-report.html --query failed -o tsv
+"""

@@ -457,3 +457,12 @@ def load_lifecycle_arguments(self):
                    help="Set the enrollment's allocation policy (static needs exactly one hub).")
         c.argument("initial_twin_tags", options_list=["--initial-twin-tags"], arg_group="Enrollment change",
                    help="Set the enrollment's initial twin tags: a JSON object, or @file with one.")
+
+    with self.argument_context("edge-tpm report merge") as c:
+        c.argument("inputs", options_list=["--input"], nargs="+", required=True,
+                   help="The HTML reports to merge: the --report files of runs of one fleet command, e.g. each "
+                        "pipeline shard's (space-separated; a shell glob such as shard-*/report.html works). A "
+                        "device in several of them keeps its row of the latest run.")
+        c.argument("report_file", options_list=["--report"], required=True,
+                   help="The merged HTML report to write (written whole or not at all): every device once, the "
+                        "counts summed, one timeline on the clock of the earliest run.")

@@ -40,3 +40,7 @@ def load_command_table(self, _):
                          validator=command_validator("validate_lifecycle"))
         g.custom_command("upgrade", "upgrade", table_transformer=table("upgrade_table"),
                          validator=command_validator("validate_upgrade"))
+
+    with self.command_group("edge-tpm report", is_preview=True, exception_handler=errors) as g:
+        g.custom_command("merge", "report_merge", table_transformer=table("report_merge_table"),
+                         validator=command_validator("check_values"))

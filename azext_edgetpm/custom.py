@@ -623,3 +623,8 @@ def upgrade(cmd, host=None,  # pylint: disable=too-many-locals
     outcomes = fleet.run(op.pipeline(), services, skip=op.finished)
     return fleet.finish(outcomes, lambda h, rec, status, secs: op.result_from_record(
         h, rec, status, dry_run=bool(dry_run), seconds=secs), "upgraded")
+
+
+def report_merge(cmd, inputs, report_file):  # pylint: disable=unused-argument
+    from azext_edgetpm.fleet.merge import merge
+    return merge(inputs, report_file).to_output()

@@ -28,6 +28,7 @@ LIMITS = {
     "known_hosts": 256 * MIB,  # ~300,000 hosts of three keys, RSA-3072 among them, as ssh-keyscan writes them
                                # (~850 bytes a host; read once per run: remote/known_hosts.py)
     "package": 1024 * MIB,     # an --offline-packages .deb
+    "report": 256 * MIB,       # a fleet's --report HTML page with its run data (~1 KiB a device)
 }
 
 

@@ -34,6 +34,15 @@ class Row:
     done_earlier: bool
 
 
+def count_key(status: str, failed: bool) -> str:
+    """Which of the run's counts a device's end adds to (ok: the command's success word or a plan)."""
+    return status if status in ("failed", "interrupted", "notStarted") else ("failed" if failed else "ok")
+
+
+def new_counts() -> dict:
+    return {"devices": 0, "ok": 0, "failed": 0, "interrupted": 0, "notStarted": 0, "doneEarlier": 0}
+
+
 class RunRecord:
     def __init__(self, command: str, total: int, ok_status: str, ci_format: Optional[str] = None,
                  junit_xml: Optional[str] = None, report: Optional[str] = None, summary_dir: Optional[str] = None,
@@ -49,7 +58,7 @@ class RunRecord:
         self.keep_rows = bool(junit_xml or report)
         self.rows: List[Row] = []
         self.began, self.began_wall = time.monotonic(), time.time()
-        self.counts = {"devices": 0, "ok": 0, "failed": 0, "interrupted": 0, "notStarted": 0, "doneEarlier": 0}
+        self.counts = new_counts()
         self.failed_lines: List[str] = []
         self.durations: List[float] = []
 
@@ -60,9 +69,7 @@ class RunRecord:
         now = time.monotonic() - self.began
         failed = self.failed(result)
         self.counts["devices"] += 1
-        key = result.status if result.status in ("failed", "interrupted", "notStarted") else (
-            "failed" if failed else "ok")
-        self.counts[key] += 1
+        self.counts[count_key(result.status, failed)] += 1
         self.counts["doneEarlier"] += int(bool(result.skipped))
         if not result.skipped and result.status != "notStarted":
             self.durations.append(float(result.seconds or 0.0))
@@ -97,7 +104,7 @@ class RunRecord:
         return "\n".join(lines) + "\n"
 
     def shown_counts(self) -> dict:
-        return {("ok" == k and self.ok_status) or k: v for k, v in self.counts.items()}
+        return shown_counts(self.counts, self.ok_status)
 
     def finish(self, budget_text: Optional[str] = None) -> None:
         """Write the files asked for, and the CI's summary and task result."""
@@ -107,7 +114,7 @@ class RunRecord:
         if self.report:
             from azext_edgetpm.fleet import report
             report.write(self.report, self.command, self.rows, self.shown_counts(), self.began_wall,
-                         budget_text)
+                         budget_text, self.ok_status)
         if self.ci:
             os.makedirs(self.summary_dir, exist_ok=True)
             name = "-".join(w.strip("-") for w in self.command.split())
@@ -121,6 +128,11 @@ class RunRecord:
         """The run's failures stayed within the failure budget: the CI task succeeds with issues."""
         if self.ci:
             self.ci.complete("SucceededWithIssues", text)
+
+
+def shown_counts(counts: dict, ok_status: str) -> dict:
+    """The counts as output shows them: "ok" named by the command's success word."""
+    return {("ok" == k and ok_status) or k: v for k, v in counts.items()}
 
 
 def _md(text) -> str:

@@ -2,10 +2,23 @@
 inline SVG chart; nothing fetched from the network), to keep as a pipeline artifact or open from
 a terminal run.
 
+The page also carries the run as data, for programs (`az edge-tpm report merge` reads it back):
+a JSON island, `<script type="application/json" id="run">`, holding the object
+
+    {"format": "az-edge-tpm-report", "version": 1, "command": "provision", "okStatus": "assigned",
+     "started": 1796650000.0, "startedUtc": "2026-12-07T14:10:00Z", "counts": {...},
+     "rows": [{"name", "device_id", "registration_id", "status", "failed", "step", "message",
+               "seconds", "start", "end", "done_earlier"}, ...], "merged": [...]}
+
+`started` is the run's start (seconds since the epoch, wall clock); each row's `start` and `end`
+are seconds after it; the rows are fleet/observe.Row's fields. `merged` is only in a merged report:
+the reports it was made from (file, command, started), its rows on the clock of the earliest.
+
 The page has the counts, a table of the devices (sortable by any column, status and duration
 included), each failure's step and message, and a timeline: a stacked chart of how many devices
 were waiting, running, done and failed over the run's time.
 """
+import dataclasses
 import html
 import json
 import os
@@ -98,7 +111,27 @@ def _cell(text, value=None) -> str:
     return f'<td data-value="{html.escape(str(value), quote=True)}">{html.escape(str(text))}</td>'
 
 
-def render(command: str, rows, counts: dict, began_wall: float, budget_text=None) -> str:
+FORMAT, VERSION = "az-edge-tpm-report", 1
+
+
+def utc(wall: float) -> str:
+    """A wall-clock time as the run data writes it: 2026-12-07T14:10:00Z."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall))
+
+
+def island(command: str, ok_status: str, rows, counts: dict, began_wall: float, merged=None) -> dict:
+    """The run as data (the module's docstring says what each key holds)."""
+    data = {"format": FORMAT, "version": VERSION, "command": command, "okStatus": ok_status,
+            "started": began_wall, "startedUtc": utc(began_wall),
+            "counts": counts, "rows": [dataclasses.asdict(r) for r in rows]}
+    if merged is not None:
+        data["merged"] = merged
+    return data
+
+
+def render(command: str, rows, counts: dict, began_wall: float, budget_text=None, ok_status: str = "ok",
+           merged=None) -> str:
+    """The page; `merged` (the reports a merged report was made from) adds a line naming them."""
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(began_wall))
     count_line = "".join(f"<span>{html.escape(str(k))}: {v}</span>" for k, v in counts.items())
     body = []
@@ -108,12 +141,18 @@ def render(command: str, rows, counts: dict, began_wall: float, budget_text=None
                     + _cell(r.status) + _cell(f"{r.seconds:.1f}", f"{r.seconds:.3f}") + _cell(r.step or "")
                     + _cell(r.message or "") + "</tr>")
     legend = "".join(f'<span><i style="background:{c}"></i>{n}</span>' for n, c in STATES)
-    data = json.dumps({"command": command, "counts": counts}).replace("</", "<\\/")
+    # (every "<" escaped: no tag, nor "<!--", can end or change the script element)
+    data = json.dumps(island(command, ok_status, rows, counts, began_wall, merged)).replace("<", "\\u003c")
+    note = budget_text
+    if merged:
+        note = (f"Merged from {len(merged)} reports: "
+                + ", ".join(f"{m['file']} (started {m['startedUtc']})" for m in merged) + "."
+                + (f" {budget_text}" if budget_text else ""))
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>az edge-tpm {html.escape(command)}: report</title><style>{_CSS}</style></head><body>"
             f"<h1>az edge-tpm {html.escape(command)}</h1><p>Started {started}.</p>"
             f'<div class="counts" id="counts">{count_line}</div>'
-            + (f"<p>{html.escape(budget_text)}</p>" if budget_text else "")
+            + (f'<p id="note">{html.escape(note)}</p>' if note else "")
             + f'<h2>Timeline</h2><div class="legend">{legend}</div>{chart_svg(rows)}'
             '<h2>Devices</h2><table class="sortable" id="devices"><thead><tr>'
             '<th data-type="text">Host</th><th data-type="text">Device</th><th data-type="text">Status</th>'
@@ -122,9 +161,11 @@ def render(command: str, rows, counts: dict, began_wall: float, budget_text=None
             f'<script type="application/json" id="run">{data}</script><script>{_SCRIPT}</script></body></html>\n')
 
 
-def write(path: str, command: str, rows, counts: dict, began_wall: float, budget_text=None) -> None:
+def write(path: str, command: str, rows, counts: dict, began_wall: float, budget_text=None,
+          ok_status: str = "ok", merged=None) -> None:
+    """The page, written whole or not at all (a partial file renamed into place)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     partial = path + ".partial"
     with open(partial, "w", encoding="utf-8") as handle:
-        handle.write(render(command, rows, counts, began_wall, budget_text))
+        handle.write(render(command, rows, counts, began_wall, budget_text, ok_status, merged))
     os.replace(partial, path)
