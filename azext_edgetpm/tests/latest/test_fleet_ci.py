@@ -8,11 +8,11 @@ import json
 import os
 import re
 import shutil
-import subprocess
 
 import pytest
 
 from azext_edgetpm.tests.latest.azcli import az
+from azext_edgetpm.tests.latest.browser import chart_colours, open_page
 from azext_edgetpm.tests.latest.test_dps_support import EmulatorEnv, start_emulator
 from azext_edgetpm.tests.latest.test_edge_install import DEVICE_CA
 from azext_edgetpm.tests.latest.test_fleet_stop import journal
@@ -244,16 +244,9 @@ def test_failures_within_the_budget_succeed_with_issues(rig, dps, repo, good, tm
                           "1 of 4 devices failed, within the failure budget (--max-fail-percentage 50)")]
 
 
-def chromium():
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 def test_html_report_in_headless_chromium(tmp_path):
     """The report of a run (rows as the runner makes them: 6 devices, 2 failed) rendered by Debian's
     Chromium: the DOM has the sortable table and the chart; the screenshot's chart region is drawn."""
-    exe = chromium()
-    if not exe:
-        pytest.fail("chromium is missing: scripts/bootstrap.sh installs it")
     from azext_edgetpm.fleet.observe import Row
     from azext_edgetpm.fleet import report
     rows = [Row(f"root@10.0.0.{i}:22", f"dev-{i}", "ab" * 32, "failed" if i in (2, 5) else "assigned", i in (2, 5),
@@ -261,23 +254,13 @@ def test_html_report_in_headless_chromium(tmp_path):
                 10.0 + i, 2.0 * i, 12.0 + 3 * i, False) for i in range(1, 7)]
     path = tmp_path / "report.html"
     report.write(str(path), "provision", rows, {"devices": 6, "assigned": 4, "failed": 2}, 0.0)
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'prof'}"]
-    shot = tmp_path / "shot.png"
-    proc = subprocess.run([exe, *flags, f"--screenshot={shot}", "--window-size=900,900", path.as_uri()],
-                          capture_output=True, text=True, timeout=180, check=False)
-    assert proc.returncode == 0 and shot.exists(), proc.stderr[-2000:]
-    dom = subprocess.run([exe, *flags, "--dump-dom", path.as_uri()], capture_output=True, text=True, timeout=180,
-                         check=False).stdout
+    shot, dom = open_page(path, tmp_path)
     assert dom.count("<tr class=\"failed\">") == 2 and dom.count("<tr class=") == 6
     assert 'id="timeline"' in dom and dom.count("<polygon") == 4 and "No TPM answered" in dom
     # The chart region (below the counts, left of the page) holds the states' colours.
-    from PIL import Image
-    image = Image.open(shot).convert("RGB")
-    colours = {"running": (0x2f, 0x7e, 0xd8), "done": (0x3a, 0xa5, 0x5d), "failed": (0xd9, 0x53, 0x4f)}
-    counted = {colour: count for count, colour in image.crop((0, 100, 800, 450)).getcolors(1 << 20)}
-    for name, colour in colours.items():
-        assert counted.get(colour, 0) > 200, f"no {name} area in the chart"
+    drawn = chart_colours(shot)
+    for name in ("running", "done", "failed"):
+        assert drawn[name] > 200, f"no {name} area in the chart"
 
 
 class _Counts:

@@ -8,7 +8,10 @@ download, the service connection's login, publishing test results) is imitated b
 named there. The build stage's pip builds the wheel, `az extension add --source` installs it into
 a clean azure-cli (.venv-notss), the plan stage plans the devices without writing anything, the
 apply stage provisions 4 simulated devices through the DPS emulator with the service
-connection's identity (`--auth-type login`), and the report stage finds every shard's JUnit file.
+connection's identity (`--auth-type login`), "Rerun failed jobs" of shard 1 skips its finished
+devices and of shard 2 (no state of its attempt 2: the download fails, the job goes on) changes
+nothing, and the report stage finds every shard's JUnit file and merges the shards' reports into
+one (az edge-tpm report merge), checked in Chromium.
 """
 import glob
 import json
@@ -20,9 +23,10 @@ import pytest
 import yaml
 
 from azext_edgetpm.tests.latest.agent import Agent, template
+from azext_edgetpm.tests.latest.browser import chart_colours, open_page
 from azext_edgetpm.tests.latest.conftest import NOTSS, REPO, WHEELHOUSE
 from azext_edgetpm.tests.latest.test_dps_support import EmulatorEnv, start_emulator
-from azext_edgetpm.tests.latest.test_fleet_ci import JUNIT_XSD, add_devices, junit_cases
+from azext_edgetpm.tests.latest.test_fleet_ci import JUNIT_XSD, add_devices, file_hashes, junit_cases
 
 pytestmark = pytest.mark.devkit
 
@@ -121,7 +125,8 @@ def test_the_pipeline_runs_as_written(rig, dps, repo, devices, tmp_path):
         steps = job["steps"] if "steps" in job else job["strategy"]["runOnce"]["deploy"]["steps"]
         for step in steps:
             run = agent.run_step(step)
-            assert run.rc == 0, f"{name}: {run.name} exited {run.rc}\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+            assert run.result != "Failed", f"{name}: {run.name} exited {run.rc}\n{run.stdout[-3000:]}\n" \
+                                           f"{run.stderr[-3000:]}"
         return agent
 
     def shards_of(job):
@@ -174,13 +179,32 @@ def test_the_pipeline_runs_as_written(rig, dps, repo, devices, tmp_path):
     writes_before = dps.count("endpoint.PUT")
     agent = run_job(apply["provision"], "provision-1-again", 1, SHARDS, attempt=2)
     download = [r for r in agent.runs if r.kind == "DownloadPipelineArtifact@2"]
-    assert len(download) == 1 and download[0].rc == 0
+    assert len(download) == 1 and download[0].rc == 0 and agent.result == "Succeeded"
     rerun = junit_cases(str(artifacts / "fleet-state-1-2" / "junit.xml"))
     assert rerun and len(rerun) == len(junit_cases(str(artifacts / "fleet-state-1-1" / "junit.xml")))
     assert all(not c["failed"] for c in rerun)
     with open(artifacts / "fleet-state-1-2" / "edge-tpm-provision-summary.md", encoding="utf-8") as handle:
         assert f"({len(rerun)} done in an earlier run)" in handle.read()
     assert dps.count("endpoint.PUT") == writes_before
+
+    # "Rerun failed jobs" of shard 2 as its attempt 3, with no state of attempt 2 (it ended before
+    # publishing): the download fails, continueOnError lets the job go on (SucceededWithIssues), and
+    # provision checks every device again and changes nothing, in DPS or on the devices.
+    shard2 = junit_cases(str(artifacts / "fleet-state-2-1" / "junit.xml"))
+    shard2_devices = [d for d in devices if any(c["name"].startswith(f"root@{d.host}:{d.port}") for c in shard2)]
+    assert shard2_devices and len(shard2_devices) == len(shard2)
+    before = {d.name: file_hashes(d) for d in shard2_devices}
+    writes_before = dps.count("endpoint.PUT") + dps.count("endpoint.POST /enrollments")
+    agent = run_job(apply["provision"], "provision-2-attempt-3", 2, SHARDS, attempt=3)
+    download = [r for r in agent.runs if r.kind == "DownloadPipelineArtifact@2"]
+    assert len(download) == 1 and download[0].rc != 0 and "fleet-state-2-2 was not found" in download[0].stderr
+    assert download[0].result == "SucceededWithIssues" and agent.result == "SucceededWithIssues"
+    again = junit_cases(str(artifacts / "fleet-state-2-3" / "junit.xml"))
+    assert len(again) == len(shard2) and all(not c["failed"] for c in again)
+    with open(artifacts / "fleet-state-2-3" / "edge-tpm-provision-summary.md", encoding="utf-8") as handle:
+        assert f"**{len(shard2)} devices**: {len(shard2)} assigned (0 done in an earlier run)" in handle.read()
+    assert dps.count("endpoint.PUT") + dps.count("endpoint.POST /enrollments") == writes_before
+    assert {d.name: file_hashes(d) for d in shard2_devices} == before
     registrations = dps.emu.store.query_enrollments({"query": "*"}, 10 ** 6, None)[0]
     assert len(registrations) == len(devices)
     for enrollment in registrations:
@@ -191,9 +215,28 @@ def test_the_pipeline_runs_as_written(rig, dps, repo, devices, tmp_path):
     published = [r for r in agent.runs if r.kind == "PublishTestResults@2"][0]
     files = published.stdout.split()
     assert len(files) == SHARDS
-    with open(os.path.join(agent.variables["Pipeline.Workspace"], "latest", ".attempt-1"), encoding="utf-8") as handle:
-        assert handle.read().strip() == "2"   # the latest attempt of shard 1
+    latest = tmp_path / "agents" / "report" / "latest"
+    assert (latest / ".attempt-1").read_text(encoding="utf-8").strip() == "2"   # the latest attempt of shard 1
+    assert (latest / ".attempt-2").read_text(encoding="utf-8").strip() == "3"   # ... and of shard 2
     import xmlschema
     schema = xmlschema.XMLSchema(JUNIT_XSD)
     for path in files:
         schema.validate(path)
+    # One merged report of both shards' latest attempts (az edge-tpm report merge, from the wheel),
+    # published in fleet-reports with its counts.
+    merged = json.loads((artifacts / "fleet-reports" / "fleet-report.json").read_text(encoding="utf-8"))
+    assert (merged["devices"], merged["assigned"], merged["failed"]) == (len(devices), len(devices), 0), merged
+    assert merged["doneEarlier"] == len(rerun) and merged["replaced"] == []
+    assert sorted(merged["inputs"]) == ["latest/shard-1/report.html", "latest/shard-2/report.html"]
+    page = artifacts / "fleet-reports" / "fleet-report.html"
+    text = page.read_text(encoding="utf-8")
+    data = json.loads(text.split('<script type="application/json" id="run">', 1)[1].split("</script>", 1)[0])
+    assert sorted(r["name"] for r in data["rows"]) == sorted(f"root@{d.host}:{d.port}" for d in devices)
+    assert {r["status"] for r in data["rows"]} == {"assigned"} and len(data["merged"]) == SHARDS
+    # ... as Chromium shows it: 4 device rows and the chart (shard 1 done from the start, shard 2's
+    # attempt 3 running later on the same clock).
+    shot, dom = open_page(page, tmp_path)
+    assert dom.count("<tr class=\"ok\">") == len(devices) and dom.count("<tr class=") == len(devices)
+    assert 'id="timeline"' in dom and dom.count("<polygon") == 4
+    drawn = chart_colours(shot)
+    assert drawn["done"] > 200 and drawn["running"] > 200, drawn

@@ -2,6 +2,7 @@
 azure-cli's ScenarioTest style, live against the dev kit's DPS emulator: their scripts' options,
 configured defaults that never break a command, --top, and each failure with its own exit code
 and a recommendation that matches its cause."""
+import json
 import os
 
 import pytest
@@ -196,3 +197,66 @@ class CommandCoverageScenarioTest(ScenarioTest):
             assert out.exit_code in (0, 1) and "Traceback" not in out.result.stderr, out.result.stderr
         self.cmd("az edge-tpm enrollment show --eid {eid} --login {cs}",
                  checks=[self.check("provisioningStatus", "enabled")])  # a plan changed nothing
+
+
+class ReportMergeScenarioTest(ScenarioTest):
+    """`az edge-tpm report merge` over reports as fleet runs write them (fleet/report.py, rows as
+    the runner makes them; the pipeline test merges the reports of a real run): counts summed, a
+    shard's rerun replaces its earlier rows, one clock; each wrong input one error naming it."""
+
+    @pytest.fixture(autouse=True)
+    def _tmp(self, tmp_path):
+        self.tmp_path = tmp_path
+
+    def write(self, file_name, command, started, hosts, failed=(), ok="assigned"):
+        from azext_edgetpm.fleet import report
+        from azext_edgetpm.fleet.observe import Row
+        rows = [Row(h, f"dev-{h}", None, "failed" if h in failed else ok, h in failed,
+                    "identify" if h in failed else None, "No TPM </script> answered" if h in failed else None,
+                    4.0, 1.0 + i, 5.0 + i, False) for i, h in enumerate(hosts)]
+        counts = {"devices": len(hosts), ok: len(hosts) - len(failed), "failed": len(failed)}
+        path = self.tmp_path / file_name
+        report.write(str(path), command, rows, counts, started, ok_status=ok)
+        return str(path)
+
+    def test_report_merge(self):
+        self.kwargs.update({"a": self.write("a.html", "provision", 1000.0, ["h1", "h2", "h3"], failed=("h3",)),
+                            "b": self.write("b.html", "provision", 1100.0, ["h4", "h5"]),
+                            "b2": self.write("b2.html", "provision", 1200.0, ["h5", "h3"]),
+                            "out": str(self.tmp_path / "merged.html")})
+        self.cmd("az edge-tpm report merge --input {a} {b} --report {out}",
+                 checks=[self.check("devices", 5), self.check("assigned", 4), self.check("failed", 1),
+                         self.check("inputs", [self.kwargs["a"], self.kwargs["b"]]), self.check("replaced", []),
+                         self.check("started", "1970-01-01T00:16:40Z")])
+        # A rerun of a shard (started later) replaces the rows of its devices in the earlier runs.
+        rerun = self.cmd("az edge-tpm report merge --input {b2} {a} {b} {a} --report {out}",
+                         checks=[self.check("devices", 5), self.check("assigned", 5), self.check("failed", 0),
+                                 self.check("length(inputs)", 3)]).get_output_in_json()
+        assert sorted((r["device"], r["kept"], r["dropped"]) for r in rerun["replaced"]) == [
+            ("h3", self.kwargs["b2"], self.kwargs["a"]), ("h5", self.kwargs["b2"], self.kwargs["b"])]
+        with open(self.kwargs["out"], encoding="utf-8") as handle:
+            page = handle.read()
+        island = page.split('<script type="application/json" id="run">', 1)[1].split("</script>", 1)[0]
+        data = json.loads(island)
+        assert data["started"] == 1000.0 and len(data["merged"]) == 3 and page.count("<tr class=") == 5
+        starts = {r["name"]: r["start"] for r in data["rows"]}
+        assert starts == {"h1": 1.0, "h2": 2.0, "h3": 202.0, "h4": 101.0, "h5": 201.0}   # on the first run's clock
+        # Each wrong input: one error naming the file, nothing written.
+        plain = self.tmp_path / "page.html"
+        plain.write_text("<html><body>not ours</body></html>")
+        old = self.tmp_path / "old.html"
+        old.write_text(page.replace(island, json.dumps({"command": "provision", "counts": {}})))
+        self.kwargs.update({"plain": str(plain), "old": str(old), "up": self.write("up.html", "upgrade", 1300.0, ["h1"],
+                                                                                  ok="upgraded"),
+                            "new": str(self.tmp_path / "new.html")})
+        for inputs, error, cause in (("{plain}", "FileOperationError", "{plain} is not a report of az edge-tpm"),
+                                     ("{old}", "FileOperationError", "version before 0.3.0"),
+                                     ("{a} {tmp}/missing.html", "FileOperationError", "does not exist"),
+                                     ("{out}", "ArgumentUsageError", "{out} is itself a merged report"),
+                                     ("{a} {up}", "ArgumentUsageError", "is a report of `upgrade`"),
+                                     ("{a} {new}", "ArgumentUsageError", "is both an input and the merged report")):
+            self.kwargs.update({"inputs": inputs.format(**self.kwargs, tmp=self.tmp_path)})
+            out = self.cmd("az edge-tpm report merge --input {inputs} --report {new}", expect_failure=True)
+            assert type(out.error).__name__ == error and cause.format(**self.kwargs) in str(out.error), out.error
+            assert out.error.recommendations and "Traceback" not in out.result.stderr
+        assert not os.path.exists(self.kwargs["new"])
