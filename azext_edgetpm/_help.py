@@ -439,7 +439,7 @@ helps["edge-tpm report merge"] = """
 type: command
 short-summary: Merge the HTML reports of parallel or repeated runs (e.g. a pipeline's shards) into one report.
 long-summary: >
-    Reads the run data each report carries (its <script type="application/json" id="run"> island:
+    Reads the run data each report carries (its `<script type="application/json" id="run">` island:
     the command, the run's start and one row per device) and writes one self-contained report with
     every device, the counts summed and one timeline of devices per state on a common clock (each
     run placed at its own start). A device found in several reports, such as a shard run again,
