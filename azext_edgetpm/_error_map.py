@@ -69,6 +69,7 @@ FLAGS = {
     "ssh_user": "--ssh-user",
     "state": "--state",
     "state_from_other_run": "--state-from-other-run",
+    "summary_file": "--summary",
     "tcti": "--tcti",
     "timeout": "--timeout",
     "top": "--top",

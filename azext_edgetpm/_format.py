@@ -138,6 +138,6 @@ def report_merge_table(result):
     """One row: the merged report, its inputs and the summed counts."""
     r = result or {}
     counts = {k[:1].upper() + k[1:]: v for k, v in r.items()
-              if k not in ("report", "command", "started", "inputs", "replaced")}
+              if k not in ("report", "summary", "command", "started", "inputs", "replaced")}
     return {"Report": r.get("report"), "Command": r.get("command"), "Inputs": len(r.get("inputs") or []),
             **counts, "Replaced": len(r.get("replaced") or [])}

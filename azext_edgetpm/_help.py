@@ -454,6 +454,8 @@ examples:
     text: az edge-tpm report merge --input latest/shard-*/report.html --report fleet-report.html
   - name: The merged counts as a table.
     text: az edge-tpm report merge --input shard-1.html shard-2.html --report fleet-report.html -o table
+  - name: With a Markdown recap for an Azure Pipelines run's summary page.
+    text: az edge-tpm report merge --input shard-*/report.html --report fleet-report.html --summary fleet-summary.md
   - name: Only the number of failed devices.
     text: az edge-tpm report merge --input shard-*.html --report fleet-report.html --query failed -o tsv
 """

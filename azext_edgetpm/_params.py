@@ -466,3 +466,7 @@ def load_lifecycle_arguments(self):
         c.argument("report_file", options_list=["--report"], required=True,
                    help="The merged HTML report to write (written whole or not at all): every device once, the "
                         "counts summed, one timeline on the clock of the earliest run.")
+        c.argument("summary_file", options_list=["--summary"],
+                   help="Also write a Markdown recap of the merged runs (counts, durations, failed devices with "
+                        "step and reason), as fleet commands write for a pipeline's summary page "
+                        "(##vso[task.uploadsummary]).")

@@ -625,6 +625,6 @@ def upgrade(cmd, host=None,  # pylint: disable=too-many-locals
         h, rec, status, dry_run=bool(dry_run), seconds=secs), "upgraded")
 
 
-def report_merge(cmd, inputs, report_file):  # pylint: disable=unused-argument
+def report_merge(cmd, inputs, report_file, summary_file=None):  # pylint: disable=unused-argument
     from azext_edgetpm.fleet.merge import merge
-    return merge(inputs, report_file).to_output()
+    return merge(inputs, report_file, summary_file).to_output()

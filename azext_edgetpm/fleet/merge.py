@@ -11,7 +11,7 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional
 
 from azext_edgetpm.errors import LocalFileError, UsageError, option
 from azext_edgetpm.files import LIMITS, name, read_text_bounded
@@ -52,13 +52,14 @@ class MergeResult:
     inputs: List[str]
     counts: dict
     replaced: List[Replaced]
+    summary: Optional[str] = None
 
     def to_output(self) -> dict:
         """The merged counts at the top (devices, the command's success word, failed, ...), with the
-        report written, its inputs and the devices whose later run replaced an earlier one."""
-        return {"report": self.report, "command": self.command, "started": report.utc(self.started),
-                **self.counts, "inputs": list(self.inputs),
-                "replaced": [dataclasses.asdict(r) for r in self.replaced]}
+        report (and summary) written, its inputs and the devices whose later run replaced an earlier one."""
+        return {"report": self.report, **({"summary": self.summary} if self.summary else {}),
+                "command": self.command, "started": report.utc(self.started), **self.counts,
+                "inputs": list(self.inputs), "replaced": [dataclasses.asdict(r) for r in self.replaced]}
 
 
 def _not_ours(path: str, why: str) -> LocalFileError:
@@ -103,17 +104,19 @@ def _row(path: str, number: int, row) -> observe.Row:
     return observe.Row(**row)
 
 
-def merge(paths: List[str], out: str) -> MergeResult:
-    """Read every report, keep each device's row of the latest run, write the merged report."""
+def merge(paths: List[str], out: str, summary: Optional[str] = None) -> MergeResult:
+    """Read every report, keep each device's row of the latest run, write the merged report (and,
+    with `summary`, its Markdown recap as fleet commands write theirs for a pipeline's summary page)."""
     seen, unique = set(), []
     for path in paths:   # (a file given twice, e.g. by a glob and by name, counts once)
         key = os.path.realpath(os.path.expanduser(path))
         if key not in seen:
             seen.add(key)
             unique.append(path)
-    if os.path.realpath(os.path.expanduser(out)) in seen:
-        raise UsageError(f"{name(out)} is both an input and the merged report to write; writing it would "
-                         "replace that input.", f"Give {option('report_file')} another file name.", "report_file")
+    for dest, target in (("report_file", out), ("summary_file", summary)):
+        if target and os.path.realpath(os.path.expanduser(target)) in seen:
+            raise UsageError(f"{name(target)} is both an input and a file to write; writing it would replace "
+                             "that input.", f"Give {option(dest)} another file name.", dest)
     shards = [read(path) for path in unique]
     first = shards[0]
     for shard in shards[1:]:
@@ -139,9 +142,32 @@ def merge(paths: List[str], out: str) -> MergeResult:
     shown = observe.shown_counts(counts, first.ok_status)
     merged = [{"file": s.path, "command": s.command, "started": s.started, "startedUtc": report.utc(s.started),
                "devices": len(s.rows)} for s in shards]
+    _write(out, "report_file", lambda: report.write(out, first.command, rows, shown, began,
+                                                    ok_status=first.ok_status, merged=merged))
+    if summary:
+        text = _markdown(first, len(shards), rows, counts)
+        _write(summary, "summary_file", lambda: _write_text(summary, text))
+    return MergeResult(out, first.command, began, [s.path for s in shards], shown, replaced, summary)
+
+
+def _markdown(first: ShardReport, reports: int, rows: List[observe.Row], counts: dict) -> str:
+    ran = [r for r in rows if not r.done_earlier and r.status != "notStarted"]
+    failed = [observe.failed_line(r.name, r.device_id, r.step, r.message or r.status)
+              for r in rows if r.failed and r.status != "notStarted"][:observe.SUMMARY_LINES]
+    return observe.markdown(f"az edge-tpm {first.command} ({reports} reports merged)", first.ok_status, counts,
+                            [r.seconds for r in ran], failed, max((r.end for r in rows), default=0.0))
+
+
+def _write_text(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".partial", "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(path + ".partial", path)
+
+
+def _write(path: str, dest: str, write) -> None:
     try:
-        report.write(out, first.command, rows, shown, began, ok_status=first.ok_status, merged=merged)
+        write()
     except OSError as exc:
-        raise LocalFileError(f"Cannot write the merged report {name(out)}: {exc.strerror or exc}.",
-                             "Give a file in a folder you can write to.", "report_file") from exc
-    return MergeResult(out, first.command, began, [s.path for s in shards], shown, replaced)
+        raise LocalFileError(f"Cannot write {name(path)}: {exc.strerror or exc}.",
+                             "Give a file in a folder you can write to.", dest) from exc

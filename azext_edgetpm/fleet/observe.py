@@ -74,8 +74,8 @@ class RunRecord:
         if not result.skipped and result.status != "notStarted":
             self.durations.append(float(result.seconds or 0.0))
         if failed and result.status != "notStarted" and len(self.failed_lines) < SUMMARY_LINES:
-            self.failed_lines.append(f"| {_md(ci.device_name(result))} | {_md(result.failed_step or '')} | "
-                                     f"{_md(result.error or result.status)} |")
+            self.failed_lines.append(failed_line(result.host, getattr(result, "device_id", None), result.failed_step,
+                                                 result.error or result.status))
         if self.ci:
             self.ci.device_ended(result, failed and result.status != "notStarted")
         if self.keep_rows:
@@ -85,23 +85,8 @@ class RunRecord:
                                  max(0.0, now - seconds), now, bool(result.skipped)))
 
     def markdown(self, budget_text: Optional[str] = None) -> str:
-        c = self.counts
-        lines = [f"## az edge-tpm {self.command}", "",
-                 f"**{c['devices']} devices**: {c['ok']} {self.ok_status} "
-                 f"({c['doneEarlier']} done in an earlier run), {c['failed']} failed"
-                 + (f", {c['interrupted']} interrupted" if c["interrupted"] else "")
-                 + (f", {c['notStarted']} not started" if c["notStarted"] else "") + "."]
-        if self.durations:
-            ordered = sorted(self.durations)
-            lines += ["", f"Durations per device: median {ordered[len(ordered) // 2]:.1f} s, "
-                          f"longest {ordered[-1]:.1f} s; run {time.monotonic() - self.began:.0f} s."]
-        if budget_text:
-            lines += ["", budget_text]
-        if self.failed_lines:
-            lines += ["", "| Failed device | Step | Reason |", "|---|---|---|"] + self.failed_lines
-            if c["failed"] > len(self.failed_lines):
-                lines.append(f"\n... and {c['failed'] - len(self.failed_lines)} more (see the command's results).")
-        return "\n".join(lines) + "\n"
+        return markdown(f"az edge-tpm {self.command}", self.ok_status, self.counts, self.durations,
+                        self.failed_lines, time.monotonic() - self.began, budget_text)
 
     def shown_counts(self) -> dict:
         return shown_counts(self.counts, self.ok_status)
@@ -128,6 +113,35 @@ class RunRecord:
         """The run's failures stayed within the failure budget: the CI task succeeds with issues."""
         if self.ci:
             self.ci.complete("SucceededWithIssues", text)
+
+
+def failed_line(host: str, device_id: Optional[str], step: Optional[str], reason: str) -> str:
+    """A failed device's line of the summary's table (the device as ci.device_name names it)."""
+    who = f"{host} (device {device_id})" if device_id else host
+    return f"| {_md(who)} | {_md(step or '')} | {_md(reason)} |"
+
+
+def markdown(title: str, ok_status: str, counts: dict, durations: List[float], failed_lines: List[str],
+             run_seconds: float, budget_text: Optional[str] = None) -> str:
+    """The Markdown recap of a run (or of merged runs) for a pipeline's summary page: counts
+    (as new_counts has them), durations, the failed devices (at most SUMMARY_LINES lines)."""
+    c = counts
+    lines = [f"## {title}", "",
+             f"**{c['devices']} devices**: {c['ok']} {ok_status} "
+             f"({c['doneEarlier']} done in an earlier run), {c['failed']} failed"
+             + (f", {c['interrupted']} interrupted" if c["interrupted"] else "")
+             + (f", {c['notStarted']} not started" if c["notStarted"] else "") + "."]
+    if durations:
+        ordered = sorted(durations)
+        lines += ["", f"Durations per device: median {ordered[len(ordered) // 2]:.1f} s, "
+                      f"longest {ordered[-1]:.1f} s; run {run_seconds:.0f} s."]
+    if budget_text:
+        lines += ["", budget_text]
+    if failed_lines:
+        lines += ["", "| Failed device | Step | Reason |", "|---|---|---|"] + list(failed_lines)
+        if c["failed"] > len(failed_lines):
+            lines.append(f"\n... and {c['failed'] - len(failed_lines)} more (see the command's results).")
+    return "\n".join(lines) + "\n"
 
 
 def shown_counts(counts: dict, ok_status: str) -> dict:

@@ -253,6 +253,12 @@ def test_the_pipeline_runs_as_written(rig, dps, repo, devices, tmp_path):
     assert (merged["devices"], merged["assigned"], merged["failed"]) == (len(devices), len(devices), 0), merged
     assert merged["doneEarlier"] == len(rerun) and merged["replaced"] == []
     assert sorted(merged["inputs"]) == ["latest/shard-1/report.html", "latest/shard-2/report.html"]
+    recap = artifacts / "fleet-reports" / "fleet-summary.md"
+    merge_step = [r for r in agent.runs if r.name == "Merge the shards' reports into one"][0]
+    assert f"##vso[task.uploadsummary]{tmp_path / 'agents' / 'report' / 'latest' / 'fleet-summary.md'}" \
+        in merge_step.stdout.splitlines()
+    assert (f"**{len(devices)} devices**: {len(devices)} assigned ({len(rerun)} done in an earlier run), 0 failed."
+            in recap.read_text(encoding="utf-8"))
     page = artifacts / "fleet-reports" / "fleet-report.html"
     text = page.read_text(encoding="utf-8")
     data = json.loads(text.split('<script type="application/json" id="run">', 1)[1].split("</script>", 1)[0])

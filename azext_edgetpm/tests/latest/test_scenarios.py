@@ -223,11 +223,17 @@ class ReportMergeScenarioTest(ScenarioTest):
         self.kwargs.update({"a": self.write("a.html", "provision", 1000.0, ["h1", "h2", "h3"], failed=("h3",)),
                             "b": self.write("b.html", "provision", 1100.0, ["h4", "h5"]),
                             "b2": self.write("b2.html", "provision", 1200.0, ["h5", "h3"]),
-                            "out": str(self.tmp_path / "merged.html")})
-        self.cmd("az edge-tpm report merge --input {a} {b} --report {out}",
+                            "out": str(self.tmp_path / "merged.html"), "md": str(self.tmp_path / "summary.md")})
+        self.cmd("az edge-tpm report merge --input {a} {b} --report {out} --summary {md}",
                  checks=[self.check("devices", 5), self.check("assigned", 4), self.check("failed", 1),
+                         self.check("summary", "{md}"),
                          self.check("inputs", [self.kwargs["a"], self.kwargs["b"]]), self.check("replaced", []),
                          self.check("started", "1970-01-01T00:16:40Z")])
+        with open(self.kwargs["md"], encoding="utf-8") as handle:
+            recap = handle.read()
+        assert recap.startswith("## az edge-tpm provision (2 reports merged)\n")
+        assert "**5 devices**: 4 assigned (0 done in an earlier run), 1 failed." in recap
+        assert "| h3 (device dev-h3) | identify | No TPM </script> answered |" in recap
         # A rerun of a shard (started later) replaces the rows of its devices in the earlier runs.
         rerun = self.cmd("az edge-tpm report merge --input {b2} {a} {b} {a} --report {out}",
                          checks=[self.check("devices", 5), self.check("assigned", 5), self.check("failed", 0),
@@ -254,7 +260,7 @@ class ReportMergeScenarioTest(ScenarioTest):
                                      ("{a} {tmp}/missing.html", "FileOperationError", "does not exist"),
                                      ("{out}", "ArgumentUsageError", "{out} is itself a merged report"),
                                      ("{a} {up}", "ArgumentUsageError", "is a report of `upgrade`"),
-                                     ("{a} {new}", "ArgumentUsageError", "is both an input and the merged report")):
+                                     ("{a} {new}", "ArgumentUsageError", "--report: {new} is both an input and a file to write")):
             self.kwargs.update({"inputs": inputs.format(**self.kwargs, tmp=self.tmp_path)})
             out = self.cmd("az edge-tpm report merge --input {inputs} --report {new}", expect_failure=True)
             assert type(out.error).__name__ == error and cause.format(**self.kwargs) in str(out.error), out.error
