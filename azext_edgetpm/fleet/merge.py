@@ -9,6 +9,7 @@ UsageError naming the file.
 """
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import List, Optional
@@ -76,19 +77,22 @@ def read(path: str) -> ShardReport:
         raise _not_ours(path, "it holds no run data (the page's <script id=\"run\"> island)")
     try:
         data = json.loads(text[start + len(ISLAND):end])
-    except ValueError as exc:
-        raise _not_ours(path, f"its run data is not JSON ({exc})") from exc
+    except (ValueError, RecursionError) as exc:   # (RecursionError: nested beyond what the parser takes)
+        raise _not_ours(path, f"its run data is not JSON ({str(exc)[:200]})") from exc
     if not isinstance(data, dict) or data.get("format") != report.FORMAT:
         raise _not_ours(path, "its run data is not az edge-tpm's (written by a version before 0.3.0, or by "
                               "something else)")
     if data.get("version") != report.VERSION:
-        raise _not_ours(path, f"its run data has version {data.get('version')!r}; this az edge-tpm reads "
-                              f"version {report.VERSION} (update the extension)")
+        raise _not_ours(path, f"its run data has version {str(data.get('version'))[:20]!r}; this az edge-tpm "
+                              f"reads version {report.VERSION} (update the extension)")
     if "merged" in data:
-        raise UsageError(f"{name(path)} is itself a merged report (of {len(data['merged'])} reports).",
+        count = len(data["merged"]) if isinstance(data["merged"], list) else "several"
+        raise UsageError(f"{name(path)} is itself a merged report (of {count} reports).",
                          "Give the reports it was made from instead (each shard's own report).", "inputs")
     for key, kinds in (("command", (str,)), ("okStatus", (str,)), ("started", (int, float)), ("rows", (list,))):
-        if not isinstance(data.get(key), kinds) or isinstance(data.get(key), bool):
+        value = data.get(key)
+        if (not isinstance(value, kinds) or isinstance(value, bool)
+                or (isinstance(value, float) and not math.isfinite(value))):
             raise _not_ours(path, f"its run data has no valid {key!r}")
     return ShardReport(path, data["command"], data["okStatus"], float(data["started"]),
                        [_row(path, i, r) for i, r in enumerate(data["rows"], 1)])
@@ -99,7 +103,8 @@ def _row(path: str, number: int, row) -> observe.Row:
         raise _not_ours(path, f"row {number:,} of its run data does not have the fields of a device row")
     for key, kinds in _FIELDS.items():
         value = row[key]
-        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        if (not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)
+                or (isinstance(value, float) and not math.isfinite(value))):
             raise _not_ours(path, f"row {number:,} of its run data has a wrong {key!r}")
     return observe.Row(**row)
 
