@@ -57,9 +57,9 @@ def test_provision_installs_with_dnf_and_ends_assigned(rhel):
     assert result["warnings"] == []
 
 
-def test_second_install_changes_nothing_and_status_reads_the_runtime(rhel, dps):
+def test_second_install_changes_nothing_and_status_reads_the_runtime(rhel, repo, dps):
     dev = rhel["device"]
-    again = install(dev, dps)
+    again = install(dev, dps, "--package-source", repo["base_url"])
     assert again.rc == 0, f"{again.message} | {again.recommendation}"
     assert again.out["changed"] is False, statuses(again)
     assert set(statuses(again).values()) <= {"ok", "skipped"}, statuses(again)
