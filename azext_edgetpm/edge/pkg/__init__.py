@@ -81,6 +81,15 @@ class PackageManager:
     def install_offline(self, ctx, files: list) -> None:
         raise NotImplementedError
 
+    # -- proxy settings and the OS's CA store --------------------------------------------------------
+    ca_anchor = ""            # where a CA for the whole system goes
+    ca_update = ""            # the command that rebuilds the store from it
+
+    def proxy_files(self, proxy, facts) -> dict:
+        """{path: (content, mode) or None} of the package manager's proxy settings (edge/proxy.py's Proxy;
+        None: no proxy of ours), credentials only in a root-only file."""
+        raise NotImplementedError
+
     @staticmethod
     def match_version(wanted: str, versions: List[str]) -> Optional[str]:
         """The full package version for `--edge-version` (1.5.10 matches 1.5.10-1 and 1.5.10-1.el9)."""

@@ -101,6 +101,13 @@ class AptManager(PackageManager):
     offline_suffix = ".deb"
     source_files = (APT_LIST,)
 
+    ca_anchor = "/usr/local/share/ca-certificates/edge-tpm-proxy-ca.crt"
+    ca_update = "update-ca-certificates --fresh >/dev/null"
+
+    def proxy_files(self, proxy, facts):
+        from ..proxy import apt_files
+        return apt_files(proxy)
+
     def is_source_line(self, value: Optional[str]) -> bool:
         return bool(value) and value.strip().split(" ", 1)[0] in ("deb", "deb-src")
 

@@ -94,6 +94,47 @@ def exact_requirement(requires: str, dependency: str) -> Optional[str]:
     return None
 
 
+_OURS = "# HTTP proxy of IoT Edge (written by az edge-tpm install; --proxy none removes it)"
+_PROXY_KEY = re.compile(r"\s*(proxy|proxy_username|proxy_password|proxy_auth_method)\s*=")
+
+
+def dnf_conf_with_proxy(text: str, proxy, path: str = "/etc/dnf/dnf.conf") -> str:
+    """dnf.conf with the proxy lines of ours (after _OURS, first in [main]) set for `proxy`, or removed
+    when it is None; every other line kept. A proxy the file already sets itself is refused (dnf would
+    take one of the two), so that nothing of the device's own is lost."""
+    kept, ours = [], False
+    for line in (text or "").splitlines():
+        if line.strip() == _OURS:
+            ours = True
+            continue
+        if ours and _PROXY_KEY.match(line):
+            continue
+        ours = False
+        kept.append(line)
+    if proxy is None:
+        return "\n".join(kept) + "\n" if kept else ""
+    section = None
+    for line in kept:
+        stripped = line.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            section = stripped[1:-1].strip()
+        elif section == "main" and _PROXY_KEY.match(line):
+            raise DeviceError(
+                f"{path} on the device already sets a proxy of its own ({line.split('=', 1)[0].strip()}=); it was "
+                "left as it is and nothing was changed.",
+                f"Remove the proxy lines from {path} (then this command writes its own), or run without "
+                f"{option('proxy')} to keep the device's settings.")
+    block = [_OURS, f"proxy=http://{proxy.hostport}"]
+    if proxy.user is not None:
+        block += [f"proxy_username={proxy.user}", f"proxy_password={proxy.password or ''}", "proxy_auth_method=basic"]
+    main = next((i for i, line in enumerate(kept) if line.strip() == "[main]"), None)
+    if main is None:
+        kept = ["[main]"] + block + ([""] if kept else []) + kept
+    else:
+        kept[main + 1:main + 1] = block
+    return "\n".join(kept) + "\n"
+
+
 @dataclass(frozen=True)
 class RpmFile:
     path: str
@@ -161,6 +202,27 @@ class DnfManager(PackageManager):
     update_label = "dnf makecache"
     offline_suffix = ".rpm"
     engine_packages = ("moby-engine", "moby-cli")   # (Microsoft's RHEL instructions: dnf install moby-engine moby-cli)
+
+    ca_anchor = "/etc/pki/ca-trust/source/anchors/edge-tpm-proxy-ca.crt"   # update-ca-trust(8)
+    ca_update = "update-ca-trust extract"
+
+    def proxy_files(self, proxy, facts):
+        """dnf.conf's [main] with the proxy lines of ours (dnf 4 reads the proxy of its own downloads,
+        packages-microsoft-prod.rpm's included, only from there or a repository's file): proxy=, and
+        proxy_username / proxy_password, for which the file is made root-only (dnf runs as root)."""
+        from ..proxy import DNF_CONF
+        current = facts.file(DNF_CONF) if facts is not None else None
+        if current is None and proxy is None:
+            return {}
+        text = current.text if current is not None else ""
+        new = dnf_conf_with_proxy(text, proxy, current.path if current is not None else DNF_CONF)
+        if proxy is not None and proxy.user is not None:
+            mode = 0o600
+        else:
+            mode = current.mode if current is not None and current.mode != 0o600 else 0o644
+        if current is not None and new == text and mode == current.mode:
+            return {}
+        return {DNF_CONF: (new.encode(), mode)}
 
     def install_config_package(self, ctx, url: str) -> None:
         """`dnf install URL`: dnf downloads it itself (with its own proxy settings: no credential on

@@ -6,18 +6,24 @@ with the stand-in RPMs served from the kit's dnf repository:
   image :1.6, packages-microsoft-prod.rpm taken from the mirror's config/rhel/9/ path;
 - a second `install` changes nothing; `status` reads the runtime;
 - `deprovision --uninstall` removes aziot-edge and aziot-identity-service with dnf (rpm -q: not
-  installed) and leaves the container engine.
+  installed) and leaves the container engine;
+- behind the authenticated proxy (a `rhel9+proxied` device), `provision --proxy` ends assigned with
+  dnf's traffic through the proxy and its credentials only in a root-only dnf.conf.
 
-One rhel9 device for the module (device time is the suite's budget); the tests use it in order.
+One rhel9 device for the module (and one rhel9+proxied for the proxy) (device time is the suite's budget); the tests use it in order.
 """
 import json
+import re
 import tomllib
 
 import pytest
 
+from azext_edgetpm.tests.latest.azcli import az
 from azext_edgetpm.tests.latest.test_dps_support import ok
 from azext_edgetpm.tests.latest.test_edge_install import (  # noqa: F401,F811  (dps: a module fixture)
-    dps, host_args, install, statuses)
+    dps, host_args, install, stat, statuses)
+from azext_edgetpm.tests.latest.test_edge_proxy import (  # noqa: F401,F811  (proxies: a module fixture)
+    device_files_holding, log_since, log_size, proxies)
 from azext_edgetpm.tests.latest.test_lts import AGENT, provision
 
 pytestmark = [pytest.mark.devkit, pytest.mark.timeout(1500)]
@@ -76,3 +82,37 @@ def test_deprovision_uninstall_removes_the_packages_with_dnf(rhel, dps):
     assert rpm_q(dev, "aziot-edge", "aziot-identity-service") == [
         "package aziot-edge is not installed", "package aziot-identity-service is not installed"]
     assert rpm_q(dev, "moby-engine") == ["moby-engine-25.0.5-1.el9.x86_64"]     # the engine is left
+
+
+
+def test_provision_behind_the_authenticated_proxy(new_device, repo, dps, proxies, tmp_path):
+    """A rhel9 device whose only way out is the authenticated proxy: `provision --proxy @file` ends
+    assigned; dnf's downloads (packages-microsoft-prod.rpm, the repository's metadata and packages)
+    went through that proxy with the credentials of dnf.conf, made root-only; the password is in no
+    file that is not root-only, nor in the output."""
+    dev = new_device("rhel9+proxied")
+    with open(dps.section["ca_bundle"], encoding="ascii") as handle:
+        dev.exec(f"cat > {RHEL_CA} && update-ca-trust extract", input=handle.read(), check=True, timeout=300)
+    auth = proxies["auth"]
+    password = auth["password"]
+    url_file = tmp_path / "auth-proxy.txt"
+    url_file.write_text(f"http://{auth['user']}:{password}@{auth['url'].split('//', 1)[1]}\n")
+    offset = log_size(auth["log"])
+    result = az("edge-tpm", "provision", *host_args(dev), "--tcti", dev.tcti, *dps.login,
+                "--id-scope", dps.section["id_scope"], "--global-endpoint", dps.section["device_endpoint"],
+                "--package-source", repo["base_url"], "--proxy", f"@{url_file}")
+    assert result.rc == 0, f"{result.message} | {result.recommendation}"
+    row = result.out[0] if isinstance(result.out, list) else result.out
+    assert row["status"] == "assigned", row
+    assert rpm_q(dev, "aziot-edge") == ["aziot-edge-1.6.0-1.el9.x86_64"]
+    conf = dev.exec(["cat", "/etc/dnf/dnf.conf"], check=True).stdout
+    assert f"proxy=http://{auth['url'].split('//', 1)[1].rstrip('/')}" in conf and "proxy_username=" in conf, conf
+    assert "best=True" in conf                                 # (RHEL's own settings kept)
+    assert stat(dev, "/etc/dnf/dnf.conf") == ["600", "root", "root"]
+    seen = log_since(auth["log"], offset)
+    repo_hostport = repo["base_url"].split("//", 1)[1].rstrip("/")
+    assert re.search(rf"Request .*: GET http://{re.escape(repo_hostport)}/config/rhel/9/packages-microsoft-prod", seen)
+    assert re.search(rf"Request .*: GET http://{re.escape(repo_hostport)}/.*aziot-edge-1\.6\.0", seen), seen[-3000:]
+    assert password not in result.text + result.stderr + result.message
+    found = device_files_holding(dev, password)
+    assert found and all(line.startswith("600 ") for line in found), found
