@@ -116,3 +116,18 @@ def test_provision_behind_the_authenticated_proxy(new_device, repo, dps, proxies
     assert password not in result.text + result.stderr + result.message
     found = device_files_holding(dev, password)
     assert found and all(line.startswith("600 ") for line in found), found
+
+
+def test_offline_rpm_set_installs_again_after_the_uninstall(rhel, repo, dps):
+    """--offline-packages with a directory of .rpm files: uploaded and installed by dnf from those files
+    alone (the engine already there is kept). (The deprovision disabled the enrollment: the runtime runs
+    and DPS refuses it, which the install reports as a warning.)"""
+    dev = rhel["device"]
+    offline = repo["rpms_dirs"]["rhel9"]["1.6.0-1"]
+    done = install(dev, dps, "--offline-packages", offline)
+    assert done.rc == 0, f"{done.message} | {done.recommendation}"
+    assert statuses(done)["package-source"] == "changed", statuses(done)
+    assert "from the uploaded .rpm files" in next(s["detail"] for s in done.out["steps"] if s["name"] == "package-source")
+    assert rpm_q(dev, "aziot-edge", "aziot-identity-service") == [
+        "aziot-edge-1.6.0-1.el9.x86_64", "aziot-identity-service-1.6.0-1.el9.x86_64"]
+    assert done.out["runtime"]["version"].startswith("1.6.0"), done.out["runtime"]
