@@ -7,10 +7,12 @@ with the stand-in RPMs served from the kit's dnf repository:
 - a second `install` changes nothing; `status` reads the runtime;
 - `deprovision --uninstall` removes aziot-edge and aziot-identity-service with dnf (rpm -q: not
   installed) and leaves the container engine;
+- an offline .rpm set (--offline-packages) installs with dnf from those files alone;
 - behind the authenticated proxy (a `rhel9+proxied` device), `provision --proxy` ends assigned with
-  dnf's traffic through the proxy and its credentials only in a root-only dnf.conf.
+  dnf's traffic through the proxy and its credentials only in a root-only dnf.conf;
+- `upgrade` of a device installed with 1.5.10 to 1.6.0 keeps its identity; a downgrade is refused.
 
-One rhel9 device for the module (and one rhel9+proxied for the proxy) (device time is the suite's budget); the tests use it in order.
+One rhel9 device for the module (and a rhel9+proxied one for the proxy, a rhel9 one for the upgrade) (device time is the suite's budget); the tests use it in order.
 """
 import json
 import re
@@ -131,3 +133,34 @@ def test_offline_rpm_set_installs_again_after_the_uninstall(rhel, repo, dps):
     assert rpm_q(dev, "aziot-edge", "aziot-identity-service") == [
         "aziot-edge-1.6.0-1.el9.x86_64", "aziot-identity-service-1.6.0-1.el9.x86_64"]
     assert done.out["runtime"]["version"].startswith("1.6.0"), done.out["runtime"]
+
+
+def test_upgrade_from_1_5_10_keeps_the_identity_and_refuses_a_downgrade(new_device, rig, repo, dps, tmp_path):
+    """A rhel9 device provisioned with --edge-version 1.5.10 (the out-of-support warning) is upgraded to
+    1.6.0 with dnf: agent :1.6, the same device_info (no new registration); a second run changes nothing;
+    going back to 1.5.10 is refused without --allow-downgrade, nothing changed."""
+    dev = new_device("rhel9")
+    with open(dps.section["ca_bundle"], encoding="ascii") as handle:
+        dev.exec(f"cat > {RHEL_CA} && update-ca-trust extract", input=handle.read(), check=True, timeout=300)
+    first = provision(rig, dps, repo, [dev], tmp_path / "pinned.csv", "--edge-version", "1.5.10")[0]
+    assert first["status"] == "assigned", json.dumps(first)[:3000]
+    assert rpm_q(dev, "aziot-edge") == ["aziot-edge-1.5.10-1.el9.x86_64"]
+    assert any("IoT Edge 1.5 LTS was serviced until" in w for w in first["warnings"]), first["warnings"]
+    info = dev.exec(["cat", "/var/lib/aziot/identityd/device_info"], check=True).stdout
+    args = ["edge-tpm", "upgrade", *host_args(dev)]
+    done = az(*args)
+    assert done.rc == 0, f"{done.message} | {done.recommendation}"
+    row = done.out[0] if isinstance(done.out, list) else done.out
+    assert row["status"] == "upgraded" and row["installed"]["aziot-edge"] == "1.6.0-1.el9", row
+    assert rpm_q(dev, "aziot-edge", "aziot-identity-service") == [
+        "aziot-edge-1.6.0-1.el9.x86_64", "aziot-identity-service-1.6.0-1.el9.x86_64"]
+    config = tomllib.loads(dev.exec(["cat", "/etc/aziot/config.toml"], check=True).stdout)
+    assert config["agent"]["config"]["image"] == AGENT + "1.6"
+    assert dev.exec(["cat", "/var/lib/aziot/identityd/device_info"], check=True).stdout == info
+    again = az(*args)
+    again_row = again.out[0] if isinstance(again.out, list) else again.out
+    assert again.rc == 0 and again_row["changes"] == [], again_row
+    back = az(*args, "--edge-version", "1.5.10")
+    assert back.rc != 0 and "older than the version installed" in back.message, back.message
+    assert "--allow-downgrade" in back.recommendation
+    assert rpm_q(dev, "aziot-edge") == ["aziot-edge-1.6.0-1.el9.x86_64"]
