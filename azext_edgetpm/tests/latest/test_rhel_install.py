@@ -4,7 +4,7 @@ with the stand-in RPMs served from the kit's dnf repository:
 
 - `provision` ends assigned, with aziot-edge 1.6.0 (`rpm -q` inside the device) and the agent
   image :1.6, packages-microsoft-prod.rpm taken from the mirror's config/rhel/9/ path;
-- a second `install` changes nothing; `status` reads the runtime;
+- a second `install` changes nothing; `status` reads the runtime; `rekey` and `reprovision` work;
 - `deprovision --uninstall` removes aziot-edge and aziot-identity-service with dnf (rpm -q: not
   installed) and leaves the container engine;
 - an offline .rpm set (--offline-packages) installs with dnf from those files alone;
@@ -75,6 +75,17 @@ def test_second_install_changes_nothing_and_status_reads_the_runtime(rhel, repo,
     status = ok("edge-tpm", "status", *host_args(dev)).out
     assert status["healthy"] is True and status["provisioning"]["state"] == "assigned", status
     assert status["runtime"]["packages"]["aziot-edge"] == "1.6.0-1.el9"
+
+
+def test_rekey_and_reprovision_work_there(rhel, dps):
+    """Neither touches packages: the TPM, DPS and `iotedge system reprovision` behave as on Debian (the
+    enrollment already holds the EK: unchanged; the device is assigned again)."""
+    dev = rhel["device"]
+    rekeyed = ok("edge-tpm", "rekey", *host_args(dev), *dps.login, "--yes").out
+    assert rekeyed["status"] == "assigned", rekeyed
+    assert rekeyed["enrollment"] == "the enrollment already holds the device's EK", rekeyed
+    again = ok("edge-tpm", "reprovision", *host_args(dev), *dps.login, "--yes").out
+    assert again["status"] == "assigned" and again["enrollment"] == "no enrollment change asked", again
 
 
 def test_deprovision_uninstall_removes_the_packages_with_dnf(rhel, dps):
