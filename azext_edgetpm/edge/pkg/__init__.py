@@ -9,7 +9,9 @@ package source (Microsoft's packages-microsoft-prod, a mirror), offline package 
 """
 from typing import Dict, List, Optional
 
+from azext_edgetpm.echo import shown
 from azext_edgetpm.edge.platform import parse_os_release
+from azext_edgetpm.errors import UserInputError, option
 
 
 class PackageManager:
@@ -25,7 +27,7 @@ class PackageManager:
     source_files = ()         # the package source files this product writes (managed, backed out on failure)
 
     # -- the package source ----------------------------------------------------------------------
-    def is_source_line(self, value: Optional[str]) -> bool:
+    def is_source_line(self, value: Optional[str]) -> bool:  # pylint: disable=unused-argument
         """Is --package-source a source entry of this manager's own (an apt line), not a URL?"""
         return False
 
@@ -43,9 +45,11 @@ class PackageManager:
         raise NotImplementedError
 
     def write_source_line(self, ctx, text: str) -> None:
-        raise NotImplementedError
+        """Write a source entry of is_source_line's kind (only apt has one)."""
+        raise UserInputError(f"{option('package_source')} {shown(text)} is not a package source {ctx.display}'s "
+                             f"{self.name} reads.", "Give the base URL of a mirror of packages.microsoft.com.")
 
-    def unindexed(self, ctx) -> List[str]:
+    def unindexed(self, ctx) -> List[str]:  # pylint: disable=unused-argument
         """Sources of ours the manager has no package index of yet (an update is due)."""
         return []
 

@@ -7,7 +7,8 @@ from typing import Optional
 from azext_edgetpm.errors import LocalFileError
 from .. import apt, configtoml, proxy as proxy_mod
 from ..plan import Context
-from ..pkg.apt import (  # noqa: F401  (re-exported: edge.steps' names)
+# (re-exported: edge.steps' names)
+from ..pkg.apt import (  # noqa: F401  # pylint: disable=unused-import
     APT_LIST, apt_install, ensure_candidates, policy, source_files, unindexed_sources, update_sources)
 
 

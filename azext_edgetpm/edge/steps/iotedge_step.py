@@ -76,4 +76,5 @@ class IotEdgeStep(Step):
         needed = check.data.get("identity")
         if needed and ident != needed:
             raise EdgeTpmError(f"aziot-identity-service {ident} is installed on {ctx.display}, but aziot-edge {edge} "
-                               f"depends on {needed}.", f"Run {ctx.pkg.install_hint} aziot-edge on the device to see why.")
+                               f"depends on {needed}.",
+                               f"Run {ctx.pkg.install_hint} aziot-edge on the device to see why.")

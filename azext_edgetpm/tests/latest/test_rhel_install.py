@@ -97,7 +97,6 @@ def test_deprovision_uninstall_removes_the_packages_with_dnf(rhel, dps):
     assert rpm_q(dev, "moby-engine") == ["moby-engine-25.0.5-1.el9.x86_64"]     # the engine is left
 
 
-
 def test_provision_behind_the_authenticated_proxy(new_device, repo, dps, proxies, tmp_path):
     """A rhel9 device whose only way out is the authenticated proxy: `provision --proxy @file` ends
     assigned; dnf's downloads (packages-microsoft-prod.rpm, the repository's metadata and packages)
