@@ -148,13 +148,14 @@ def test_offline_rpm_set_installs_again_after_the_uninstall(rhel, repo, dps):
 def test_upgrade_from_1_5_10_keeps_the_identity_and_refuses_a_downgrade(new_device, rig, repo, dps, tmp_path):
     """A rhel9 device provisioned with --edge-version 1.5.10 (the out-of-support warning) is upgraded to
     1.6.0 with dnf: agent :1.6, the same device_info (no new registration); a second run changes nothing;
-    going back to 1.5.10 is refused without --allow-downgrade, nothing changed."""
+    going back to 1.5.10 is refused without --allow-downgrade, nothing changed, and done with it."""
     dev = new_device("rhel9")
     with open(dps.section["ca_bundle"], encoding="ascii") as handle:
         dev.exec(f"cat > {RHEL_CA} && update-ca-trust extract", input=handle.read(), check=True, timeout=300)
     first = provision(rig, dps, repo, [dev], tmp_path / "pinned.csv", "--edge-version", "1.5.10")[0]
     assert first["status"] == "assigned", json.dumps(first)[:3000]
     assert rpm_q(dev, "aziot-edge") == ["aziot-edge-1.5.10-1.el9.x86_64"]
+    first_identity = rpm_q(dev, "aziot-identity-service")[0]
     assert any("IoT Edge 1.5 LTS was serviced until" in w for w in first["warnings"]), first["warnings"]
     info = dev.exec(["cat", "/var/lib/aziot/identityd/device_info"], check=True).stdout
     args = ["edge-tpm", "upgrade", *host_args(dev)]
@@ -174,3 +175,8 @@ def test_upgrade_from_1_5_10_keeps_the_identity_and_refuses_a_downgrade(new_devi
     assert back.rc != 0 and "older than the version installed" in back.message, back.message
     assert "--allow-downgrade" in back.recommendation
     assert rpm_q(dev, "aziot-edge") == ["aziot-edge-1.6.0-1.el9.x86_64"]
+    # on purpose: dnf installs the older NEVRAs (a downgrade, as the rollback does), the identity service's too
+    down = az(*args, "--edge-version", "1.5.10", "--allow-downgrade")
+    assert down.rc == 0, f"{down.message} | {down.recommendation}"
+    assert rpm_q(dev, "aziot-edge", "aziot-identity-service") == [
+        "aziot-edge-1.5.10-1.el9.x86_64", first_identity]
