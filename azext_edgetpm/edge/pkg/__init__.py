@@ -24,7 +24,7 @@ class PackageManager:
     list_hint = ""            # what lists IoT Edge's packages on the device
     offline_suffix = ""       # .deb | .rpm
     engine_packages = ("moby-engine",)   # the container engine as Microsoft's instructions install it
-    source_files = ()         # the package source files this product writes (managed, backed out on failure)
+    source_file = ""          # where a source entry of is_source_line's kind is written
 
     # -- the package source ----------------------------------------------------------------------
     def is_source_line(self, value: Optional[str]) -> bool:  # pylint: disable=unused-argument
@@ -41,10 +41,11 @@ class PackageManager:
             return source
         return f"{source.rstrip('/')}/config/{plat.repo_distro}/{plat.version}/packages-microsoft-prod{suffix}"
 
-    def install_config_package(self, ctx, url: str) -> None:
+    def install_config_package(self, ctx, url: str) -> str:
+        """Install packages-microsoft-prod from `url` (the package sources it carries become usable); what was done."""
         raise NotImplementedError
 
-    def write_source_line(self, ctx, text: str) -> None:
+    def write_source_line(self, ctx, text: str) -> str:
         """Write a source entry of is_source_line's kind (only apt has one)."""
         raise UserInputError(f"{option('package_source')} {shown(text)} is not a package source {ctx.display}'s "
                              f"{self.name} reads.", "Give the base URL of a mirror of packages.microsoft.com.")

@@ -99,7 +99,7 @@ class AptManager(PackageManager):
     list_hint = "dpkg -l 'aziot*'"
     update_label = "apt-get update"
     offline_suffix = ".deb"
-    source_files = (APT_LIST,)
+    source_file = APT_LIST
 
     ca_anchor = "/usr/local/share/ca-certificates/edge-tpm-proxy-ca.crt"
     ca_update = "update-ca-certificates --fresh >/dev/null"
@@ -111,7 +111,7 @@ class AptManager(PackageManager):
     def is_source_line(self, value: Optional[str]) -> bool:
         return bool(value) and value.strip().split(" ", 1)[0] in ("deb", "deb-src")
 
-    def write_source_line(self, ctx, text: str) -> None:
+    def write_source_line(self, ctx, text: str) -> str:
         """Write our apt list and update from it; when apt rejects it (or cannot fetch from it),
         put back the file that was there, or remove ours, so that the device's other apt
         commands keep working."""
@@ -128,8 +128,9 @@ class AptManager(PackageManager):
             else:
                 ctx.run(f"rm -f -- {shlex.quote(APT_LIST)}")
             raise
+        return f"wrote {APT_LIST}; apt-get update"
 
-    def install_config_package(self, ctx, url: str) -> None:
+    def install_config_package(self, ctx, url: str) -> str:
         ctx.progress(f"downloading {url}")
         q = shlex.quote(url)
         # Behind a proxy, apt's own downloader fetches it: it uses the proxy step's apt settings and
@@ -153,6 +154,7 @@ class AptManager(PackageManager):
         apt.raise_for(result, f"Installing the package repository configuration from {url}", ctx.display)
         ctx.refresh()
         update_sources(ctx)
+        return f"installed packages-microsoft-prod from {url}; apt-get update"
 
     def unindexed(self, ctx) -> List[str]:
         return unindexed_sources(ctx, source_files(ctx))

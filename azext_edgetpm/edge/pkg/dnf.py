@@ -224,13 +224,14 @@ class DnfManager(PackageManager):
             return {}
         return {DNF_CONF: (new.encode(), mode)}
 
-    def install_config_package(self, ctx, url: str) -> None:
+    def install_config_package(self, ctx, url: str) -> str:
         """`dnf install URL`: dnf downloads it itself (with its own proxy settings: no credential on
         a command line) and installs the repository file it carries."""
         ctx.progress(f"installing {url}")
         result = ctx.run(f"{DNF} install {shlex.quote(url)}", timeout=600)
         raise_for(result, f"Installing the package repository configuration from {url}", ctx.display)
         ctx.refresh()
+        return f"installed packages-microsoft-prod from {url} (dnf install)"
 
     def update(self, ctx) -> None:
         ctx.progress("dnf makecache --refresh")

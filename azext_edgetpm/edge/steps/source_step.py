@@ -6,7 +6,6 @@ from typing import Optional
 from azext_edgetpm.errors import EdgeTpmError
 from ..pkg import by_name
 from ..plan import Check, Step
-from .base import APT_LIST
 
 
 def is_apt_line(value: Optional[str]) -> bool:
@@ -42,11 +41,12 @@ class PackageSourceStep(Step):
         elif pkg.is_source_line(s.package_source):
             want = "# Package source of IoT Edge (written by az edge-tpm install)\n" + s.package_source.strip() + "\n"
             data["list"] = want
-            current = f.file(APT_LIST)
+            listed = pkg.source_file
+            current = f.file(listed)
             if current is None or current.text != want:
-                changes.append(f"write {APT_LIST}: {s.package_source.strip()}")
+                changes.append(f"write {listed}: {s.package_source.strip()}")
             else:
-                detail.append(f"{APT_LIST}: {s.package_source.strip()}")
+                detail.append(f"{listed}: {s.package_source.strip()}")
                 self._check_index(ctx, changes, data)
         else:
             version = f.installed("packages-microsoft-prod")
@@ -82,14 +82,11 @@ class PackageSourceStep(Step):
             pkg.install_offline(ctx, check.data["debs"])
             done.append(f"installed {', '.join(d.package + ' ' + d.version for d in check.data['debs'])} "
                         f"from the uploaded {pkg.offline_suffix} files")
-        if "list" in check.data and (ctx.facts.file(APT_LIST) is None or
-                                     ctx.facts.file(APT_LIST).text != check.data["list"]):
-            pkg.write_source_line(ctx, check.data["list"])
-            done.append(f"wrote {APT_LIST}; apt-get update")
+        listed = ctx.facts.file(pkg.source_file) if pkg.source_file else None
+        if "list" in check.data and (listed is None or listed.text != check.data["list"]):
+            done.append(pkg.write_source_line(ctx, check.data["list"]))
         if "url" in check.data and not ctx.facts.installed("packages-microsoft-prod"):
-            pkg.install_config_package(ctx, check.data["url"])
-            done.append(f"installed packages-microsoft-prod from {check.data['url']}"
-                        + ("; apt-get update" if pkg.name == "apt" else ""))
+            done.append(pkg.install_config_package(ctx, check.data["url"]))
         if check.data.get("tpm2_tools"):
             ctx.refresh()
             pkg.ensure_candidates(ctx, ["tpm2-tools"])
