@@ -172,20 +172,21 @@ long-summary: >
     Does what the IoT Edge documentation makes a person type, as steps that each check the device
     first, change only what differs, then verify, and report ok, changed, failed or skipped.
 
-    (1) os: the OS and architecture against IoT Edge 1.5's tier 1 systems (Ubuntu 20.04/22.04/24.04,
-    Debian 11/12, Raspberry Pi OS Bullseye/Bookworm); others, e.g. Raspberry Pi OS Stretch, are
-    refused before anything changes.
+    (1) os: the OS and architecture against the tier 1 systems of the runtime line to install (1.6:
+    Ubuntu 22.04/24.04, Debian 12, Raspberry Pi OS Bookworm, Red Hat Enterprise Linux 8/9; 1.5 also
+    Ubuntu 20.04, Debian 11); others, e.g. Raspberry Pi OS Stretch, are refused before anything
+    changes. The device's package manager follows: apt/dpkg, or dnf/rpm on Red Hat Enterprise Linux.
 
     (proxy) the network: the device must reach the package source and DPS, directly or through
     --proxy, before anything changes; with --proxy, apt (credentials in /etc/apt/auth.conf.d, root
-    only), the container engine, aziot-edged and aziot-identityd get the proxy (systemd drop-ins,
+    only) or dnf (proxy= in /etc/dnf/dnf.conf, made root only with credentials), the container engine, aziot-edged and aziot-identityd get the proxy (systemd drop-ins,
     the engine restarted only when its drop-in changed) and --proxy-ca goes into the OS trust
     store; without --proxy, what an earlier --proxy wrote is removed.
 
-    (2) package-source: Microsoft's packages-microsoft-prod.deb, or --package-source, or
-    --offline-packages; tpm2-tools when missing.
+    (2) package-source: Microsoft's packages-microsoft-prod (.deb, or .rpm on Red Hat Enterprise
+    Linux), or --package-source, or --offline-packages; tpm2-tools when missing.
 
-    (3) container-engine: moby-engine; "log-driver" merged into /etc/docker/daemon.json (other keys
+    (3) container-engine: moby-engine (with moby-cli on Red Hat Enterprise Linux); "log-driver" merged into /etc/docker/daemon.json (other keys
     kept); the engine restarts only when the file changed.
 
     (4) iotedge: aziot-edge and aziot-identity-service, latest or --edge-version.
@@ -225,6 +226,8 @@ examples:
     text: az edge-tpm install --host edge-01 --id-scope 0ne00ABCDEF --package-source "deb [signed-by=/usr/share/keyrings/microsoft-prod.gpg] https://apt.example.com/microsoft-debian-12 bookworm main"
   - name: No network at all for packages - upload .deb files from a directory.
     text: az edge-tpm install --host edge-01 --id-scope 0ne00ABCDEF --offline-packages ./iotedge-debs
+  - name: A Red Hat Enterprise Linux 9 device, packages from a mirror of packages.microsoft.com (dnf installs its config/rhel/9/packages-microsoft-prod.rpm).
+    text: az edge-tpm install --host rhel-01 --id-scope 0ne00ABCDEF --package-source https://mirror.example.com/microsoft
   - name: A custom allocation payload, re-provisioning at every start, TPM access through the tss group.
     text: az edge-tpm install --host edge-01 --id-scope 0ne00ABCDEF --payload ./model-id.json --auto-reprovisioning-mode AlwaysOnStartup --tpm-access tss-group
   - name: A device whose network leads out only through an authenticated HTTP proxy (the URL with user:password in a file).

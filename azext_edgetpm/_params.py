@@ -139,18 +139,19 @@ def install_arguments(c):
                help="DPS device endpoint written to config.toml. Default: the --dps-name resource's device "
                     "endpoint, else `https://global.azure-devices-provisioning.net`.")
     c.argument("package_source", options_list=["--package-source"], arg_group="Packages",
-               help="Where apt gets IoT Edge from, for networks that cannot reach packages.microsoft.com: the "
-                    "base URL of a mirror of packages.microsoft.com (its "
-                    "`config/<distro>/<version>/packages-microsoft-prod.deb` is installed), the URL of such a "
-                    ".deb, or an apt sources.list line ('deb [signed-by=...] URL SUITE COMPONENT'), written to "
-                    "/etc/apt/sources.list.d/edge-tpm.list. Default: Microsoft's packages-microsoft-prod.deb "
-                    "for the device's distribution and version.")
+               help="Where apt (dnf on Red Hat Enterprise Linux) gets IoT Edge from, for networks that cannot "
+                    "reach packages.microsoft.com: the base URL of a mirror of packages.microsoft.com (its "
+                    "`config/<distro>/<version>/packages-microsoft-prod.deb` or `.rpm` is installed), the URL of "
+                    "such a .deb or .rpm, or (apt only) a sources.list line ('deb [signed-by=...] URL SUITE "
+                    "COMPONENT'), written to /etc/apt/sources.list.d/edge-tpm.list. Default: Microsoft's "
+                    "packages-microsoft-prod for the device's distribution and version.")
     c.argument("offline_packages", options_list=["--offline-packages"], arg_group="Packages",
                help="Directory on this machine holding .deb files (moby-engine, aziot-identity-service, "
-                    "aziot-edge, optionally tpm2-tools and its libraries): those not installed at their "
-                    "version are uploaded over SFTP and installed with apt-get, the container engine and "
-                    "tpm2-tools first, then aziot-identity-service and aziot-edge (whose installer needs the "
-                    "engine). No package source is configured.")
+                    "aziot-edge, optionally tpm2-tools and its libraries), or .rpm files for Red Hat Enterprise "
+                    "Linux (moby-engine, moby-cli, aziot-identity-service, aziot-edge): those not installed at "
+                    "their version are uploaded over SFTP and installed with apt-get (the container engine and "
+                    "tpm2-tools first, then aziot-identity-service and aziot-edge, whose installer needs the "
+                    "engine) or in one dnf transaction from those files alone. No package source is configured.")
     c.argument("edge_version", options_list=["--edge-version"], arg_group="Packages",
                help="Install this IoT Edge version (e.g. 1.5.10 or 1.5.10-1), with the one "
                     "aziot-identity-service version that aziot-edge version depends on (its own number: "
@@ -284,7 +285,8 @@ def load_arguments(self, _):  # pylint: disable=too-many-statements
         c.argument("no_create", options_list=["--no-create"], action="store_true", arg_group="TPM",
                    help="Only read: fail if the TPM has no EK instead of creating the EK and SRK.")
         c.argument("install_tools", options_list=["--install-tools"], action="store_true", arg_group="TPM",
-                   help="Install tpm2-tools on the device with apt-get when it is missing.")
+                   help="Install tpm2-tools on the device with apt-get (dnf on Red Hat Enterprise Linux) when it "
+                        "is missing.")
         c.argument("local", options_list=["--local"], action="store_true",
                    help="Read this machine's own TPM through tpm2-pytss instead of a device over SSH.")
 

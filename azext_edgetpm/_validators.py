@@ -230,7 +230,7 @@ def _install_values(namespace):
     source, offline = namespace.package_source, namespace.offline_packages
     if source and offline:
         raise MutuallyExclusiveArgumentError("--package-source and --offline-packages cannot be used together.",
-                                             "Use a mirror (--package-source) or .deb files (--offline-packages).")
+                                             "Use a mirror (--package-source) or package files (--offline-packages).")
     if source and re.search(r"[a-z]+://[^/\s@]*@", source):
         # Never echo it: the part before @ is a user name and password.
         raise InvalidArgumentValueError(
@@ -250,10 +250,11 @@ def _install_values(namespace):
         raise InvalidArgumentValueError(
             f"--package-source {shown(source)} is neither an apt line nor a URL.",
             "Give a mirror of packages.microsoft.com as its base URL (https://mirror.example.com/microsoft), the URL "
-            "of a packages-microsoft-prod.deb, or a sources.list line ('deb [signed-by=...] https://... ./').")
+            "of a packages-microsoft-prod.deb (.rpm on Red Hat Enterprise Linux), or a sources.list line "
+            "('deb [signed-by=...] https://... ./').")
     if offline and not os.path.isdir(os.path.expanduser(offline)):
         raise InvalidArgumentValueError(f"--offline-packages {shown(offline)} is not a directory.",
-                                        "Give a directory holding the .deb files to install.")
+                                        "Give a directory holding the .deb (or .rpm) files to install.")
     if namespace.edge_version and not re.fullmatch(r"[0-9][0-9A-Za-z.+~:\-]*", namespace.edge_version):
         raise InvalidArgumentValueError(f"--edge-version {shown(namespace.edge_version)} is not a package version.",
                                         "Use a version such as 1.5.10 or 1.5.10-1.")

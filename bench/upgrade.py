@@ -9,9 +9,10 @@ Printed: wall seconds and our side's CPU seconds (the az process tree) of each, 
 upgrade/provision (first runs) and upgrade/install (second runs). The machine is shared: wall
 times include whatever else runs; CPU seconds are less sensitive to it.
 
-Needs root (dev-kit devices).
+Needs root (dev-kit devices). `--variant rhel9` measures a Red Hat Enterprise Linux device (dnf and
+rpm) instead of Debian 12; several (`--variant fresh --variant rhel9`) are measured in the same run.
 
-    .venv/bin/python bench/upgrade.py [--repeat 1]
+    .venv/bin/python bench/upgrade.py [--repeat 1] [--variant fresh|rhel9 ...]
 """
 import argparse
 import json
@@ -50,7 +51,9 @@ def run_one(argv, env, cwd):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--repeat", type=int, default=1, help="devices measured one after the other")
+    parser.add_argument("--variant", action="append", help="dev-kit device variant(s) (default: fresh, Debian 12)")
     args = parser.parse_args()
+    variants = args.variant or ["fresh"]
     from devkit import azhome
     from devkit.devices import Rig
     workdir = tempfile.mkdtemp(prefix="bench-upgrade-")
@@ -67,14 +70,14 @@ def main():
         fd = os.open(cs_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(dps["connection_string"])
-        for _ in range(args.repeat):
-            dev = rig.add_devices(["fresh"], timeout=300)[0]
+        for variant in [v for _ in range(args.repeat) for v in variants]:
+            dev = rig.add_devices([variant], timeout=300)[0]
             ssh = ["--host", f"root@{dev.host}:{dev.port}", "--ssh-key", dev.key("root"),
                    "--known-hosts", rig.known_hosts]
             install_args = ["--tcti", dev.tcti, "--id-scope", dps["id_scope"], "--global-endpoint",
                             dps["device_endpoint"], "--package-source", packages["base_url"],
                             "--edge-version", "1.5.10"]
-            row = {}
+            row = {"variant": variant}
             row["provision"] = run_one(AZ + ["edge-tpm", "provision", *ssh, "--login", "@" + cs_file, *install_args,
                                              "-o", "json"], env, workdir)
             row["install2"] = run_one(AZ + ["edge-tpm", "install", *ssh, *install_args, "-o", "json"], env, workdir)
@@ -89,7 +92,7 @@ def main():
         rig.down()
     print(f"== one dev-kit device per round, {len(rows)} round(s); load average {os.getloadavg()[0]:.1f}")
     for i, row in enumerate(rows):
-        print(f"round {i + 1}: aziot-edge {row['versions'][0]} -> {row['versions'][1]}")
+        print(f"round {i + 1} ({row['variant']}): aziot-edge {row['versions'][0]} -> {row['versions'][1]}")
         for name, label in (("provision", "provision --edge-version 1.5.10 (first install)"),
                             ("install2", "install again (second run, nothing to change)"),
                             ("upgrade", "upgrade to the newest LTS (first run)"),

@@ -9,8 +9,9 @@
                  configuration `iotedge config apply` wrote under /etc/aziot/*/config.d removed, and
                  the identity service's provisioning state (device_info, prev_state) removed, so the
                  runtime neither provisions nor starts from a cached identity
-3 uninstall      (with uninstall) `apt-get purge` of aziot-edge and aziot-identity-service, as the
-                 IoT Edge documentation uninstalls it; the container engine, the package source and
+3 uninstall      (with uninstall) aziot-edge and aziot-identity-service removed through the device's
+                 package manager as the IoT Edge documentation uninstalls them (`apt-get purge`;
+                 `dnf remove` on Red Hat Enterprise Linux); the container engine, the package source and
                  the TPM's keys are left (other software may use them)
 
 A second run finds every step ok and changes nothing.
@@ -141,20 +142,16 @@ class UninstallStep(Step):
         installed = [p for p in EDGE_PACKAGES if ctx.facts.installed(p)]
         if not installed:
             return Check(detail="IoT Edge is not installed")
-        return Check(changes=[f"apt-get purge {' '.join(installed)}"], data={"packages": installed})
+        return Check(changes=[f"{ctx.pkg.remove_label} {' '.join(installed)}"], data={"packages": installed})
 
     def apply(self, ctx, check):
-        packages = " ".join(shlex.quote(p) for p in check.data["packages"])
-        result = ctx.run(f"{apt.APT_ENV} apt-get {apt.APT_OPTS} purge {packages}",
-                         timeout=apt.INSTALL_TIMEOUT)
-        apt.raise_for(result, "apt-get purge", ctx.display)
-        return f"purged {', '.join(check.data['packages'])}"
+        return ctx.pkg.remove(ctx, check.data["packages"])
 
     def verify(self, ctx, check):
         left = [p for p in EDGE_PACKAGES if ctx.facts.installed(p)]
         if left:
-            raise DeviceError(f"{', '.join(left)} still installed on {ctx.display} after apt-get purge.",
-                              "Look at `dpkg -l 'aziot*'` on the device, then run the command again.")
+            raise DeviceError(f"{', '.join(left)} still installed on {ctx.display} after {ctx.pkg.remove_label}.",
+                              f"Look at `{ctx.pkg.list_hint}` on the device, then run the command again.")
 
 
 STEPS = (RuntimeStopStep, ConfigResetStep, UninstallStep)

@@ -2,8 +2,9 @@
 script (one SSH round trip, like Ansible's fact gathering), and parsed into `Facts`.
 
 Nothing here changes the device. The script only reads: os-release, the Debian architecture,
-whether systemd runs, which commands exist, package states, service users, TPM device nodes
-and the files the steps manage (base64, with mode and owner).
+whether systemd runs, which commands exist, package states (dpkg-query, or rpm on Red Hat
+Enterprise Linux), service users, TPM device nodes and the files the steps manage (base64, with
+mode and owner).
 """
 import base64
 import shlex
@@ -16,7 +17,8 @@ from .apt import tail
 PACKAGES = ("packages-microsoft-prod", "moby-engine", "docker-ce", "docker.io", "aziot-edge",
             "aziot-identity-service", "tpm2-tools")
 SERVICE_USERS = ("aziotks", "aziotcs", "aziotid", "aziottpm", "iotedge")
-COMMANDS = ("curl", "wget", "python3", "iotedge", "udevadm", "apt-get", "dpkg", "usermod", "runuser")
+COMMANDS = ("curl", "wget", "python3", "iotedge", "udevadm", "apt-get", "dpkg", "dnf", "rpm", "usermod", "runuser")
+RPM_INSTALLED = "rpm installed"   # the status of a package rpm knows (rpm has no half-installed states)
 # A file the steps read from a device (config.toml, os-release, the proxy files and CA) is read up
 # to this size; a larger one is refused by name, before any of it crosses the connection.
 FILE_LIMIT = 4 * 2**20
@@ -40,7 +42,12 @@ echo "@@ARCH $(dpkg --print-architecture 2>/dev/null) $(uname -m)"
 [ -d /run/systemd/system ] && echo "@@SYSTEMD"
 for c in {commands}; do p=$(command -v "$c" 2>/dev/null) && echo "@@CMD $c $p"; done
 for s in {init_scripts}; do [ -x "/etc/init.d/$s" ] && echo "@@INITD $s"; done
-dpkg-query -W -f='@@PKG ${{Package}}\t${{Version}}\t${{Status}}\n' {packages} 2>/dev/null
+if command -v dpkg-query >/dev/null 2>&1; then
+  dpkg-query -W -f='@@PKG ${{Package}}\t${{Version}}\t${{Status}}\n' {packages} 2>/dev/null
+elif command -v rpm >/dev/null 2>&1; then
+  rpm -q --qf '@@PKG %{{NAME}}\t%|EPOCH?{{%{{EPOCH}}:}}|%{{VERSION}}-%{{RELEASE}}\t{rpm_installed}\n' {packages} 2>/dev/null \
+    | grep '^@@PKG '
+fi
 for u in {users}; do
   getent passwd "$u" >/dev/null 2>&1 && echo "@@USER $u $(id -nG "$u" 2>/dev/null | tr ' ' ',')"
 done
@@ -74,7 +81,8 @@ class Package:
 
     @property
     def installed(self) -> bool:
-        # dpkg's "install ok installed" (also "hold ok installed"); half-configured etc. are not.
+        # dpkg's "install ok installed" (also "hold ok installed"); half-configured etc. are not;
+        # rpm's RPM_INSTALLED.
         return self.status.endswith(" installed")
 
 
@@ -115,7 +123,7 @@ def build_script(files: Iterable[str], init_scripts: Iterable[str] = ("docker",)
     return _SCRIPT.format(commands=words(COMMANDS), init_scripts=words(init_scripts),
                           packages=words(dict.fromkeys(list(PACKAGES) + list(packages))),
                           users=words(SERVICE_USERS), files=words(files), stat_files=words(stat_files),
-                          file_limit=FILE_LIMIT)
+                          file_limit=FILE_LIMIT, rpm_installed=RPM_INSTALLED)
 
 
 def parse(stdout: str) -> Facts:
@@ -179,8 +187,8 @@ def gather(session, files: Iterable[str], init_scripts: Iterable[str] = ("docker
         raise DeviceError(
             f"Could not read the state of {session.target.display} (exit {result.rc}): "
             f"{tail(result.stderr)}",
-            "Check that the device runs a Debian-based Linux with /bin/sh, dpkg and base64, then run again "
-            "with --debug for details.")
+            "Check that the device runs a supported Linux (Debian-based with dpkg, or Red Hat Enterprise Linux with "
+            "rpm) with /bin/sh and base64, then run again with --debug for details.")
     facts = parse(result.stdout)
     if facts.too_big:
         path, size = next(iter(facts.too_big.items()))

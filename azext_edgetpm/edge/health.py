@@ -172,7 +172,8 @@ KNOWN_FAILURES = (
     KnownFailure(
         "service-users", r"could not query \w+ user information",
         "A service user of aziot-identity-service or aziot-edge is missing.",
-        "Reinstall the packages on the device (apt-get install --reinstall aziot-identity-service aziot-edge), "
+        "Reinstall the packages on the device (apt-get install --reinstall aziot-identity-service aziot-edge; "
+        "dnf reinstall aziot-identity-service aziot-edge on Red Hat Enterprise Linux), "
         "which create the users aziotks, aziotcs, aziotid, aziottpm and iotedge."),
     KnownFailure(
         "container-engine", r"could not connect to unix:///var/run/docker\.sock|A module runtime error occurred",

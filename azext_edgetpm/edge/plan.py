@@ -99,6 +99,12 @@ class Context:
     def dry_run(self) -> bool:
         return self.settings.dry_run
 
+    @property
+    def pkg(self):
+        """The device's package manager (edge/pkg: apt/dpkg or dnf/rpm), by the detected platform."""
+        from .pkg import for_device
+        return for_device(self.platform, self.facts)
+
     def progress(self, message: str) -> None:
         logger.info("%s: %s", self.display, message)
         if self._progress:

@@ -6,8 +6,8 @@ A system outside every line is refused before anything on the device changes (Ra
 Stretch was retired on 30 June 2022; Debian 10, Ubuntu 18.04, ...). A system that only an
 older line supports (Debian 11, Ubuntu 20.04: 1.5 only) is refused without --edge-version,
 with the way out named (upgrade the OS, or pin that line knowing it is out of support).
-Red Hat Enterprise Linux 8 and 9 (ID=rhel) install with dnf; rebuilds whose ID_LIKE names rhel
-are refused, since Microsoft's docs list none of them.
+Red Hat Enterprise Linux 8 and 9 (ID=rhel) install with dnf (edge/pkg/dnf.py); rebuilds whose
+ID_LIKE names rhel are refused, since Microsoft's docs list none of them.
 """
 import shlex
 from dataclasses import dataclass
@@ -146,17 +146,6 @@ def detect(os_release_text: str, arch: str, display: str = "the device",
     codename = values.get("VERSION_CODENAME") or values.get("UBUNTU_CODENAME") or ""
     return Platform(os_id=os_id, version=version, codename=codename, arch=arch, pretty_name=pretty,
                     line=line, pinned=bool(edge_version))
-
-
-def require_apt(plat: Platform, display: str = "the device") -> None:
-    """Refuse a system whose packages come through dnf (RHEL): this version installs with apt only."""
-    if plat.package_manager != "apt":
-        raise DeviceError(
-            f"{display} runs {plat.pretty_name}: installing or upgrading IoT Edge with dnf is not supported by this "
-            "version of az edge-tpm yet. Nothing was changed on the device.",
-            "Install IoT Edge on Red Hat Enterprise Linux by Microsoft's instructions (packages-microsoft-prod.rpm "
-            f"from {plat.microsoft_config_url}, then dnf install moby-engine moby-cli aziot-edge); Debian, Ubuntu "
-            "and Raspberry Pi OS devices install here.")
 
 
 def _choose_line(display, pretty, os_id, version, arch, edge_version) -> support.Line:

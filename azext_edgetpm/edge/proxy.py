@@ -1,11 +1,12 @@
 """An HTTP proxy for IoT Edge on a device: the URL (validated, credentials kept out of every
-message), the files that carry it (apt, systemd drop-ins of docker / aziot-edged /
-aziot-identityd, the proxy's CA), and the reachability probe run on the device before
-anything changes. ../shared/docs/proxy.md has the facts.
+message), the files that carry it (the package manager's: apt's here, dnf's in edge/pkg/dnf.py;
+systemd drop-ins of docker / aziot-edged / aziot-identityd, the proxy's CA in the OS's store), and
+the reachability probe run on the device before anything changes. ../shared/docs/proxy.md has
+the facts.
 
 Credentials: the URL with user:password goes only into root-only files (systemd drop-ins,
-config.toml) and apt gets them from auth.conf.d; the probe receives them on stdin. Every
-message shows `Proxy.display` (password replaced by ***).
+config.toml); apt gets them from auth.conf.d, dnf from dnf.conf made root-only; the probe
+receives them on stdin. Every message shows `Proxy.display` (password replaced by ***).
 """
 import base64
 import re
@@ -19,7 +20,9 @@ from azext_edgetpm.errors import AuthError, TransientError, UserInputError, opti
 APT_CONF = "/etc/apt/apt.conf.d/80edge-tpm-proxy"
 APT_AUTH = "/etc/apt/auth.conf.d/edge-tpm-proxy.conf"
 UNITS = ("docker", "aziot-edged", "aziot-identityd")
-OS_CA = "/usr/local/share/ca-certificates/edge-tpm-proxy-ca.crt"
+OS_CA = "/usr/local/share/ca-certificates/edge-tpm-proxy-ca.crt"            # Debian's store
+RHEL_CA = "/etc/pki/ca-trust/source/anchors/edge-tpm-proxy-ca.crt"         # RHEL's (update-ca-trust(8))
+DNF_CONF = "/etc/dnf/dnf.conf"   # (read: its [main] gets proxy= lines of ours, edge/pkg/dnf.py)
 TRUST_BUNDLE = "/var/aziot/certs/edge-tpm-proxy-ca.pem"
 TRUST_BUNDLE_URI = "file://" + TRUST_BUNDLE
 DEFAULT_NO_PROXY = ("localhost", "127.0.0.1")
@@ -37,7 +40,7 @@ def dropin(unit: str) -> str:
     return f"/etc/systemd/system/{unit}.service.d/edge-tpm-proxy.conf"
 
 
-MANAGED_FILES = (APT_CONF, APT_AUTH, OS_CA, TRUST_BUNDLE) + tuple(dropin(u) for u in UNITS)
+MANAGED_FILES = (APT_CONF, APT_AUTH, OS_CA, RHEL_CA, TRUST_BUNDLE, DNF_CONF) + tuple(dropin(u) for u in UNITS)
 
 
 def redact(text: Optional[str]) -> Optional[str]:
@@ -174,9 +177,9 @@ def _systemd(value: str) -> str:
     return value.replace("%", "%%")  # systemd specifiers: a literal % is %%
 
 
-def wanted_files(proxy: Optional[Proxy]) -> Dict[str, Optional[Tuple[bytes, int]]]:
-    """{path: (content, mode)} of every proxy file, None where the file must not exist."""
-    files: Dict[str, Optional[Tuple[bytes, int]]] = {path: None for path in MANAGED_FILES if path != TRUST_BUNDLE}
+def apt_files(proxy: Optional[Proxy]) -> Dict[str, Optional[Tuple[bytes, int]]]:
+    """apt's proxy files: the proxy in apt.conf.d, credentials in a root-only auth.conf.d file."""
+    files: Dict[str, Optional[Tuple[bytes, int]]] = {APT_CONF: None, APT_AUTH: None}
     if proxy is None:
         return files
     bare = f"http://{proxy.hostport}/"
@@ -185,12 +188,27 @@ def wanted_files(proxy: Optional[Proxy]) -> Dict[str, Optional[Tuple[bytes, int]
         if re.fullmatch(r"[A-Za-z0-9.\-]+", host):
             apt_lines += [f'Acquire::http::Proxy::{host} "DIRECT";', f'Acquire::https::Proxy::{host} "DIRECT";']
     files[APT_CONF] = ((HEADER.replace("#", "//", 1) + "\n".join(apt_lines) + "\n").encode(), 0o644)
-    secret = proxy.user is not None
-    if secret:
+    if proxy.user is not None:
         # With the scheme: apt (2.6 on Debian 12, apt_auth.conf(5)) matches a `machine` without one only for
         # https and tor+https, and ignores it for this http:// proxy ("Annotate with http:// to use").
         files[APT_AUTH] = ((HEADER + f"machine http://{proxy.hostport} login {proxy.user} password "
                             f"{proxy.password}\n").encode(), 0o600)
+    return files
+
+
+def wanted_files(proxy: Optional[Proxy], pkg=None, facts=None) -> Dict[str, Optional[Tuple[bytes, int]]]:
+    """{path: (content, mode)} of every proxy file, None where the file must not exist. `pkg`: the
+    device's package manager (edge/pkg; apt when not given), whose proxy settings and CA store apply;
+    `facts`: the device's, for a file of the system that only gets lines of ours (dnf.conf)."""
+    if pkg is None:
+        from .pkg import by_name
+        pkg = by_name("apt")
+    files: Dict[str, Optional[Tuple[bytes, int]]] = {path: None for path in MANAGED_FILES
+                                                     if path not in (TRUST_BUNDLE, DNF_CONF)}
+    files.update(pkg.proxy_files(proxy, facts))
+    if proxy is None:
+        return files
+    secret = proxy.user is not None
     url = _systemd(proxy.url)
     no_proxy = _systemd(",".join(proxy.no_proxy))
     for unit in UNITS:
@@ -200,14 +218,14 @@ def wanted_files(proxy: Optional[Proxy]) -> Dict[str, Optional[Tuple[bytes, int]
         text = HEADER + "[Service]\n" + "\n".join(lines) + "\n"
         files[dropin(unit)] = (text.encode(), 0o600 if secret else 0o644)
     if proxy.ca_pem:
-        files[OS_CA] = (proxy.ca_pem if proxy.ca_pem.endswith(b"\n") else proxy.ca_pem + b"\n", 0o644)
+        files[pkg.ca_anchor] = (proxy.ca_pem if proxy.ca_pem.endswith(b"\n") else proxy.ca_pem + b"\n", 0o644)
     return files
 
 
-def differences(facts, proxy: Optional[Proxy]) -> Dict[str, Optional[Tuple[bytes, int]]]:
+def differences(facts, proxy: Optional[Proxy], pkg=None) -> Dict[str, Optional[Tuple[bytes, int]]]:
     """The proxy files whose content or mode differ from what they must be."""
     out = {}
-    for path, want in wanted_files(proxy).items():
+    for path, want in wanted_files(proxy, pkg, facts).items():
         have = facts.file(path)
         if want is None:
             if have is not None:

@@ -5,7 +5,9 @@ check:  the device reaches the package source and DPS (through --proxy, or direc
         (apt's proxy and auth.conf.d, the drop-ins of docker, aziot-edged, aziot-identityd, the
         proxy's CA in the OS store). Without --proxy (or with --proxy none) the files that an
         earlier --proxy wrote must go.
-apply:  write / remove exactly those files; update-ca-certificates when the CA changed;
+apply:  write / remove exactly those files (the package manager's through edge/pkg: apt.conf.d and
+        auth.conf.d, or dnf.conf's [main]); the OS's CA store rebuilt when the CA changed
+        (update-ca-certificates, update-ca-trust on RHEL);
         systemctl daemon-reload when a drop-in changed; restart docker when its drop-in
         changed and it runs. (The aziot services restart in the runtime step's config apply.)
 verify: the files read back as written.
@@ -47,12 +49,12 @@ class ProxyStep(Step):
         proxy = ctx.settings.proxy
         reach = targets(ctx)
         ctx.notes += proxy_mod.check_reachable(ctx.session, reach, proxy, ctx.display)
-        diff = proxy_mod.differences(ctx.facts, proxy)
+        diff = proxy_mod.differences(ctx.facts, proxy, ctx.pkg)
         changes = [(f"remove {path}" if want is None else f"write {path}") for path, want in diff.items()]
         how = f"through {proxy.display}" if proxy else "directly"
         detail = f"{', '.join(t.label for t in reach) or 'nothing to reach'} reachable {how}"
         if proxy and not diff:
-            detail += "; apt, docker, aziot-edged and aziot-identityd use the proxy"
+            detail += f"; {ctx.pkg.name}, docker, aziot-edged and aziot-identityd use the proxy"
         return Check(changes=changes, detail=detail, data={"diff": diff})
 
     def apply(self, ctx, check):
@@ -66,12 +68,13 @@ class ProxyStep(Step):
                 ctx.run(f"mkdir -p -- {shlex.quote(path.rsplit('/', 1)[0])}")
                 ctx.session.install_file(want[0], path, want[1])
                 done.append(f"wrote {path}")
-        if proxy_mod.OS_CA in diff:
-            result = ctx.run("update-ca-certificates --fresh >/dev/null", timeout=120)
+        update_ca = ctx.pkg.ca_update
+        if ctx.pkg.ca_anchor in diff:
+            result = ctx.run(update_ca, timeout=120)
             if not result.ok:
-                raise EdgeTpmError(f"update-ca-certificates failed on {ctx.display}: "
+                raise EdgeTpmError(f"{update_ca.split(' >', 1)[0]} failed on {ctx.display}: "
                                    f"{apt.tail(result.stderr)}", f"Check the CA file of {option('proxy_ca')}.")
-            done.append("update-ca-certificates")
+            done.append(update_ca.split(" --", 1)[0].split(" >", 1)[0])
         units = [u for u in proxy_mod.UNITS if proxy_mod.dropin(u) in diff]
         if units:
             ctx.refresh()
@@ -94,7 +97,7 @@ class ProxyStep(Step):
         return "; ".join(done)
 
     def verify(self, ctx, check):
-        left = proxy_mod.differences(ctx.facts, ctx.settings.proxy)
+        left = proxy_mod.differences(ctx.facts, ctx.settings.proxy, ctx.pkg)
         if left:
             raise LocalFileError(f"{', '.join(left)} on {ctx.display} did not read back as written.",
                                  "Check the files on the device and run the command again.")

@@ -17,7 +17,7 @@ from typing import Callable, Dict, Optional
 from azext_edgetpm.errors import DeviceError, EdgeTpmError, option
 from . import apt, configtoml, platform, runtime, support
 from .plan import Context
-from .steps import IotEdgeStep, RuntimeStep, apt_install, backup, ensure_candidates, policy
+from .steps import IotEdgeStep, RuntimeStep, backup
 
 EDGE_PACKAGES = ("aziot-edge", "aziot-identity-service")
 ENGINE = "moby-engine"
@@ -58,7 +58,6 @@ def _plan(ctx: Context) -> dict:
     arch = platform.debian_arch(f.dpkg_arch, f.uname_machine)
     plat = platform.detect(f.os_release, arch, ctx.display, ctx.settings.edge_version)
     ctx.platform = plat
-    platform.require_apt(plat, ctx.display)
     before = {name: f.installed(name) for name in (*EDGE_PACKAGES, ENGINE)}
     # A package dpkg left half-way (an earlier run killed while it installed): its recorded version stands for
     # the installed one, and the package is installed again whatever the target.
@@ -76,12 +75,12 @@ def _plan(ctx: Context) -> dict:
         raise DeviceError(f"{ctx.display} has IoT Edge but no {configtoml.CONFIG_PATH}; it was never configured.",
                           f"Configure it with az edge-tpm install {option('host')} {ctx.session.target.alias} ...")
     ctx.extra["behind_proxy"] = bool(configtoml.agent_proxy_url(config.text))
-    found = policy(ctx, list(EDGE_PACKAGES))
+    found = ctx.pkg.versions(ctx, list(EDGE_PACKAGES))
     if not ctx.dry_run and not (found.get("aziot-edge") or {}).get("versions"):
-        found = ensure_candidates(ctx, list(EDGE_PACKAGES))
+        found = ctx.pkg.ensure_candidates(ctx, list(EDGE_PACKAGES))
     versions = (found.get("aziot-edge") or {}).get("versions") or []
     pin = ctx.settings.edge_version
-    target = apt.match_version(pin, versions) if pin else support.newest(versions, [plat.line.name])
+    target = ctx.pkg.match_version(pin, versions) if pin else support.newest(versions, [plat.line.name])
     if target is None:
         what = f"aziot-edge {pin}" if pin else f"a version of IoT Edge {plat.line.name} LTS"
         raise DeviceError(
@@ -175,15 +174,15 @@ def upgrade(session, settings: UpgradeSettings, progress: Optional[Callable[[str
 
 
 def _apply(ctx: Context, plan: dict) -> None:
-    target = plan["target"]
-    specs = [f"aziot-edge={target['aziot-edge']}"]
+    target, pkg = plan["target"], ctx.pkg
+    specs = [pkg.spec("aziot-edge", target["aziot-edge"])]
     if target.get("aziot-identity-service"):
-        specs.append(f"aziot-identity-service={target['aziot-identity-service']}")
+        specs.append(pkg.spec("aziot-identity-service", target["aziot-identity-service"]))
     if plan["engine"]:
         specs.append(ENGINE)
     if target["aziot-edge"] != plan["before"]["aziot-edge"] or plan["broken"]:
-        # (apt_install finishes an interrupted dpkg run first, as apt asks: dpkg --configure -a)
-        apt_install(ctx, specs, " ".join(specs), allow_downgrades=ctx.settings.allow_downgrade)
+        # (apt's install finishes an interrupted dpkg run first, as apt asks: dpkg --configure -a)
+        pkg.install(ctx, specs, " ".join(specs), allow_downgrades=ctx.settings.allow_downgrade)
         ctx.changed.add("iotedge")
     edit, config = plan["edit"], plan["config"]
     if edit.changes:
@@ -195,7 +194,7 @@ def _apply(ctx: Context, plan: dict) -> None:
     installed = ctx.facts.installed("aziot-edge")
     if installed != target["aziot-edge"]:
         raise EdgeTpmError(f"aziot-edge {installed} is installed on {ctx.display} after the upgrade, not "
-                           f"{target['aziot-edge']}.", "Run apt-get install on the device to see why.")
+                           f"{target['aziot-edge']}.", f"Run {pkg.install_hint} on the device to see why.")
     _run_runtime_step(ctx)
 
 
@@ -242,9 +241,9 @@ def _judge(ctx: Context, report: dict, prior: dict) -> None:
 def _rollback(ctx: Context, before: Dict[str, Optional[str]], config) -> str:
     """The exact versions recorded before, config.toml byte for byte, applied; 'healthy' or why not."""
     ctx.progress(f"rolling back to aziot-edge {before['aziot-edge']}")
-    specs = [f"{name}={before[name]}" for name in EDGE_PACKAGES if before[name]]
+    specs = [ctx.pkg.spec(name, before[name]) for name in EDGE_PACKAGES if before[name]]
     try:
-        apt_install(ctx, specs, " ".join(specs), allow_downgrades=True)
+        ctx.pkg.install(ctx, specs, " ".join(specs), allow_downgrades=True)
         ctx.session.install_file(config.data, configtoml.CONFIG_PATH, config.mode, config.owner, config.group)
         ctx.refresh()
         result = ctx.run("iotedge config apply", timeout=600)

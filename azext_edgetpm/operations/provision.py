@@ -67,9 +67,8 @@ class IdentifyStep(Step):
         # enrollment (install would refuse it only after both).
         found = facts.gather(ctx.session(), files=())
         display = ctx.session().target.display
-        platform.require_apt(platform.detect(found.os_release, platform.debian_arch(found.dpkg_arch,
-                                                                                    found.uname_machine),
-                                             display, ctx.job.install.edge_version), display)
+        platform.detect(found.os_release, platform.debian_arch(found.dpkg_arch, found.uname_machine), display,
+                        ctx.job.install.edge_version)
         identity = identify(ctx.session(), tcti=ctx.job.tcti, create=True, id_format=ctx.job.id_format,
                             ek_ca_bundle=ctx.services.ek_ca_bundle)
         ctx.data["identity"] = identity

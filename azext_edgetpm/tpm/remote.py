@@ -98,14 +98,18 @@ def read_ek(session, tcti: Optional[str] = None, create: bool = True, install_to
 
 
 def install_tpm2_tools(session) -> None:
-    """Install Debian/Ubuntu's tpm2-tools package on the device (opt-in: --install-tools)."""
-    result = session.run("export DEBIAN_FRONTEND=noninteractive; apt-get update -q >/dev/null 2>&1; "
-                         "apt-get install -y -q tpm2-tools", sudo=True, timeout=600)
+    """Install the system's tpm2-tools package on the device (opt-in: --install-tools): with dnf on Red Hat
+    Enterprise Linux (no apt-get there), else with apt-get (Debian, Ubuntu, Raspberry Pi OS)."""
+    result = session.run("if ! command -v apt-get >/dev/null 2>&1 && command -v dnf >/dev/null 2>&1; then "
+                         "dnf -y -q install tpm2-tools; else "
+                         "export DEBIAN_FRONTEND=noninteractive; apt-get update -q >/dev/null 2>&1; "
+                         "apt-get install -y -q tpm2-tools; fi", sudo=True, timeout=600)
     if not result.ok:
         tail = "\n".join(result.stderr.strip().splitlines()[-3:])
         raise EdgeTpmError(
             f"Installing tpm2-tools on {session.target.display} failed: {tail}",
-            "Check the device's package sources (apt-get update) or install tpm2-tools by hand.")
+            "Check the device's package sources (apt-get update; dnf repolist on Red Hat Enterprise Linux) or "
+            "install tpm2-tools by hand.")
 
 
 def parse_output(result, display: str, tcti: Optional[str]) -> RemoteEk:
@@ -114,7 +118,8 @@ def parse_output(result, display: str, tcti: Optional[str]) -> RemoteEk:
     if result.rc == _RC_NO_TOOLS:
         raise DeviceError(  # a device-side problem: not exit code 3 (a missing Azure resource)
             f"tpm2-tools is not installed on {display}.",
-            f"Install it on the device (sudo apt-get install tpm2-tools), or re-run with {option('install_tools')}.")
+            f"Install it on the device (sudo apt-get install tpm2-tools; sudo dnf install tpm2-tools on Red Hat "
+            f"Enterprise Linux), or re-run with {option('install_tools')}.")
     if result.rc == _RC_NO_TPM:
         where = f"through TCTI {shown(tcti)}" if tcti else "(no /dev/tpmrm0, /dev/tpm0 or TPM simulator answered)"
         raise DeviceError(  # a device-side problem: not exit code 3 (a missing Azure resource)

@@ -8,7 +8,7 @@ from azext_edgetpm.errors import EdgeTpmError, LocalFileError, option
 from .. import apt
 from ..plan import Check, Step
 from ..services import ServiceManager
-from .base import DAEMON_JSON, backup, ensure_candidates, apt_install
+from .base import DAEMON_JSON, backup
 
 
 def merge_daemon_json(current_text: Optional[str], log_driver: str, display: str = "the device"):
@@ -40,7 +40,7 @@ class ContainerEngineStep(Step):
         changes, detail, data = [], [], {}
         engine = next(((p, f.installed(p)) for p in ("moby-engine", "docker-ce", "docker.io") if f.installed(p)), None)
         if engine is None:
-            changes.append("install moby-engine")
+            changes.append("install " + " ".join(ctx.pkg.engine_packages))
             data["install"] = True
         else:
             detail.append(f"{engine[0]} {engine[1]}")
@@ -60,8 +60,9 @@ class ContainerEngineStep(Step):
     def apply(self, ctx, check):
         done = []
         if check.data.get("install"):
-            ensure_candidates(ctx, ["moby-engine"])
-            apt_install(ctx, ["moby-engine"], "moby-engine")
+            names = list(ctx.pkg.engine_packages)
+            ctx.pkg.ensure_candidates(ctx, names)
+            ctx.pkg.install(ctx, names, " ".join(names))
             ctx.refresh()
             done.append(f"installed moby-engine {ctx.facts.installed('moby-engine')}")
         if "daemon_json" in check.data:
@@ -99,8 +100,8 @@ class ContainerEngineStep(Step):
     def verify(self, ctx, check):
         f = ctx.facts
         if check.data.get("install") and not f.installed("moby-engine"):
-            raise EdgeTpmError(f"moby-engine is not installed on {ctx.display} after apt-get install.",
-                               "Run apt-get install moby-engine on the device to see why.")
+            raise EdgeTpmError(f"moby-engine is not installed on {ctx.display} after {ctx.pkg.install_hint}.",
+                               f"Run {ctx.pkg.install_hint} moby-engine on the device to see why.")
         if "daemon_json" in check.data:
             current = f.file(DAEMON_JSON)
             if current is None or json.loads(current.text).get("log-driver") != ctx.settings.log_driver:

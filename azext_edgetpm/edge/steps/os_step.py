@@ -15,13 +15,14 @@ class OsStep(Step):
         f = ctx.facts
         arch = platform.debian_arch(f.dpkg_arch, f.uname_machine)
         ctx.platform = platform.detect(f.os_release, arch, ctx.display, ctx.settings.edge_version)
-        platform.require_apt(ctx.platform, ctx.display)
         warn = support.warning(ctx.platform.line)
         if warn and warn not in ctx.warnings:
             ctx.warnings.append(warn)
-        if not f.has("apt-get") or not f.has("dpkg"):
-            raise DeviceError(f"{ctx.display} has no apt-get/dpkg.",
-                              "IoT Edge's packages install with apt on Debian, Ubuntu and Raspberry Pi OS.")
+        pkg = ctx.pkg
+        if not all(f.has(tool) for tool in pkg.tools):
+            raise DeviceError(f"{ctx.display} has no {'/'.join(pkg.tools)}.",
+                              f"IoT Edge's packages install with {pkg.name} on {ctx.platform.pretty_name}; "
+                              "install it, or check that /etc/os-release names the device's system.")
         init = ServiceManager.detect(f).describe()
         line = ctx.platform.line
         return Check(detail=f"{ctx.platform.pretty_name} ({ctx.platform.arch}); {init}; IoT Edge {line.name} LTS "

@@ -1,0 +1,311 @@
+"""The dnf/rpm implementation of the package-manager interface (Red Hat Enterprise Linux 8 and 9),
+as Microsoft's instructions install IoT Edge there: packages-microsoft-prod.rpm for the release
+(config/rhel/<8|9>/), then `dnf install moby-engine moby-cli` and `aziot-edge`. Every value
+reaching the shell is quoted; failures become errors with a recommendation.
+
+dnf fetches a repository's metadata by itself when it has none or it expired (dnf.conf(5)
+metadata_expire), so an "update" is `dnf makecache --refresh`, done only when a package is missing.
+"""
+import os
+import re
+import shlex
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+from azext_edgetpm.echo import shown
+from azext_edgetpm.errors import DeviceError, EdgeTpmError, LocalFileError, UserInputError, option
+from ..apt import tail
+from . import PackageManager
+
+DNF = "LC_ALL=C dnf -y"
+INSTALL_TIMEOUT = 1800.0
+_RPM_LEAD = b"\xed\xab\xee\xdb"
+_DEB_TO_RPM_ARCH = {"amd64": "x86_64", "arm64": "aarch64", "armhf": "armv7hl"}
+
+_FAILURES = (
+    (r"No match for argument: (\S+)|Unable to find a match: (\S+)|No package (\S+) available",
+     "{pkg} is not available from the device's package sources.",
+     f"Check {option('package_source')} (a mirror of packages.microsoft.com, or the URL of a "
+     f"packages-microsoft-prod.rpm), or install from .rpm files with {option('offline_packages')} DIR."),
+    (r"Public key for \S+ is not installed|GPG check FAILED|is not signed|NOKEY|Bad GPG signature",
+     "dnf does not trust the signature of the packages.",
+     "Import the repository's signing key on the device (rpm --import, Microsoft's is "
+     "https://packages.microsoft.com/keys/microsoft.asc), then run the command again."),
+    (r"Cannot download repomd\.xml|Failed to download metadata|Curl error|Cannot download|"
+     r"Could not resolve host|Failed to connect|Connection refused|Status code: 404|All mirrors were tried",
+     "The device could not download from its package source.",
+     f"Check the device's network and the URL of {option('package_source')}; for networks that cannot reach "
+     f"packages.microsoft.com use a mirror ({option('package_source')}) or {option('offline_packages')} DIR."),
+    (r"No container runtime detected",
+     "aziot-edge refuses to install before a container engine is installed (its %post looks for the "
+     "docker group, which moby-engine creates).",
+     f"Install moby-engine first, or put its .rpm files in the {option('offline_packages')} directory, "
+     "then run the command again."),
+    (r"Problem: |nothing provides|conflicting requests|cannot install both|Depsolve Error",
+     "dnf cannot resolve the packages' dependencies on the device.",
+     "Check that the package source matches the device's release (el8 or el9); a pinned "
+     f"{option('edge_version')} needs the exact aziot-identity-service that aziot-edge version requires "
+     "(dnf repoquery --requires aziot-edge-VERSION) in the same source."),
+)
+
+
+def raise_for(result, what: str, display: str) -> None:
+    """Raise the error a failed dnf/rpm command deserves (nothing when it succeeded)."""
+    if result.rc == 0:
+        return
+    text = (result.stderr or "") + "\n" + (result.stdout or "")
+    for pattern, message, recommendation in _FAILURES:
+        match = re.search(pattern, text)
+        if match:
+            groups = [g for g in match.groups() if g]
+            msg = message.format(pkg=groups[0] if groups else "A package")
+            raise EdgeTpmError(f"{what} failed on {display}: {msg} dnf said: {_tail(text)}", recommendation)
+    raise EdgeTpmError(f"{what} failed on {display} (exit {result.rc}): {_tail(text)}",
+                       "Run the command again with --debug, or run it on the device to see dnf's output.")
+
+
+def _tail(text: str) -> str:
+    kept = "\n".join(line for line in (text or "").splitlines()
+                     if not line.startswith(("Last metadata expiration", "Dependencies resolved")))
+    return tail(kept)
+
+
+def parse_repoquery(text: str, names: List[str]) -> Dict[str, dict]:
+    """`dnf repoquery --qf '%{name} %{evr}'` -> {name: {"candidate": newest, "versions": [...]}}."""
+    from .. import support
+    out = {n: {"installed": None, "candidate": None, "versions": []} for n in names}
+    for line in (text or "").splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] in out and parts[1] not in out[parts[0]]["versions"]:
+            out[parts[0]]["versions"].append(parts[1])
+    for entry in out.values():
+        entry["versions"].sort(key=support.version_key, reverse=True)
+        entry["candidate"] = entry["versions"][0] if entry["versions"] else None
+    return out
+
+
+def exact_requirement(requires: str, dependency: str) -> Optional[str]:
+    """The version a `Requires: dependency = V` line names (`rpm -qp --requires`, dnf repoquery
+    --requires); None when there is none."""
+    for line in (requires or "").splitlines():
+        match = re.fullmatch(r"\s*(\S+)\s*=\s*(\S+)\s*", line)
+        if match and match.group(1) == dependency:
+            return match.group(2)
+    return None
+
+
+_OURS = "# HTTP proxy of IoT Edge (written by az edge-tpm install; --proxy none removes it)"
+_PROXY_KEY = re.compile(r"\s*(proxy|proxy_username|proxy_password|proxy_auth_method)\s*=")
+
+
+def dnf_conf_with_proxy(text: str, proxy, path: str = "/etc/dnf/dnf.conf") -> str:
+    """dnf.conf with the proxy lines of ours (after _OURS, first in [main]) set for `proxy`, or removed
+    when it is None; every other line kept. A proxy the file already sets itself is refused (dnf would
+    take one of the two), so that nothing of the device's own is lost."""
+    kept, ours = [], False
+    for line in (text or "").splitlines():
+        if line.strip() == _OURS:
+            ours = True
+            continue
+        if ours and _PROXY_KEY.match(line):
+            continue
+        ours = False
+        kept.append(line)
+    if proxy is None:
+        return "\n".join(kept) + "\n" if kept else ""
+    section = None
+    for line in kept:
+        stripped = line.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            section = stripped[1:-1].strip()
+        elif section == "main" and _PROXY_KEY.match(line):
+            raise DeviceError(
+                f"{path} on the device already sets a proxy of its own ({line.split('=', 1)[0].strip()}=); it was "
+                "left as it is and nothing was changed.",
+                f"Remove the proxy lines from {path} (then this command writes its own), or run without "
+                f"{option('proxy')} to keep the device's settings.")
+    block = [_OURS, f"proxy=http://{proxy.hostport}"]
+    if proxy.user is not None:
+        block += [f"proxy_username={proxy.user}", f"proxy_password={proxy.password or ''}", "proxy_auth_method=basic"]
+    main = next((i for i, line in enumerate(kept) if line.strip() == "[main]"), None)
+    if main is None:
+        kept = ["[main]"] + block + ([""] if kept else []) + kept
+    else:
+        kept[main + 1:main + 1] = block
+    return "\n".join(kept) + "\n"
+
+
+@dataclass(frozen=True)
+class RpmFile:
+    path: str
+    package: str
+    version: str       # version-release
+    architecture: str
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
+
+
+def read_rpm(path: str) -> RpmFile:
+    """Name, version-release and architecture of an .rpm, from its lead and its file name (the
+    NAME-VERSION-RELEASE.ARCH.rpm convention that rpmbuild and every repository keep)."""
+    try:
+        with open(path, "rb") as handle:
+            lead = handle.read(4)
+    except OSError as exc:
+        raise LocalFileError(f"Cannot read {path}: {exc.strerror}.",
+                             f"Check the {option('offline_packages')} directory.") from exc
+    match = re.fullmatch(r"(.+)-([^-]+)-([^-]+)\.([^.]+)\.rpm", os.path.basename(path))
+    if lead != _RPM_LEAD or not match:
+        raise UserInputError(f"{path} is not an RPM package that can be read here.",
+                             f"Put only .rpm files (named NAME-VERSION-RELEASE.ARCH.rpm) in the "
+                             f"{option('offline_packages')} directory.")
+    return RpmFile(path, match.group(1), f"{match.group(2)}-{match.group(3)}", match.group(4))
+
+
+def read_offline_dir(directory: str, arch: str, edge_version: Optional[str] = None) -> List[RpmFile]:
+    """The .rpm files of --offline-packages for this architecture; one version per package
+    (several aziot-edge versions are narrowed by --edge-version; the identity service's exact
+    version is dnf's to match, from aziot-edge's Requires)."""
+    if not os.path.isdir(directory):
+        raise LocalFileError(f"{option('offline_packages')} {shown(directory)} is not a directory.",
+                             "Give a directory that holds the .rpm files to install.")
+    wanted = ("noarch", _DEB_TO_RPM_ARCH.get(arch, arch))
+    rpms = [read_rpm(os.path.join(directory, n)) for n in sorted(os.listdir(directory)) if n.endswith(".rpm")]
+    rpms = [r for r in rpms if r.architecture in wanted]
+    if not rpms:
+        raise LocalFileError(f"{option('offline_packages')} {shown(directory)} holds no .rpm file for {wanted[1]}.",
+                             "Download moby-engine, moby-cli, aziot-identity-service and aziot-edge for the "
+                             "device's release and architecture into that directory.")
+    by_name: Dict[str, List[RpmFile]] = {}
+    for rpm in rpms:
+        by_name.setdefault(rpm.package, []).append(rpm)
+    chosen = []
+    for name, group in sorted(by_name.items()):
+        if len(group) > 1 and edge_version and name == "aziot-edge":
+            group = [r for r in group if PackageManager.match_version(edge_version, [r.version])] or group
+        if len(group) > 1:
+            raise UserInputError(
+                f"{option('offline_packages')} {shown(directory)} has {len(group)} versions of {name}: "
+                f"{', '.join(r.version for r in group)}.", "Keep one version of each package in the directory.")
+        chosen.append(group[0])
+    return chosen
+
+
+class DnfManager(PackageManager):
+    name = "dnf"
+    tools = ("dnf", "rpm")
+    install_hint = "dnf install"
+    remove_label = "dnf remove"
+    list_hint = "rpm -qa 'aziot*'"
+    update_label = "dnf makecache"
+    offline_suffix = ".rpm"
+    engine_packages = ("moby-engine", "moby-cli")   # (Microsoft's RHEL instructions: dnf install moby-engine moby-cli)
+
+    ca_anchor = "/etc/pki/ca-trust/source/anchors/edge-tpm-proxy-ca.crt"   # update-ca-trust(8)
+    ca_update = "update-ca-trust extract"
+
+    def proxy_files(self, proxy, facts):
+        """dnf.conf's [main] with the proxy lines of ours (dnf 4 reads the proxy of its own downloads,
+        packages-microsoft-prod.rpm's included, only from there or a repository's file): proxy=, and
+        proxy_username / proxy_password, for which the file is made root-only (dnf runs as root)."""
+        from ..proxy import DNF_CONF
+        current = facts.file(DNF_CONF) if facts is not None else None
+        if current is None and proxy is None:
+            return {}
+        text = current.text if current is not None else ""
+        new = dnf_conf_with_proxy(text, proxy, current.path if current is not None else DNF_CONF)
+        if proxy is not None and proxy.user is not None:
+            mode = 0o600
+        else:
+            mode = current.mode if current is not None and current.mode != 0o600 else 0o644
+        if current is not None and new == text and mode == current.mode:
+            return {}
+        return {DNF_CONF: (new.encode(), mode)}
+
+    def install_config_package(self, ctx, url: str) -> str:
+        """`dnf install URL`: dnf downloads it itself (with its own proxy settings: no credential on
+        a command line) and installs the repository file it carries."""
+        ctx.progress(f"installing {url}")
+        result = ctx.run(f"{DNF} install {shlex.quote(url)}", timeout=600)
+        raise_for(result, f"Installing the package repository configuration from {url}", ctx.display)
+        ctx.refresh()
+        return f"installed packages-microsoft-prod from {url} (dnf install)"
+
+    def update(self, ctx) -> None:
+        ctx.progress("dnf makecache --refresh")
+        result = ctx.run(f"{DNF} makecache --refresh", timeout=INSTALL_TIMEOUT)
+        raise_for(result, "dnf makecache", ctx.display)
+        ctx.updated_sources = True
+
+    def spec(self, name: str, version: Optional[str] = None) -> str:
+        return f"{name}-{version}" if version else name
+
+    def versions(self, ctx, names):
+        quoted = " ".join(shlex.quote(n) for n in names)
+        result = ctx.run(f"LC_ALL=C dnf -q repoquery --available --qf '%{{name}} %{{evr}}' {quoted}", timeout=600)
+        raise_for(result, "Reading the available packages (dnf repoquery)", ctx.display)
+        return parse_repoquery(result.stdout, list(names))
+
+    def ensure_candidates(self, ctx, names):
+        found = self.versions(ctx, names)
+        missing = [n for n in names if not found[n]["candidate"]]
+        if missing and not ctx.updated_sources:
+            self.update(ctx)
+            found = self.versions(ctx, names)
+            missing = [n for n in names if not found[n]["candidate"]]
+        if missing:
+            raise DeviceError(
+                f"{', '.join(missing)} cannot be installed on {ctx.display}: no package source of the device "
+                "offers it.",
+                f"Point {option('package_source')} at a mirror of packages.microsoft.com (or the URL of its "
+                f"packages-microsoft-prod.rpm) that has IoT Edge's packages for this release, or install from .rpm "
+                f"files with {option('offline_packages')} DIR.")
+        return found
+
+    def install(self, ctx, specs, what, allow_downgrades=False):
+        """`dnf install` of names, name-version pins or .rpm paths; a pin older than the installed
+        version is a downgrade to it (dnf(8) install of a NEVRA), so allow_downgrades needs no flag."""
+        ctx.progress(f"installing {what}")
+        result = ctx.run(f"{DNF} install " + " ".join(shlex.quote(s) for s in specs), timeout=INSTALL_TIMEOUT)
+        raise_for(result, f"Installing {what}", ctx.display)
+
+    def exact_requirement(self, ctx, name, version, dependency):
+        """From the package's Requires in the repository (`dnf repoquery --requires name-version`)."""
+        spec = shlex.quote(self.spec(name, version))
+        result = ctx.run(f"LC_ALL=C dnf -q repoquery --requires {spec}", timeout=600)
+        raise_for(result, f"Reading the dependencies of {name} {version}", ctx.display)
+        return exact_requirement(result.stdout, dependency)
+
+    def remove(self, ctx, names):
+        """`dnf remove` of exactly these packages (--noautoremove: RHEL's clean_requirements_on_remove
+        would take the container engine with them, which deprovision leaves)."""
+        result = ctx.run(f"{DNF} remove --noautoremove " + " ".join(shlex.quote(p) for p in names),
+                         timeout=INSTALL_TIMEOUT)
+        raise_for(result, "dnf remove", ctx.display)
+        return f"removed {', '.join(names)} (dnf remove)"
+
+    def read_offline(self, directory, arch, edge_version):
+        return read_offline_dir(directory, arch, edge_version)
+
+    def install_offline(self, ctx, files):
+        """One dnf transaction of the uploaded files, from them alone (--disablerepo='*'): rpm orders
+        it by the Requires, so the engine (aziot-edge requires moby-engine or docker-ce) comes first."""
+        ctx.progress(f"uploading {len(files)} package(s)")
+        tmp = ctx.session.staging_dir()  # emptied by the next run if this one loses its connection
+        try:
+            remote = []
+            for rpm in files:
+                with open(rpm.path, "rb") as handle:
+                    data = handle.read()
+                dest = f"{tmp}/{rpm.name}"
+                ctx.session.upload(data, dest, 0o644)
+                remote.append(dest)
+            what = ", ".join(r.package for r in files)
+            ctx.progress(f"installing {what}")
+            result = ctx.run(f"{DNF} install --disablerepo='*' " + " ".join(shlex.quote(p) for p in remote),
+                             timeout=INSTALL_TIMEOUT)
+            raise_for(result, f"Installing {what}", ctx.display)
+        finally:
+            ctx.session.run(f"rm -rf {shlex.quote(tmp)}")

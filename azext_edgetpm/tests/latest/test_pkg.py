@@ -1,0 +1,74 @@
+"""The package-manager interface (edge/pkg): which implementation a device gets, and the pure parts
+of the dnf/rpm one (its output parsed, dnf.conf's proxy lines). What dnf does on a device is
+tested on the dev kit's rhel9 device (test_rhel_install.py)."""
+import pytest
+
+from azext_edgetpm.edge import facts, platform, proxy
+from azext_edgetpm.edge.pkg import by_name, for_device
+from azext_edgetpm.edge.pkg import dnf
+from azext_edgetpm.errors import DeviceError, UserInputError
+
+RHEL_9 = 'NAME="Red Hat Enterprise Linux"\nID="rhel"\nVERSION_ID="9.4"\nPRETTY_NAME="Red Hat Enterprise Linux 9.4"\n'
+DEBIAN_12 = 'ID=debian\nVERSION_ID="12"\nVERSION_CODENAME=bookworm\nPRETTY_NAME="Debian GNU/Linux 12"\n'
+
+
+def test_the_platform_chooses_the_manager_and_its_spellings():
+    rhel, debian = platform.detect(RHEL_9, "amd64"), platform.detect(DEBIAN_12, "amd64")
+    assert (for_device(rhel).name, for_device(debian).name) == ("dnf", "apt")
+    # before detection (deprovision), from the os-release the facts read
+    assert for_device(None, facts.Facts(os_release=RHEL_9)).name == "dnf"
+    assert for_device(None, facts.Facts(os_release=DEBIAN_12)).name == "apt"
+    assert by_name("dnf").spec("aziot-edge", "1.6.0-1.el9") == "aziot-edge-1.6.0-1.el9"
+    assert by_name("apt").spec("aziot-edge", "1.6.0-1") == "aziot-edge=1.6.0-1"
+    assert for_device(rhel).config_package_url("http://mirror/ms/", rhel) == \
+        "http://mirror/ms/config/rhel/9/packages-microsoft-prod.rpm"
+    assert for_device(debian).config_package_url(None, debian).endswith("/config/debian/12/packages-microsoft-prod.deb")
+    assert by_name("dnf").match_version("1.5.10", ["1.6.0-1.el9", "1.5.10-1.el9"]) == "1.5.10-1.el9"
+
+
+def test_rpm_facts_dnf_output_and_rpm_file_names():
+    parsed = facts.parse("@@PKG aziot-edge\t1.6.0-1.el9\trpm installed\n")
+    assert parsed.installed("aziot-edge") == "1.6.0-1.el9"
+    found = dnf.parse_repoquery("aziot-edge 1.5.9-1.el9\naziot-edge 1.6.0-1.el9\naziot-edge 1.5.10-1.el9\n",
+                                ["aziot-edge", "moby-engine"])
+    assert found["aziot-edge"]["versions"] == ["1.6.0-1.el9", "1.5.10-1.el9", "1.5.9-1.el9"]
+    assert found["aziot-edge"]["candidate"] == "1.6.0-1.el9" and found["moby-engine"]["candidate"] is None
+    requires = "(moby-engine or docker-ce)\naziot-identity-service = 1.5.3-1.el9\nsystemd\n"
+    assert dnf.exact_requirement(requires, "aziot-identity-service") == "1.5.3-1.el9"
+    assert dnf.exact_requirement("systemd\n", "aziot-identity-service") is None
+
+
+def test_rpm_files_are_read_by_lead_and_name(tmp_path):
+    good = tmp_path / "aziot-edge-1.6.0-1.el9.x86_64.rpm"
+    good.write_bytes(b"\xed\xab\xee\xdb" + b"\0" * 92)
+    rpm = dnf.read_rpm(str(good))
+    assert (rpm.package, rpm.version, rpm.architecture) == ("aziot-edge", "1.6.0-1.el9", "x86_64")
+    (tmp_path / "notes.rpm").write_bytes(b"text")
+    with pytest.raises(UserInputError) as info:
+        dnf.read_offline_dir(str(tmp_path), "amd64")
+    assert "is not an RPM package" in str(info.value)
+
+
+def test_dnf_conf_gets_the_proxy_lines_of_ours_and_loses_only_them():
+    conf = "# site comment\n[main]\ngpgcheck=1\nbest=True\n"
+    with_auth = proxy.parse("http://edge:s3cret@proxy.example:3129")
+    text = dnf.dnf_conf_with_proxy(conf, with_auth)
+    assert text.splitlines()[:3] == ["# site comment", "[main]", dnf._OURS]
+    assert "proxy=http://proxy.example:3129\nproxy_username=edge\nproxy_password=s3cret\n" in text
+    assert "best=True" in text
+    again = dnf.dnf_conf_with_proxy(text, proxy.parse("http://proxy.example:3128"))
+    assert "proxy_username" not in again and "proxy=http://proxy.example:3128" in again
+    assert dnf.dnf_conf_with_proxy(again, None) == conf                     # --proxy none: back as it was
+    with pytest.raises(DeviceError) as info:                                # a proxy of the device's own stays
+        dnf.dnf_conf_with_proxy(conf + "proxy=http://theirs:8080\n", with_auth)
+    assert "already sets a proxy" in str(info.value)
+
+
+def test_rhel_proxy_files_are_root_only_with_credentials():
+    conf = facts.RemoteFile("/etc/dnf/dnf.conf", b"[main]\ngpgcheck=1\n", 0o644, "root", "root", 0)
+    device = facts.Facts(files={proxy.DNF_CONF: conf})
+    wanted = proxy.wanted_files(proxy.parse("http://edge:pw@proxy.example:3129"), by_name("dnf"), device)
+    assert wanted[proxy.DNF_CONF][1] == 0o600 and proxy.APT_CONF in wanted and wanted[proxy.APT_CONF] is None
+    plain = proxy.wanted_files(proxy.parse("http://proxy.example:3128"), by_name("dnf"), device)
+    assert plain[proxy.DNF_CONF][1] == 0o644
+    assert proxy.DNF_CONF not in proxy.wanted_files(None, by_name("dnf"), device)   # nothing of ours: untouched

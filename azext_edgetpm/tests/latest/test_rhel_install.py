@@ -1,0 +1,182 @@
+"""Red Hat Enterprise Linux through dnf and rpm, on the dev kit's rhel9 device (the real dnf 4 and
+rpm 4, RHEL's os-release, no apt-get or dpkg: a path that still called them would fail for real),
+with the stand-in RPMs served from the kit's dnf repository:
+
+- `provision` ends assigned, with aziot-edge 1.6.0 (`rpm -q` inside the device) and the agent
+  image :1.6, packages-microsoft-prod.rpm taken from the mirror's config/rhel/9/ path;
+- a second `install` changes nothing; `status` reads the runtime; `rekey` and `reprovision` work;
+- `deprovision --uninstall` removes aziot-edge and aziot-identity-service with dnf (rpm -q: not
+  installed) and leaves the container engine;
+- an offline .rpm set (--offline-packages) installs with dnf from those files alone;
+- behind the authenticated proxy (a `rhel9+proxied` device), `provision --proxy` ends assigned with
+  dnf's traffic through the proxy and its credentials only in a root-only dnf.conf;
+- `upgrade` of a device installed with 1.5.10 to 1.6.0 keeps its identity; a downgrade is refused.
+
+One rhel9 device for the module (and a rhel9+proxied one for the proxy, a rhel9 one for the upgrade) (device time is the suite's budget); the tests use it in order.
+"""
+import json
+import re
+import tomllib
+
+import pytest
+
+from azext_edgetpm.tests.latest.azcli import az
+from azext_edgetpm.tests.latest.test_dps_support import ok
+from azext_edgetpm.tests.latest.test_edge_install import (  # noqa: F401,F811  (dps: a module fixture)
+    dps, host_args, install, stat, statuses)
+from azext_edgetpm.tests.latest.test_edge_proxy import (  # noqa: F401,F811  (proxies: a module fixture)
+    device_files_holding, log_since, log_size, proxies)
+from azext_edgetpm.tests.latest.test_lts import AGENT, provision
+
+pytestmark = [pytest.mark.devkit, pytest.mark.timeout(1500)]
+
+RHEL_CA = "/etc/pki/ca-trust/source/anchors/devkit-dps-ca.crt"
+
+
+def rpm_q(dev, *names):
+    return dev.exec(["rpm", "-q", *names]).stdout.split("\n")[:len(names)]
+
+
+@pytest.fixture(scope="module")
+def rhel(rig, repo, dps, tmp_path_factory):
+    """One rhel9 device, trusting the DPS emulator the RHEL way, provisioned once."""
+    if "rhel9" not in (repo.get("sources") or {}):
+        pytest.skip("the dev kit's package repository of this checkout has no dnf repository (devkit/packages)")
+    dev = rig.add_device("rhel9")
+    try:
+        with open(dps.section["ca_bundle"], encoding="ascii") as handle:
+            dev.exec(f"cat > {RHEL_CA} && update-ca-trust extract", input=handle.read(), check=True, timeout=300)
+        results = provision(rig, dps, repo, [dev], tmp_path_factory.mktemp("rhel") / "rhel.csv")
+        yield {"device": dev, "result": results[0]}
+    finally:
+        rig.remove_device(dev)
+
+
+def test_provision_installs_with_dnf_and_ends_assigned(rhel):
+    dev, result = rhel["device"], rhel["result"]
+    assert result["status"] == "assigned", json.dumps(result)[:3000]
+    assert dev.exec(["sh", "-c", "command -v apt-get dpkg"]).stdout == ""   # (nothing of apt's to fall back on)
+    assert rpm_q(dev, "aziot-edge", "aziot-identity-service", "moby-engine", "moby-cli") == [
+        "aziot-edge-1.6.0-1.el9.x86_64", "aziot-identity-service-1.6.0-1.el9.x86_64",
+        "moby-engine-25.0.5-1.el9.x86_64", "moby-cli-25.0.5-1.el9.x86_64"]
+    assert rpm_q(dev, "packages-microsoft-prod")[0].startswith("packages-microsoft-prod-")
+    config = tomllib.loads(dev.exec(["cat", "/etc/aziot/config.toml"], check=True).stdout)
+    assert config["agent"]["config"]["image"] == AGENT + "1.6"
+    assert result["warnings"] == []
+
+
+def test_second_install_changes_nothing_and_status_reads_the_runtime(rhel, repo, dps):
+    dev = rhel["device"]
+    again = install(dev, dps, "--package-source", repo["base_url"])
+    assert again.rc == 0, f"{again.message} | {again.recommendation}"
+    assert again.out["changed"] is False, statuses(again)
+    assert set(statuses(again).values()) <= {"ok", "skipped"}, statuses(again)
+    assert again.out["platform"]["id"] == "rhel" and again.out["platform"]["version"] == "9"
+    status = ok("edge-tpm", "status", *host_args(dev)).out
+    assert status["healthy"] is True and status["provisioning"]["state"] == "assigned", status
+    assert status["runtime"]["packages"]["aziot-edge"] == "1.6.0-1.el9"
+
+
+def test_rekey_and_reprovision_work_there(rhel, dps):
+    """Neither touches packages: the TPM, DPS and `iotedge system reprovision` behave as on Debian (the
+    enrollment already holds the EK: unchanged; the device is assigned again)."""
+    dev = rhel["device"]
+    rekeyed = ok("edge-tpm", "rekey", *host_args(dev), *dps.login, "--yes").out
+    assert rekeyed["status"] == "assigned", rekeyed
+    assert rekeyed["enrollment"] == "the enrollment already holds the device's EK", rekeyed
+    again = ok("edge-tpm", "reprovision", *host_args(dev), *dps.login, "--yes").out
+    assert again["status"] == "assigned" and again["enrollment"] == "no enrollment change asked", again
+
+
+def test_deprovision_uninstall_removes_the_packages_with_dnf(rhel, dps):
+    dev = rhel["device"]
+    done = ok("edge-tpm", "deprovision", *host_args(dev), *dps.login, "--uninstall", "--yes").out
+    assert done["device"] == "uninstalled", done
+    assert rpm_q(dev, "aziot-edge", "aziot-identity-service") == [
+        "package aziot-edge is not installed", "package aziot-identity-service is not installed"]
+    assert rpm_q(dev, "moby-engine") == ["moby-engine-25.0.5-1.el9.x86_64"]     # the engine is left
+
+
+def test_provision_behind_the_authenticated_proxy(new_device, repo, dps, proxies, tmp_path):
+    """A rhel9 device whose only way out is the authenticated proxy: `provision --proxy @file` ends
+    assigned; dnf's downloads (packages-microsoft-prod.rpm, the repository's metadata and packages)
+    went through that proxy with the credentials of dnf.conf, made root-only; the password is in no
+    file that is not root-only, nor in the output."""
+    dev = new_device("rhel9+proxied")
+    with open(dps.section["ca_bundle"], encoding="ascii") as handle:
+        dev.exec(f"cat > {RHEL_CA} && update-ca-trust extract", input=handle.read(), check=True, timeout=300)
+    auth = proxies["auth"]
+    password = auth["password"]
+    url_file = tmp_path / "auth-proxy.txt"
+    url_file.write_text(f"http://{auth['user']}:{password}@{auth['url'].split('//', 1)[1]}\n")
+    offset = log_size(auth["log"])
+    result = az("edge-tpm", "provision", *host_args(dev), "--tcti", dev.tcti, *dps.login,
+                "--id-scope", dps.section["id_scope"], "--global-endpoint", dps.section["device_endpoint"],
+                "--package-source", repo["base_url"], "--proxy", f"@{url_file}")
+    assert result.rc == 0, f"{result.message} | {result.recommendation}"
+    row = result.out[0] if isinstance(result.out, list) else result.out
+    assert row["status"] == "assigned", row
+    assert rpm_q(dev, "aziot-edge") == ["aziot-edge-1.6.0-1.el9.x86_64"]
+    conf = dev.exec(["cat", "/etc/dnf/dnf.conf"], check=True).stdout
+    assert f"proxy=http://{auth['url'].split('//', 1)[1].rstrip('/')}" in conf and "proxy_username=" in conf, conf
+    assert "best=True" in conf                                 # (RHEL's own settings kept)
+    assert stat(dev, "/etc/dnf/dnf.conf") == ["600", "root", "root"]
+    seen = log_since(auth["log"], offset)
+    repo_hostport = repo["base_url"].split("//", 1)[1].rstrip("/")
+    assert re.search(rf"Request .*: GET http://{re.escape(repo_hostport)}/config/rhel/9/packages-microsoft-prod", seen)
+    assert re.search(rf"Request .*: GET http://{re.escape(repo_hostport)}/.*aziot-edge-1\.6\.0", seen), seen[-3000:]
+    assert password not in result.text + result.stderr + result.message
+    found = device_files_holding(dev, password)
+    assert found and all(line.startswith("600 ") for line in found), found
+
+
+def test_offline_rpm_set_installs_again_after_the_uninstall(rhel, repo, dps):
+    """--offline-packages with a directory of .rpm files: uploaded and installed by dnf from those files
+    alone (the engine already there is kept). (The deprovision disabled the enrollment: the runtime runs
+    and DPS refuses it, which the install reports as a warning.)"""
+    dev = rhel["device"]
+    offline = repo["rpms_dirs"]["rhel9"]["1.6.0-1"]
+    done = install(dev, dps, "--offline-packages", offline)
+    assert done.rc == 0, f"{done.message} | {done.recommendation}"
+    assert statuses(done)["package-source"] == "changed", statuses(done)
+    assert "from the uploaded .rpm files" in next(s["detail"] for s in done.out["steps"] if s["name"] == "package-source")
+    assert rpm_q(dev, "aziot-edge", "aziot-identity-service") == [
+        "aziot-edge-1.6.0-1.el9.x86_64", "aziot-identity-service-1.6.0-1.el9.x86_64"]
+    assert done.out["runtime"]["version"].startswith("1.6.0"), done.out["runtime"]
+
+
+def test_upgrade_from_1_5_10_keeps_the_identity_and_refuses_a_downgrade(new_device, rig, repo, dps, tmp_path):
+    """A rhel9 device provisioned with --edge-version 1.5.10 (the out-of-support warning) is upgraded to
+    1.6.0 with dnf: agent :1.6, the same device_info (no new registration); a second run changes nothing;
+    going back to 1.5.10 is refused without --allow-downgrade, nothing changed, and done with it."""
+    dev = new_device("rhel9")
+    with open(dps.section["ca_bundle"], encoding="ascii") as handle:
+        dev.exec(f"cat > {RHEL_CA} && update-ca-trust extract", input=handle.read(), check=True, timeout=300)
+    first = provision(rig, dps, repo, [dev], tmp_path / "pinned.csv", "--edge-version", "1.5.10")[0]
+    assert first["status"] == "assigned", json.dumps(first)[:3000]
+    assert rpm_q(dev, "aziot-edge") == ["aziot-edge-1.5.10-1.el9.x86_64"]
+    first_identity = rpm_q(dev, "aziot-identity-service")[0]
+    assert any("IoT Edge 1.5 LTS was serviced until" in w for w in first["warnings"]), first["warnings"]
+    info = dev.exec(["cat", "/var/lib/aziot/identityd/device_info"], check=True).stdout
+    args = ["edge-tpm", "upgrade", *host_args(dev)]
+    done = az(*args)
+    assert done.rc == 0, f"{done.message} | {done.recommendation}"
+    row = done.out[0] if isinstance(done.out, list) else done.out
+    assert row["status"] == "upgraded" and row["installed"]["aziot-edge"] == "1.6.0-1.el9", row
+    assert rpm_q(dev, "aziot-edge", "aziot-identity-service") == [
+        "aziot-edge-1.6.0-1.el9.x86_64", "aziot-identity-service-1.6.0-1.el9.x86_64"]
+    config = tomllib.loads(dev.exec(["cat", "/etc/aziot/config.toml"], check=True).stdout)
+    assert config["agent"]["config"]["image"] == AGENT + "1.6"
+    assert dev.exec(["cat", "/var/lib/aziot/identityd/device_info"], check=True).stdout == info
+    again = az(*args)
+    again_row = again.out[0] if isinstance(again.out, list) else again.out
+    assert again.rc == 0 and again_row["changes"] == [], again_row
+    back = az(*args, "--edge-version", "1.5.10")
+    assert back.rc != 0 and "older than the version installed" in back.message, back.message
+    assert "--allow-downgrade" in back.recommendation
+    assert rpm_q(dev, "aziot-edge") == ["aziot-edge-1.6.0-1.el9.x86_64"]
+    # on purpose: dnf installs the older NEVRAs (a downgrade, as the rollback does), the identity service's too
+    down = az(*args, "--edge-version", "1.5.10", "--allow-downgrade")
+    assert down.rc == 0, f"{down.message} | {down.recommendation}"
+    assert rpm_q(dev, "aziot-edge", "aziot-identity-service") == [
+        "aziot-edge-1.5.10-1.el9.x86_64", first_identity]
