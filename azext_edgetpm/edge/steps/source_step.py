@@ -1,5 +1,5 @@
-"""Step 2 `package-source`: Microsoft's packages-microsoft-prod (or a mirror's, or an apt line,
-or .deb/.rpm files uploaded over SFTP), and tpm2-tools, through the device's package manager
+"""Step 2 `package-source`: Microsoft's packages-microsoft-prod (or a mirror's, or an apt line, or a
+dnf repository with its signing key, or .deb/.rpm files uploaded over SFTP), and tpm2-tools, through the device's package manager
 (ctx.pkg: edge/pkg)."""
 from typing import Optional
 
@@ -38,8 +38,7 @@ class PackageSourceStep(Step):
                                + ", ".join(f"{d.package} {d.version}" for d in todo))
             else:
                 detail.append(f"the {len(debs)} package(s) of {s.offline_packages} are installed")
-        elif pkg.is_source_line(s.package_source):
-            want = "# Package source of IoT Edge (written by az edge-tpm install)\n" + s.package_source.strip() + "\n"
+        elif (want := pkg.source_entry(ctx, s.package_source)) is not None:
             data["list"] = want
             listed = pkg.source_file
             current = f.file(listed)
