@@ -59,7 +59,7 @@ def rhel(rig, repo, dps, tmp_path_factory):
         rig.remove_device(dev)
 
 
-def test_provision_installs_with_dnf_and_ends_assigned(rhel):
+def test_provision_installs_with_dnf_and_ends_assigned(rhel, repo):
     dev, result = rhel["device"], rhel["result"]
     assert result["status"] == "assigned", json.dumps(result)[:3000]
     assert dev.exec(["sh", "-c", "command -v apt-get dpkg"]).stdout == ""   # (nothing of apt's to fall back on)
