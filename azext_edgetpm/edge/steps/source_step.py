@@ -18,6 +18,11 @@ def config_package_url(source: Optional[str], plat) -> str:
     return by_name(plat.package_manager).config_package_url(source, plat)
 
 
+def _summary(entry: str) -> str:
+    """A source file's settings on one line (an apt line; a .repo file's baseurl=, gpgcheck=, gpgkey=)."""
+    return ", ".join(line for line in entry.splitlines() if line and not line.startswith(("#", "[", "name=")))
+
+
 class PackageSourceStep(Step):
     name = "package-source"
     title = "Configuring the package source"
@@ -43,9 +48,9 @@ class PackageSourceStep(Step):
             listed = pkg.source_file
             current = f.file(listed)
             if current is None or current.text != want:
-                changes.append(f"write {listed}: {s.package_source.strip()}")
+                changes.append(f"write {listed}: {_summary(want)}")
             else:
-                detail.append(f"{listed}: {s.package_source.strip()}")
+                detail.append(f"{listed}: {_summary(want)}")
                 self._check_index(ctx, changes, data)
         else:
             version = f.installed("packages-microsoft-prod")

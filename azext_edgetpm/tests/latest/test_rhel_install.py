@@ -119,6 +119,16 @@ def test_packages_signed_by_another_key_are_refused_with_one_clear_error(rhel, r
     signature with what to do; nothing of IoT Edge is installed; our previous .repo file is kept as a copy."""
     dev = rhel["device"]
     before = dev.exec(["cat", REPO_FILE], check=True).stdout
+    # (how a bare URL is read: the device's dnf finds repodata/ there -> a repository, with Microsoft's
+    # key; none at the mirror's base URL -> its config/rhel/9/packages-microsoft-prod.rpm; plans only)
+    url = repo["sources"]["rhel9"].split()[0]
+    for source, want in ((url, f"write {REPO_FILE}: baseurl={url}, enabled=1, gpgcheck=1, "
+                                "gpgkey=https://packages.microsoft.com/keys/microsoft.asc"),
+                         (repo["base_url"], f"install packages-microsoft-prod from {repo['base_url']}config/rhel/9/")):
+        plan = install(dev, dps, "--package-source", source, "--dry-run")
+        assert plan.rc == 0, plan.message
+        assert want in next(s["detail"] for s in plan.out["steps"] if s["name"] == "package-source"), plan.out
+    assert dev.exec(["cat", REPO_FILE], check=True).stdout == before
     bad = install(dev, dps, "--package-source", repo["untrusted_sources"]["rhel9"])
     assert bad.rc != 0 and "Traceback" not in bad.stderr
     assert "signature" in bad.message and "nothing of them was installed" in bad.message, bad.message
