@@ -1,6 +1,6 @@
 """Step 2 `package-source`: Microsoft's packages-microsoft-prod (or a mirror's, or an apt line, or a
-dnf repository with its signing key, or .deb/.rpm files uploaded over SFTP), and tpm2-tools, through the device's package manager
-(ctx.pkg: edge/pkg)."""
+dnf repository with its signing key, or .deb/.rpm files uploaded over SFTP), and tpm2-tools,
+through the device's package manager (ctx.pkg: edge/pkg)."""
 from typing import Optional
 
 from azext_edgetpm.errors import EdgeTpmError
