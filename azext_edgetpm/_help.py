@@ -228,6 +228,8 @@ examples:
     text: az edge-tpm install --host edge-01 --id-scope 0ne00ABCDEF --offline-packages ./iotedge-debs
   - name: A Red Hat Enterprise Linux 9 device, packages from a mirror of packages.microsoft.com (dnf installs its config/rhel/9/packages-microsoft-prod.rpm).
     text: az edge-tpm install --host rhel-01 --id-scope 0ne00ABCDEF --package-source https://mirror.example.com/microsoft
+  - name: A Red Hat Enterprise Linux 9 device, packages from a dnf repository (an Artifactory mirror of packages.microsoft.com/rhel/9/prod/) whose packages are checked with the key the mirror serves.
+    text: az edge-tpm install --host rhel-01 --id-scope 0ne00ABCDEF --package-source "https://artifactory.example.com/rhel9-microsoft/ gpgkey=https://artifactory.example.com/keys/microsoft.asc"
   - name: A custom allocation payload, re-provisioning at every start, TPM access through the tss group.
     text: az edge-tpm install --host edge-01 --id-scope 0ne00ABCDEF --payload ./model-id.json --auto-reprovisioning-mode AlwaysOnStartup --tpm-access tss-group
   - name: A device whose network leads out only through an authenticated HTTP proxy (the URL with user:password in a file).

@@ -143,7 +143,10 @@ def install_arguments(c):
                     "reach packages.microsoft.com: the base URL of a mirror of packages.microsoft.com (its "
                     "`config/<distro>/<version>/packages-microsoft-prod.deb` or `.rpm` is installed), the URL of "
                     "such a .deb or .rpm, or (apt only) a sources.list line ('deb [signed-by=...] URL SUITE "
-                    "COMPONENT'), written to /etc/apt/sources.list.d/edge-tpm.list. Default: Microsoft's "
+                    "COMPONENT'), written to /etc/apt/sources.list.d/edge-tpm.list, or (dnf only) a dnf repository "
+                    "'URL [gpgkey=KEY-URL]', written to /etc/yum.repos.d/edge-tpm.repo with gpgcheck=1 and the key "
+                    "its packages are signed with (default: https://packages.microsoft.com/keys/microsoft.asc; "
+                    "file:///path for a key on the device). Default: Microsoft's "
                     "packages-microsoft-prod for the device's distribution and version.")
     c.argument("offline_packages", options_list=["--offline-packages"], arg_group="Packages",
                help="Directory on this machine holding .deb files (moby-engine, aziot-identity-service, "

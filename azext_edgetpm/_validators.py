@@ -246,12 +246,20 @@ def _install_values(namespace):
             check_apt_line(source)
         except EdgeTpmError as exc:  # (validators run before the command groups' exception handler)
             raise to_azclierror(exc) from exc
+    elif source and re.match(r"(https?|file)://\S+\s", source.strip() + " ") and len(source.split()) > 1:
+        from azext_edgetpm._error_map import to_azclierror
+        from azext_edgetpm.edge.pkg.dnf import parse_source
+        from azext_edgetpm.errors import EdgeTpmError
+        try:
+            parse_source(source)
+        except EdgeTpmError as exc:  # (validators run before the command groups' exception handler)
+            raise to_azclierror(exc) from exc
     elif source and not re.fullmatch(r"(https?|file)://\S+", source):
         raise InvalidArgumentValueError(
             f"--package-source {shown(source)} is neither an apt line nor a URL.",
             "Give a mirror of packages.microsoft.com as its base URL (https://mirror.example.com/microsoft), the URL "
-            "of a packages-microsoft-prod.deb (.rpm on Red Hat Enterprise Linux), or a sources.list line "
-            "('deb [signed-by=...] https://... ./').")
+            "of a packages-microsoft-prod.deb (.rpm on Red Hat Enterprise Linux), a sources.list line "
+            "('deb [signed-by=...] https://... ./'), or a dnf repository ('https://... gpgkey=https://...').")
     if offline and not os.path.isdir(os.path.expanduser(offline)):
         raise InvalidArgumentValueError(f"--offline-packages {shown(offline)} is not a directory.",
                                         "Give a directory holding the .deb (or .rpm) files to install.")

@@ -10,7 +10,7 @@ ROOT=$PWD
 APT_PACKAGES=(openssh-server swtpm swtpm-tools tpm2-tools libtss2-dev libtss2-tcti-swtpm0
               pkg-config iproute2 dpkg-dev sudo gcc python3-dev openssl ca-certificates
               debootstrap tinyproxy-bin nftables
-              dnf rpm createrepo-c
+              dnf rpm createrepo-c gnupg   # gnupg: the kit signs its RPMs (rpmsign)
               chromium)   # chromium: the HTML fleet report's screenshot test (headless)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

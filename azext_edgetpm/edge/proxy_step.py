@@ -23,6 +23,7 @@ from .services import ServiceManager
 
 def targets(ctx) -> List[proxy_mod.Target]:
     """What the device must reach: the package source (unless .deb files are uploaded) and DPS."""
+    from .pkg.dnf import parse_source
     from .steps import config_package_url, is_apt_line
     s = ctx.settings
     found = []
@@ -30,6 +31,8 @@ def targets(ctx) -> List[proxy_mod.Target]:
         if is_apt_line(s.package_source):
             uris = apt.source_uris(s.package_source)
             url = uris[0] if uris else None
+        elif getattr(ctx.platform, "package_manager", "") == "dnf" and parse_source(s.package_source):
+            url = parse_source(s.package_source).url
         else:
             url = config_package_url(s.package_source, ctx.platform)
         t = proxy_mod.target("the package source", url) if url else None

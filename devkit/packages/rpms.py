@@ -5,20 +5,30 @@
     out_dir/rhel/<v>/prod/*.rpm        moby-engine, moby-cli, aziot-identity-service and
                                        aziot-edge of every line, devkit-systemctl-shim
     out_dir/rhel/<v>/prod/repodata/    createrepo_c's index (what dnf reads)
+    out_dir/rhel/<v>/untrusted/        the same RPMs signed by another key (a mirror that
+                                       was tampered with: dnf must refuse them)
     out_dir/rhel/<v>/system/*.rpm      what the rhel<v> device's rpm database holds at boot
                                        (redhat-release, tpm2-tools, the base system; payloads
                                        empty: the files are the device's own)
     out_dir/rpms/el<v>/<edge>/         hard links of one consistent offline set per release
+    out_dir/keys/microsoft.asc         the kit's signing key (public), served where
+                                       packages.microsoft.com serves Microsoft's
 
 The payloads are the .debs' (the same stand-in runtime, one source), built with rpmbuild;
 the scriptlets do what the real spec files do (Azure/iotedge
 ``edgelet/contrib/enterprise-linux/aziot-edge.spec``, Azure/iot-identity-service
 ``contrib/enterprise-linux/aziot-identity-service.spec.in``). ``build_config_rpm`` makes
 packages-microsoft-prod.rpm for a served address (``AptRepo`` calls it at start).
+
+The repository RPMs are signed (``rpmsign --addsign``) with a kit key made by gnupg at build
+time, as packages.microsoft.com signs its RPMs with Microsoft's key: dnf checks them against the
+``gpgkey=`` of the repository's file (``gpgcheck=1``). The key is Ed25519 (Microsoft's is RSA;
+rpm 4.18 checks both) and lives only for the build: its public half is kept.
 """
 import hashlib
 import os
 import shutil
+import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
@@ -220,6 +230,55 @@ def system_rpms(el):
     return [release, tools, base]
 
 
+KIT_KEY_UID = "devkit package signing <devkit-packages@example.invalid>"
+OTHER_KEY_UID = "devkit untrusted signer <devkit-untrusted@example.invalid>"
+KEY_PATH = "keys/microsoft.asc"   # where packages.microsoft.com serves its key (keys/microsoft.asc)
+
+
+def _gpg(home, *args):
+    return builder._run(["gpg", "--homedir", home, "--batch", "--pinentry-mode", "loopback",
+                         "--passphrase", ""] + list(args))
+
+
+def make_key(home, uid):
+    """A fresh Ed25519 signing key ``uid`` in the gnupg ``home``; return its armored public key."""
+    _gpg(home, "--quick-gen-key", uid, "ed25519", "sign", "never")
+    return _gpg(home, "--armor", "--export", uid)
+
+
+def sign_rpms(paths, home, uid):
+    """``rpmsign --addsign`` of ``paths`` (in place) with key ``uid`` of the gnupg ``home``."""
+    if paths:
+        builder._run(["rpmsign", "--addsign", "--define", "__gpg " + (shutil.which("gpg") or "gpg"),
+                      "--define", "_gpg_path " + home, "--define", "_gpg_name " + uid,
+                      "--define", "_gpg_sign_cmd_extra_args --batch"] + sorted(paths))
+
+
+def _sign_repos(out_dir, els):
+    """Sign rhel/<el>/prod/ with the kit key and a copy of it, rhel/<el>/untrusted/, with
+    another key; write the kit key's public half to out_dir/keys/microsoft.asc."""
+    home = tempfile.mkdtemp(prefix="devkit-gpg-")   # short: gpg-agent's socket lives there
+    try:
+        keys = os.path.join(out_dir, os.path.dirname(KEY_PATH))
+        os.makedirs(keys, exist_ok=True)
+        with open(os.path.join(out_dir, KEY_PATH), "w", encoding="ascii") as f:
+            f.write(make_key(home, KIT_KEY_UID))
+        make_key(home, OTHER_KEY_UID)
+        for el in els:
+            prod = os.path.join(out_dir, "rhel", el, "prod")
+            untrusted = os.path.join(out_dir, "rhel", el, "untrusted")
+            os.makedirs(untrusted)
+            names = [n for n in os.listdir(prod) if n.endswith(".rpm")]
+            for name in names:
+                shutil.copy2(os.path.join(prod, name), os.path.join(untrusted, name))
+            sign_rpms([os.path.join(prod, n) for n in names], home, KIT_KEY_UID)
+            sign_rpms([os.path.join(untrusted, n) for n in names], home, OTHER_KEY_UID)
+    finally:
+        subprocess.run(["gpgconf", "--homedir", home, "--kill", "gpg-agent"], check=False,
+                       capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
+
+
 def _groups(pkgs):
     """Split ``pkgs`` into as few groups of distinct names as their order allows."""
     groups = []
@@ -246,13 +305,16 @@ def build_rpm_repos(out_dir, python, devkit_root):
     with ThreadPoolExecutor(max_workers=4) as pool:
         paths = list(pool.map(lambda job: build_rpms(job[2], os.path.join(
             out_dir, "rhel", job[0], job[1])), jobs))
+    _sign_repos(out_dir, EL_RELEASES)
     done = {}
     for el in EL_RELEASES:
         repo = os.path.join(out_dir, "rhel", el, "prod")
         built = {(pkg.name, pkg.version): path for (job_el, sub, group), group_paths
                  in zip(jobs, paths) if job_el == el and sub == "prod"
                  for pkg, path in zip(group, group_paths)}
-        builder._run(["createrepo_c", "--quiet", "--no-database", repo])
+        untrusted = os.path.join(out_dir, "rhel", el, "untrusted")
+        for where in (repo, untrusted):
+            builder._run(["createrepo_c", "--quiet", "--no-database", where])
         offline = {}
         for release in builder.RELEASES:
             dest = os.path.join(out_dir, "rpms", "el" + el, release.edge)
@@ -264,21 +326,24 @@ def build_rpm_repos(out_dir, python, devkit_root):
                         ("aziot-edge", release.upstream)):
                 builder._link(built[key], os.path.join(dest, os.path.basename(built[key])))
             offline[release.edge] = dest
-        done[el] = {"repo": repo, "system": os.path.join(out_dir, "rhel", el, "system"),
+        done[el] = {"repo": repo, "untrusted": untrusted, "system": os.path.join(out_dir, "rhel", el, "system"),
                     "offline": offline}
     return done
 
 
-def build_config_rpm(repo_url, el, out_dir):
+def build_config_rpm(repo_url, el, out_dir, key_url):
     """packages-microsoft-prod for rhel<el>: /etc/yum.repos.d/microsoft-prod.repo naming
-    ``repo_url`` (Microsoft's names the repository packages-microsoft-com-prod); return the path."""
+    ``repo_url`` and the key dnf checks its packages with, ``key_url``; return the path. As
+    Microsoft's (https://packages.microsoft.com/config/rhel/9/prod.repo, the file the package
+    carries): the repository packages-microsoft-com-prod, ``gpgcheck=1`` and
+    ``gpgkey=https://packages.microsoft.com/keys/microsoft.asc`` (here the kit's key)."""
     version, release = CONFIG_RPM_VERSION
     pkg = RpmPackage("packages-microsoft-prod", version, release + EL_RELEASES[el]["dist"],
                      "Microsoft package repository configuration", arch="noarch")
     pkg.files["/etc/yum.repos.d/microsoft-prod.repo"] = (
         ("# devkit stand-in of packages.microsoft.com\n"
          "[packages-microsoft-com-prod]\nname=packages-microsoft-com-prod\nbaseurl=%s\n"
-         "enabled=1\ngpgcheck=0\n" % repo_url).encode(), 0o644)
+         "enabled=1\ngpgcheck=1\ngpgkey=%s\n" % (repo_url, key_url)).encode(), 0o644)
     return pkg.build(out_dir)
 
 

@@ -72,6 +72,10 @@ class AptRepo:
         config = builder.build_config_package(self.apt_line, pool)
         builder.write_index(self.serve_dir, "".join(stanzas.values())
                             + builder.deb_stanza(config))
+        if os.path.exists(os.path.join(self.repo_dir, rpms.KEY_PATH)):
+            os.makedirs(os.path.join(self.serve_dir, os.path.dirname(rpms.KEY_PATH)))
+            builder._link(os.path.join(self.repo_dir, rpms.KEY_PATH),
+                          os.path.join(self.serve_dir, rpms.KEY_PATH))
         with ThreadPoolExecutor(max_workers=len(rpms.EL_RELEASES)) as pool:
             rhel = [pool.submit(self._prepare_rhel_repo, el, manifest) for el in rpms.EL_RELEASES]
             for version, release in DEBIAN_RELEASES.items():
@@ -80,16 +84,18 @@ class AptRepo:
                 future.result()
 
     def _prepare_rhel_repo(self, el, manifest):
-        """rhel/<el>/prod/ (the RPMs and their repodata, as built) and its
-        config/rhel/<el>/packages-microsoft-prod.rpm, whose .repo file names it."""
+        """rhel/<el>/prod/ (the signed RPMs and their repodata, as built), rhel/<el>/untrusted/
+        (signed by another key), keys/microsoft.asc (the kit's key) and
+        config/rhel/<el>/packages-microsoft-prod.rpm, whose .repo file names them."""
         if el not in manifest.get("rpms", {}):
             return
-        shutil.copytree(manifest["rpms"][el]["repo"],
-                        os.path.join(self.serve_dir, "rhel", el, "prod"),
-                        copy_function=builder._link)
+        for sub in ("prod", "untrusted"):
+            shutil.copytree(manifest["rpms"][el][sub if sub == "untrusted" else "repo"],
+                            os.path.join(self.serve_dir, "rhel", el, sub),
+                            copy_function=builder._link)
         config = os.path.join(self.serve_dir, "config", "rhel", el)
         os.makedirs(config)
-        built = rpms.build_config_rpm(self.rhel_repo_url(el), el, config)
+        built = rpms.build_config_rpm(self.rhel_repo_url(el), el, config, self.gpgkey_url)
         os.replace(built, os.path.join(config, "packages-microsoft-prod.rpm"))
 
     def _prepare_debian_pool(self, version, release, manifest, stanzas):
@@ -114,6 +120,16 @@ class AptRepo:
         os.makedirs(os.path.dirname(config_copy))
         os.replace(deb, config_copy)
         builder.write_index(tree, "".join(index))
+
+    @property
+    def gpgkey_url(self):
+        """The kit's signing key, where packages.microsoft.com serves Microsoft's."""
+        return self.base_url + rpms.KEY_PATH
+
+    def rhel_source(self, el, sub="prod"):
+        """What to give --package-source for RHEL ``el``'s dnf repository (``sub``: prod, or
+        untrusted, signed by a key the kit does not serve), with the kit's key."""
+        return "%srhel/%s/%s/ gpgkey=%s" % (self.base_url, el, sub, self.gpgkey_url)
 
     def rhel_repo_url(self, el):
         """The dnf repository (baseurl) of RHEL ``el``."""
@@ -174,9 +190,13 @@ class AptRepo:
             "latest_edge_version": latest,
             # What to give --package-source on each system: its own pool, as on
             # packages.microsoft.com (the base URL works everywhere: the product then fetches
-            # config/<distro>/<version>/packages-microsoft-prod.*).
+            # config/<distro>/<version>/packages-microsoft-prod.*); on RHEL, the dnf repository
+            # with the kit's key (its packages are signed with it, not with Microsoft's).
             "sources": dict({"debian%s" % v: self.debian_apt_line(v) for v in DEBIAN_RELEASES},
-                            **{"rhel%s" % el: self.rhel_repo_url(el) for el in rpms.EL_RELEASES}),
+                            **{"rhel%s" % el: self.rhel_source(el) for el in rpms.EL_RELEASES}),
+            "untrusted_sources": {"rhel%s" % el: self.rhel_source(el, "untrusted")
+                                  for el in rpms.EL_RELEASES},
+            "gpgkey_url": self.gpgkey_url,
             "config_package_urls": dict(
                 {"debian%s" % v: "%sconfig/debian/%s/packages-microsoft-prod.deb"
                  % (self.base_url, v) for v in DEBIAN_RELEASES},

@@ -9,6 +9,7 @@
 import os
 import shutil
 import subprocess
+import tempfile
 
 import pytest
 
@@ -45,6 +46,21 @@ def test_rpms_name_the_exact_identity_service_and_need_an_engine(repo_dir):
     post = scripts.split("postinstall scriptlet", 1)[1]
     assert "ERROR: No container runtime detected." in post and "exit 1" in post
     assert "No container runtime" not in scripts.split("postinstall scriptlet", 1)[0]
+    # Signed, as packages.microsoft.com's: prod/ (and the offline sets) by the kit key of
+    # keys/microsoft.asc, untrusted/ by another key, which that key does not verify.
+    with tempfile.TemporaryDirectory() as db:
+        subprocess.run(["rpm", "--dbpath", db, "--import",
+                        os.path.join(repo_dir, "keys", "microsoft.asc")], check=True)
+        checked = subprocess.run(
+            ["rpm", "--dbpath", db, "-K", path,
+             os.path.join(repo_dir, "rpms", "el9", "1.6.0-1", "aziot-edge-1.6.0-1.el9.x86_64.rpm"),
+             path.replace("/prod/", "/untrusted/")], capture_output=True, text=True, check=False)
+    assert checked.stdout.splitlines()[:2] == [
+        path + ": digests signatures OK",
+        os.path.join(repo_dir, "rpms", "el9", "1.6.0-1", "aziot-edge-1.6.0-1.el9.x86_64.rpm")
+        + ": digests signatures OK"], checked.stdout
+    assert checked.stdout.splitlines()[2].endswith("SIGNATURES NOT OK"), checked.stdout
+    assert os.path.isfile(os.path.join(repo_dir, "rhel", "9", "untrusted", "repodata", "repomd.xml"))
     offline = os.listdir(os.path.join(repo_dir, "rpms", "el9", "1.6.0-1"))
     assert sorted(n.rsplit("-", 2)[0] for n in offline) == [
         "aziot-edge", "aziot-identity-service", "devkit-systemctl-shim", "moby-cli", "moby-engine"]
@@ -65,7 +81,8 @@ def test_rhel9_device_installs_with_dnf_over_ssh(rig, new_device, served):
     """No apt-get or dpkg; tpm2-tools known to rpm; packages-microsoft-prod.rpm from the served
     config/rhel/9/ path, then `dnf install aziot-edge` pulls the engine and the exact identity
     service; rpm answers, and the stand-in reports 1.6.0 as the real `iotedge version` does."""
-    assert served["sources"]["rhel9"] == served["base_url"] + "rhel/9/prod/"
+    assert served["sources"]["rhel9"] == "%srhel/9/prod/ gpgkey=%skeys/microsoft.asc" % (
+        served["base_url"], served["base_url"])
     dev = new_device("rhel9")
 
     def ssh(cmd):
@@ -87,14 +104,18 @@ def test_rhel9_device_installs_with_dnf_over_ssh(rig, new_device, served):
     assert "ERROR: No container runtime detected." in out.stdout, out
     assert "%post(aziot-edge-1.6.0-1.el9.x86_64) scriptlet failed, exit status 1" in out.stderr
     assert "Alien" not in out.stderr
+    # The served repository file checks signatures with the key it names, as Microsoft's
+    # (gpgcheck=1, gpgkey=<server>/keys/microsoft.asc); dnf -y imports that key itself.
     out = ssh("set -e; dnf install -y -q %s >/dev/null; dnf install -y -q aziot-edge >/dev/null;"
               " rpm -q aziot-edge aziot-identity-service moby-engine; iotedge version;"
-              " getent group docker >/dev/null && echo docker-group"
+              " getent group docker >/dev/null && echo docker-group;"
+              " grep -E '^gpg' /etc/yum.repos.d/microsoft-prod.repo"
               % served["config_package_urls"]["rhel9"])
     assert out.returncode == 0, out.stdout + out.stderr
-    assert out.stdout.split("\n")[:5] == [
+    assert out.stdout.split("\n")[:7] == [
         "aziot-edge-1.6.0-1.el9.x86_64", "aziot-identity-service-1.6.0-1.el9.x86_64",
-        "moby-engine-25.0.5-1.el9.x86_64", "iotedge 1.6.0", "docker-group"]
+        "moby-engine-25.0.5-1.el9.x86_64", "iotedge 1.6.0", "docker-group", "gpgcheck=1",
+        "gpgkey=%skeys/microsoft.asc" % served["base_url"]]
 
 
 @pytest.mark.devkit

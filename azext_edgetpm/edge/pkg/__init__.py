@@ -24,12 +24,23 @@ class PackageManager:
     list_hint = ""            # what lists IoT Edge's packages on the device
     offline_suffix = ""       # .deb | .rpm
     engine_packages = ("moby-engine",)   # the container engine as Microsoft's instructions install it
-    source_file = ""          # where a source entry of is_source_line's kind is written
+    source_file = ""          # where a source entry (source_entry) is written
 
     # -- the package source ----------------------------------------------------------------------
     def is_source_line(self, value: Optional[str]) -> bool:  # pylint: disable=unused-argument
         """Is --package-source a source entry of this manager's own (an apt line), not a URL?"""
         return False
+
+    def source_entry(self, ctx, value: Optional[str]) -> Optional[str]:  # pylint: disable=unused-argument
+        """The content of source_file when --package-source is a source of this manager's own (an apt
+        line; a dnf repository), None when it names packages-microsoft-prod (a mirror's, or its URL)."""
+        if not self.is_source_line(value):
+            if len((value or "").split()) > 1:    # (a dnf repository with gpgkey=, on another system)
+                raise UserInputError(f"{option('package_source')} {shown(value)} is not a package source "
+                                     f"{ctx.display}'s {self.name} reads.",
+                                     "Give the base URL of a mirror of packages.microsoft.com, or an apt line.")
+            return None
+        return "# Package source of IoT Edge (written by az edge-tpm install)\n" + value.strip() + "\n"
 
     def config_package_url(self, source: Optional[str], plat) -> str:
         """Where packages-microsoft-prod comes from: Microsoft, a URL to the package itself, or a
@@ -46,7 +57,7 @@ class PackageManager:
         raise NotImplementedError
 
     def write_source_line(self, ctx, text: str) -> str:
-        """Write a source entry of is_source_line's kind (only apt has one)."""
+        """Write source_entry's text to source_file and read the source's index from it."""
         raise UserInputError(f"{option('package_source')} {shown(text)} is not a package source {ctx.display}'s "
                              f"{self.name} reads.", "Give the base URL of a mirror of packages.microsoft.com.")
 

@@ -5,6 +5,11 @@ reaching the shell is quoted; failures become errors with a recommendation.
 
 dnf fetches a repository's metadata by itself when it has none or it expired (dnf.conf(5)
 metadata_expire), so an "update" is `dnf makecache --refresh`, done only when a package is missing.
+
+`--package-source` may also be a dnf repository itself (a directory with repodata/, such as an
+Artifactory, Nexus or Pulp mirror of packages.microsoft.com/rhel/9/prod/): `URL [gpgkey=KEY]`,
+written to /etc/yum.repos.d/edge-tpm.repo with gpgcheck=1 and the key its packages are signed
+with (Microsoft's unless gpgkey= names another), as Microsoft's own repository file does.
 """
 import os
 import re
@@ -18,6 +23,12 @@ from ..apt import tail
 from . import PackageManager
 
 DNF = "LC_ALL=C dnf -y"
+REPO_FILE = "/etc/yum.repos.d/edge-tpm.repo"
+REPO_ID = "edge-tpm"
+# The key packages.microsoft.com signs its RPMs with, as its RHEL repository files name it
+# (https://packages.microsoft.com/config/rhel/9/prod.repo: gpgcheck=1, gpgkey=this URL).
+MICROSOFT_KEY = "https://packages.microsoft.com/keys/microsoft.asc"
+_URL = re.compile(r"(https?|file)://\S+")
 INSTALL_TIMEOUT = 1800.0
 _RPM_LEAD = b"\xed\xab\xee\xdb"
 _DEB_TO_RPM_ARCH = {"amd64": "x86_64", "arm64": "aarch64", "armhf": "armv7hl"}
@@ -27,10 +38,13 @@ _FAILURES = (
      "{pkg} is not available from the device's package sources.",
      f"Check {option('package_source')} (a mirror of packages.microsoft.com, or the URL of a "
      f"packages-microsoft-prod.rpm), or install from .rpm files with {option('offline_packages')} DIR."),
-    (r"Public key for \S+ is not installed|GPG check FAILED|is not signed|NOKEY|Bad GPG signature",
-     "dnf does not trust the signature of the packages.",
-     "Import the repository's signing key on the device (rpm --import, Microsoft's is "
-     "https://packages.microsoft.com/keys/microsoft.asc), then run the command again."),
+    (r"Public key for \S+ is not installed|GPG check FAILED|is not signed|NOKEY|Bad GPG signature|"
+     r"not correct for this package",
+     "dnf refused the packages: their signature does not match a key the repository's file names "
+     "(gpgcheck=1); nothing of them was installed.",
+     f"Name the key the repository's packages are signed with: {option('package_source')} 'URL gpgkey=KEY-URL' "
+     f"(default: Microsoft's, {{key}}; file:///path for a key on the device). If the packages should carry that "
+     "key, the mirror serves packages that were not signed by their publisher: do not install them, fix the mirror."),
     (r"Cannot download repomd\.xml|Failed to download metadata|Curl error|Cannot download|"
      r"Could not resolve host|Failed to connect|Connection refused|Status code: 404|All mirrors were tried",
      "The device could not download from its package source.",
@@ -59,7 +73,8 @@ def raise_for(result, what: str, display: str) -> None:
         if match:
             groups = [g for g in match.groups() if g]
             msg = message.format(pkg=groups[0] if groups else "A package")
-            raise EdgeTpmError(f"{what} failed on {display}: {msg} dnf said: {_tail(text)}", recommendation)
+            raise EdgeTpmError(f"{what} failed on {display}: {msg} dnf said: {_tail(text)}",
+                               recommendation.format(key=MICROSOFT_KEY))
     raise EdgeTpmError(f"{what} failed on {display} (exit {result.rc}): {_tail(text)}",
                        "Run the command again with --debug, or run it on the device to see dnf's output.")
 
@@ -92,6 +107,37 @@ def exact_requirement(requires: str, dependency: str) -> Optional[str]:
         if match and match.group(1) == dependency:
             return match.group(2)
     return None
+
+
+@dataclass(frozen=True)
+class RepoSource:
+    """`--package-source URL [gpgkey=KEY]` as a dnf repository: its baseurl and the key its
+    packages are checked with (gpgcheck is always on)."""
+    url: str
+    gpgkey: str
+    explicit: bool      # gpgkey= was given (then URL is a repository without asking the device)
+
+    def repo_file(self) -> str:
+        return ("# Package source of IoT Edge (written by az edge-tpm install)\n"
+                f"[{REPO_ID}]\nname=IoT Edge packages (az edge-tpm)\nbaseurl={self.url}\nenabled=1\n"
+                f"gpgcheck=1\ngpgkey={self.gpgkey}\n")
+
+
+def parse_source(value: Optional[str]) -> Optional[RepoSource]:
+    """`URL [gpgkey=KEY]` -> RepoSource; None for anything else (an .rpm URL, an apt line, nothing).
+    Raise when the form is meant (a URL and more words) but wrong."""
+    words = (value or "").split()
+    if not words or not _URL.fullmatch(words[0]) or (len(words) == 1 and words[0].endswith(".rpm")):
+        return None
+    keys = [w.split("=", 1)[1] for w in words[1:] if w.startswith("gpgkey=")]
+    other = [w for w in words[1:] if not w.startswith("gpgkey=")]
+    if other or len(keys) > 1 or (keys and not _URL.fullmatch(keys[0])) or words[0].endswith(".rpm"):
+        raise UserInputError(
+            f"{option('package_source')} {shown(value)} is not a dnf repository source.",
+            "Give the repository's URL, optionally followed by the key its packages are signed with: "
+            "'https://mirror.example.com/rhel/9/prod/ gpgkey=https://mirror.example.com/keys/microsoft.asc' "
+            "(file:///path for a key file on the device). Without gpgkey=, Microsoft's key is used.")
+    return RepoSource(words[0], keys[0] if keys else MICROSOFT_KEY, bool(keys))
 
 
 _OURS = "# HTTP proxy of IoT Edge (written by az edge-tpm install; --proxy none removes it)"
@@ -223,6 +269,53 @@ class DnfManager(PackageManager):
         if current is not None and new == text and mode == current.mode:
             return {}
         return {DNF_CONF: (new.encode(), mode)}
+
+    source_file = REPO_FILE
+
+    def source_entry(self, ctx, value):
+        """The .repo file for `URL [gpgkey=KEY]` when URL is a dnf repository: said by gpgkey=, by our
+        file naming it already, or by the device's dnf reading URL/repodata/repomd.xml (through the
+        device's own proxy settings; into a cache that is removed). A URL without repodata/ is a mirror
+        of packages.microsoft.com (None: its packages-microsoft-prod.rpm is installed)."""
+        source = parse_source(value)
+        if source is None:
+            return None
+        if source.explicit:
+            return source.repo_file()
+        current = ctx.facts.file(REPO_FILE)
+        if current is not None and current.text == source.repo_file():
+            return current.text
+        ctx.progress(f"is {source.url} a dnf repository?")
+        probe = ctx.run(
+            "D=$(mktemp -d) && trap 'rm -rf \"$D\"' EXIT && LC_ALL=C dnf -q --setopt=cachedir=\"$D\" "
+            f"--repofrompath={REPO_ID}-probe,{shlex.quote(source.url)} --repo={REPO_ID}-probe makecache",
+            timeout=600)
+        return source.repo_file() if probe.ok else None
+
+    def write_source_line(self, ctx, text: str) -> str:
+        """Write our .repo file (a copy of a different one we wrote before is kept next to it: dnf reads
+        only *.repo) and read the repository's metadata from it; when dnf cannot, put back the file that
+        was there, or remove ours, so that the device's other dnf commands keep working."""
+        previous = ctx.facts.file(REPO_FILE)
+        saved = ""
+        if previous is not None:
+            from ..steps.base import backup_name
+            saved = backup_name(REPO_FILE)
+            ctx.run(f"cp -p -- {shlex.quote(REPO_FILE)} {shlex.quote(saved)}")
+        ctx.session.install_file(text.encode(), REPO_FILE, 0o644)
+        try:
+            ctx.progress(f"dnf makecache --repo={REPO_ID}")
+            result = ctx.run(f"{DNF} makecache --refresh --repo={REPO_ID}", timeout=INSTALL_TIMEOUT)
+            raise_for(result, f"Reading the package repository of {REPO_FILE}", ctx.display)
+        except BaseException:
+            if previous is not None:
+                ctx.session.install_file(previous.data, REPO_FILE, previous.mode, previous.owner, previous.group)
+                ctx.run(f"rm -f -- {shlex.quote(saved)}")
+            else:
+                ctx.run(f"rm -f -- {shlex.quote(REPO_FILE)}")
+            raise
+        ctx.updated_sources = True
+        return f"wrote {REPO_FILE}" + (f" (the previous one kept as {saved})" if saved else "") + "; dnf makecache"
 
     def install_config_package(self, ctx, url: str) -> str:
         """`dnf install URL`: dnf downloads it itself (with its own proxy settings: no credential on

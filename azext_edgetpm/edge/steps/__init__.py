@@ -2,7 +2,7 @@
 each in its own module of this package (base.py: what they share).
 
 1 os               /etc/os-release + architecture against the runtime line's systems (refuses early)
-2 package-source   Microsoft's packages-microsoft-prod (or a mirror's, or an apt line, or .deb
+2 package-source   Microsoft's packages-microsoft-prod (or a mirror's, an apt line, a dnf repository, .deb
                    files uploaded over SFTP), and tpm2-tools
 3 container-engine moby-engine; /etc/docker/daemon.json merged; engine restarted only if it changed
 4 iotedge          aziot-edge + aziot-identity-service, the newest LTS line for the system or pinned

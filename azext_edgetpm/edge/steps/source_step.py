@@ -1,6 +1,6 @@
-"""Step 2 `package-source`: Microsoft's packages-microsoft-prod (or a mirror's, or an apt line,
-or .deb/.rpm files uploaded over SFTP), and tpm2-tools, through the device's package manager
-(ctx.pkg: edge/pkg)."""
+"""Step 2 `package-source`: Microsoft's packages-microsoft-prod (or a mirror's, or an apt line, or a
+dnf repository with its signing key, or .deb/.rpm files uploaded over SFTP), and tpm2-tools,
+through the device's package manager (ctx.pkg: edge/pkg)."""
 from typing import Optional
 
 from azext_edgetpm.errors import EdgeTpmError
@@ -16,6 +16,11 @@ def config_package_url(source: Optional[str], plat) -> str:
     """Where packages-microsoft-prod comes from: Microsoft, a URL to the package itself, or a
     mirror of packages.microsoft.com (its config/<distro>/<version>/ path)."""
     return by_name(plat.package_manager).config_package_url(source, plat)
+
+
+def _summary(entry: str) -> str:
+    """A source file's settings on one line (an apt line; a .repo file's baseurl=, gpgcheck=, gpgkey=)."""
+    return ", ".join(line for line in entry.splitlines() if line and not line.startswith(("#", "[", "name=")))
 
 
 class PackageSourceStep(Step):
@@ -38,15 +43,14 @@ class PackageSourceStep(Step):
                                + ", ".join(f"{d.package} {d.version}" for d in todo))
             else:
                 detail.append(f"the {len(debs)} package(s) of {s.offline_packages} are installed")
-        elif pkg.is_source_line(s.package_source):
-            want = "# Package source of IoT Edge (written by az edge-tpm install)\n" + s.package_source.strip() + "\n"
+        elif (want := pkg.source_entry(ctx, s.package_source)) is not None:
             data["list"] = want
             listed = pkg.source_file
             current = f.file(listed)
             if current is None or current.text != want:
-                changes.append(f"write {listed}: {s.package_source.strip()}")
+                changes.append(f"write {listed}: {_summary(want)}")
             else:
-                detail.append(f"{listed}: {s.package_source.strip()}")
+                detail.append(f"{listed}: {_summary(want)}")
                 self._check_index(ctx, changes, data)
         else:
             version = f.installed("packages-microsoft-prod")

@@ -72,3 +72,37 @@ def test_rhel_proxy_files_are_root_only_with_credentials():
     plain = proxy.wanted_files(proxy.parse("http://proxy.example:3128"), by_name("dnf"), device)
     assert plain[proxy.DNF_CONF][1] == 0o644
     assert proxy.DNF_CONF not in proxy.wanted_files(None, by_name("dnf"), device)   # nothing of ours: untouched
+
+
+def test_a_dnf_repository_source_names_its_key_and_always_checks_signatures():
+    """`URL [gpgkey=KEY]`: Microsoft's key unless another is named; gpgcheck=1 in every case; an .rpm
+    URL or an apt line is not one; a wrong form is one error with the expected form."""
+    plain = dnf.parse_source("https://mirror.example.com/rhel/9/prod/")
+    assert (plain.gpgkey, plain.explicit) == ("https://packages.microsoft.com/keys/microsoft.asc", False)
+    own = dnf.parse_source("https://m.example.com/rhel/9/prod/  gpgkey=file:///etc/pki/rpm-gpg/mirror.asc")
+    assert (own.url, own.gpgkey, own.explicit) == ("https://m.example.com/rhel/9/prod/",
+                                                   "file:///etc/pki/rpm-gpg/mirror.asc", True)
+    assert own.repo_file().splitlines()[1:] == [
+        "[edge-tpm]", "name=IoT Edge packages (az edge-tpm)", "baseurl=https://m.example.com/rhel/9/prod/",
+        "enabled=1", "gpgcheck=1", "gpgkey=file:///etc/pki/rpm-gpg/mirror.asc"]
+    for value in (None, "", "https://m.example.com/config/rhel/9/packages-microsoft-prod.rpm",
+                  "deb [signed-by=/k.gpg] https://m.example.com/ ./"):
+        assert dnf.parse_source(value) is None
+    for value in ("https://m.example.com/ gpgcheck=0", "https://m.example.com/ gpgkey=/etc/k.asc",
+                  "https://m.example.com/ gpgkey=https://a/k gpgkey=https://b/k",
+                  "https://m.example.com/p.rpm gpgkey=https://a/k"):
+        with pytest.raises(UserInputError) as err:
+            dnf.parse_source(value)
+        assert "gpgkey=" in err.value.hint
+
+
+def test_dnf_refusing_a_signature_is_the_signature_error():
+    """dnf's words for a package signed by a key the repository does not name (dnf 4.14)."""
+    class Failed:
+        rc, stdout = 1, ""
+        stderr = ('The GPG keys listed for the "edge-tpm" repository are already installed but they are not '
+                  "correct for this package.\nCheck that the correct key URLs are configured for this repository.."
+                  "\nError: GPG check FAILED\n")
+    with pytest.raises(dnf.EdgeTpmError) as err:
+        dnf.raise_for(Failed(), "Installing aziot-edge", "dev-1")
+    assert "signature" in err.value.message and "packages.microsoft.com/keys/microsoft.asc" in err.value.hint

@@ -2,14 +2,18 @@
 rpm 4, RHEL's os-release, no apt-get or dpkg: a path that still called them would fail for real),
 with the stand-in RPMs served from the kit's dnf repository:
 
-- `provision` ends assigned, with aziot-edge 1.6.0 (`rpm -q` inside the device) and the agent
-  image :1.6, packages-microsoft-prod.rpm taken from the mirror's config/rhel/9/ path;
+- `provision --package-source "<the kit's dnf repository> gpgkey=<the kit's key>"` ends assigned, with
+  aziot-edge 1.6.0 (`rpm -q` inside the device) from that repository (our .repo file, gpgcheck=1, the
+  kit's key imported by dnf) and the agent image :1.6;
 - a second `install` changes nothing; `status` reads the runtime; `rekey` and `reprovision` work;
 - `deprovision --uninstall` removes aziot-edge and aziot-identity-service with dnf (rpm -q: not
-  installed) and leaves the container engine;
+  installed) and leaves the container engine and the .repo file (as the apt line's file);
+- a dnf repository whose RPMs are signed by another key: dnf refuses them, one error names the
+  signature, nothing of IoT Edge is installed, the .repo file it replaced is kept as a copy;
 - an offline .rpm set (--offline-packages) installs with dnf from those files alone;
-- behind the authenticated proxy (a `rhel9+proxied` device), `provision --proxy` ends assigned with
-  dnf's traffic through the proxy and its credentials only in a root-only dnf.conf;
+- behind the authenticated proxy (a `rhel9+proxied` device), `provision --proxy` with the mirror's base
+  URL (packages-microsoft-prod.rpm from its config/rhel/9/ path, whose repository file checks the
+  packages' signatures with the key it names) ends assigned with dnf's traffic through the proxy and its credentials only in a root-only dnf.conf;
 - `upgrade` of a device installed with 1.5.10 to 1.6.0 keeps its identity; a downgrade is refused.
 
 One rhel9 device for the module (and a rhel9+proxied one for the proxy, a rhel9 one for the upgrade) (device time is the suite's budget); the tests use it in order.
@@ -31,6 +35,7 @@ from azext_edgetpm.tests.latest.test_lts import AGENT, provision
 pytestmark = [pytest.mark.devkit, pytest.mark.timeout(1500)]
 
 RHEL_CA = "/etc/pki/ca-trust/source/anchors/devkit-dps-ca.crt"
+REPO_FILE = "/etc/yum.repos.d/edge-tpm.repo"
 
 
 def rpm_q(dev, *names):
@@ -46,20 +51,30 @@ def rhel(rig, repo, dps, tmp_path_factory):
     try:
         with open(dps.section["ca_bundle"], encoding="ascii") as handle:
             dev.exec(f"cat > {RHEL_CA} && update-ca-trust extract", input=handle.read(), check=True, timeout=300)
-        results = provision(rig, dps, repo, [dev], tmp_path_factory.mktemp("rhel") / "rhel.csv")
+        # (the later --package-source wins over provision()'s mirror base URL, as argparse stores the last)
+        results = provision(rig, dps, repo, [dev], tmp_path_factory.mktemp("rhel") / "rhel.csv",
+                            "--package-source", repo["sources"]["rhel9"])
         yield {"device": dev, "result": results[0]}
     finally:
         rig.remove_device(dev)
 
 
-def test_provision_installs_with_dnf_and_ends_assigned(rhel):
+def test_provision_installs_with_dnf_and_ends_assigned(rhel, repo):
     dev, result = rhel["device"], rhel["result"]
     assert result["status"] == "assigned", json.dumps(result)[:3000]
     assert dev.exec(["sh", "-c", "command -v apt-get dpkg"]).stdout == ""   # (nothing of apt's to fall back on)
     assert rpm_q(dev, "aziot-edge", "aziot-identity-service", "moby-engine", "moby-cli") == [
         "aziot-edge-1.6.0-1.el9.x86_64", "aziot-identity-service-1.6.0-1.el9.x86_64",
         "moby-engine-25.0.5-1.el9.x86_64", "moby-cli-25.0.5-1.el9.x86_64"]
-    assert rpm_q(dev, "packages-microsoft-prod")[0].startswith("packages-microsoft-prod-")
+    url, key = repo["sources"]["rhel9"].split(" gpgkey=")
+    assert dev.exec(["cat", REPO_FILE], check=True).stdout == (
+        "# Package source of IoT Edge (written by az edge-tpm install)\n[edge-tpm]\nname=IoT Edge packages (az edge-tpm)\n"
+        f"baseurl={url}\nenabled=1\ngpgcheck=1\ngpgkey={key}\n")
+    assert rpm_q(dev, "packages-microsoft-prod") == ["package packages-microsoft-prod is not installed"]
+    listed = dev.exec("LC_ALL=C dnf -q list --installed aziot-edge | tail -n 1", check=True).stdout.split()
+    assert listed[1:] == ["1.6.0-1.el9", "@edge-tpm"], listed
+    keys = dev.exec(["rpm", "-q", "gpg-pubkey", "--qf", "%{summary}\n"]).stdout
+    assert "devkit package signing" in keys, keys      # (imported by dnf from gpgkey=, checked on every RPM)
     config = tomllib.loads(dev.exec(["cat", "/etc/aziot/config.toml"], check=True).stdout)
     assert config["agent"]["config"]["image"] == AGENT + "1.6"
     assert result["warnings"] == []
@@ -67,7 +82,7 @@ def test_provision_installs_with_dnf_and_ends_assigned(rhel):
 
 def test_second_install_changes_nothing_and_status_reads_the_runtime(rhel, repo, dps):
     dev = rhel["device"]
-    again = install(dev, dps, "--package-source", repo["base_url"])
+    again = install(dev, dps, "--package-source", repo["sources"]["rhel9"])
     assert again.rc == 0, f"{again.message} | {again.recommendation}"
     assert again.out["changed"] is False, statuses(again)
     assert set(statuses(again).values()) <= {"ok", "skipped"}, statuses(again)
@@ -95,6 +110,34 @@ def test_deprovision_uninstall_removes_the_packages_with_dnf(rhel, dps):
     assert rpm_q(dev, "aziot-edge", "aziot-identity-service") == [
         "package aziot-edge is not installed", "package aziot-identity-service is not installed"]
     assert rpm_q(dev, "moby-engine") == ["moby-engine-25.0.5-1.el9.x86_64"]     # the engine is left
+    assert dev.exec(["test", "-f", REPO_FILE]).returncode == 0                   # the package source too
+
+
+def test_packages_signed_by_another_key_are_refused_with_one_clear_error(rhel, repo, dps):
+    """A dnf repository whose RPMs are signed by a key other than the one named (a tampered mirror): dnf
+    refuses them (the kit key is imported, their signature is not made by it); one error names the
+    signature with what to do; nothing of IoT Edge is installed; our previous .repo file is kept as a copy."""
+    dev = rhel["device"]
+    before = dev.exec(["cat", REPO_FILE], check=True).stdout
+    # (how a bare URL is read: the device's dnf finds repodata/ there -> a repository, with Microsoft's
+    # key; none at the mirror's base URL -> its config/rhel/9/packages-microsoft-prod.rpm; plans only)
+    url = repo["sources"]["rhel9"].split()[0]
+    for source, want in ((url, f"write {REPO_FILE}: baseurl={url}, enabled=1, gpgcheck=1, "
+                                "gpgkey=https://packages.microsoft.com/keys/microsoft.asc"),
+                         (repo["base_url"], f"install packages-microsoft-prod from {repo['base_url']}config/rhel/9/")):
+        plan = install(dev, dps, "--package-source", source, "--dry-run")
+        assert plan.rc == 0, plan.message
+        assert want in next(s["detail"] for s in plan.out["steps"] if s["name"] == "package-source"), plan.out
+    assert dev.exec(["cat", REPO_FILE], check=True).stdout == before
+    bad = install(dev, dps, "--package-source", repo["untrusted_sources"]["rhel9"])
+    assert bad.rc != 0 and "Traceback" not in bad.stderr
+    assert "signature" in bad.message and "nothing of them was installed" in bad.message, bad.message
+    assert "gpgkey=" in bad.recommendation, bad.recommendation
+    assert rpm_q(dev, "aziot-edge", "aziot-identity-service") == [
+        "package aziot-edge is not installed", "package aziot-identity-service is not installed"]
+    assert "/rhel/9/untrusted/" in dev.exec(["cat", REPO_FILE], check=True).stdout
+    copies = dev.exec(f"cat {REPO_FILE}.edgetpm-*.bak", check=True).stdout
+    assert copies == before
 
 
 def test_provision_behind_the_authenticated_proxy(new_device, repo, dps, proxies, tmp_path):
