@@ -2,16 +2,20 @@
 Debian 12's pool, 1.5 only in Debian 11's, as packages.microsoft.com does):
 
 - provision without --edge-version installs the newest LTS line for the system (1.6.0-1, agent
-  image :1.6); a 1.5.10 pin gives 1.5.10-1, :1.5 and the out-of-support warning;
-- `upgrade` of devices installed with 1.5.10: --dry-run, the upgrade (same hub, same device ID, no
-  new registration), a second run that changes nothing, a canary whose source lacks 1.6 failing
-  with nothing changed and the run stopped before the next device, and a device unhealthy after
-  the upgrade put back byte for byte, and a run killed half-way (SIGKILL) resumed with its --state,
-  the device upgraded once;
+  image :1.6); a 1.5.10 pin gives 1.5.10-1 (1.5.10-1.el9 on rhel9), :1.5 and the out-of-support
+  warning;
+- `upgrade --inventory` of a MIXED fleet (Debian 12 and rhel9) installed with 1.5.10: --dry-run,
+  the upgrade (same hub, same device ID, no new registration), a second run that changes nothing,
+  a canary whose source lacks 1.6 failing with nothing changed and the run stopped before the next
+  device, devices unhealthy after the upgrade put back byte for byte (apt and dnf downgrades to the
+  recorded versions), and a run killed half-way (SIGKILL) resumed with its --state, every device
+  upgraded once;
 - a Debian 11 device refused without a pin, assigned with 1.5.10.
 
-One module rig of four Debian 12 devices, provisioned once; the tests use them in order. The
-devices' state is read from inside them (the rig's exec), never through the product.
+One module rig of five devices, provisioned once: [0] Debian 12 without a pin, then rhel9, Debian
+12, rhel9, Debian 12 pinned to 1.5.10, so that every upgrade test runs on both systems; the tests
+use them in order. The devices' state is read from inside them (the rig's exec: dpkg-query or rpm),
+never through the product.
 """
 import json
 import os
@@ -35,14 +39,41 @@ AGENT = "mcr.microsoft.com/azureiotedge-agent:"
 WARNING = "IoT Edge 1.5 LTS was serviced until 2026-11-10"
 
 
+RHEL_CA = "/etc/pki/ca-trust/source/anchors/devkit-dps-ca.crt"
+
+
+def is_rhel(dev):
+    return dev.variant.split("+")[0].startswith("rhel")
+
+
 def trust_dps(dev, dps):
+    """The DPS emulator's CA in the device's store, the Debian or the RHEL way."""
+    store = f"{RHEL_CA} && update-ca-trust extract" if is_rhel(dev) else \
+        f"{DEVICE_CA} && update-ca-certificates >/dev/null 2>&1"
     with open(dps.section["ca_bundle"], encoding="ascii") as handle:
-        dev.exec(f"cat > {DEVICE_CA} && update-ca-certificates >/dev/null 2>&1", input=handle.read(), check=True,
-                 timeout=300)
+        dev.exec(f"cat > {store}", input=handle.read(), check=True, timeout=300)
 
 
 def version_of(dev, package):
+    """The installed version as the device's own package manager reads it (rpm: VERSION-RELEASE)."""
+    if is_rhel(dev):
+        return dev.exec(["rpm", "-q", "--qf", "%{VERSION}-%{RELEASE}", package], check=True).stdout
     return dev.exec(["dpkg-query", "-W", "-f=${Version}", package], check=True).stdout
+
+
+def pkg_version(dev, version):
+    """A Debian package version (1.6.0-1) as the device's system names it (1.6.0-1.el9 on rhel9)."""
+    return f"{version}.el{dev.variant.split('+')[0][len('rhel'):]}" if is_rhel(dev) else version
+
+
+def changed(dev):
+    """changed_since_mark, less dnf's own metadata cache: `dnf repoquery` (how the product reads what the
+    source offers on rhel) refreshes /var/cache/dnf by itself (dnf.conf(5) metadata_expire)."""
+    return [p for p in changed_since_mark(dev) if not p.startswith("/var/cache/dnf/")]
+
+
+def systems(devices):
+    return sorted({"rhel" if is_rhel(dev) else "debian" for dev in devices})
 
 
 def config_text(dev):
@@ -71,17 +102,19 @@ def upgrade(rig, devices, path, *args):
 
 @pytest.fixture(scope="module")
 def fleet(rig, repo, dps, tmp_path_factory):
-    """Four Debian 12 devices: [0] provisioned without a pin, [1..3] with --edge-version 1.5.10."""
-    if "1.6.0-1" not in repo.get("edge_versions", ()) or "sources" not in repo:
-        pytest.skip("the dev kit's package repository of this checkout has no 1.6 line (devkit/packages)")
-    started = rig.add_devices(["fresh"] * 4)
+    """Five devices: [0] Debian 12 provisioned without a pin; [1..4] rhel9, Debian 12, rhel9, Debian 12
+    with --edge-version 1.5.10 (the identity service each got is recorded, for the rollback)."""
+    if "1.6.0-1" not in repo.get("edge_versions", ()) or "rhel9" not in (repo.get("sources") or {}):
+        pytest.skip("the dev kit's package repository of this checkout has no 1.6 line or no dnf repository")
+    started = rig.add_devices(["fresh", "rhel9", "fresh", "rhel9", "fresh"])
     try:
         for dev in started:
             trust_dps(dev, dps)
         where = tmp_path_factory.mktemp("lts")
         newest = provision(rig, dps, repo, started[:1], where / "newest.csv")
         pinned = provision(rig, dps, repo, started[1:], where / "pinned.csv", "--edge-version", "1.5.10")
-        yield {"devices": started, "results": newest + pinned}
+        identity = {dev.name: version_of(dev, "aziot-identity-service") for dev in started[1:]}
+        yield {"devices": started, "results": newest + pinned, "identity": identity}
     finally:
         for dev in started:
             rig.remove_device(dev)
@@ -89,13 +122,14 @@ def fleet(rig, repo, dps, tmp_path_factory):
 
 def test_provision_installs_the_newest_lts_line_and_a_pin_its_own(fleet):
     devices, results = fleet["devices"], fleet["results"]
-    assert [r["status"] for r in results] == ["assigned"] * 4, json.dumps(results)[:3000]
+    assert [r["status"] for r in results] == ["assigned"] * 5, json.dumps(results)[:3000]
     assert version_of(devices[0], "aziot-edge") == "1.6.0-1"
     assert version_of(devices[0], "aziot-identity-service") == "1.6.0-1"
     assert agent_image(devices[0]) == AGENT + "1.6"
     assert results[0]["warnings"] == []
+    assert systems(devices[1:3]) == systems(devices[3:]) == ["debian", "rhel"]
     for dev, result in zip(devices[1:], results[1:]):
-        assert version_of(dev, "aziot-edge") == "1.5.10-1"
+        assert version_of(dev, "aziot-edge") == pkg_version(dev, "1.5.10-1")
         assert agent_image(dev) == AGENT + "1.5"
         assert any(WARNING in w for w in result["warnings"]), result["warnings"]
 
@@ -106,12 +140,13 @@ def test_upgrade_dry_run_shows_versions_and_changes_nothing(rig, fleet, tmp_path
         mark(dev)
     plan = upgrade(rig, devices, tmp_path / "dry.csv", "--dry-run")
     assert plan.rc == 0, plan.message
-    for row in plan.out:
-        assert row["status"] == "planned" and row["current"]["aziot-edge"] == "1.5.10-1"
-        assert row["target"] == {"aziot-edge": "1.6.0-1", "aziot-identity-service": "1.6.0-1"}
+    for dev, row in zip(devices, plan.out):
+        assert row["status"] == "planned" and row["current"]["aziot-edge"] == pkg_version(dev, "1.5.10-1"), row
+        new = pkg_version(dev, "1.6.0-1")
+        assert row["target"] == {"aziot-edge": new, "aziot-identity-service": new}
         assert any("agent.config.image" in c for c in row["changes"]), row["changes"]
     for dev in devices:
-        assert changed_since_mark(dev) == []
+        assert changed(dev) == []
 
 
 def test_upgrade_keeps_provisioning_then_a_second_run_changes_nothing(rig, fleet, dps, tmp_path):
@@ -123,8 +158,9 @@ def test_upgrade_keeps_provisioning_then_a_second_run_changes_nothing(rig, fleet
     done = upgrade(rig, devices, tmp_path / "up.csv", "--state", str(state))
     assert done.rc == 0, f"{done.message} | {done.recommendation}"
     for dev, row, info, text in zip(devices, done.out, infos, texts):
-        assert row["status"] == "upgraded" and row["installed"]["aziot-edge"] == "1.6.0-1", row
-        assert version_of(dev, "aziot-edge") == "1.6.0-1" and version_of(dev, "aziot-identity-service") == "1.6.0-1"
+        new = pkg_version(dev, "1.6.0-1")
+        assert row["status"] == "upgraded" and row["installed"]["aziot-edge"] == new, row
+        assert version_of(dev, "aziot-edge") == new and version_of(dev, "aziot-identity-service") == new
         assert agent_image(dev) == AGENT + "1.6"
         # only the image moved: every other line (comments included) is the file it had
         after = config_text(dev).splitlines()
@@ -146,87 +182,141 @@ def test_upgrade_keeps_provisioning_then_a_second_run_changes_nothing(rig, fleet
     assert fresh.rc == 0 and [r["status"] for r in fresh.out] == ["upgraded"] * 2
     assert all(r["changes"] == [] for r in fresh.out), fresh.out
     for dev in devices:
-        assert changed_since_mark(dev) == []
+        assert changed(dev) == []
 
 
 def test_upgrade_refuses_bad_targets_changing_nothing(rig, fleet, tmp_path):
-    dev = fleet["devices"][0]          # on 1.6.0
-    mark(dev)
-    missing = upgrade(rig, [dev], tmp_path / "a.csv", "--edge-version", "1.6.7")
-    assert missing.rc != 0 and "does not offer aziot-edge 1.6.7" in missing.out[0]["error"], missing.out
-    older = upgrade(rig, [dev], tmp_path / "a.csv", "--edge-version", "1.5.10")
-    assert older.rc != 0 and "older than the version installed" in older.out[0]["error"]
-    assert "--allow-downgrade" in older.out[0]["recommendation"]
-    unknown = upgrade(rig, [dev], tmp_path / "a.csv", "--edge-version", "1.4.0")
-    assert unknown.rc != 0 and "1.5, 1.6" in unknown.out[0]["error"]
-    assert changed_since_mark(dev) == []
+    devices = fleet["devices"][:2]          # on 1.6.0: Debian 12 (installed so), rhel9 (upgraded above)
+    for dev in devices:
+        mark(dev)
+    missing = upgrade(rig, devices, tmp_path / "a.csv", "--edge-version", "1.6.7")
+    assert missing.rc != 0 and all("does not offer aziot-edge 1.6.7" in r["error"] for r in missing.out), missing.out
+    older = upgrade(rig, devices, tmp_path / "a.csv", "--edge-version", "1.5.10")
+    assert older.rc != 0 and all("older than the version installed" in r["error"] for r in older.out), older.out
+    assert all("--allow-downgrade" in r["recommendation"] for r in older.out)
+    unknown = upgrade(rig, devices, tmp_path / "a.csv", "--edge-version", "1.4.0")
+    assert unknown.rc != 0 and all("1.5, 1.6" in r["error"] for r in unknown.out), unknown.out
+    for dev in devices:
+        assert changed(dev) == []
+
+
+# rhel9: the repository file of packages-microsoft-prod told to leave out the 1.6 packages
+# (dnf.conf(5) excludepkgs): for dnf, a source without 1.6. Debian: Debian 11's pool, which has no 1.6
+# (as on packages.microsoft.com).
+MS_REPO = "/etc/yum.repos.d/microsoft-prod.repo"
+NO_16 = "excludepkgs=aziot-edge-1.6*,aziot-identity-service-1.6*"
 
 
 def test_a_failing_canary_stops_the_run_before_the_others_start(rig, fleet, repo, tmp_path):
-    canary, other = fleet["devices"][3], fleet["devices"][0]
-    # The canary's source becomes Debian 11's pool, which has no 1.6 (as on packages.microsoft.com).
-    canary.exec(f"echo {repo['sources']['debian11']!r} > /etc/apt/sources.list.d/microsoft-prod.list && "
+    """Each system's device is the failing canary of one run, the other device the one never started."""
+    rhel, debian = fleet["devices"][3], fleet["devices"][4]
+    rhel.exec(f"echo {NO_16!r} >> {MS_REPO}", check=True)
+    debian.exec(f"echo {repo['sources']['debian11']!r} > /etc/apt/sources.list.d/microsoft-prod.list && "
                 "apt-get -q update >/dev/null", check=True, timeout=300)
-    mark(canary)
-    state = tmp_path / "state.json"
-    run = upgrade(rig, [canary, other], tmp_path / "b.csv", "--canary", "1", "--state", str(state))
-    assert run.rc != 0
-    first, second = run.out
-    assert first["status"] == "failed" and "does not offer a version of IoT Edge 1.6 LTS" in first["error"], first
-    assert changed_since_mark(canary) == [] and version_of(canary, "aziot-edge") == "1.5.10-1"
-    assert second["status"] == "notStarted" and "--canary 1" in second["error"], second
-    assert other.host not in state.read_text()    # never started: a re-run with this state starts it
-    canary.exec(f"echo {repo['sources']['debian12']!r} > /etc/apt/sources.list.d/microsoft-prod.list && "
-                "apt-get -q update >/dev/null", check=True, timeout=300)
-
-
-# A dpkg hook on the device that makes the container engine unreachable (its socket moved aside)
-# while aziot-edge 1.6 is installed, and brings it back otherwise: the upgraded runtime fails for
-# real (aziot-edged cannot start edgeAgent), the rolled back one runs.
-BREAK_16 = ("DPkg::Post-Invoke { \"case $(dpkg-query -W -f='${Version}' aziot-edge 2>/dev/null) in "
-            "1.6*) [ -S /var/run/docker.sock ] && mv /var/run/docker.sock /var/run/docker.sock.aside || true;; "
-            "*) [ -S /var/run/docker.sock.aside ] && mv /var/run/docker.sock.aside /var/run/docker.sock || true;; "
-            "esac\"; };\n")
-
-
-def test_unhealthy_after_the_upgrade_is_rolled_back_byte_for_byte(rig, fleet, repo, tmp_path):
-    dev = fleet["devices"][3]
-    text = config_text(dev)
-    dev.exec("cat > /etc/apt/apt.conf.d/99break-16", input=BREAK_16, check=True)
     try:
-        failed = upgrade(rig, [dev], tmp_path / "c.csv", "--settle-timeout", "20")
-        assert failed.rc != 0
-        row = failed.out[0]
-        assert row["status"] == "failed" and row["rolledBack"] == "healthy", row
-        assert "put back on aziot-edge 1.5.10-1" in row["error"]
-        assert version_of(dev, "aziot-edge") == "1.5.10-1"
-        assert version_of(dev, "aziot-identity-service") == repo["identity_versions"]["1.5.10-1"]
-        assert config_text(dev) == text          # byte for byte
-        status = ok("edge-tpm", "status", "--host", f"{dev.users['admin']['user']}@{dev.host}:{dev.port}",
-                    "--ssh-key", dev.key("admin"), "--known-hosts", rig.known_hosts).out
-        assert status["healthy"] and status["provisioning"]["state"] == "assigned", status["summary"]
+        for canary, other in ((rhel, debian), (debian, rhel)):
+            mark(canary)
+            mark(other)
+            state = tmp_path / f"state-{canary.name}.json"
+            run = upgrade(rig, [canary, other], tmp_path / "b.csv", "--canary", "1", "--state", str(state))
+            assert run.rc != 0
+            first, second = run.out
+            assert first["status"] == "failed" and "does not offer a version of IoT Edge 1.6 LTS" in first["error"], \
+                first
+            assert version_of(canary, "aziot-edge") == pkg_version(canary, "1.5.10-1")
+            assert second["status"] == "notStarted" and "--canary 1" in second["error"], second
+            assert other.host not in state.read_text()    # never started: a re-run with this state starts it
+            for dev in (canary, other):
+                assert changed(dev) == [], dev.variant
     finally:
-        dev.exec("rm -f /etc/apt/apt.conf.d/99break-16")
+        rhel.exec(f"sed -i '/^excludepkgs=/d' {MS_REPO}", check=True)
+        debian.exec(f"echo {repo['sources']['debian12']!r} > /etc/apt/sources.list.d/microsoft-prod.list && "
+                    "apt-get -q update >/dev/null", check=True, timeout=300)
+
+
+# A package-manager hook on the device that makes the container engine unreachable (its socket moved
+# aside) while aziot-edge 1.6 is installed, and brings it back otherwise: the upgraded runtime fails for
+# real (aziot-edged cannot start edgeAgent), the rolled back one runs. On Debian a dpkg hook (apt.conf(5)
+# DPkg::Post-Invoke), on rhel9 a dnf plugin's hook run after each transaction (dnf.Plugin.transaction).
+SWITCH = ("case $({read}) in "
+          "1.6*) [ -S /var/run/docker.sock ] && mv /var/run/docker.sock /var/run/docker.sock.aside || true;; "
+          "*) [ -S /var/run/docker.sock.aside ] && mv /var/run/docker.sock.aside /var/run/docker.sock || true;; "
+          "esac")
+BREAK_16 = "DPkg::Post-Invoke { \"%s\"; };\n" % SWITCH.format(
+    read="dpkg-query -W -f='${Version}' aziot-edge 2>/dev/null")
+BREAK_16_DNF = ("import subprocess\n\nimport dnf\n\n\nclass Break16(dnf.Plugin):\n    name = 'break16'\n\n"
+                "    def transaction(self):\n        subprocess.call(['sh', '-c', %r])\n"
+                % SWITCH.format(read="rpm -q --qf '%{VERSION}' aziot-edge 2>/dev/null"))
+BREAKS = {"debian": ("/etc/apt/apt.conf.d/99break-16", BREAK_16),
+          "rhel": ("/usr/lib/python3/dist-packages/dnf-plugins/break16.py", BREAK_16_DNF)}
+
+
+def breaker(dev):
+    return BREAKS["rhel" if is_rhel(dev) else "debian"]
+
+
+def test_unhealthy_after_the_upgrade_is_rolled_back_byte_for_byte(rig, fleet, tmp_path):
+    devices = fleet["devices"][3:]                    # rhel9, Debian 12
+    texts = [config_text(dev) for dev in devices]
+    for dev in devices:
+        path, text = breaker(dev)
+        dev.exec(f"mkdir -p $(dirname {path}) && cat > {path}", input=text, check=True)
+    try:
+        failed = upgrade(rig, devices, tmp_path / "c.csv", "--settle-timeout", "20")
+        assert failed.rc != 0
+        for dev, row, text in zip(devices, failed.out, texts):
+            old = pkg_version(dev, "1.5.10-1")
+            assert row["status"] == "failed" and row["rolledBack"] == "healthy", row
+            assert f"put back on aziot-edge {old}" in row["error"]
+            assert version_of(dev, "aziot-edge") == old
+            assert version_of(dev, "aziot-identity-service") == fleet["identity"][dev.name]
+            assert config_text(dev) == text          # byte for byte
+            status = ok("edge-tpm", "status", "--host", f"{dev.users['admin']['user']}@{dev.host}:{dev.port}",
+                        "--ssh-key", dev.key("admin"), "--known-hosts", rig.known_hosts).out
+            assert status["healthy"] and status["provisioning"]["state"] == "assigned", status["summary"]
+    finally:
+        for dev in devices:
+            dev.exec(f"rm -f {breaker(dev)[0]}")
+
+
+# How each system's log of package changes records an upgrade of aziot-edge from 1.5.10 to 1.6.0
+# (dpkg.log's upgrade line; dnf.rpm.log's line for the package that leaves), and the start of one.
+UPGRADED = {"debian": ("/var/log/dpkg.log", "' upgrade aziot-edge:[a-z0-9]* 1.5.10-1 1.6.0-1'"),
+            "rhel": ("/var/log/dnf.rpm.log", "'Upgraded: aziot-edge-1.5.10-'")}
+STARTED = {"debian": "' (upgrade|status half-installed) aziot-(edge|identity-service)'",
+           "rhel": "'(Upgrade|Upgraded): aziot-(edge|identity-service)-'"}
+
+
+def upgrades(dev):
+    log, pattern = UPGRADED["rhel" if is_rhel(dev) else "debian"]
+    return int(dev.exec(f"grep -c -E {pattern} {log} || true").stdout.strip() or 0)
 
 
 def test_upgrade_killed_mid_run_resumes_and_upgrades_once(rig, fleet, tmp_path):
-    """SIGKILL while the device's packages are being upgraded, then the same command with the same
-    --state: the device ends on 1.6.0, and dpkg upgraded aziot-edge to it once over both runs."""
-    dev = fleet["devices"][3]            # back on 1.5.10 after the rollback above
-    assert version_of(dev, "aziot-edge") == "1.5.10-1"
-    upgrades = "grep -c ' upgrade aziot-edge:[a-z0-9]* 1.5.10-1 1.6.0-1' /var/log/dpkg.log || true"
-    before = int(dev.exec(upgrades).stdout.strip() or 0)
-    offset = int(dev.exec(["stat", "-c", "%s", "/var/log/dpkg.log"], check=True).stdout) + 1
+    """SIGKILL while a device's packages are being upgraded, then the same command with the same
+    --state: every device ends on 1.6.0, and its package manager upgraded aziot-edge to it once over
+    both runs."""
+    devices = fleet["devices"][3:]            # rhel9, Debian 12: back on 1.5.10 after the rollback above
+    for dev in devices:
+        assert version_of(dev, "aziot-edge") == pkg_version(dev, "1.5.10-1")
+    before = [upgrades(dev) for dev in devices]
+    logs = [UPGRADED["rhel" if is_rhel(dev) else "debian"][0] for dev in devices]
+    offsets = [int(dev.exec(f"stat -c %s {log} 2>/dev/null || echo 0", check=True).stdout) + 1
+               for dev, log in zip(devices, logs)]
     state = tmp_path / "state.json"
-    args = ["edge-tpm", "upgrade", "--inventory", write_inventory(tmp_path / "k.csv", [dev]), "--known-hosts",
-            rig.known_hosts, "--state", str(state)]
+    args = ["edge-tpm", "upgrade", "--inventory", write_inventory(tmp_path / "k.csv", devices), "--known-hosts",
+            rig.known_hosts, "--state", str(state), "--max-parallel", "2"]
+
+    def halfway():     # a package manager has begun to change IoT Edge's packages in this run
+        return any(dev.exec(f"tail -c +{offset} {log} 2>/dev/null | grep -q -E "
+                            f"{STARTED['rhel' if is_rhel(dev) else 'debian']}").returncode == 0
+                   for dev, log, offset in zip(devices, logs, offsets))
+
     proc = subprocess.Popen([sys.executable, "-m", "azure.cli", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=dict(os.environ), cwd=REPO)
     try:
         deadline = time.monotonic() + 300
-        # dpkg has begun to change IoT Edge's packages in this run: the upgrade is half-way
-        while dev.exec(f"tail -c +{offset} /var/log/dpkg.log | grep -q -E "
-                       "' (upgrade|status half-installed) aziot-(edge|identity-service)'").returncode != 0:
+        while not halfway():
             assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its packages changed"
             time.sleep(0.1)
         proc.send_signal(signal.SIGKILL)
@@ -235,8 +325,10 @@ def test_upgrade_killed_mid_run_resumes_and_upgrades_once(rig, fleet, tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert state.read_text().strip()   # the journal of the killed run
-    again = ok(*args).out[0]
-    assert again["status"] == "upgraded" and not again["doneEarlier"], again
-    assert version_of(dev, "aziot-edge") == "1.6.0-1" and agent_image(dev) == AGENT + "1.6"
-    assert int(dev.exec(upgrades).stdout.strip() or 0) == before + 1       # upgraded once
-    assert ok(*args).out[0]["doneEarlier"]
+    again = ok(*args).out
+    assert [r["status"] for r in again] == ["upgraded"] * 2, again
+    assert not all(r["doneEarlier"] for r in again), again       # the killed run left work to do
+    for dev, count in zip(devices, before):
+        assert version_of(dev, "aziot-edge") == pkg_version(dev, "1.6.0-1") and agent_image(dev) == AGENT + "1.6"
+        assert upgrades(dev) == count + 1, dev.variant          # upgraded once over both runs
+    assert all(r["doneEarlier"] for r in ok(*args).out)
