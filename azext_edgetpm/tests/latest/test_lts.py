@@ -67,9 +67,11 @@ def pkg_version(dev, version):
 
 
 def changed(dev):
-    """changed_since_mark, less dnf's own metadata cache: `dnf repoquery` (how the product reads what the
-    source offers on rhel) refreshes /var/cache/dnf by itself (dnf.conf(5) metadata_expire)."""
-    return [p for p in changed_since_mark(dev) if not p.startswith("/var/cache/dnf/")]
+    """changed_since_mark, less what merely reading writes on rhel: dnf's metadata cache (`dnf repoquery`,
+    how the product reads what the source offers, refreshes /var/cache/dnf by itself: dnf.conf(5)
+    metadata_expire) and the SQLite side files of the rpm database that any `rpm -q` opens."""
+    return [p for p in changed_since_mark(dev) if not p.startswith("/var/cache/dnf/")
+            and p not in ("/var/lib/rpm/rpmdb.sqlite-shm", "/var/lib/rpm/rpmdb.sqlite-wal")]
 
 
 def systems(devices):
