@@ -92,15 +92,19 @@ class Device:
         return hubs[-1] if hubs else None
 
 
-def write_inventory(path, devices, user="admin"):
-    """A CSV inventory of rig devices (the csv module: a TCTI holds commas)."""
+def write_inventory(path, devices, user="admin", edge_versions=None):
+    """A CSV inventory of rig devices (the csv module: a TCTI holds commas); edge_versions: the
+    edge_version column, one per device (None: no pin)."""
     import csv
     with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, ["host", "ssh_key", "tcti"])
+        writer = csv.DictWriter(handle, ["host", "ssh_key", "tcti"] + (["edge_version"] if edge_versions else []))
         writer.writeheader()
-        for dev in devices:
-            writer.writerow({"host": f"{dev.users[user]['user']}@{dev.host}:{dev.port}", "ssh_key": dev.key(user),
-                             "tcti": dev.tcti})
+        for i, dev in enumerate(devices):
+            row = {"host": f"{dev.users[user]['user']}@{dev.host}:{dev.port}", "ssh_key": dev.key(user),
+                   "tcti": dev.tcti}
+            if edge_versions:
+                row["edge_version"] = edge_versions[i] or ""
+            writer.writerow(row)
     return str(path)
 
 

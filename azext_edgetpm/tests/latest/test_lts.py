@@ -90,8 +90,8 @@ def device_info(dev):
     return dev.exec(["cat", "/var/lib/aziot/identityd/device_info"], check=True).stdout
 
 
-def provision(rig, dps, repo, devices, path, *args):
-    inventory = write_inventory(path, devices)
+def provision(rig, dps, repo, devices, path, *args, edge_versions=None):
+    inventory = write_inventory(path, devices, edge_versions=edge_versions)
     return ok("edge-tpm", "provision", "--inventory", inventory, *dps.login, "--id-scope", dps.section["id_scope"],
               "--global-endpoint", dps.section["device_endpoint"], "--package-source", repo["base_url"],
               "--known-hosts", rig.known_hosts, "--max-parallel", "3", *args).out
@@ -105,7 +105,7 @@ def upgrade(rig, devices, path, *args):
 @pytest.fixture(scope="module")
 def fleet(rig, repo, dps, tmp_path_factory):
     """Five devices: [0] Debian 12 provisioned without a pin; [1..4] rhel9, Debian 12, rhel9, Debian 12
-    with --edge-version 1.5.10 (the identity service each got is recorded, for the rollback)."""
+    pinned to 1.5.10 (the identity service each got is recorded, for the rollback)."""
     if "1.6.0-1" not in repo.get("edge_versions", ()) or "rhel9" not in (repo.get("sources") or {}):
         pytest.skip("the dev kit's package repository of this checkout has no 1.6 line or no dnf repository")
     started = rig.add_devices(["fresh", "rhel9", "fresh", "rhel9", "fresh"])
@@ -113,10 +113,10 @@ def fleet(rig, repo, dps, tmp_path_factory):
         for dev in started:
             trust_dps(dev, dps)
         where = tmp_path_factory.mktemp("lts")
-        newest = provision(rig, dps, repo, started[:1], where / "newest.csv")
-        pinned = provision(rig, dps, repo, started[1:], where / "pinned.csv", "--edge-version", "1.5.10")
+        # one fleet run: the inventory's edge_version column pins [1..4]
+        results = provision(rig, dps, repo, started, where / "fleet.csv", edge_versions=[None] + ["1.5.10"] * 4)
         identity = {dev.name: version_of(dev, "aziot-identity-service") for dev in started[1:]}
-        yield {"devices": started, "results": newest + pinned, "identity": identity}
+        yield {"devices": started, "results": results, "identity": identity}
     finally:
         for dev in started:
             rig.remove_device(dev)
