@@ -169,7 +169,10 @@ def upgrade(session, settings: UpgradeSettings, progress: Optional[Callable[[str
     result["installed"] = {k: ctx.facts.installed(k) for k in (*EDGE_PACKAGES, ENGINE)}
     result["runtime"] = {"version": report.get("version"), "healthy": report.get("healthy"),
                          "provisioning": report.get("provisioning")}
-    result["summary"] = f"upgraded aziot-edge {before['aziot-edge']} -> {result['installed']['aziot-edge']}"
+    now = result["installed"]["aziot-edge"]
+    result["summary"] = (f"upgraded aziot-edge {before['aziot-edge']} -> {now}" if now != before["aziot-edge"] else
+                         f"finished the upgrade to aziot-edge {now} (its packages were on the target already, e.g. "
+                         "from an interrupted run): " + "; ".join(plan["changes"]))
     return _done(result, started)
 
 
