@@ -168,18 +168,26 @@ _FAILURES = (
 
 def raise_for(result, what: str, display: str) -> None:
     """Raise the error a failed apt/dpkg command deserves (nothing when it succeeded)."""
+    raise_known(result, what, display, _FAILURES, "apt", tail)
+
+
+def raise_known(result, what: str, display: str, failures, tool: str, shorten, **values) -> None:
+    """The package manager's failure: the first of `failures` (pattern, message, recommendation)
+    whose pattern is in its output, else its exit code; the messages may name {pkg} (or {m1}, {m2}:
+    the pattern's groups) and `values`. Nothing when the command succeeded."""
     if result.rc == 0:
         return
     text = (result.stderr or "") + "\n" + (result.stdout or "")
-    for pattern, message, recommendation in _FAILURES:
+    for pattern, message, recommendation in failures:
         match = re.search(pattern, text)
         if match:
-            groups = [g for g in match.groups() if g] if match.groups() else []
-            msg = message.format(pkg=groups[0] if groups else "A package",
-                                 m1=groups[0] if groups else "", m2=groups[1] if len(groups) > 1 else "")
-            raise EdgeTpmError(f"{what} failed on {display}: {msg} apt said: {tail(text)}", recommendation)
-    raise EdgeTpmError(f"{what} failed on {display} (exit {result.rc}): {tail(text)}",
-                       "Run the command again with --debug, or run it on the device to see apt's output.")
+            groups = [g for g in match.groups() if g]
+            named = dict(values, pkg=groups[0] if groups else "A package", m1=groups[0] if groups else "",
+                         m2=groups[1] if len(groups) > 1 else "")
+            raise EdgeTpmError(f"{what} failed on {display}: {message.format(**named)} {tool} said: {shorten(text)}",
+                               recommendation.format(**named))
+    raise EdgeTpmError(f"{what} failed on {display} (exit {result.rc}): {shorten(text)}",
+                       f"Run the command again with --debug, or run it on the device to see {tool}'s output.")
 
 
 # URI schemes of apt's transports (apt-transport-*: http, https, file, copy, cdrom, mirror,

@@ -95,6 +95,26 @@ class PackageManager:
         raise NotImplementedError
 
     def install_offline(self, ctx, files: list) -> None:
+        """Upload the package files into a staging directory on the device, install them from there
+        (install_uploaded), and remove the directory whatever happened."""
+        import os
+        import shlex
+        ctx.progress(f"uploading {len(files)} package(s)")
+        tmp = ctx.session.staging_dir()  # emptied by the next run if this one loses its connection
+        try:
+            remote = {}
+            for item in files:
+                with open(item.path, "rb") as handle:
+                    data = handle.read()
+                dest = f"{tmp}/{os.path.basename(item.path)}"
+                ctx.session.upload(data, dest, 0o644)
+                remote[item.path] = dest
+            self.install_uploaded(ctx, files, remote)
+        finally:
+            ctx.session.run(f"rm -rf {shlex.quote(tmp)}")
+
+    def install_uploaded(self, ctx, files: list, remote: Dict[str, str]) -> None:
+        """Install `files` (read_offline's), uploaded to the device at remote[file.path]."""
         raise NotImplementedError
 
     # -- proxy settings and the OS's CA store --------------------------------------------------------

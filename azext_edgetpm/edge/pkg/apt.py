@@ -2,7 +2,6 @@
 OS). The command texts and the parsing of apt's output are edge/apt.py; this module runs them
 on the device: targeted index updates of our sources, candidates, installs (finishing an
 interrupted dpkg run first), packages-microsoft-prod.deb, an apt line, .deb sets, purge."""
-import os
 import shlex
 from typing import List, Optional
 
@@ -190,20 +189,9 @@ class AptManager(PackageManager):
     def read_offline(self, directory, arch, edge_version):
         return apt.read_offline_dir(directory, arch, edge_version)
 
-    def install_offline(self, ctx, files):
-        ctx.progress(f"uploading {len(files)} package(s)")
-        tmp = ctx.session.staging_dir()  # emptied by the next run if this one loses its connection
-        try:
-            remote = []
-            for deb in files:
-                with open(deb.path, "rb") as handle:
-                    data = handle.read()
-                dest = f"{tmp}/{os.path.basename(deb.path)}"
-                ctx.session.upload(data, dest, 0o644)
-                remote.append(dest)
-            paths = dict(zip((d.path for d in files), remote))
-            for group in apt.engine_first(files):
-                apt_install(ctx, [paths[d.path] for d in group], ", ".join(d.package for d in group),
-                            allow_downgrades=True)
-        finally:
-            ctx.session.run(f"rm -rf {shlex.quote(tmp)}")
+    def install_uploaded(self, ctx, files, remote):
+        """The engine (and tpm2-tools) in a transaction of their own first: aziot-edge's preinst
+        refuses to run before the docker group exists (apt.engine_first)."""
+        for group in apt.engine_first(files):
+            apt_install(ctx, [remote[d.path] for d in group], ", ".join(d.package for d in group),
+                        allow_downgrades=True)

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from azext_edgetpm.echo import shown
-from azext_edgetpm.errors import DeviceError, EdgeTpmError, LocalFileError, UserInputError, option
-from ..apt import tail
+from azext_edgetpm.errors import DeviceError, LocalFileError, UserInputError, option
+from ..apt import raise_known, tail
 from . import PackageManager
 
 DNF = "LC_ALL=C dnf -y"
@@ -65,18 +65,7 @@ _FAILURES = (
 
 def raise_for(result, what: str, display: str) -> None:
     """Raise the error a failed dnf/rpm command deserves (nothing when it succeeded)."""
-    if result.rc == 0:
-        return
-    text = (result.stderr or "") + "\n" + (result.stdout or "")
-    for pattern, message, recommendation in _FAILURES:
-        match = re.search(pattern, text)
-        if match:
-            groups = [g for g in match.groups() if g]
-            msg = message.format(pkg=groups[0] if groups else "A package")
-            raise EdgeTpmError(f"{what} failed on {display}: {msg} dnf said: {_tail(text)}",
-                               recommendation.format(key=MICROSOFT_KEY))
-    raise EdgeTpmError(f"{what} failed on {display} (exit {result.rc}): {_tail(text)}",
-                       "Run the command again with --debug, or run it on the device to see dnf's output.")
+    raise_known(result, what, display, _FAILURES, "dnf", _tail, key=MICROSOFT_KEY)
 
 
 def _tail(text: str) -> str:
@@ -382,23 +371,11 @@ class DnfManager(PackageManager):
     def read_offline(self, directory, arch, edge_version):
         return read_offline_dir(directory, arch, edge_version)
 
-    def install_offline(self, ctx, files):
+    def install_uploaded(self, ctx, files, remote):
         """One dnf transaction of the uploaded files, from them alone (--disablerepo='*'): rpm orders
         it by the Requires, so the engine (aziot-edge requires moby-engine or docker-ce) comes first."""
-        ctx.progress(f"uploading {len(files)} package(s)")
-        tmp = ctx.session.staging_dir()  # emptied by the next run if this one loses its connection
-        try:
-            remote = []
-            for rpm in files:
-                with open(rpm.path, "rb") as handle:
-                    data = handle.read()
-                dest = f"{tmp}/{rpm.name}"
-                ctx.session.upload(data, dest, 0o644)
-                remote.append(dest)
-            what = ", ".join(r.package for r in files)
-            ctx.progress(f"installing {what}")
-            result = ctx.run(f"{DNF} install --disablerepo='*' " + " ".join(shlex.quote(p) for p in remote),
-                             timeout=INSTALL_TIMEOUT)
-            raise_for(result, f"Installing {what}", ctx.display)
-        finally:
-            ctx.session.run(f"rm -rf {shlex.quote(tmp)}")
+        what = ", ".join(r.package for r in files)
+        ctx.progress(f"installing {what}")
+        result = ctx.run(f"{DNF} install --disablerepo='*' " + " ".join(shlex.quote(remote[r.path]) for r in files),
+                         timeout=INSTALL_TIMEOUT)
+        raise_for(result, f"Installing {what}", ctx.display)

@@ -6,7 +6,7 @@ import pytest
 from azext_edgetpm.edge import facts, platform, proxy
 from azext_edgetpm.edge.pkg import by_name, for_device
 from azext_edgetpm.edge.pkg import dnf
-from azext_edgetpm.errors import DeviceError, UserInputError
+from azext_edgetpm.errors import DeviceError, EdgeTpmError, UserInputError
 
 RHEL_9 = 'NAME="Red Hat Enterprise Linux"\nID="rhel"\nVERSION_ID="9.4"\nPRETTY_NAME="Red Hat Enterprise Linux 9.4"\n'
 DEBIAN_12 = 'ID=debian\nVERSION_ID="12"\nVERSION_CODENAME=bookworm\nPRETTY_NAME="Debian GNU/Linux 12"\n'
@@ -103,6 +103,6 @@ def test_dnf_refusing_a_signature_is_the_signature_error():
         stderr = ('The GPG keys listed for the "edge-tpm" repository are already installed but they are not '
                   "correct for this package.\nCheck that the correct key URLs are configured for this repository.."
                   "\nError: GPG check FAILED\n")
-    with pytest.raises(dnf.EdgeTpmError) as err:
+    with pytest.raises(EdgeTpmError) as err:
         dnf.raise_for(Failed(), "Installing aziot-edge", "dev-1")
     assert "signature" in err.value.message and "packages.microsoft.com/keys/microsoft.asc" in err.value.hint
