@@ -14,23 +14,13 @@ import pytest
 from azext_edgetpm.tests.latest.azcli import az
 from azext_edgetpm.tests.latest.browser import chart_colours, open_page
 from azext_edgetpm.tests.latest.test_dps_support import EmulatorEnv, start_emulator
-from azext_edgetpm.tests.latest.test_edge_install import DEVICE_CA
+from azext_edgetpm.tests.latest.test_fleet import add_devices  # (also test_pipeline_run's)
 from azext_edgetpm.tests.latest.test_fleet_stop import journal
 
 pytestmark = pytest.mark.devkit
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 JUNIT_XSD = os.path.join(HERE, "data", "junit.xsd")
-
-
-def add_devices(rig, dps, count):
-    """Fresh devices that trust the emulator's CA (their runtime registers with it)."""
-    devices = rig.add_devices(["fresh"] * count)
-    with open(dps.section["ca_bundle"], encoding="ascii") as handle:
-        ca = handle.read()
-    for dev in devices:
-        dev.exec(f"cat > {DEVICE_CA} && update-ca-certificates >/dev/null 2>&1", input=ca, check=True, timeout=300)
-    return devices
 
 
 def junit_cases(path):
