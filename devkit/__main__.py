@@ -19,6 +19,7 @@ COMMANDS = {
     "ssh": "devkit.cli:SSH",
     "tpm-clear": "devkit.cli:TPM_CLEAR",
     "variants": "devkit.cli:VARIANTS",
+    "userlands": "devkit.cli:USERLANDS",
     "gc": "devkit.cli:GC",
     "demo": "devkit.demo:COMMAND",
 }

@@ -1,4 +1,5 @@
-"""The rig commands of ``python -m devkit``: up, down, status, add, power-cycle, exec, ssh, variants, gc."""
+"""The rig commands of ``python -m devkit``: up, down, status, add, power-cycle, exec, ssh, variants,
+userlands, gc."""
 import argparse
 import json
 import os
@@ -318,6 +319,30 @@ def _run_variants(_args):
 
 
 VARIANTS = Command("list the device variants", lambda p: None, _run_variants)
+
+
+# ---- userlands
+
+
+def _configure_userlands(p):
+    p.add_argument("names", nargs="*", help="userlands to build (default: every one a variant names)")
+
+
+def _run_userlands(args):
+    from devkit import userland  # pylint: disable=import-outside-toplevel
+    names = args.names or sorted({v.userland for v in variants.VARIANTS.values() if v.userland})
+    for name in names:
+        try:
+            root = userland.ensure(name, log=lambda msg: print("devkit userlands: " + msg, flush=True))
+        except userland.UserlandError as exc:
+            sys.stderr.write("devkit userlands: %s\n" % exc)
+            return 1
+        print("%s %s" % (name, root), flush=True)
+    return 0
+
+
+USERLANDS = Command("build the device userlands (once per machine, cached): all, or those named",
+                    _configure_userlands, _run_userlands)
 
 
 def abandoned_rigs():

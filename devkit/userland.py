@@ -1,9 +1,12 @@
 """Real Debian userlands for simulated devices, built with debootstrap and cached on the machine.
 
 A device normally runs on an overlay of the host's own ``/`` (Debian 12). A device whose
-variant names a userland (``bullseye``, ``trixie``) runs on an overlay of a root file system
-that ``debootstrap`` built from the Debian mirror this machine's apt already uses, so that its
-tpm2-tools, Python, OpenSSH, sudo and apt are the real ones of that release.
+variant names a userland (``bullseye``, ``trixie``, ``bookworm-arm64``) runs on an overlay of a
+root file system that ``debootstrap`` built from the Debian mirror this machine's apt already
+uses, so that its tpm2-tools, Python, OpenSSH, sudo and apt are the real ones of that release.
+A userland of another architecture (``bookworm-arm64``) is debootstrapped ``--foreign`` for that
+architecture; its second stage and every program of the device then run under qemu-user, which
+:mod:`devkit.binfmt` registers with the kernel (about four minutes to build on 2 cores).
 
 Each userland is built once per machine (the first device that needs it builds it; about a
 minute and 300 MB) under ``/var/cache/edgetpm-devkit/userlands/<release>-<key>/root``
@@ -30,6 +33,8 @@ import time
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
+from devkit import binfmt
+
 BUILD_VERSION = "2"
 DEFAULT_CACHE = "/var/cache/edgetpm-devkit/userlands"
 FALLBACK_MIRROR = "http://deb.debian.org/debian"
@@ -44,11 +49,17 @@ class UserlandError(RuntimeError):
 
 @dataclass(frozen=True)
 class Release:
-    """A Debian release a device can run."""
+    """A Debian release a device can run, on this machine's CPU or (``arch``) under qemu-user."""
 
     codename: str
     version: str
     extra_packages: Tuple[str, ...] = ()
+    arch: Optional[str] = None  # a Debian architecture other than the machine's (devkit/binfmt.py)
+
+    @property
+    def label(self):
+        """The release as its cache directory names it ("bookworm-arm64")."""
+        return self.codename + ("-" + self.arch if self.arch else "")
 
     @property
     def packages(self):
@@ -61,6 +72,8 @@ RELEASES: Dict[str, Release] = {
     "bullseye": Release("bullseye", "11", ("libtss2-tcti-swtpm0",)),
     # trixie's tpm2-tss pulls its TCTIs in with libtss2-esys.
     "trixie": Release("trixie", "13"),
+    # Debian 12 for arm64 (the host's own release on another CPU), run under qemu-user.
+    "bookworm-arm64": Release("bookworm", "12", ("libtss2-tcti-swtpm0",), arch="arm64"),
 }
 
 
@@ -117,7 +130,7 @@ def _deb_entries(text, deb822):
 def key(release, mirror):
     """Cache key: what the built root depends on."""
     h = hashlib.sha256()
-    h.update(("%s\n%s\n%s\n%s" % (BUILD_VERSION, release.codename, " ".join(release.packages),
+    h.update(("%s\n%s\n%s\n%s" % (BUILD_VERSION, release.label, " ".join(release.packages),
                                   mirror)).encode("utf-8"))
     return h.hexdigest()[:12]
 
@@ -125,7 +138,7 @@ def key(release, mirror):
 def path_of(name, mirror=None):
     """Where the root of userland ``name`` lives (built or not)."""
     release = RELEASES[name]
-    return os.path.join(cache_root(), "%s-%s" % (release.codename, key(release, mirror or host_mirror())),
+    return os.path.join(cache_root(), "%s-%s" % (release.label, key(release, mirror or host_mirror())),
                         "root")
 
 
@@ -135,6 +148,12 @@ def ensure(name, log=None):
         raise UserlandError("unknown userland %r (known: %s)" % (name, ", ".join(sorted(RELEASES))))
     mirror = host_mirror()
     root = path_of(name, mirror)
+    if RELEASES[name].arch:  # its programs need qemu-user, also when the root is cached
+        try:
+            binfmt.ensure(RELEASES[name].arch)
+        except binfmt.BinfmtError as exc:
+            raise UserlandError("the %s userland needs qemu-user for %s programs: %s"
+                                % (name, RELEASES[name].arch, exc)) from exc
     if os.path.exists(os.path.join(root, ".devkit-userland")):
         return root
     base = os.path.dirname(root)
@@ -145,8 +164,9 @@ def ensure(name, log=None):
             for stale in glob.glob(base + ".tmp-*"):  # a build killed half-way (we hold the lock)
                 shutil.rmtree(stale, ignore_errors=True)
             if log is not None:
-                log("building the Debian %s (%s) userland from %s (first use on this machine: a "
-                    "minute or two)" % (RELEASES[name].version, name, mirror))
+                log("building the Debian %s (%s) userland from %s (first use on this machine: %s)"
+                    % (RELEASES[name].version, name, mirror, "a few minutes under qemu-user"
+                       if RELEASES[name].arch else "a minute or two"))
             build(RELEASES[name], mirror, base, log)
     return root
 
@@ -176,7 +196,8 @@ def build(release, mirror, base, log=None):
     # Two stages, so that dpkg's configuration is in place before dpkg installs anything:
     # no fsync per file (the root is a cache; a crash means a rebuild) and no docs, man pages
     # or translations (a third of the time and space).
-    _debootstrap(["debootstrap", "--foreign", "--variant=minbase", "--components=main",
+    arch = ["--arch=" + release.arch] if release.arch else []
+    _debootstrap(["debootstrap", "--foreign", "--variant=minbase", "--components=main", *arch,
                   "--include=" + ",".join(release.packages), release.codename, target, mirror],
                  log_path, tmp, release, mirror)
     _write(os.path.join(target, "etc/dpkg/dpkg.cfg.d/devkit"), DPKG_CFG)
@@ -185,10 +206,11 @@ def build(release, mirror, base, log=None):
     _tidy(target)
     seconds = time.monotonic() - started
     with open(os.path.join(target, ".devkit-userland"), "w", encoding="utf-8") as f:
-        f.write("release=%s\nmirror=%s\npackages=%s\nseconds=%.1f\n"
-                % (release.codename, mirror, " ".join(release.packages), seconds))
+        f.write("release=%s\narch=%s\nmirror=%s\npackages=%s\nseconds=%.1f\n"
+                % (release.codename, release.arch or "native", mirror, " ".join(release.packages),
+                   seconds))
     if log is not None:
-        log("built the %s userland in %.0f s (%s)" % (release.codename, seconds, base))
+        log("built the %s userland in %.0f s (%s)" % (release.label, seconds, base))
     shutil.rmtree(base, ignore_errors=True)
     os.rename(tmp, base)
 

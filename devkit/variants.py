@@ -16,7 +16,7 @@ Adding a variant (later issues)::
 A spec offers ``write_file``, ``remove``, ``run`` (a command run inside the device, in its
 chroot, before sshd starts), ``os_release``, the ``tpm`` mode (``"fresh"``, ``"mfg"`` or
 ``None``) and the ``userland`` (None: an overlay of the host's root; ``"bullseye"``,
-``"trixie"``: a real Debian userland built by :mod:`devkit.userland`).
+``"trixie"``, ``"bookworm-arm64"``: a real Debian userland built by :mod:`devkit.userland`).
 """
 import base64
 from dataclasses import dataclass, field
@@ -162,6 +162,13 @@ def _bullseye(spec):
          " list: tpm2-tools 5.7, Python 3.13, OpenSSH 10", userland="trixie")
 def _trixie(spec):
     spec.userland = "trixie"
+
+
+@variant("arm64", "a real Debian 12 userland for arm64 (debootstrap --arch=arm64, cached), every "
+         "program of which runs under qemu-user (devkit/binfmt.py): dpkg --print-architecture "
+         "says arm64, uname -m aarch64", userland="bookworm-arm64")
+def _arm64(spec):
+    spec.userland = "bookworm-arm64"
 
 
 PROXY_PORTS = (3128, 3129)  # devkit/proxy.py's open and authenticated proxies

@@ -10,6 +10,7 @@ ROOT=$PWD
 APT_PACKAGES=(openssh-server swtpm swtpm-tools tpm2-tools libtss2-dev libtss2-tcti-swtpm0
               pkg-config iproute2 dpkg-dev sudo gcc python3-dev openssl ca-certificates
               debootstrap tinyproxy-bin nftables
+              qemu-user-static   # the arm64 device's userland runs under qemu-user (binfmt_misc)
               dnf rpm createrepo-c gnupg   # gnupg: the kit signs its RPMs (rpmsign)
               chromium)   # chromium: the HTML fleet report's screenshot test (headless)
 missing=()
@@ -21,6 +22,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# The device userlands the tests run on take minutes to build the first time (arm64's under
+# qemu-user); with DEVKIT_PREBUILD=1 (scripts/test.sh) they build in the background while pip
+# works below. The tests' own builds wait for it (a lock per userland) and reuse what it built.
+if [ "${DEVKIT_PREBUILD:-}" = 1 ]; then
+  nohup python3 -m devkit userlands bookworm-arm64 bullseye trixie \
+    > "${TMPDIR:-/tmp}/edgetpm-devkit-prebuild.log" 2>&1 < /dev/null &
 fi
 
 PY=${PYTHON:-python3}

@@ -66,6 +66,12 @@ TPM2_TOOLS_DEBS = ("tpm2-tools", "libtss2-esys-3.0.2-0", "libtss2-fapi1", "libts
                    "libtss2-tcti-device0", "libtss2-tcti-mssim0", "libtss2-tcti-swtpm0",
                    "tpm-udev")
 MAINTAINER = "az edge-tpm devkit <devkit@localhost>"
+# Microsoft builds aziot-edge, aziot-identity-service and moby-engine per architecture
+# (Azure/iotedge builds/misc/templates/build-packages.yaml: amd64, arm64 and armhf for Debian 12
+# and Ubuntu), so the stand-ins are too: the same scripts under each Architecture, so that apt
+# (and the product's offline selection) must pick the device's own. The shim and the config
+# package are the kit's or arch-independent ("all").
+DEB_ARCHS = ("amd64", "arm64", "armhf")
 
 
 class BuildError(RuntimeError):
@@ -94,9 +100,9 @@ def _read(name):
 class Package:
     """A .deb under construction: control fields, files, maintainer scripts."""
 
-    def __init__(self, name, version, description, depends=(), section="misc"):
-        self.name, self.version = name, version
-        self.fields = {"Package": name, "Version": version, "Architecture": "all",
+    def __init__(self, name, version, description, depends=(), section="misc", arch="all"):
+        self.name, self.version, self.arch = name, version, arch
+        self.fields = {"Package": name, "Version": version, "Architecture": arch,
                        "Maintainer": MAINTAINER, "Section": section, "Priority": "optional"}
         if depends:
             self.fields["Depends"] = ", ".join(depends)
@@ -111,7 +117,7 @@ class Package:
         self.files[path] = (data, mode)
 
     def build(self, out_dir):
-        """Write ``<name>_<version>_all.deb`` into ``out_dir``; return its path."""
+        """Write ``<name>_<version>_<arch>.deb`` into ``out_dir``; return its path."""
         with tempfile.TemporaryDirectory(prefix="devkit-deb-") as root:
             for path, (data, mode) in self.files.items():
                 dest = os.path.join(root, path.lstrip("/"))
@@ -138,7 +144,7 @@ class Package:
             for dirpath, dirnames, _files in os.walk(root):
                 for d in dirnames:
                     os.chmod(os.path.join(dirpath, d), 0o755)
-            target = os.path.join(out_dir, "%s_%s_all.deb" % (self.name, self.version))
+            target = os.path.join(out_dir, "%s_%s_%s.deb" % (self.name, self.version, self.arch))
             _run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", root, target])
         return target
 
@@ -172,13 +178,13 @@ def shim_package():
     return pkg
 
 
-def moby_package():
-    """moby-engine: dockerd + docker stand-ins and the docker init script."""
+def moby_package(arch):
+    """moby-engine for ``arch``: dockerd + docker stand-ins and the docker init script."""
     pkg = Package("moby-engine", MOBY_VERSION,
                   "Moby container engine (devkit stand-in)\n"
                   "A dockerd that validates /etc/docker/daemon.json and answers a small\n"
                   "part of the Engine API on /var/run/docker.sock; no containers run.",
-                  depends=("devkit-systemctl-shim", "python3"), section="admin")
+                  depends=("devkit-systemctl-shim", "python3"), section="admin", arch=arch)
     pkg.add("/usr/bin/dockerd", _read("dockerd").replace("@MOBY_VERSION@", MOBY_VERSION),
             0o755)
     pkg.add("/usr/bin/docker", _read("docker"), 0o755)
@@ -213,13 +219,14 @@ def _standin_tree(pkg):
         pkg.add("/usr/lib/aziot-standin/run.py", f.read())
 
 
-def identity_package(version, python, devkit_root):
-    """aziot-identity-service: service users, /etc/aziot dirs, keyd/certd/identityd/tpmd."""
+def identity_package(version, python, devkit_root, arch):
+    """aziot-identity-service for ``arch``: service users, /etc/aziot dirs, keyd/certd/identityd/
+    tpmd."""
     pkg = Package("aziot-identity-service", version,
                   "Azure IoT Identity Service (devkit stand-in)\n"
                   "Creates the aziotks, aziotcs, aziotid and aziottpm service users and\n"
                   "provisions through the device TPM with the devkit DPS emulator.",
-                  depends=("devkit-systemctl-shim", "python3"), section="admin")
+                  depends=("devkit-systemctl-shim", "python3"), section="admin", arch=arch)
     _standin_tree(pkg)
     pkg.add("/usr/lib/aziot-standin/python", _read("python.in").replace("@PYTHON@", python),
             0o755)
@@ -285,8 +292,8 @@ def edge_template(release):
             .replace("@AGENT_IMAGE@", agent_image(release)))
 
 
-def edge_package(release):
-    """aziot-edge: the iotedge stand-in, the config template, the iotedge user.
+def edge_package(release, arch):
+    """aziot-edge for ``arch``: the iotedge stand-in, the config template, the iotedge user.
 
     Its dependencies are the real package's (edgelet/contrib/debian/control on release/1.5):
     one exact aziot-identity-service, and NO container engine; instead its preinst refuses to
@@ -300,7 +307,7 @@ def edge_package(release):
                   "Ships /usr/bin/iotedge (config apply, system status/logs, list, check,\n"
                   "version) and /etc/aziot/config.toml.edge.template.",
                   depends=("aziot-identity-service (= %s)" % release.identity,
-                           "devkit-systemctl-shim"), section="admin")
+                           "devkit-systemctl-shim"), section="admin", arch=arch)
     # As edgelet/contrib/debian/preinst: check_runtime on install|upgrade, same message, exit 1.
     banner = "!" * 79
     pkg.scripts["preinst"] = (

@@ -13,7 +13,7 @@ import sys
 import tempfile
 
 from . import builder, rpms
-from .builder import (DEVKIT_ROOT, EDGE_VERSIONS, IDENTITY_VERSIONS, MOBY_VERSION, RELEASES,
+from .builder import (DEB_ARCHS, DEVKIT_ROOT, EDGE_VERSIONS, IDENTITY_VERSIONS, MOBY_VERSION, RELEASES,
                       RUNTIME, _link, _tomlkit_dir, edge_package, fetch_debian_debs,
                       identity_package, moby_package, scan, shim_package)
 
@@ -59,24 +59,26 @@ def build_repo(out_dir, python=None, devkit_root=None):
     try:
         pool = os.path.join(staging, "pool")
         os.makedirs(pool)
-        built = {"shim": shim_package().build(pool), "moby": moby_package().build(pool)}
+        # name -> the package's files, one per architecture (the shim: one, "all")
+        built = {"shim": [shim_package().build(pool)],
+                 "moby": [moby_package(a).build(pool) for a in DEB_ARCHS]}
         for version in IDENTITY_VERSIONS:
-            built["identity-" + version] = identity_package(version, python,
-                                                            devkit_root).build(pool)
+            built["identity-" + version] = [identity_package(version, python, devkit_root, a)
+                                            .build(pool) for a in DEB_ARCHS]
         for release in RELEASES:
-            built["edge-" + release.edge] = edge_package(release).build(pool)
+            built["edge-" + release.edge] = [edge_package(release, a).build(pool)
+                                             for a in DEB_ARCHS]
         debian = fetch_debian_debs(pool, os.path.join(os.path.dirname(out_dir),
                                                       "debian-debs-cache"))
         scan(staging)
         for release in RELEASES:
             offline = os.path.join(staging, "debs", release.edge)
             os.makedirs(offline)
-            for path in [built["shim"], built["moby"], built["identity-" + release.identity],
-                         built["edge-" + release.edge]] + [os.path.join(pool, n) for n in debian]:
+            for path in (built["shim"] + built["moby"] + built["identity-" + release.identity]
+                         + built["edge-" + release.edge] + [os.path.join(pool, n) for n in debian]):
                 _link(path, os.path.join(offline, os.path.basename(path)))
-        lines = {os.path.basename(built["edge-" + r.edge]): r.line for r in RELEASES}
-        lines.update({os.path.basename(built["identity-" + r.identity]): r.line
-                      for r in RELEASES})
+        lines = {os.path.basename(path): r.line for r in RELEASES
+                 for path in built["edge-" + r.edge] + built["identity-" + r.identity]}
         manifest = {"key": key, "edge_versions": list(EDGE_VERSIONS),
                     "lines": lines, "debian_own": sorted(debian),
                     "identity_versions": {r.edge: r.identity for r in RELEASES},

@@ -158,7 +158,7 @@ def standins(el, python, devkit_root):
     shim.scripts["postun"] = (
         'if [ "$1" -eq 0 ] && [ "$(readlink /usr/local/sbin/systemctl 2>/dev/null)" = '
         '"/usr/lib/devkit-systemctl-shim/systemctl" ]; then rm -f /usr/local/sbin/systemctl; fi\n')
-    moby = builder.moby_package()
+    moby = builder.moby_package("amd64")  # the RPMs are x86_64 (this machine's)
     # Microsoft's RHEL repository ships the CLI as its own package, moby-cli.
     engine = RpmPackage.like(moby, rel, "Moby container engine", ("devkit-systemctl-shim",
                                                                   "python3"),
@@ -172,7 +172,7 @@ def standins(el, python, devkit_root):
     cli.name = "moby-cli"
     out = [shim, engine, cli]
     for identity in builder.IDENTITY_VERSIONS:
-        pkg = RpmPackage.like(builder.identity_package(identity, python, devkit_root), rel,
+        pkg = RpmPackage.like(builder.identity_package(identity, python, devkit_root, "amd64"), rel,
                               "Azure IoT Identity Service", ("devkit-systemctl-shim", "python3"))
         pkg.requires.append("shadow-utils")
         # As the real spec's %pre: the service users and their groups before the files land.
@@ -190,7 +190,7 @@ def standins(el, python, devkit_root):
                                 '/etc/init.d/$unit stop >/dev/null 2>&1 || true; done; fi\n' % units)
         out.append(pkg)
     for release in builder.RELEASES:
-        pkg = RpmPackage.like(builder.edge_package(release), rel, "Azure IoT Edge Module Runtime",
+        pkg = RpmPackage.like(builder.edge_package(release, "amd64"), rel, "Azure IoT Edge Module Runtime",
                               ("(moby-engine or docker-ce)",
                                "aziot-identity-service = %s%s" % (release.identity, dist),
                                "devkit-systemctl-shim", "shadow-utils"))

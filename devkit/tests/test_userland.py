@@ -1,11 +1,13 @@
 """Device userlands (devkit/userland.py) and the tpm2-tools registration backend
 (devkit/tpmtools.py): the parts that need neither root nor a network. The builds themselves
-and the devices on them are exercised by azext_edgetpm/tests/latest/test_distros.py."""
+and the devices on them are exercised by azext_edgetpm/tests/latest/test_distros.py and
+(arm64) test_platform_arm64.py."""
+import os
 import struct
 
 import pytest
 
-from devkit import tpmtools, userland, variants
+from devkit import binfmt, tpmtools, userland, variants
 
 
 def test_mirror_from_deb822_and_one_line_sources(tmp_path, monkeypatch):
@@ -40,6 +42,20 @@ def test_cache_key_follows_release_packages_and_mirror(tmp_path, monkeypatch):
     assert userland.info(path) is None
     with pytest.raises(userland.UserlandError):
         userland.ensure("buster")
+
+
+def test_a_foreign_architecture_userland_has_its_own_cache_and_needs_qemu(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEVKIT_USERLAND_CACHE", str(tmp_path))
+    arm64 = userland.RELEASES["bookworm-arm64"]
+    assert arm64.arch == "arm64" and arm64.label == "bookworm-arm64"
+    assert userland.RELEASES["bullseye"].label == "bullseye"  # native ones keep their cache keys
+    assert os.path.basename(os.path.dirname(userland.path_of("bookworm-arm64", "http://a/debian"))) \
+        .startswith("bookworm-arm64-")
+    assert variants.userlands("arm64+mfg") == ["bookworm-arm64"]
+    with pytest.raises(binfmt.BinfmtError, match="no qemu-user emulation known"):
+        binfmt.unavailable("mips64el")
+    native = binfmt.native_arch()
+    assert binfmt.unavailable(native) is None and binfmt.ensure(native) is None
 
 
 def test_variants_name_their_userland_before_boot():
