@@ -18,7 +18,8 @@ from azext_edgetpm.tests.latest.test_dps_support import ArmLogin, EmulatorEnv, o
 
 pytestmark = pytest.mark.devkit
 
-DEVICE_CA = "/usr/local/share/ca-certificates/devkit-dps-ca.crt"
+DEVICE_CA = "/usr/local/share/ca-certificates/devkit-dps-ca.crt"      # Debian's store (update-ca-certificates)
+RHEL_CA = "/etc/pki/ca-trust/source/anchors/devkit-dps-ca.crt"          # RHEL's (update-ca-trust(8))
 # What a dry run must leave alone: everything a person would call the device's state, read from
 # the upper layer of the device's overlay root -- what the device itself wrote (the lower layer is
 # the host's own /, where other work on the host goes on meanwhile). /var/log holds sshd's login
@@ -35,14 +36,26 @@ def dps(rig, tmp_path_factory):
     env.close()
 
 
+def is_rhel(dev):
+    return dev.variant.split("+")[0].startswith("rhel")
+
+
+def trust_dps(dev, dps):
+    """The DPS emulator's CA in the device's store (as an operator installs a private CA), the Debian
+    or the RHEL way."""
+    store = f"{RHEL_CA} && update-ca-trust extract" if is_rhel(dev) else \
+        f"{DEVICE_CA} && update-ca-certificates >/dev/null 2>&1"
+    with open(dps.section["ca_bundle"], encoding="ascii") as handle:
+        # (timeout: update-ca-certificates is slow on a loaded machine)
+        dev.exec(f"cat > {store}", input=handle.read(), check=True, timeout=300)
+
+
 @pytest.fixture
 def device(new_device, dps):
-    """A fresh device that trusts the DPS emulator's CA (as an operator installs a private CA)."""
+    """A fresh device that trusts the DPS emulator's CA."""
     def make(variant="fresh"):
         dev = new_device(variant)
-        with open(dps.section["ca_bundle"], encoding="ascii") as handle:
-            dev.exec(f"cat > {DEVICE_CA} && update-ca-certificates >/dev/null 2>&1", input=handle.read(), check=True,
-                     timeout=300)  # (update-ca-certificates is slow on a loaded machine)
+        trust_dps(dev, dps)
         return dev
     return make
 

@@ -31,28 +31,13 @@ import pytest
 from azext_edgetpm.tests.latest.azcli import az
 from azext_edgetpm.tests.latest.test_dps_support import REPO, ok
 from azext_edgetpm.tests.latest.test_edge_install import (  # noqa: F401,F811  (dps: a module fixture)
-    DEVICE_CA, changed_since_mark, dps, mark)
+    changed_since_mark, dps, is_rhel, mark, trust_dps)
 from azext_edgetpm.tests.latest.test_lifecycle import write_inventory
 
 pytestmark = [pytest.mark.devkit, pytest.mark.timeout(1500)]
 
 AGENT = "mcr.microsoft.com/azureiotedge-agent:"
 WARNING = "IoT Edge 1.5 LTS was serviced until 2026-11-10"
-
-
-RHEL_CA = "/etc/pki/ca-trust/source/anchors/devkit-dps-ca.crt"
-
-
-def is_rhel(dev):
-    return dev.variant.split("+")[0].startswith("rhel")
-
-
-def trust_dps(dev, dps):
-    """The DPS emulator's CA in the device's store, the Debian or the RHEL way."""
-    store = f"{RHEL_CA} && update-ca-trust extract" if is_rhel(dev) else \
-        f"{DEVICE_CA} && update-ca-certificates >/dev/null 2>&1"
-    with open(dps.section["ca_bundle"], encoding="ascii") as handle:
-        dev.exec(f"cat > {store}", input=handle.read(), check=True, timeout=300)
 
 
 def version_of(dev, package):

@@ -27,14 +27,13 @@ import pytest
 from azext_edgetpm.tests.latest.azcli import az
 from azext_edgetpm.tests.latest.test_dps_support import ok
 from azext_edgetpm.tests.latest.test_edge_install import (  # noqa: F401,F811  (dps: a module fixture)
-    dps, host_args, install, stat, statuses)
+    dps, host_args, install, stat, statuses, trust_dps)
 from azext_edgetpm.tests.latest.test_edge_proxy import (  # noqa: F401,F811  (proxies: a module fixture)
     device_files_holding, log_since, log_size, proxies)
 from azext_edgetpm.tests.latest.test_lts import AGENT, provision
 
 pytestmark = [pytest.mark.devkit, pytest.mark.timeout(1500)]
 
-RHEL_CA = "/etc/pki/ca-trust/source/anchors/devkit-dps-ca.crt"
 REPO_FILE = "/etc/yum.repos.d/edge-tpm.repo"
 
 
@@ -49,8 +48,7 @@ def rhel(rig, repo, dps, tmp_path_factory):
         pytest.skip("the dev kit's package repository of this checkout has no dnf repository (devkit/packages)")
     dev = rig.add_device("rhel9")
     try:
-        with open(dps.section["ca_bundle"], encoding="ascii") as handle:
-            dev.exec(f"cat > {RHEL_CA} && update-ca-trust extract", input=handle.read(), check=True, timeout=300)
+        trust_dps(dev, dps)
         # (the later --package-source wins over provision()'s mirror base URL, as argparse stores the last)
         results = provision(rig, dps, repo, [dev], tmp_path_factory.mktemp("rhel") / "rhel.csv",
                             "--package-source", repo["sources"]["rhel9"])
@@ -146,8 +144,7 @@ def test_provision_behind_the_authenticated_proxy(new_device, repo, dps, proxies
     went through that proxy with the credentials of dnf.conf, made root-only; the password is in no
     file that is not root-only, nor in the output."""
     dev = new_device("rhel9+proxied")
-    with open(dps.section["ca_bundle"], encoding="ascii") as handle:
-        dev.exec(f"cat > {RHEL_CA} && update-ca-trust extract", input=handle.read(), check=True, timeout=300)
+    trust_dps(dev, dps)
     auth = proxies["auth"]
     password = auth["password"]
     url_file = tmp_path / "auth-proxy.txt"
@@ -193,8 +190,7 @@ def test_upgrade_from_1_5_10_keeps_the_identity_and_refuses_a_downgrade(new_devi
     1.6.0 with dnf: agent :1.6, the same device_info (no new registration); a second run changes nothing;
     going back to 1.5.10 is refused without --allow-downgrade, nothing changed, and done with it."""
     dev = new_device("rhel9")
-    with open(dps.section["ca_bundle"], encoding="ascii") as handle:
-        dev.exec(f"cat > {RHEL_CA} && update-ca-trust extract", input=handle.read(), check=True, timeout=300)
+    trust_dps(dev, dps)
     first = provision(rig, dps, repo, [dev], tmp_path / "pinned.csv", "--edge-version", "1.5.10")[0]
     assert first["status"] == "assigned", json.dumps(first)[:3000]
     assert rpm_q(dev, "aziot-edge") == ["aziot-edge-1.5.10-1.el9.x86_64"]
