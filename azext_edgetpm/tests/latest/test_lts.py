@@ -5,17 +5,19 @@ Debian 12's pool, 1.5 only in Debian 11's, as packages.microsoft.com does):
   image :1.6); a 1.5.10 pin gives 1.5.10-1 (1.5.10-1.el9 on rhel9), :1.5 and the out-of-support
   warning;
 - `upgrade --inventory` of a MIXED fleet (Debian 12 and rhel9) installed with 1.5.10: --dry-run,
-  the upgrade (same hub, same device ID, no new registration), a second run that changes nothing,
   a canary whose source lacks 1.6 failing with nothing changed and the run stopped before the next
   device, devices unhealthy after the upgrade put back byte for byte (apt and dnf downgrades to the
-  recorded versions), and a run killed half-way (SIGKILL) resumed with its --state, every device
-  upgraded once;
+  recorded versions); then ONE run over the four devices (same hub, same device ID, no new
+  registration) and a second run that changes nothing; the four put back on 1.5.10 with
+  --allow-downgrade; a run over the four killed half-way (SIGKILL) resumed with its --state, every
+  device upgraded once; bad targets refused;
 - a Debian 11 device refused without a pin, assigned with 1.5.10.
 
 One module rig of five devices, provisioned once: [0] Debian 12 without a pin, then rhel9, Debian
 12, rhel9, Debian 12 pinned to 1.5.10, so that every upgrade test runs on both systems; the tests
-use them in order. The devices' state is read from inside them (the rig's exec: dpkg-query or rpm),
-never through the product.
+use them in order (the canary and rollback tests on [3:5], the four-device runs on [1:5]). The
+devices' state is read from inside them (the rig's exec: dpkg-query or rpm), never through the
+product.
 """
 import json
 import os
@@ -123,7 +125,7 @@ def test_provision_installs_the_newest_lts_line_and_a_pin_its_own(fleet):
 
 
 def test_upgrade_dry_run_shows_versions_and_changes_nothing(rig, fleet, tmp_path):
-    devices = fleet["devices"][1:3]
+    devices = fleet["devices"][1:]
     for dev in devices:
         mark(dev)
     plan = upgrade(rig, devices, tmp_path / "dry.csv", "--dry-run")
@@ -133,57 +135,6 @@ def test_upgrade_dry_run_shows_versions_and_changes_nothing(rig, fleet, tmp_path
         new = pkg_version(dev, "1.6.0-1")
         assert row["target"] == {"aziot-edge": new, "aziot-identity-service": new}
         assert any("agent.config.image" in c for c in row["changes"]), row["changes"]
-    for dev in devices:
-        assert changed(dev) == []
-
-
-def test_upgrade_keeps_provisioning_then_a_second_run_changes_nothing(rig, fleet, dps, tmp_path):
-    devices, results = fleet["devices"][1:3], fleet["results"][1:3]
-    before = {r["registrationId"]: dps.emu.store.get_registration(r["registrationId"]) for r in results}
-    infos = [device_info(dev) for dev in devices]
-    texts = [config_text(dev) for dev in devices]
-    state = tmp_path / "state.json"
-    done = upgrade(rig, devices, tmp_path / "up.csv", "--state", str(state))
-    assert done.rc == 0, f"{done.message} | {done.recommendation}"
-    for dev, row, info, text in zip(devices, done.out, infos, texts):
-        new = pkg_version(dev, "1.6.0-1")
-        assert row["status"] == "upgraded" and row["installed"]["aziot-edge"] == new, row
-        assert version_of(dev, "aziot-edge") == new and version_of(dev, "aziot-identity-service") == new
-        assert agent_image(dev) == AGENT + "1.6"
-        # only the image moved: every other line (comments included) is the file it had
-        after = config_text(dev).splitlines()
-        moved = [(a, b) for a, b in zip(text.splitlines(), after) if a != b]
-        assert len(after) == len(text.splitlines()) and len(moved) == 1, moved
-        assert moved[0][0].startswith(f'image = "{AGENT}1.5"') and moved[0][1].startswith(f'image = "{AGENT}1.6"')
-        assert device_info(dev) == info          # same hub, same device ID: the identity service's backup
-        assert "azureiotedge-hub:1.6" in row["hubSide"]["note"] and "set-modules" in row["hubSide"]["command"]
-        docker = dev.exec("docker inspect --format '{{.Config.Image}}' edgeAgent", check=True).stdout.strip()
-        assert docker == AGENT + "1.6"
-    for rid, record in before.items():          # no new registration with DPS
-        assert dps.emu.store.get_registration(rid)["etag"] == record["etag"]
-    # the same --state: finished devices are skipped; a fresh run finds them on the target
-    again = upgrade(rig, devices, tmp_path / "up.csv", "--state", str(state))
-    assert again.rc == 0 and all(r["doneEarlier"] for r in again.out), again.out
-    for dev in devices:
-        mark(dev)
-    fresh = upgrade(rig, devices, tmp_path / "up.csv")
-    assert fresh.rc == 0 and [r["status"] for r in fresh.out] == ["upgraded"] * 2
-    assert all(r["changes"] == [] for r in fresh.out), fresh.out
-    for dev in devices:
-        assert changed(dev) == []
-
-
-def test_upgrade_refuses_bad_targets_changing_nothing(rig, fleet, tmp_path):
-    devices = fleet["devices"][:2]          # on 1.6.0: Debian 12 (installed so), rhel9 (upgraded above)
-    for dev in devices:
-        mark(dev)
-    missing = upgrade(rig, devices, tmp_path / "a.csv", "--edge-version", "1.6.7")
-    assert missing.rc != 0 and all("does not offer aziot-edge 1.6.7" in r["error"] for r in missing.out), missing.out
-    older = upgrade(rig, devices, tmp_path / "a.csv", "--edge-version", "1.5.10")
-    assert older.rc != 0 and all("older than the version installed" in r["error"] for r in older.out), older.out
-    assert all("--allow-downgrade" in r["recommendation"] for r in older.out)
-    unknown = upgrade(rig, devices, tmp_path / "a.csv", "--edge-version", "1.4.0")
-    assert unknown.rc != 0 and all("1.5, 1.6" in r["error"] for r in unknown.out), unknown.out
     for dev in devices:
         assert changed(dev) == []
 
@@ -267,6 +218,64 @@ def test_unhealthy_after_the_upgrade_is_rolled_back_byte_for_byte(rig, fleet, tm
             dev.exec(f"rm -f {breaker(dev)[0]}")
 
 
+def test_upgrade_of_the_four_keeps_provisioning_then_a_second_run_changes_nothing(rig, fleet, dps, tmp_path):
+    """ONE `upgrade --inventory` of the four devices on 1.5.10 (rhel9, Debian 12, rhel9, Debian 12; the
+    canary and the rollback above left [3] and [4] there)."""
+    devices, results = fleet["devices"][1:], fleet["results"][1:]
+    for dev in devices:
+        assert version_of(dev, "aziot-edge") == pkg_version(dev, "1.5.10-1"), dev.variant
+    before = {r["registrationId"]: dps.emu.store.get_registration(r["registrationId"]) for r in results}
+    infos = [device_info(dev) for dev in devices]
+    texts = [config_text(dev) for dev in devices]
+    fleet["configs"] = dict(zip((dev.name for dev in devices), texts))      # (for the downgrade below)
+    state = tmp_path / "state.json"
+    done = upgrade(rig, devices, tmp_path / "up.csv", "--state", str(state))
+    assert done.rc == 0, f"{done.message} | {done.recommendation}"
+    assert len(done.out) == 4
+    for dev, row, info, text in zip(devices, done.out, infos, texts):
+        new = pkg_version(dev, "1.6.0-1")
+        assert row["status"] == "upgraded" and row["installed"]["aziot-edge"] == new, row
+        assert version_of(dev, "aziot-edge") == new and version_of(dev, "aziot-identity-service") == new
+        assert agent_image(dev) == AGENT + "1.6"
+        # only the image moved: every other line (comments included) is the file it had
+        after = config_text(dev).splitlines()
+        moved = [(a, b) for a, b in zip(text.splitlines(), after) if a != b]
+        assert len(after) == len(text.splitlines()) and len(moved) == 1, moved
+        assert moved[0][0].startswith(f'image = "{AGENT}1.5"') and moved[0][1].startswith(f'image = "{AGENT}1.6"')
+        assert device_info(dev) == info          # same hub, same device ID: the identity service's backup
+        assert "azureiotedge-hub:1.6" in row["hubSide"]["note"] and "set-modules" in row["hubSide"]["command"]
+        docker = dev.exec("docker inspect --format '{{.Config.Image}}' edgeAgent", check=True).stdout.strip()
+        assert docker == AGENT + "1.6"
+    for rid, record in before.items():          # no new registration with DPS
+        assert dps.emu.store.get_registration(rid)["etag"] == record["etag"], rid
+    # the same --state: finished devices are skipped; a fresh run finds them on the target
+    again = upgrade(rig, devices, tmp_path / "up.csv", "--state", str(state))
+    assert again.rc == 0 and len(again.out) == 4 and all(r["doneEarlier"] for r in again.out), again.out
+    for dev in devices:
+        mark(dev)
+    fresh = upgrade(rig, devices, tmp_path / "up.csv")
+    assert fresh.rc == 0 and [r["status"] for r in fresh.out] == ["upgraded"] * 4
+    assert all(r["changes"] == [] for r in fresh.out), fresh.out
+    for dev in devices:
+        assert changed(dev) == [], dev.variant
+
+
+def test_allow_downgrade_puts_the_four_back_on_1_5_10(rig, fleet, tmp_path):
+    """`upgrade --edge-version 1.5.10 --allow-downgrade` over the four: the packages the 1.5.10 pin had
+    (the identity service the provisioning got), agent :1.5 again, config.toml as before the upgrade."""
+    devices = fleet["devices"][1:]
+    if "configs" not in fleet:
+        pytest.skip("the upgrade of the four above did not run")
+    down = upgrade(rig, devices, tmp_path / "down.csv", "--edge-version", "1.5.10", "--allow-downgrade")
+    assert down.rc == 0, f"{down.message} | {down.recommendation} | {down.out}"
+    assert [r["status"] for r in down.out] == ["upgraded"] * 4, down.out
+    for dev in devices:
+        assert version_of(dev, "aziot-edge") == pkg_version(dev, "1.5.10-1"), dev.variant
+        assert version_of(dev, "aziot-identity-service") == fleet["identity"][dev.name], dev.variant
+        assert agent_image(dev) == AGENT + "1.5"
+        assert config_text(dev) == fleet["configs"][dev.name], dev.variant      # the image line moved back
+
+
 # How each system's log of package changes records an upgrade of aziot-edge from 1.5.10 to 1.6.0
 # (dpkg.log's upgrade line; dnf.rpm.log's line for the package that leaves), and the start of one.
 UPGRADED = {"debian": ("/var/log/dpkg.log", "' upgrade aziot-edge:[a-z0-9]* 1.5.10-1 1.6.0-1'"),
@@ -284,9 +293,9 @@ def test_upgrade_killed_mid_run_resumes_and_upgrades_once(rig, fleet, tmp_path):
     """SIGKILL while a device's packages are being upgraded, then the same command with the same
     --state: every device ends on 1.6.0, and its package manager upgraded aziot-edge to it once over
     both runs."""
-    devices = fleet["devices"][3:]            # rhel9, Debian 12: back on 1.5.10 after the rollback above
+    devices = fleet["devices"][1:]            # the four, back on 1.5.10 after the downgrade above
     for dev in devices:
-        assert version_of(dev, "aziot-edge") == pkg_version(dev, "1.5.10-1")
+        assert version_of(dev, "aziot-edge") == pkg_version(dev, "1.5.10-1"), dev.variant
     before = [upgrades(dev) for dev in devices]
     logs = [UPGRADED["rhel" if is_rhel(dev) else "debian"][0] for dev in devices]
     offsets = [int(dev.exec(f"stat -c %s {log} 2>/dev/null || echo 0", check=True).stdout) + 1
@@ -314,7 +323,7 @@ def test_upgrade_killed_mid_run_resumes_and_upgrades_once(rig, fleet, tmp_path):
             proc.kill()
     assert state.read_text().strip()   # the journal of the killed run
     again = ok(*args).out
-    assert [r["status"] for r in again] == ["upgraded"] * 2, again
+    assert [r["status"] for r in again] == ["upgraded"] * 4, again
     assert not all(r["doneEarlier"] for r in again), again       # the killed run left work to do
     # (the package manager the kill cut off may have finished by itself: the summary says what this run did)
     assert not any(re.match(r"upgraded aziot-edge (\S+) -> \1\b", r["steps"][0]["detail"] or "") for r in again), again
@@ -322,3 +331,20 @@ def test_upgrade_killed_mid_run_resumes_and_upgrades_once(rig, fleet, tmp_path):
         assert version_of(dev, "aziot-edge") == pkg_version(dev, "1.6.0-1") and agent_image(dev) == AGENT + "1.6"
         assert upgrades(dev) == count + 1, dev.variant          # upgraded once over both runs
     assert all(r["doneEarlier"] for r in ok(*args).out)
+
+
+def test_upgrade_refuses_bad_targets_changing_nothing(rig, fleet, tmp_path):
+    devices = fleet["devices"][:2]          # on 1.6.0: Debian 12 (installed so), rhel9 (upgraded above)
+    for dev in devices:
+        assert version_of(dev, "aziot-edge") == pkg_version(dev, "1.6.0-1"), dev.variant
+    for dev in devices:
+        mark(dev)
+    missing = upgrade(rig, devices, tmp_path / "a.csv", "--edge-version", "1.6.7")
+    assert missing.rc != 0 and all("does not offer aziot-edge 1.6.7" in r["error"] for r in missing.out), missing.out
+    older = upgrade(rig, devices, tmp_path / "a.csv", "--edge-version", "1.5.10")
+    assert older.rc != 0 and all("older than the version installed" in r["error"] for r in older.out), older.out
+    assert all("--allow-downgrade" in r["recommendation"] for r in older.out)
+    unknown = upgrade(rig, devices, tmp_path / "a.csv", "--edge-version", "1.4.0")
+    assert unknown.rc != 0 and all("1.5, 1.6" in r["error"] for r in unknown.out), unknown.out
+    for dev in devices:
+        assert changed(dev) == []
