@@ -56,6 +56,19 @@ class PackageManager:
         """Install packages-microsoft-prod from `url` (the package sources it carries become usable); what was done."""
         raise NotImplementedError
 
+    def repo_proxy_changes(self, ctx) -> dict:  # pylint: disable=unused-argument
+        """{path: edit} of the source files packages-microsoft-prod installed that the proxy's no-proxy
+        list changes (dnf: a repository's own proxy=); {} when the manager reads that list itself (apt's
+        DIRECT lines)."""
+        return {}
+
+    @staticmethod
+    def write_repo_proxy_changes(ctx, edits: dict) -> str:
+        """Write repo_proxy_changes' edits (each file keeps its mode and owner); what was done."""
+        for path, edit in edits.items():
+            ctx.session.install_file(edit.text.encode(), path, edit.mode, edit.owner, edit.group)
+        return "; ".join(f"wrote {edit.summary(path)}" for path, edit in edits.items())
+
     def write_source_line(self, ctx, text: str) -> str:
         """Write source_entry's text to source_file and read the source's index from it."""
         raise UserInputError(f"{option('package_source')} {shown(text)} is not a package source {ctx.display}'s "

@@ -10,7 +10,11 @@ metadata_expire), so an "update" is `dnf makecache --refresh`, done only when a 
 Artifactory, Nexus or Pulp mirror of packages.microsoft.com/rhel/9/prod/): `URL [gpgkey=KEY]`,
 written to /etc/yum.repos.d/edge-tpm.repo with gpgcheck=1 and the key its packages are signed
 with (Microsoft's unless gpgkey= names another), as Microsoft's own repository file does.
+
+--proxy goes into dnf.conf's [main] (dnf_conf_with_proxy); --no-proxy into the repositories whose
+hosts it lists (dnf_direct.py).
 """
+import base64
 import os
 import re
 import shlex
@@ -21,6 +25,7 @@ from azext_edgetpm.echo import shown
 from azext_edgetpm.errors import DeviceError, LocalFileError, UserInputError, option
 from ..apt import raise_known, tail
 from . import PackageManager
+from .dnf_direct import DIRECT, RepoEdit, repo_with_direct_proxy, url_is_direct
 
 DNF = "LC_ALL=C dnf -y"
 REPO_FILE = "/etc/yum.repos.d/edge-tpm.repo"
@@ -106,10 +111,12 @@ class RepoSource:
     gpgkey: str
     explicit: bool      # gpgkey= was given (then URL is a repository without asking the device)
 
-    def repo_file(self) -> str:
-        return ("# Package source of IoT Edge (written by az edge-tpm install)\n"
-                f"[{REPO_ID}]\nname=IoT Edge packages (az edge-tpm)\nbaseurl={self.url}\nenabled=1\n"
-                f"gpgcheck=1\ngpgkey={self.gpgkey}\n")
+    def repo_file(self, proxy=None) -> str:
+        """Our .repo file; `proxy=` (direct) in it when `proxy`'s --no-proxy list names the URL's host."""
+        return repo_with_direct_proxy(
+            "# Package source of IoT Edge (written by az edge-tpm install)\n"
+            f"[{REPO_ID}]\nname=IoT Edge packages (az edge-tpm)\nbaseurl={self.url}\nenabled=1\n"
+            f"gpgcheck=1\ngpgkey={self.gpgkey}\n", proxy)
 
 
 def parse_source(value: Optional[str]) -> Optional[RepoSource]:
@@ -269,17 +276,19 @@ class DnfManager(PackageManager):
         source = parse_source(value)
         if source is None:
             return None
+        proxy = getattr(ctx.settings, "proxy", None)
         if source.explicit:
-            return source.repo_file()
+            return source.repo_file(proxy)
         current = ctx.facts.file(REPO_FILE)
-        if current is not None and current.text == source.repo_file():
-            return current.text
+        if current is not None and repo_with_direct_proxy(current.text, None) == source.repo_file():
+            return source.repo_file(proxy)       # (ours, for this URL: a repository; only proxy= may change)
         ctx.progress(f"is {source.url} a dnf repository?")
+        direct = f" --setopt={REPO_ID}-probe.proxy=" if url_is_direct(proxy, source.url) else ""
         probe = ctx.run(
-            "D=$(mktemp -d) && trap 'rm -rf \"$D\"' EXIT && LC_ALL=C dnf -q --setopt=cachedir=\"$D\" "
-            f"--repofrompath={REPO_ID}-probe,{shlex.quote(source.url)} --repo={REPO_ID}-probe makecache",
+            "D=$(mktemp -d) && trap 'rm -rf \"$D\"' EXIT && LC_ALL=C dnf -q --setopt=cachedir=\"$D\"" + direct +
+            f" --repofrompath={REPO_ID}-probe,{shlex.quote(source.url)} --repo={REPO_ID}-probe makecache",
             timeout=600)
-        return source.repo_file() if probe.ok else None
+        return source.repo_file(proxy) if probe.ok else None
 
     def write_source_line(self, ctx, text: str) -> str:
         """Write our .repo file (a copy of a different one we wrote before is kept next to it: dnf reads
@@ -310,10 +319,33 @@ class DnfManager(PackageManager):
         """`dnf install URL`: dnf downloads it itself (with its own proxy settings: no credential on
         a command line) and installs the repository file it carries."""
         ctx.progress(f"installing {url}")
-        result = ctx.run(f"{DNF} install {shlex.quote(url)}", timeout=600)
+        direct = url_is_direct(getattr(ctx.settings, "proxy", None), url)
+        # (--setopt=proxy=: this download goes direct, as the repositories of --no-proxy hosts do)
+        result = ctx.run(f"{DNF}{' --setopt=proxy=' if direct else ''} install {shlex.quote(url)}", timeout=600)
         raise_for(result, f"Installing the package repository configuration from {url}", ctx.display)
         ctx.refresh()
-        return f"installed packages-microsoft-prod from {url} (dnf install)"
+        done = f"installed packages-microsoft-prod from {url} (dnf install{', directly' if direct else ''})"
+        written = self.write_repo_proxy_changes(ctx, self.repo_proxy_changes(ctx))
+        return done + (f"; {written}" if written else "")
+
+    def repo_proxy_changes(self, ctx) -> Dict[str, RepoEdit]:
+        """The .repo files of packages-microsoft-prod whose repositories must get (or lose) our empty
+        proxy= for --no-proxy (repo_with_direct_proxy): {path: the edit}."""
+        script = ("rpm -ql packages-microsoft-prod 2>/dev/null | grep '^/etc/yum\\.repos\\.d/.*\\.repo$' | "
+                  "while IFS= read -r f; do [ -f \"$f\" ] && printf '@@REPO %s %s ' \"$(stat -c '%a %U %G' \"$f\")\" "
+                  "\"$f\" && base64 -w0 \"$f\" && echo; done; true")
+        result = ctx.run(script, timeout=120)
+        proxy = getattr(ctx.settings, "proxy", None)
+        out = {}
+        for line in result.stdout.splitlines():
+            parts = line.split(" ")
+            if parts[0] != "@@REPO" or len(parts) < 5:
+                continue
+            text = base64.b64decode(parts[5] if len(parts) > 5 else "").decode("utf-8", "replace")
+            new = repo_with_direct_proxy(text, proxy)
+            if new != text:
+                out[parts[4]] = RepoEdit(new, int(parts[1], 8), parts[2], parts[3], DIRECT in new)
+        return out
 
     def update(self, ctx) -> None:
         ctx.progress("dnf makecache --refresh")

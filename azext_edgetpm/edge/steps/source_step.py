@@ -58,6 +58,10 @@ class PackageSourceStep(Step):
             data["url"] = url
             if version:
                 detail.append(f"packages-microsoft-prod {version} installed")
+                edits = pkg.repo_proxy_changes(ctx)
+                if edits:
+                    data["repo_edits"] = edits
+                    changes += [f"write {edit.summary(path)}" for path, edit in edits.items()]
                 self._check_index(ctx, changes, data)
             else:
                 changes.append(f"install packages-microsoft-prod from {url}")
@@ -79,6 +83,8 @@ class PackageSourceStep(Step):
 
     def apply(self, ctx, check):
         done, pkg = [], ctx.pkg
+        if check.data.get("repo_edits"):
+            done.append(pkg.write_repo_proxy_changes(ctx, check.data["repo_edits"]))
         if check.data.get("update"):
             pkg.update(ctx)
             done.append(pkg.update_label)

@@ -5,7 +5,7 @@ import pytest
 
 from azext_edgetpm.edge import facts, platform, proxy
 from azext_edgetpm.edge.pkg import by_name, for_device
-from azext_edgetpm.edge.pkg import dnf
+from azext_edgetpm.edge.pkg import dnf, dnf_direct
 from azext_edgetpm.errors import DeviceError, EdgeTpmError, UserInputError
 
 RHEL_9 = 'NAME="Red Hat Enterprise Linux"\nID="rhel"\nVERSION_ID="9.4"\nPRETTY_NAME="Red Hat Enterprise Linux 9.4"\n'
@@ -106,3 +106,27 @@ def test_dnf_refusing_a_signature_is_the_signature_error():
     with pytest.raises(EdgeTpmError) as err:
         dnf.raise_for(Failed(), "Installing aziot-edge", "dev-1")
     assert "signature" in err.value.message and "packages.microsoft.com/keys/microsoft.asc" in err.value.hint
+
+
+def test_no_proxy_hosts_get_an_empty_proxy_in_their_dnf_repositories():
+    """dnf.conf's [main] proxy= applies to every repository: a repository whose hosts are all in the
+    no-proxy list gets `proxy=` (empty: direct, dnf.conf(5)) of ours; the others, and a repository
+    with a proxy= of its own, are left alone; without the proxy (or the entry) our lines go again."""
+    behind = proxy.parse("http://edge:pw@proxy.example:3129", "mirror.corp.example,10.1.0.0/16")
+    ms = ("# Microsoft's\n[packages-microsoft-com-prod]\nname=p\nbaseurl=https://mirror.corp.example/rhel/9/prod/\n"
+          "gpgcheck=1\n\n[far]\nbaseurl=https://packages.microsoft.com/rhel/9/prod/ http://10.1.2.3/r/\n"
+          "[theirs]\nbaseurl=http://10.1.2.3/t/\nproxy=http://their-proxy:8080\n")
+    edit = dnf_direct.repo_with_direct_proxy
+    direct = edit(ms, behind)
+    assert direct.splitlines()[:4] == ["# Microsoft's", "[packages-microsoft-com-prod]", dnf_direct.DIRECT, "proxy="]
+    assert direct.count("proxy=\n") == 1 and "proxy=http://their-proxy:8080" in direct
+    assert edit(direct, behind) == direct                                    # a second run: nothing
+    assert edit(direct, None) == ms                                          # --proxy none: as it was
+    assert edit(direct, proxy.parse("http://proxy.example:3129")) == ms      # no longer listed
+    assert edit(ms, None) is ms
+    rpm = "/config/rhel/9/packages-microsoft-prod.rpm"
+    assert dnf_direct.url_is_direct(behind, "http://mirror.corp.example" + rpm)
+    assert not dnf_direct.url_is_direct(behind, "https://packages.microsoft.com" + rpm)
+    ours = dnf.parse_source("http://10.1.0.9:8080/rhel/9/prod/ gpgkey=http://10.1.0.9:8080/k.asc")
+    assert ours.repo_file(behind) == ours.repo_file().replace("[edge-tpm]\n",
+                                                              f"[edge-tpm]\n{dnf_direct.DIRECT}\nproxy=\n")

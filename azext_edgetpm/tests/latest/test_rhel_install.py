@@ -14,6 +14,9 @@ with the stand-in RPMs served from the kit's dnf repository:
 - behind the authenticated proxy (a `rhel9+proxied` device), `provision --proxy` with the mirror's base
   URL (packages-microsoft-prod.rpm from its config/rhel/9/ path, whose repository file checks the
   packages' signatures with the key it names) ends assigned with dnf's traffic through the proxy and its credentials only in a root-only dnf.conf;
+- `--proxy` with `--no-proxy` naming the package server's host: dnf fetches from it directly (an empty
+  proxy= in our .repo file, in packages-microsoft-prod's, and for the download of that package), no
+  request of it in the proxy's log;
 - `upgrade` of a device installed with 1.5.10 to 1.6.0 keeps its identity; a downgrade is refused.
 
 One rhel9 device for the module (and a rhel9+proxied one for the proxy, a rhel9 one for the upgrade) (device time is the suite's budget); the tests use it in order.
@@ -24,6 +27,7 @@ import tomllib
 
 import pytest
 
+from azext_edgetpm.edge.pkg import dnf_direct
 from azext_edgetpm.tests.latest.azcli import az
 from azext_edgetpm.tests.latest.test_dps_support import ok
 from azext_edgetpm.tests.latest.test_edge_install import (  # noqa: F401,F811  (dps: a module fixture)
@@ -183,6 +187,59 @@ def test_offline_rpm_set_installs_again_after_the_uninstall(rhel, repo, dps):
     assert rpm_q(dev, "aziot-edge", "aziot-identity-service") == [
         "aziot-edge-1.6.0-1.el9.x86_64", "aziot-identity-service-1.6.0-1.el9.x86_64"]
     assert done.out["runtime"]["version"].startswith("1.6.0"), done.out["runtime"]
+
+
+# The package server by a host name of its own (in the device's /etc/hosts): --no-proxy naming it does not
+# also send DPS, on the same address, around the proxy.
+PKG_HOST = "packages.devkit.test"
+MS_REPO = "/etc/yum.repos.d/microsoft-prod.repo"      # (packages-microsoft-prod's, as Microsoft's package)
+
+
+def test_no_proxy_sends_dnf_to_the_package_server_directly(rhel, repo, dps, proxies, tmp_path):
+    """--proxy (the kit's authenticated proxy) with --no-proxy naming the package server's host: dnf.conf's
+    [main] gets the proxy, our .repo file an empty proxy= (dnf.conf(5): that repository goes direct); the
+    packages are downloaded and installed with no request of the package server through the proxy, while
+    the device's check of DPS went through it. Then the mirror's base URL with its address listed too:
+    packages-microsoft-prod.rpm downloaded directly, its .repo file given the same proxy=; `--proxy none`
+    takes that line out again. (The device is not `proxied`: it could go either way.)"""
+    dev = rhel["device"]
+    hostport = repo["base_url"].split("//", 1)[1].rstrip("/")
+    host = hostport.rsplit(":", 1)[0]
+    dev.exec(f"echo '{host} {PKG_HOST}' >> /etc/hosts", check=True)
+    source = repo["sources"]["rhel9"].replace(f"//{hostport}/", f"//{PKG_HOST}:{hostport.rsplit(':', 1)[1]}/")
+    dev.exec("dnf -q -y remove --noautoremove aziot-edge aziot-identity-service", check=True, timeout=600)
+    auth = proxies["auth"]
+    url_file = tmp_path / "auth-proxy.txt"
+    url_file.write_text(f"http://{auth['user']}:{auth['password']}@{auth['url'].split('//', 1)[1]}\n")
+    offset = log_size(auth["log"])
+    done = install(dev, dps, "--package-source", source, "--proxy", f"@{url_file}", "--no-proxy", PKG_HOST)
+    assert done.rc == 0, f"{done.message} | {done.recommendation}"
+    assert rpm_q(dev, "aziot-edge", "aziot-identity-service") == [
+        "aziot-edge-1.6.0-1.el9.x86_64", "aziot-identity-service-1.6.0-1.el9.x86_64"]
+    conf = dev.exec(["cat", "/etc/dnf/dnf.conf"], check=True).stdout
+    assert f"proxy=http://{auth['url'].split('//', 1)[1].rstrip('/')}" in conf and "proxy_username=" in conf, conf
+    listed = dev.exec(["cat", REPO_FILE], check=True).stdout.splitlines()
+    assert listed[2:4] == [dnf_direct.DIRECT, "proxy="] and f"baseurl={source.split()[0]}" in listed, listed
+    seen = log_since(auth["log"], offset)
+    assert dps.section["device_endpoint"].split("//", 1)[1] in seen, seen[-2000:]     # the proxy was used
+    assert PKG_HOST not in seen and hostport not in seen, seen[-2000:]
+    # The mirror's base URL with its address listed too: packages-microsoft-prod.rpm downloaded directly
+    # (dnf --setopt=proxy=) and its .repo file given the empty proxy= of ours (its mode kept).
+    offset = log_size(auth["log"])
+    mirror = install(dev, dps, "--package-source", repo["base_url"], "--proxy", f"@{url_file}",
+                     "--no-proxy", f"{PKG_HOST},{host}")
+    assert mirror.rc == 0, f"{mirror.message} | {mirror.recommendation}"
+    detail = next(s["detail"] for s in mirror.out["steps"] if s["name"] == "package-source")
+    assert "(dnf install, directly)" in detail and MS_REPO in detail, detail
+    ms = dev.exec(["cat", MS_REPO], check=True).stdout.splitlines()
+    assert ms[ms.index("[packages-microsoft-com-prod]") + 1:][:2] == [dnf_direct.DIRECT, "proxy="], ms
+    assert stat(dev, MS_REPO) == ["644", "root", "root"]
+    assert hostport not in log_since(auth["log"], offset)
+    undone = install(dev, dps, "--package-source", repo["base_url"], "--proxy", "none")
+    assert undone.rc == 0, f"{undone.message} | {undone.recommendation}"
+    assert statuses(undone)["package-source"] == "changed", statuses(undone)
+    assert dnf_direct.DIRECT not in dev.exec(["cat", MS_REPO], check=True).stdout
+    assert "proxy=" not in dev.exec(["cat", "/etc/dnf/dnf.conf"], check=True).stdout
 
 
 def test_upgrade_from_1_5_10_keeps_the_identity_and_refuses_a_downgrade(new_device, rig, repo, dps, tmp_path):
