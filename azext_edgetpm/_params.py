@@ -55,7 +55,8 @@ def proxy_arguments(c):
                     "columns proxy, no_proxy and proxy_ca, which each row may set (proxy 'none': direct).")
     c.argument("no_proxy", options_list=["--no-proxy"], arg_group="Network",
                help="Comma-separated hosts, domains or networks the container engine and apt reach directly "
-                    "(NO_PROXY), besides localhost and 127.0.0.1. Only with --proxy.")
+                    "(NO_PROXY), besides localhost and 127.0.0.1; dnf reaches the repositories whose hosts "
+                    "are all listed directly (an empty proxy= in their .repo file). Only with --proxy.")
     c.argument("proxy_ca", options_list=["--proxy-ca"], arg_group="Network",
                help="PEM file of the root CA of a proxy that inspects TLS: installed into the device's trust store "
                     "(/usr/local/share/ca-certificates) and as IoT Edge's trust_bundle_cert for the modules. "
