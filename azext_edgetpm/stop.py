@@ -3,7 +3,7 @@
 Python delivers a signal to the main thread only, while a fleet's work runs in worker threads.
 So a fleet run turns the first SIGINT (Ctrl+C; Azure Pipelines' first word when a job is
 cancelled) or SIGTERM into a process-wide stop request, `STOP`, and every long wait of every
-layer watches it: a remote command (remote/session.py stops it on the device), the DPS budget's
+layer watches it: a remote command (remote/signals.py stops it on the device), the DPS budget's
 pacing and a registration poll (dps/), a bulk enrollment waiting for its batch (fleet/batch.py)
 and the runner itself, which launches no further device. A second signal ends the process at once.
 

@@ -42,7 +42,7 @@ def _host(i):
 
 
 def synthetic_known_hosts(n, workdir, samples):
-    from azext_edgetpm.remote.session import RemoteSession
+    from azext_edgetpm.remote.connect import Connector
     from azext_edgetpm.remote.target import resolve_target
     path = os.path.join(workdir, "known_hosts-%d" % n)
     if not os.path.exists(path):
@@ -55,8 +55,7 @@ def synthetic_known_hosts(n, workdir, samples):
         host = _host((s * 7919) % n)
         target = resolve_target("root@" + host, ssh_config=os.devnull)
         started = _cpu()
-        session = RemoteSession(target, known_hosts=path)
-        client = session._new_client(target)  # what each connection does with known_hosts
+        client = Connector(path).new_client(target)  # what each connection does with known_hosts
         found = client.get_host_keys().lookup(host)  # what paramiko does during the handshake
         results.append(_cpu() - started)
         if not found:

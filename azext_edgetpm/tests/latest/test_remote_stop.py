@@ -7,7 +7,8 @@ import threading
 import pytest
 
 from azext_edgetpm.errors import UnreachableError
-from azext_edgetpm.remote.session import RemoteSession, Terminated
+from azext_edgetpm.remote.session import RemoteSession
+from azext_edgetpm.remote.signals import Terminated
 from azext_edgetpm.remote.target import resolve_target
 from devkit.wait import wait_until
 

@@ -6,7 +6,8 @@ import uuid
 import pytest
 
 from azext_edgetpm.errors import TransientError
-from azext_edgetpm.remote.session import STAGING_ROOT, RemoteSession
+from azext_edgetpm.remote.session import RemoteSession
+from azext_edgetpm.remote.transfer import STAGING_ROOT
 from azext_edgetpm.remote.target import resolve_target
 
 pytestmark = pytest.mark.devkit
