@@ -1,11 +1,15 @@
-"""Maps command names to the functions in custom.py, by name only: validators, table
-transformers and the exception handler are named too (_lazy.py) and imported when the command
-runs, so building the table imports nothing of ours but this module."""
+"""Maps command names to the functions in custom.py (one device, DPS) and custom_fleet.py (the
+fleet commands), by name only: validators, table transformers and the exception handler are named
+too (_lazy.py) and imported when the command runs, so building the table imports nothing of ours
+but this module."""
+from azure.cli.core.commands import CliCommandType
+
 from azext_edgetpm._lazy import command_validator, exception_handler, table
 
 
 def load_command_table(self, _):
     errors = exception_handler()
+    fleet = CliCommandType(operations_tmpl="azext_edgetpm.custom_fleet#{}")
     with self.command_group("edge-tpm ek", is_preview=True, exception_handler=errors) as g:
         g.custom_show_command("show", "ek_show", table_transformer=table("ek_table"),
                               validator=command_validator("validate_device_source"))
@@ -30,6 +34,8 @@ def load_command_table(self, _):
                          validator=command_validator("validate_edge_install"))
         g.custom_show_command("status", "edge_status", table_transformer=table("edge_status_table"),
                               validator=command_validator("check_values"))
+
+    with self.command_group("edge-tpm", is_preview=True, exception_handler=errors, custom_command_type=fleet) as g:
         g.custom_command("provision", "provision", table_transformer=table("provision_table"),
                          validator=command_validator("validate_provision"))
         g.custom_command("deprovision", "deprovision", table_transformer=table("deprovision_table"),
@@ -41,6 +47,7 @@ def load_command_table(self, _):
         g.custom_command("upgrade", "upgrade", table_transformer=table("upgrade_table"),
                          validator=command_validator("validate_upgrade"))
 
-    with self.command_group("edge-tpm report", is_preview=True, exception_handler=errors) as g:
+    with self.command_group("edge-tpm report", is_preview=True, exception_handler=errors,
+                            custom_command_type=fleet) as g:
         g.custom_command("merge", "report_merge", table_transformer=table("report_merge_table"),
                          validator=command_validator("check_values"))

@@ -305,9 +305,9 @@ def test_table_short_id_and_show_failed():
     assert short_id(rid) == "abababababab…" and short_id("my-device-01") == "my-device-01"
     rows = provision_table([{"host": "h", "status": "assigned", "registrationId": rid, "seconds": 1.0}])
     assert rows[0]["Id"] == "abababababab…" and "RegistrationId" not in rows[0]
-    from azext_edgetpm.custom import _shown
+    from azext_edgetpm.fleet.command import shown
     outputs = [{"status": "assigned"}, {"status": "failed"}, {"status": "notStarted"}]
-    assert _shown(outputs, "failed", "assigned") == outputs[1:] and _shown(outputs, None, "assigned") == outputs
+    assert shown(outputs, "failed", "assigned") == outputs[1:] and shown(outputs, None, "assigned") == outputs
 
 
 def test_canary_devices_go_first_and_a_failed_canary_stops_the_rest():

@@ -9,8 +9,8 @@ import pytest
 
 PACKAGE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BELOW_THE_FACE = ("remote", "tpm", "dps", "edge", "operations", "fleet")
-FACE_MODULES = ("custom", "_params", "_help", "_validators", "_client_factory", "_error_map", "_format", "commands",
-                "_lazy")
+FACE_MODULES = ("custom", "custom_fleet", "_params", "_help", "_validators", "_client_factory", "_error_map", "_format",
+                "commands", "_lazy")
 
 
 def _modules(packages=BELOW_THE_FACE):

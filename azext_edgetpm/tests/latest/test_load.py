@@ -21,9 +21,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.a
 # az face's _validators, _format and _error_map, errors.py and other modules that compile regular
 # expressions, every adapter, operations and fleet).
 TABLE_MODULES = {"azext_edgetpm", "azext_edgetpm._help", "azext_edgetpm._lazy", "azext_edgetpm.commands"}
-# ... and loading a command's arguments: az reads the command function's signature (custom.py).
-ARGUMENT_MODULES = TABLE_MODULES | {"azext_edgetpm._params", "azext_edgetpm.custom", "azext_edgetpm._client_factory",
-                                    "azext_edgetpm.echo"}
+# ... and loading a command's arguments: az reads the command function's signature (custom.py,
+# custom_fleet.py).
+ARGUMENT_MODULES = TABLE_MODULES | {"azext_edgetpm._params", "azext_edgetpm.custom", "azext_edgetpm.custom_fleet",
+                                    "azext_edgetpm._client_factory", "azext_edgetpm.echo"}
 HEAVY_PREFIXES = ("paramiko", "tpm2_pytss", "tomlkit", "cryptography", "azure.core", "azure.mgmt",
                   "azure.identity", "azure.keyvault", "msal", "yaml")
 # (requests is imported by azure-cli-core itself when any command loader is built, so it is not ours.)
@@ -55,7 +56,7 @@ def test_command_table_and_arguments_import_only_what_they_need():
     stages = probe["stages"]
     assert "azext_edgetpm.commands" in stages["table"]  # the probe did build the table
     assert unexpected(stages["table"], TABLE_MODULES) == [], "building the command table imported these"
-    assert "azext_edgetpm._params" in stages["command"] and "azext_edgetpm.custom" in stages["command"]
+    assert "azext_edgetpm._params" in stages["command"] and "azext_edgetpm.custom_fleet" in stages["command"]
     assert unexpected(stages["command"], ARGUMENT_MODULES) == [], f"loading {loadprobe.COMMAND}'s arguments"
     assert unexpected(stages["all"], ARGUMENT_MODULES) == [], "loading every command's arguments"
 
