@@ -34,7 +34,7 @@ def provision(cmd, host=None,  # pylint: disable=too-many-locals,too-many-statem
     from azext_edgetpm.dps.ratelimit import DpsBudget
     from azext_edgetpm.fleet import summary
     from azext_edgetpm.fleet.batch import BulkEnroller
-    from azext_edgetpm.fleet.command import reporting, select_devices, shard_count, shown
+    from azext_edgetpm.fleet.command import record_and_budget, select_devices, shard_count, shown
     from azext_edgetpm.fleet.jobs import FleetDefaults, job_for
     from azext_edgetpm.fleet.runner import Progress, Runner
     from azext_edgetpm.fleet.state import Journal, provenance
@@ -87,8 +87,8 @@ def provision(cmd, host=None,  # pylint: disable=too-many-locals,too-many-statem
             jobs = [dataclasses.replace(j, ssh=dataclasses.replace(j.ssh, sudo_password=None)) for j in jobs]
         outputs, tally = [None] * len(devices), summary.Tally()
         verb = "provision --dry-run" if dry_run else "provision"
-        record, failure_budget = reporting(verb, len(devices), "assigned", max_fail_percentage, canary,
-                                            ci_format, junit_xml, report_file)
+        record, failure_budget = record_and_budget(verb, len(devices), "assigned", max_fail_percentage, canary,
+                                                   ci_format, junit_xml, report_file)
         with factory.dps_client(cmd, target, budget=budget, pool_size=parallel + 2) as client:
             services = ProvisionServices(client=client, enroller=BulkEnroller(client, expected=todo), budget=budget,
                                          ek_ca_bundle=bundle)
@@ -136,7 +136,6 @@ def _end_run(cmd, record, failure_budget, tally, state, inventory, stopped_by, s
             record.partial_success(text)
         return
     factory.end_fleet(cmd, tally, state, inventory, stopped_by, single_error=single_error)
-
 
 
 # -- Later in a device's life: deprovision, reprovision, rekey, upgrade ---------------------------

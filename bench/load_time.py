@@ -6,7 +6,7 @@ on the machine) and of the wall time (CPU time and waiting for a core on a busy 
   az start      importing azure.cli.core and creating the CLI object and its invocation (baseline)
   table         importing the extension and building its command table
   one command   the table, then the arguments of `az edge-tpm provision` as az loads them when that
-                command runs (or shows -h): the function's signature from custom.py, _params.py
+                command runs (or shows -h): the function's signature from custom_fleet.py, _params.py
   whole table   the table, then every command's arguments (az's path for docs and `az find`)
 With bytecode cached, as in an installed extension (pip compiles it; a private cache directory,
 filled by a first run, holds it here), and the extension compiled from source every time, as in

@@ -42,7 +42,7 @@ def shard_count(shard):
     return inv.parse_shard(shard)[1] if shard else 1
 
 
-def reporting(verb, total, ok_status, max_fail_percentage, canary, ci_format, junit_xml, report_file):
+def record_and_budget(verb, total, ok_status, max_fail_percentage, canary, ci_format, junit_xml, report_file):
     """The run's record (fleet/observe.py: CI logging commands, --junit-xml, --report) and its
     failure budget (fleet/budget.py; None without --max-fail-percentage/--canary)."""
     from azext_edgetpm.fleet.budget import FailureBudget
@@ -57,7 +57,6 @@ def shown(outputs, show, ok_status):
     if show != "failed":
         return outputs
     return [o for o in outputs if o and o.get("status") not in (ok_status, "planned")]
-
 
 
 class FleetCommand:
@@ -112,7 +111,7 @@ class FleetCommand:
         from azext_edgetpm.fleet.runner import Progress, Runner
         jobs = self.jobs if jobs is None else jobs
         ok_status = {"deprovision": "done", "upgrade": "upgraded"}.get(self.verb, "assigned")
-        self.record, self.failure_budget = reporting(self.verb, len(jobs), ok_status, *self.reporting)
+        self.record, self.failure_budget = record_and_budget(self.verb, len(jobs), ok_status, *self.reporting)
         report, controller = self.reporter(len(jobs), self.verb.capitalize().rstrip("e") + "ing")
         try:
             with stop.on_signals(clear=False):

@@ -1,6 +1,6 @@
 """Single-device operations, one module per step, shared by every command and the fleet runner.
 
-Data flows one way: the az face (custom.py, which alone sees `cmd`) -> these operations ->
+Data flows one way: the az face (custom.py, custom_fleet.py: only the face sees `cmd`) -> these operations ->
 the adapters (remote, tpm, dps, edge). Each step takes typed options and returns a typed
 result (a dataclass with ``to_output()``, the JSON the commands print):
 

@@ -149,7 +149,7 @@ class Connector:
                 client.close()
                 raise UnreachableError(_describe_socket_error(target, exc),
                                        "Check that the device is up, that sshd runs on that port, and "
-                                         "that it is reachable from this machine.") from exc
+                                       "that it is reachable from this machine.") from exc
         raise AssertionError("unreachable")
 
     def _jump_channel(self, target: SshTarget):

@@ -17,6 +17,8 @@ from knack.log import get_logger
 
 from azext_edgetpm.stop import STOP
 
+from .target import SshTarget
+
 logger = get_logger(__name__)
 
 SIGNAL_GRACE = 0.5             # seconds a stopped command has to end on its channel's SIGTERM
@@ -35,7 +37,13 @@ class Terminated(KeyboardInterrupt):
 
 class StopsRemoteWork:
     """RemoteSession's part that stops abandoned commands (a mixin: it uses the session's
-    `client`, `target`, `is_root`, its sudo password state and `_previous_sigterm`)."""
+    connection and the sudo password its commands used)."""
+    client: Optional[paramiko.SSHClient]
+    target: SshTarget
+    is_root: bool
+    _sudo_needs_password: bool
+    _sudo_password: Optional[str]
+    _previous_sigterm = None              # SIGTERM's handler before connect() trapped it
 
     def _trap_sigterm(self) -> None:
         """While connected, SIGTERM (a CI job cancelled, `kill`) ends az the way Ctrl+C does, so

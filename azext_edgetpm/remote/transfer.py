@@ -3,10 +3,13 @@ user for what root then puts in place, and install_file, which replaces a file a
 """
 import re
 import shlex
+from typing import Callable, Optional
 
 import paramiko
 
-from azext_edgetpm.errors import EdgeTpmError, LocalFileError
+from azext_edgetpm.errors import EdgeTpmError, LocalFileError, TransientError
+
+from .target import SshTarget
 
 # Where uploads wait until root puts them in place: one directory per login user, emptied by the
 # first upload of every run (a dropped connection can leave a staged copy behind, never for long).
@@ -14,8 +17,13 @@ STAGING_ROOT = "/var/lib/edge-tpm/staging"
 
 
 class TransfersFiles:
-    """RemoteSession's file transfer (a mixin: it uses the session's `client`, `target`, `run`,
-    `_lost`, and keeps its SFTP channel in `_sftp` and its staging place in `_staging_base`)."""
+    """RemoteSession's file transfer (a mixin: it uses the session's connection and commands)."""
+    client: Optional[paramiko.SSHClient]
+    target: SshTarget
+    run: Callable
+    _lost: Callable[[Exception], TransientError]
+    _sftp = None                          # one SFTP channel for the session's uploads, opened on first use
+    _staging_base: Optional[str] = None   # STAGING_ROOT/<user>, made anew by the session's first use
 
     def _sftp_channel(self):
         """The session's SFTP channel (one for all its uploads: each channel costs round trips)."""
