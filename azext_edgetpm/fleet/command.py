@@ -26,6 +26,8 @@ def select_devices(inventory, inventory_format, limit, row_defaults, host_row, s
 
 
 def select_only(devices, only):
+    """The devices that --only names (by key, host, host:port or inventory row); a name that
+    matches none of them is an error."""
     items = [only] if isinstance(only, str) else list(only)
     wanted = {w.strip().lower() for item in items for w in item.replace(",", " ").split() if w.strip()}
     chosen = [d for d in devices if {d.key, d.host.lower(), d.ssh_host.lower(), d.source.lower()} & wanted]
