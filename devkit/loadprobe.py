@@ -24,7 +24,7 @@ COMMAND = "edge-tpm provision"
 def arguments(command=None) -> str:
     """After TABLE: the arguments of `command` (None: of every command), loaded through az's own
     MainCommandsLoader.load_arguments as when that command runs (-h too): az reads the command
-    function's signature (importing custom.py), applies _params.py's argument contexts and merges
+    function's signature (importing custom.py or custom_fleet.py), applies _params.py's argument contexts and merges
     the registries into the commands."""
     return (
         "main = cli.invocation.commands_loader\n"
