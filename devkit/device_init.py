@@ -6,7 +6,7 @@ The host starts it as::
         PYTHON -I device_init.py SPEC.json
 
 so it is PID 1 of a fresh PID namespace, in a private mount namespace, inside the
-device's network namespace. From the spec (written by ``devkit.devices``) it:
+device's network namespace. From the spec (written by ``devkit.rig_boot``) it:
 
 1. sets the hostname;
 2. mounts an overlay whose lower layer is the host's ``/`` (or, for a foreign userland, a

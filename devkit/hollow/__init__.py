@@ -35,8 +35,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from devkit import netns, variants
-from devkit.devices import (DEVICE_PATH, SSH_PORT, Device, DevkitError, Rig, _atomic_write, _tail,
-                            _user_entry, state_supported, wait_ssh_banner)
+from devkit.device import DEVICE_PATH, SSH_PORT, Device, DevkitError, state_supported, wait_ssh_banner
+from devkit.files import atomic_write, tail
+from devkit.rig_boot import user_entry
 
 INIT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "init.py")
 VARIANT = "hollow"
@@ -83,9 +84,10 @@ def _file(path, data, mode=0o644):
 
 
 class Hollow:
-    """Starts hollow devices in a running rig (``Rig.add_hollow`` calls it)."""
+    """Starts hollow devices in a running rig (``Rig.add_hollow`` calls it with itself: a
+    :class:`devkit.devices.Rig`, not imported here, which imports this package)."""
 
-    def __init__(self, rig: Rig):
+    def __init__(self, rig):
         self.rig = rig
         self.base = os.path.join(rig.dir, "hollow")
 
@@ -104,7 +106,7 @@ class Hollow:
             raise DevkitError("hollow devices need %s on a tmpfs apart from /" % os.path.dirname(self.common))
         deadline = time.monotonic() + timeout
         accounts = self.build_common()
-        users = {a.name: _user_entry(a, rig._keys[a.name], rig.password) for a in accounts.values()}
+        users = {a.name: user_entry(a, rig._keys[a.name], rig.password) for a in accounts.values()}
         first = 1 + max([d.index - INDEX_BASE for d in rig.devices if d.index > INDEX_BASE] or [0])
         numbers = list(range(first, first + count))
         groups = [numbers[i:i + PER_NAMESPACE] for i in range(0, count, PER_NAMESPACE)]
@@ -146,7 +148,7 @@ class Hollow:
             os.makedirs(d, mode=0o755, exist_ok=True)
         os.makedirs(self.base, exist_ok=True)
         path = os.path.join(self.base, "common.json")
-        _atomic_write(path, json.dumps({
+        atomic_write(path, json.dumps({
             "mnt": os.path.join(self.base, "common-mnt"), "upper": upper, "work": work,
             "remove": spec.remove_globs, "dirs": spec.dirs, "files": list(spec.files.values()),
             "commands": spec.commands}), mode=0o600)
@@ -200,7 +202,7 @@ class Hollow:
         if os.path.exists(stats):
             os.unlink(stats)
         spec_path = os.path.join(gdir, "spec.json")
-        _atomic_write(spec_path, json.dumps({"mnt": mnt, "common": os.path.join(self.common, "upper"),
+        atomic_write(spec_path, json.dumps({"mnt": mnt, "common": os.path.join(self.common, "upper"),
                                              "stats": stats, "idle": IDLE_SECONDS, "devices": entries}),
                       mode=0o600)
         log_path = os.path.join(gdir, "init.log")
@@ -222,7 +224,7 @@ class Hollow:
                 wait_ssh_banner(addr, SSH_PORT, deadline, lambda: launcher.poll() is None)
         except Exception as exc:
             raise DevkitError("hollow devices of %s failed to start: %s\n--- %s (tail) ---\n%s"
-                              % (ns, exc, log_path, _tail(log_path))) from exc
+                              % (ns, exc, log_path, tail(log_path))) from exc
         devices = []
         for number, entry in zip(numbers, entries):
             root = os.path.join(mnt, entry["name"], "root")
