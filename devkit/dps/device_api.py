@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from . import errors
 from .errors import DpsError
-from .store import check_registration_id
+from .registrations import check_registration_id
 from .web import Request, Response
 
 if TYPE_CHECKING:  # pragma: no cover
