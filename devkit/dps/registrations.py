@@ -16,7 +16,6 @@ from typing import Any, Dict, Optional, Tuple
 
 from . import errors, sas, tpm
 from .errors import DpsError, utc_now_str
-from .hub import HubRegistry
 
 REGISTRATION_ID_RE = re.compile(r"^[A-Za-z0-9\-._:]{1,128}$")
 
@@ -86,7 +85,7 @@ class Registrations:
     allocation_policy: str
     assignment_delay_s: float
     echo_payload: bool
-    hub_registry: HubRegistry
+    hub_registry: Any  # the store's hub.HubRegistry
     _lock: threading.RLock
     _enrollments: Dict[str, Dict[str, Any]]
     _registrations: Dict[str, Dict[str, Any]]
