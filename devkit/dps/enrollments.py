@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from . import errors, tpm
 from .errors import DpsError, utc_now_str
-from .registrations import check_registration_id, normalize_etag, reg_key, registration_view
+from .registrations import check_registration_id, deletable, normalize_etag, reg_key, registration_view
 
 ALLOCATION_POLICIES = ("hashed", "geoLatency", "static", "custom")
 ATTESTATION_TYPES = ("tpm", "x509", "symmetricKey")
@@ -185,14 +185,8 @@ class Enrollments:
             return self._view(rec), existing is None
 
     def delete_enrollment(self, rid: str, if_match: Optional[str]) -> None:
-        if_match = normalize_etag(if_match)
         with self._lock:
-            existing = self._enrollments.get(reg_key(rid))
-            if existing is None:
-                raise DpsError(errors.ENROLLMENT_NOT_FOUND, f"Enrollment {rid} not found.")
-            if if_match not in (None, "", "*") and if_match != existing["etag"]:
-                raise DpsError(errors.PRECONDITION_FAILED,
-                               f"Precondition failed: the etag does not match enrollment {rid}.")
+            deletable(self._enrollments, rid, if_match, errors.ENROLLMENT_NOT_FOUND, "Enrollment")
             del self._enrollments[reg_key(rid)]
             self._registrations.pop(reg_key(rid), None)
             self._forget_device_keys(reg_key(rid))

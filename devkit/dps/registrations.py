@@ -72,6 +72,20 @@ def normalize_etag(value: Optional[str]) -> Optional[str]:
     return v
 
 
+def deletable(records: Dict[str, Dict[str, Any]], rid: str, if_match: Optional[str], not_found: str,
+              what: str) -> Dict[str, Any]:
+    """The record of ``rid`` that a DELETE with ``if_match`` (an etag, ``*`` or none) may remove;
+    DpsError ``not_found`` when there is none, PRECONDITION_FAILED when its etag is another."""
+    if_match = normalize_etag(if_match)
+    rec = records.get(reg_key(rid))
+    if rec is None:
+        raise DpsError(not_found, f"{what} {rid} not found.")
+    if if_match not in (None, "", "*") and if_match != rec["etag"]:
+        raise DpsError(errors.PRECONDITION_FAILED,
+                       f"Precondition failed: the etag does not match {what.lower()} {rid}.")
+    return rec
+
+
 def registration_view(reg: Dict[str, Any]) -> Dict[str, Any]:
     """What the API returns for a registration record: its fields but those starting with ``_``."""
     return {k: copy.deepcopy(v) for k, v in reg.items() if not k.startswith("_")}
@@ -104,14 +118,8 @@ class Registrations:
             return registration_view(reg)
 
     def delete_registration(self, rid: str, if_match: Optional[str]) -> None:
-        if_match = normalize_etag(if_match)
         with self._lock:
-            reg = self._registrations.get(reg_key(rid))
-            if reg is None:
-                raise DpsError(errors.REGISTRATION_NOT_FOUND, f"Registration {rid} not found.")
-            if if_match not in (None, "", "*") and if_match != reg["etag"]:
-                raise DpsError(errors.PRECONDITION_FAILED,
-                               f"Precondition failed: the etag does not match registration {rid}.")
+            deletable(self._registrations, rid, if_match, errors.REGISTRATION_NOT_FOUND, "Registration")
             del self._registrations[reg_key(rid)]
             self.save()
 
