@@ -281,4 +281,3 @@ class Rig(RigState, RigBoot):
             self.state = "down"
         if errors:
             raise DevkitError("down finished with errors: " + "; ".join(errors))
-

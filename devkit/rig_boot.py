@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 import uuid
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 from devkit import netns, swtpm, userland, users, variants
 from devkit.device import DEVICE_PATH, SSH_PORT, STATE_BASE, Device, DevkitError, wait_ssh_banner
@@ -33,6 +33,13 @@ class RigBoot:
     _accounts: Optional[tuple]
     _userland_accounts: Dict[str, tuple]
     _keys: Dict[str, str]
+    host_ip: Optional[str]                     # the rig's (properties of Rig and RigState)
+    known_hosts: str
+    service: Callable[[str], object]
+    device: Callable[[str], Device]
+    write_json: Callable[[], None]
+    _device_dir: Callable[[str], str]
+    _state_dir: Callable[[str], Optional[str]]
 
     def _base_spec(self, name, index):
         """Users, sshd, network identity and hygiene common to every device."""

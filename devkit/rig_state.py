@@ -25,6 +25,9 @@ class RigState:
     sections: Dict[str, dict]
     _devices: Dict[str, Device]
     _lock: threading.RLock
+    host_ip: Optional[str]                     # the rig's (properties of Rig)
+    ca_cert: Optional[str]
+    devices: List[Device]
 
     @property
     def json_path(self):

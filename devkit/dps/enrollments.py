@@ -9,7 +9,7 @@ import copy
 import json
 import os
 import threading
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import errors, tpm
 from .errors import DpsError, utc_now_str
@@ -39,6 +39,10 @@ class Enrollments:
     _lock: threading.RLock
     _enrollments: Dict[str, Dict[str, Any]]
     _registrations: Dict[str, Dict[str, Any]]
+    save: Callable[[], None]                   # the store's
+    hub_names: Callable[[], List[str]]
+    _new_etag: Callable[[], str]
+    _forget_device_keys: Callable[[str], None]  # the registration side's
 
     def _normalize(self, body: object, path_id: str, existing: Optional[Dict[str, Any]]) -> Dict[str, Any]:
         """Validate an individual enrollment body and build the stored record."""
@@ -254,4 +258,3 @@ class Enrollments:
                 except DpsError as e:
                     errs.append({"registrationId": rid, "errorCode": e.code, "errorStatus": e.message})
         return {"isSuccessful": not errs, "errors": errs}
-

@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from . import errors, sas, tpm
 from .errors import DpsError, utc_now_str
@@ -107,6 +107,8 @@ class Registrations:
     _operations: Dict[str, Operation]
     _device_payloads: Dict[str, Any]
     _challenge_blobs: Dict[str, str]
+    save: Callable[[], None]                   # the store's
+    _new_etag: Callable[[], str]
 
     # ----------------------------------------------------------------- registration records
     def get_registration(self, rid: str) -> Dict[str, Any]:
@@ -324,4 +326,3 @@ class Registrations:
     def device_status(self, rid: str) -> Dict[str, Any]:
         """Device registration status lookup (POST .../registrations/{id})."""
         return self.get_registration(rid)
-

@@ -203,8 +203,8 @@ class Hollow:
             os.unlink(stats)
         spec_path = os.path.join(gdir, "spec.json")
         atomic_write(spec_path, json.dumps({"mnt": mnt, "common": os.path.join(self.common, "upper"),
-                                             "stats": stats, "idle": IDLE_SECONDS, "devices": entries}),
-                      mode=0o600)
+                                            "stats": stats, "idle": IDLE_SECONDS, "devices": entries}),
+                     mode=0o600)
         log_path = os.path.join(gdir, "init.log")
         with open(log_path, "wb") as log:
             launcher = subprocess.Popen(
