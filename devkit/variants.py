@@ -1,7 +1,7 @@
 """Device variants: named changes applied to a device's boot spec.
 
 A device starts from the base spec (users, sshd, a fresh swtpm) built by
-``devkit.devices``; each variant is a function that edits that :class:`DeviceSpec` before the
+``devkit.rig_boot``; each variant is a function that edits that :class:`DeviceSpec` before the
 device boots. Variants compose with ``+``: ``"mfg+notools"`` is a manufacturer-provisioned
 TPM without tpm2-tools, ``"oldos+notpm"`` an old OS without TPM.
 

@@ -28,7 +28,7 @@ fi
 # qemu-user); with DEVKIT_PREBUILD=1 (scripts/test.sh) they build in the background while pip
 # works below. The tests' own builds wait for it (a lock per userland) and reuse what it built.
 if [ "${DEVKIT_PREBUILD:-}" = 1 ]; then
-  nohup python3 -m devkit userlands bookworm-arm64 bullseye trixie \
+  nohup python3 -m devkit userlands bullseye trixie bookworm-arm64 \
     > "${TMPDIR:-/tmp}/edgetpm-devkit-prebuild.log" 2>&1 < /dev/null &
 fi
 
