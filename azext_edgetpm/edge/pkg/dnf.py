@@ -14,7 +14,6 @@ with (Microsoft's unless gpgkey= names another), as Microsoft's own repository f
 --proxy goes into dnf.conf's [main] (dnf_conf_with_proxy); --no-proxy into the repositories whose
 hosts it lists (dnf_direct.py).
 """
-import base64
 import os
 import re
 import shlex
@@ -29,6 +28,8 @@ from .dnf_direct import DIRECT, RepoEdit, repo_with_direct_proxy, url_is_direct
 
 DNF = "LC_ALL=C dnf -y"
 REPO_FILE = "/etc/yum.repos.d/edge-tpm.repo"
+# The repository file Microsoft's packages-microsoft-prod.rpm installs (config/rhel/<v>/prod.repo).
+MS_REPO_FILE = "/etc/yum.repos.d/microsoft-prod.repo"
 REPO_ID = "edge-tpm"
 # The key packages.microsoft.com signs its RPMs with, as its RHEL repository files name it
 # (https://packages.microsoft.com/config/rhel/9/prod.repo: gpgcheck=1, gpgkey=this URL).
@@ -329,23 +330,16 @@ class DnfManager(PackageManager):
         return done + (f"; {written}" if written else "")
 
     def repo_proxy_changes(self, ctx) -> Dict[str, RepoEdit]:
-        """The .repo files of packages-microsoft-prod whose repositories must get (or lose) our empty
-        proxy= for --no-proxy (repo_with_direct_proxy): {path: the edit}."""
-        script = ("rpm -ql packages-microsoft-prod 2>/dev/null | grep '^/etc/yum\\.repos\\.d/.*\\.repo$' | "
-                  "while IFS= read -r f; do [ -f \"$f\" ] && printf '@@REPO %s %s ' \"$(stat -c '%a %U %G' \"$f\")\" "
-                  "\"$f\" && base64 -w0 \"$f\" && echo; done; true")
-        result = ctx.run(script, timeout=120)
-        proxy = getattr(ctx.settings, "proxy", None)
-        out = {}
-        for line in result.stdout.splitlines():
-            parts = line.split(" ")
-            if parts[0] != "@@REPO" or len(parts) < 5:
-                continue
-            text = base64.b64decode(parts[5] if len(parts) > 5 else "").decode("utf-8", "replace")
-            new = repo_with_direct_proxy(text, proxy)
-            if new != text:
-                out[parts[4]] = RepoEdit(new, int(parts[1], 8), parts[2], parts[3], DIRECT in new)
-        return out
+        """packages-microsoft-prod's .repo file (MS_REPO_FILE, read with the device's facts) when its
+        repositories must get (or lose) our empty proxy= for --no-proxy (repo_with_direct_proxy):
+        {path: the edit}."""
+        current = ctx.facts.file(MS_REPO_FILE)
+        if current is None:
+            return {}
+        new = repo_with_direct_proxy(current.text, getattr(ctx.settings, "proxy", None))
+        if new == current.text:
+            return {}
+        return {MS_REPO_FILE: RepoEdit(new, current.mode, current.owner, current.group, DIRECT in new)}
 
     def update(self, ctx) -> None:
         ctx.progress("dnf makecache --refresh")

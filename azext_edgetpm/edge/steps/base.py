@@ -7,7 +7,7 @@ from typing import Optional
 from azext_edgetpm.errors import LocalFileError
 from .. import apt, configtoml, proxy as proxy_mod
 from ..plan import Context
-from ..pkg.dnf import REPO_FILE
+from ..pkg.dnf import MS_REPO_FILE, REPO_FILE
 # (re-exported: edge.steps' names)
 from ..pkg.apt import (  # noqa: F401  # pylint: disable=unused-import
     APT_LIST, apt_install, ensure_candidates, policy, source_files, unindexed_sources, update_sources)
@@ -25,7 +25,7 @@ TPMD_OVERRIDE = ("# aziot-tpmd runs as root to reach the TPM (written by az edge
                  "[Service]\nUser=root\n")
 
 MANAGED_FILES = (DAEMON_JSON, configtoml.CONFIG_PATH, configtoml.TEMPLATE_PATH, UDEV_RULE_PATH,
-                 TPMD_OVERRIDE_PATH, APT_LIST, REPO_FILE, PAYLOAD_PATH) + proxy_mod.MANAGED_FILES
+                 TPMD_OVERRIDE_PATH, APT_LIST, REPO_FILE, MS_REPO_FILE, PAYLOAD_PATH) + proxy_mod.MANAGED_FILES
 
 
 def backup_name(path: str) -> str:
